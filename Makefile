@@ -1,0 +1,39 @@
+# Vigil: `make demo` runs a real investigation on the embedded defaults; `make test` runs everything.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck pytest bench eval clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vigil demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy lifecycle tools agent evals
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/vigil bench --json bench.json
+
+eval: $(STAMP)
+	$(BIN)/vigil eval evals/scenarios --json eval.json --markdown eval.md
+
+clean:
+	rm -rf $(VENV) .vigil .mypy_cache .ruff_cache

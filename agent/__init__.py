@@ -1,0 +1,1 @@
+"""The investigation agent and Vigil's front doors (CLI, HTTP server, Slack)."""

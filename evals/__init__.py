@@ -1,0 +1,1 @@
+"""The world simulator, the scenario suite, the scorer and the benchmarks."""

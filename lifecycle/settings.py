@@ -1,0 +1,80 @@
+"""Settings from environment variables (``VIGIL_*``) or a ``.env`` file, with embedded defaults.
+
+Every URL defaults to an embedded store under ``./.vigil/`` so that Vigil runs with no set-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+_HOME = Path(".vigil")
+
+
+class Settings(BaseSettings):
+    """All of Vigil's settings; each field reads the environment variable ``VIGIL_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    home: Path = Field(default=_HOME, description="Folder for embedded stores and reports.")
+    state_url: str = Field(
+        default=f"sqlite:///{_HOME / 'state.db'}",
+        description="SQLAlchemy URL of the experiment state, audit log and investigations.",
+    )
+    telemetry_url: str = Field(
+        default=f"duckdb:///{_HOME / 'telemetry.duckdb'}",
+        description="SQLAlchemy URL of the telemetry warehouse (requests, exposures, snapshots).",
+    )
+    checkpoint_url: str = Field(
+        default=str(_HOME / "checkpoints.db"),
+        description="Agent checkpoints: a SQLite file path, or a postgresql:// URL.",
+    )
+    reports_dir: Path = Field(default=_HOME / "reports")
+    telemetry_tables: dict[str, str] = Field(
+        default_factory=dict,
+        description='Contract table -> warehouse table, e.g. {"requests": "ads.req_log"}.',
+    )
+    telemetry_columns: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='Per table, contract column -> warehouse column: {"requests": {"ts": "t"}}.',
+    )
+
+    # Reasoning: an OpenAI-compatible endpoint; unset means the deterministic reasoner.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 30.0
+    llm_max_retries: int = 3
+    llm_max_steps: int = 8
+    llm_max_tokens: int = 20_000
+    redact_fields: list[str] = Field(default_factory=lambda: ["unit_id", "user_id", "request_id"])
+
+    # Approval policy.
+    api_tokens: dict[str, str] = Field(default_factory=dict, description="token -> user")
+    oncall: list[str] = Field(default_factory=list, description="users who may approve anything")
+    require_second_approver: bool = Field(
+        default=False, description="The proposer of a mitigation cannot approve it alone."
+    )
+
+    # Slack.
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    public_url: str = "http://localhost:8080"
+
+    # Server and monitors.
+    workers: int = 2
+    queue_size: int = 32
+    monitor_interval_s: float = 60.0
+
+
+def get_settings() -> Settings:
+    """Read the settings afresh from the environment (no cached singleton)."""
+    return Settings()
