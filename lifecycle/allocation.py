@@ -308,11 +308,10 @@ def assign(snapshot: ConfigSnapshot, request: Mapping[str, Any], experiment_id: 
 def is_enabled(snapshot: ConfigSnapshot, request: Mapping[str, Any], experiment_id: str) -> bool:
     """True when the request's unit is in a treatment arm (any arm but control)."""
     arm = assign(snapshot, request, experiment_id)
-    return (
-        arm is not None
-        and arm
-        != snapshot.experiments[experiment_id].arms[snapshot.experiments[experiment_id].control]
-    )
+    if arm is None:
+        return False
+    exp = snapshot.experiments[experiment_id]
+    return arm != exp.arms[exp.control]
 
 
 def assignments(snapshot: ConfigSnapshot, request: Mapping[str, Any]) -> dict[str, str]:

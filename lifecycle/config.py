@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "CONFIG_ERROR_TYPE",
     "GUARDRAIL_METRICS",
     "Arm",
     "Experiment",
@@ -37,6 +39,14 @@ GuardrailMetric = Literal[
 GUARDRAIL_METRICS: tuple[str, ...] = get_args(GuardrailMetric)
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+# Error type of the validators below; ``ctx`` carries the path under the validated field and the
+# offending value, so that :mod:`lifecycle.validation` can name e.g. ``rollout.stages[2].percent``.
+CONFIG_ERROR_TYPE = "vigil_config"
+
+
+def _invalid(path: str, value: object, message: str) -> PydanticCustomError:
+    return PydanticCustomError(CONFIG_ERROR_TYPE, message, {"path": path, "value": value})
 
 
 class _Strict(BaseModel):
@@ -70,9 +80,16 @@ class ModelEntry(_Strict):
 class Arm(_Strict):
     """One arm of an experiment: a traffic weight and the parameters it serves."""
 
-    weight: float = Field(default=1.0, gt=0, description="Relative weight; arms need not sum to 1.")
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Relative weight; arms need not sum to 1.",
+    )
     model: str | None = Field(default=None, description="Model id this arm serves.")
-    ad_load: float | None = Field(default=None, gt=0, le=3, description="Ad load multiplier.")
+    ad_load: float | None = Field(
+        default=None, gt=0, le=3, allow_inf_nan=False, description="Ad load multiplier."
+    )
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
@@ -94,12 +111,14 @@ class RolloutPlan(_Strict):
     @classmethod
     def _increasing(cls, stages: list[RolloutStage]) -> list[RolloutStage]:
         if not stages:
-            raise ValueError("a rollout plan needs at least one stage")
+            raise _invalid("", stages, "a rollout plan needs at least one stage")
         for i in range(1, len(stages)):
             if stages[i].percent <= stages[i - 1].percent:
-                raise ValueError(
-                    f"stage {i} percent {stages[i].percent} does not increase on stage {i - 1} "
-                    f"percent {stages[i - 1].percent}"
+                raise _invalid(
+                    f"[{i}].percent",
+                    stages[i].percent,
+                    f"rollout stages must increase: stage {i} does not exceed stage {i - 1} "
+                    f"({stages[i - 1].percent:g} %)",
                 )
         return stages
 
@@ -139,21 +158,27 @@ class Experiment(_Strict):
     @classmethod
     def _owner_present(cls, owner: str) -> str:
         if not owner.strip():
-            raise ValueError("an experiment needs an owner")
+            raise _invalid("", owner, "an experiment needs an owner")
         return owner
 
     @model_validator(mode="after")
     def _arms_consistent(self) -> Experiment:
-        if len(self.arms) < 2:
-            raise ValueError(f"arms: an experiment needs at least two arms, got {list(self.arms)}")
+        arms = list(self.arms)
+        if len(arms) < 2:
+            raise _invalid("arms", arms, "an experiment needs at least two arms")
         if self.control not in self.arms:
-            raise ValueError(f"control: arm {self.control!r} is not one of {list(self.arms)}")
+            raise _invalid("control", self.control, f"the control arm is not one of {arms}")
         for unit, arm in self.forced.items():
             if arm not in self.arms:
-                raise ValueError(f"forced.{unit}: arm {arm!r} is not one of {list(self.arms)}")
+                raise _invalid(f"forced.{unit}", arm, f"a forced arm must be one of {arms}")
         for prop, values in self.targeting.items():
             if not values:
-                raise ValueError(f"targeting.{prop}: needs at least one allowed value")
+                raise _invalid(f"targeting.{prop}", values, "needs at least one allowed value")
+        seen: set[str] = set()
+        for i, guardrail in enumerate(self.guardrails):
+            if guardrail.metric in seen:
+                raise _invalid(f"guardrails[{i}].metric", guardrail.metric, "duplicate guardrail")
+            seen.add(guardrail.metric)
         return self
 
     @property

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     llm_max_steps: int = 8
     llm_max_tokens: int = 20_000
     redact_fields: list[str] = Field(default_factory=lambda: ["unit_id", "user_id", "request_id"])
+    llm_backoff_s: float = Field(
+        default=1.0, ge=0, description="First retry wait of the LLM client (doubles each try)."
+    )
+    playbooks_dir: Path | None = Field(
+        default=None, description="A folder of playbooks replacing the shipped ones."
+    )
+    production_model: str | None = Field(
+        default=None, description="Model serving traffic outside ranking experiments."
+    )
 
     # Approval policy.
     api_tokens: dict[str, str] = Field(default_factory=dict, description="token -> user")
@@ -68,11 +77,31 @@ class Settings(BaseSettings):
     slack_channel: str | None = None
     slack_api_url: str = "https://slack.com/api/"
     public_url: str = "http://localhost:8080"
+    slack_users: dict[str, str] = Field(
+        default_factory=dict, description='Slack user id -> Vigil user, e.g. {"U123": "alice"}.'
+    )
 
     # Server and monitors.
     workers: int = 2
     queue_size: int = 32
     monitor_interval_s: float = 60.0
+    monitor_lookback_minutes: int = Field(
+        default=24 * 60, ge=1, description="Longest window a monitor evaluates."
+    )
+    alert_labels: dict[str, str] = Field(
+        default_factory=lambda: {
+            "name": "alertname",
+            "metric": "metric",
+            "experiment": "experiment_id",
+        },
+        description="Alert field (name, metric, experiment) -> Alertmanager label holding it.",
+    )
+
+    targeting_vocabulary: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Request property -> allowed targeting values ([] = any), laid over the "
+        "defaults (country, platform, ad_type, device_type).",
+    )
 
 
 def get_settings() -> Settings:

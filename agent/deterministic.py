@@ -1,0 +1,225 @@
+"""The deterministic reasoner: the playbook's rules over check verdicts, no network.
+
+Ranking, in order (each step is a rule of the playbook, never a rule about a scenario):
+
+1. A cause is *matched* on a subject (an experiment, a model, all traffic) when one of its signals
+   holds: a check on that subject (or on all traffic) returned one of the signal's verdicts.
+2. A cause is *supported* when a **primary** signal failed; a failure of a controlled comparison
+   (test arm vs control, model vs its own baseline) is what can blame something.
+3. A cause is *ruled out* when a rule-out finding holds, e.g. an infrastructure outage on all
+   traffic rules out blaming an experiment; it is reported as ruled out, not ranked.
+4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
+   supported on the same subject (a fallback to a weak model also worsens NE); it ranks after.
+5. Order: supported, then explained, then ``none`` unless something is supported, then causes
+   matched only by secondary failures. Ties: the score (signal weights, a fail counting twice a
+   warning), then the strength of the evidence (smallest p-value), then the suspect's rank.
+
+Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
+discounted when explained, made non-increasing down the ranking. With no failure at all the
+answer is ``none``: noise or seasonality, nothing to mitigate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.models import RootCause
+from agent.playbook import CauseRule, Playbook
+from agent.reasoning import DiagnosisInput
+from agent.state import CheckOutcome, Diagnosis, Suspect
+
+__all__ = ["DeterministicReasoner", "rank_causes"]
+
+_FAIL_P = 0.8
+_WARN_P = 0.3
+_EXPLAINED_DISCOUNT = 0.4
+_MAX_CONFIDENCE = 0.97
+_MAX_CAUSES = 5
+
+
+@dataclass
+class _Candidate:
+    rule: CauseRule
+    subject: Suspect
+    order: int
+    matched: list[CheckOutcome]
+    supported: bool
+    score: float
+    strength: float
+    confidence: float
+    ruled_out: str | None = None
+    explained_by: str | None = None
+
+    @property
+    def tier(self) -> int:
+        if self.supported and self.explained_by is None:
+            return 0
+        if self.supported:
+            return 1
+        return 3
+
+
+def _subjects(given: DiagnosisInput) -> list[Suspect]:
+    subjects = list(given.localization.suspects)
+    if not any(s.scope == "global" for s in subjects):
+        subjects.append(Suspect(scope="global"))
+    return subjects
+
+
+def _results_for(outcomes: Sequence[CheckOutcome], subject: Suspect) -> dict[str, CheckOutcome]:
+    """The subject's own outcomes, plus all-traffic ones it has no own result for."""
+    own = {o.result.check: o for o in outcomes if o.subject.key == subject.key and not o.error}
+    for o in outcomes:
+        if o.subject.scope == "global" and not o.error:
+            own.setdefault(o.result.check, o)
+    return own
+
+
+def _strength(outcomes: Sequence[CheckOutcome]) -> float:
+    """-log10 of the smallest p-value among failures (capped), 1.0 when none is given."""
+    ps = [o.result.p_value for o in outcomes if o.result.verdict == "fail"]
+    known = [p for p in ps if p is not None]
+    if not known:
+        return 1.0 if ps else 0.0
+    return min(300.0, -math.log10(max(min(known), 1e-300)))
+
+
+def _evaluate(rule: CauseRule, subject: Suspect, order: int, results: dict[str, CheckOutcome]):
+    matched: list[CheckOutcome] = []
+    supported = False
+    score = 0.0
+    miss = 1.0
+    for sig in rule.signals:
+        outcome = results.get(sig.check)
+        if outcome is None or not sig.matches(outcome.result):
+            continue
+        fail = outcome.result.verdict == "fail"
+        matched.append(outcome)
+        supported = supported or (sig.primary and fail)
+        score += sig.weight * (1.0 if fail else 0.5)
+        miss *= 1.0 - sig.weight * (_FAIL_P if fail else _WARN_P)
+    if not matched or not any(o.result.verdict == "fail" for o in matched):
+        return None
+    ruled_out = None
+    for out in rule.ruled_out_by:
+        found = results.get(out.check)
+        if found is None or not out.matches(found.result):
+            continue
+        if out.all_traffic and found.result.arm is not None:
+            continue
+        ruled_out = out.reason
+        break
+    return _Candidate(
+        rule=rule,
+        subject=subject,
+        order=order,
+        matched=matched,
+        supported=supported,
+        score=score,
+        strength=_strength(matched),
+        confidence=min(_MAX_CONFIDENCE, 1.0 - miss),
+        ruled_out=ruled_out,
+    )
+
+
+def _explanation(candidate: _Candidate) -> str:
+    parts = [f"{o.result.check}: {o.result.summary}" for o in candidate.matched]
+    text = " ".join(parts)
+    if candidate.explained_by:
+        text += f" (also explained by {candidate.explained_by}, which ranks higher)"
+    return text
+
+
+def _root_cause(candidate: _Candidate) -> RootCause:
+    primary = next(
+        (o for o in candidate.matched if o.result.verdict == "fail"), candidate.matched[0]
+    )
+    subject = candidate.subject
+    return RootCause(
+        cause=candidate.rule.cause,
+        experiment=subject.id if subject.scope == "experiment" else None,
+        model=subject.id if subject.scope == "model" else None,
+        arm=primary.result.arm,
+        where=dict(primary.result.where),
+        confidence=round(candidate.confidence, 3),
+        evidence=[o.result.check for o in candidate.matched],
+        explanation=_explanation(candidate),
+    )
+
+
+def rank_causes(
+    playbook: Playbook, suspects: Sequence[Suspect], outcomes: Sequence[CheckOutcome]
+) -> tuple[list[RootCause], list[tuple[str, str]]]:
+    """Rank causes by the playbook's rules (see the module docstring).
+
+    Args:
+        playbook: Its causes, signals, rule-outs and explanations.
+        suspects: The subjects examined, most suspect first.
+        outcomes: The check outcomes.
+
+    Returns:
+        The ranked causes (``none`` first when nothing failed) and the ruled-out
+        ``(cause, reason)`` pairs.
+    """
+    candidates: list[_Candidate] = []
+    subjects = list(suspects)
+    if not any(s.scope == "global" for s in subjects):
+        subjects.append(Suspect(scope="global"))
+    for order, subject in enumerate(subjects):
+        results = _results_for(outcomes, subject)
+        for rule in playbook.causes:
+            if subject.scope not in rule.scopes:
+                continue
+            found = _evaluate(rule, subject, order, results)
+            if found is not None:
+                candidates.append(found)
+    ruled = [c for c in candidates if c.ruled_out is not None]
+    live = [c for c in candidates if c.ruled_out is None]
+    supported = [c for c in live if c.supported]
+    for c in supported:
+        for other in supported:
+            same_place = other.subject.key in (c.subject.key, "global") or c.subject.scope == "global"
+            if other.rule.cause in c.rule.explained_by and same_place:
+                c.explained_by = other.rule.cause
+                c.confidence *= _EXPLAINED_DISCOUNT
+                break
+    live.sort(key=lambda c: (c.tier, -c.score, -c.strength, c.order))
+    causes: list[RootCause] = []
+    head = [c for c in live if c.tier < 3]
+    tail = [c for c in live if c.tier == 3]
+    causes = [_root_cause(c) for c in head]
+    if not head:
+        doubt = max((c.confidence for c in tail), default=0.0)
+        causes.append(
+            RootCause(
+                cause="none",
+                confidence=round(max(0.5, 1.0 - doubt), 3),
+                explanation="No check found a failure: noise or seasonality.",
+            )
+        )
+    causes += [_root_cause(c) for c in tail]
+    causes = causes[:_MAX_CAUSES]
+    for i in range(1, len(causes)):
+        if causes[i].confidence > causes[i - 1].confidence:
+            causes[i] = causes[i].model_copy(update={"confidence": causes[i - 1].confidence})
+    seen: set[tuple[str, str]] = set()
+    ruled_out: list[tuple[str, str]] = []
+    for c in ruled:
+        pair = (c.rule.cause, c.ruled_out or "")
+        if pair not in seen:
+            seen.add(pair)
+            ruled_out.append(pair)
+    return causes, ruled_out
+
+
+class DeterministicReasoner:
+    """Ranks causes with the playbook's rules; the narrative comes from the report templates."""
+
+    name = "deterministic"
+
+    def diagnose(self, given: DiagnosisInput) -> Diagnosis:
+        """Rank the causes of ``given`` (see :func:`rank_causes`)."""
+        causes, ruled_out = rank_causes(given.playbook, _subjects(given), given.outcomes)
+        return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)

@@ -1,0 +1,214 @@
+"""Localize and plan: when it started, whom to suspect, and which checks to run on whom.
+
+For an alert naming an experiment, the suspect is that experiment. For a global alert, the
+attribution check ranks the experiments by their share of the metric's delta, and the production
+model is examined too (a fault of the model serving everyone has no control arm to compare with).
+The onset is the change point of the alert's metric. The plan is every playbook check on every
+suspect of a scope the check runs on; the checks then run in parallel (``Send`` in the graph).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+
+from agent.models import Alert
+from agent.playbook import Playbook, SeriesMetric
+from agent.state import CheckOutcome, CheckTask, Localization, Suspect, Window
+from tools.result import CheckResult
+
+__all__ = ["SERIES_METRICS", "attributed_experiments", "localize", "plan", "run_task"]
+
+_log = logging.getLogger(__name__)
+
+SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
+_EXPERIMENT_COLUMNS = ("experiment_id", "experiment")
+_SHARE_COLUMNS = ("share", "share_of_delta", "explained_share", "contribution_share")
+
+
+def utc(ts: datetime) -> datetime:
+    """``ts`` as an aware UTC datetime (naive input is taken to be UTC)."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _search_window(alert: Alert, playbook: Playbook) -> Window:
+    end = utc(alert.fired_at)
+    start = end - timedelta(minutes=playbook.window.lookback_minutes)
+    if alert.since is not None:
+        since = utc(alert.since) - timedelta(minutes=playbook.window.min_minutes)
+        start = min(start, since)
+    return Window(start=start, end=end)
+
+
+def _check_window(search: Window, onset: datetime | None, playbook: Playbook) -> Window:
+    if onset is None:
+        return search
+    latest = search.end - timedelta(minutes=playbook.window.min_minutes)
+    return Window(start=max(search.start, min(utc(onset), latest)), end=search.end)
+
+
+def attributed_experiments(result: CheckResult) -> list[tuple[str, float]]:
+    """(experiment id, share of the delta) from an attribution result, largest first.
+
+    Reads the first evidence table with an experiment column; the share column is the first of
+    ``share`` / ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present.
+    """
+    for ev in result.evidence:
+        cols = [c.lower() for c in ev.columns]
+        exp_col = next((cols.index(c) for c in _EXPERIMENT_COLUMNS if c in cols), None)
+        share_col = next((cols.index(c) for c in _SHARE_COLUMNS if c in cols), None)
+        if exp_col is None or share_col is None:
+            continue
+        rows: list[tuple[str, float]] = []
+        for row in ev.rows:
+            exp, share = row[exp_col], row[share_col]
+            if exp is None or share is None or str(exp) in ("", "(none)", "none", "other"):
+                continue
+            try:
+                rows.append((str(exp), float(share)))
+            except (TypeError, ValueError):
+                continue
+        rows.sort(key=lambda r: -r[1])
+        return rows
+    return []
+
+
+def _safe(run: Any, check: str, **kwargs: Any) -> CheckOutcome | None:
+    subject = Suspect(scope="global")
+    try:
+        result = run(**kwargs)
+    except Exception as exc:  # a check failing must not fail the investigation; it is reported
+        _log.warning("localize check %s failed: %s", check, exc, exc_info=True)
+        return None
+    return CheckOutcome(key=f"{check}@localize", subject=subject, result=result)
+
+
+def localize(
+    alert: Alert,
+    playbook: Playbook,
+    toolbox: Any,
+    production_model: str | None = None,
+    known_experiments: Sequence[str] = (),
+) -> Localization:
+    """Find the onset, the suspects and the dimension values of an alert.
+
+    Args:
+        alert: What fired.
+        playbook: Its window and suspect rules.
+        toolbox: The checks (``change_point``, ``attribution``).
+        production_model: The model serving traffic outside experiments.
+        known_experiments: Experiments that exist (an attribution may only name these).
+
+    Returns:
+        The localization (its ``results`` hold the change-point and attribution outcomes).
+    """
+    search = _search_window(alert, playbook)
+    metric = playbook.onset_metric or alert.metric
+    results: list[CheckOutcome] = []
+    onset: datetime | None = None
+    if metric in SERIES_METRICS:
+        found = _safe(
+            toolbox.change_point,
+            "change_point",
+            metric=metric,
+            start=search.start,
+            end=search.end,
+            experiment_id=alert.experiment,
+        )
+        if found is not None:
+            results.append(found)
+            onset = utc(found.result.onset) if found.result.onset is not None else None
+    window = _check_window(search, onset, playbook)
+    baseline = Window(
+        start=window.start - timedelta(minutes=playbook.window.baseline_minutes), end=window.start
+    )
+    suspects: list[Suspect] = []
+    where: dict[str, str] = {}
+    if alert.experiment is not None:
+        suspects.append(Suspect(scope="experiment", id=alert.experiment, reason="named by alert"))
+    else:
+        spec = playbook.suspects
+        if spec.max_experiments > 0 and metric in SERIES_METRICS:
+            found = _safe(
+                toolbox.attribution,
+                "attribution",
+                metric=metric,
+                start=window.start,
+                end=window.end,
+                baseline_start=baseline.start,
+                baseline_end=baseline.end,
+            )
+            if found is not None:
+                results.append(found)
+                where = dict(found.result.where)
+                known = set(known_experiments)
+                for exp, share in attributed_experiments(found.result):
+                    if len(suspects) >= spec.max_experiments:
+                        break
+                    if share < spec.min_share or (known and exp not in known):
+                        continue
+                    suspects.append(
+                        Suspect(
+                            scope="experiment",
+                            id=exp,
+                            reason=f"explains {share:.0%} of the change",
+                            share=share,
+                        )
+                    )
+        if spec.production_model and production_model:
+            suspects.append(
+                Suspect(scope="model", id=production_model, reason="serves traffic outside tests")
+            )
+    suspects.append(Suspect(scope="global", reason="all traffic"))
+    return Localization(
+        onset=onset,
+        window=window,
+        baseline=baseline,
+        suspects=suspects,
+        where=where,
+        results=results,
+    )
+
+
+def plan(playbook: Playbook, localization: Localization) -> list[CheckTask]:
+    """Every playbook check on every suspect of a scope it runs on, in report order."""
+    tasks: list[CheckTask] = []
+    for suspect in localization.suspects:
+        for spec in playbook.checks:
+            if suspect.scope in spec.scopes:
+                tasks.append(
+                    CheckTask(
+                        key=f"{spec.check}@{suspect.key}",
+                        check=spec.check,
+                        subject=suspect,
+                        window=localization.window,
+                    )
+                )
+    return tasks
+
+
+def _kwargs(task: CheckTask) -> Mapping[str, Any]:
+    kwargs: dict[str, Any] = {"start": task.window.start, "end": task.window.end}
+    if task.subject.scope == "experiment":
+        kwargs["experiment_id"] = task.subject.id
+    elif task.subject.scope == "model" and task.check != "srm":
+        kwargs["model_id"] = task.subject.id
+    return kwargs
+
+
+def run_task(toolbox: Any, task: CheckTask) -> CheckOutcome:
+    """Run one planned check; a check that raises becomes a ``no_data`` outcome with its error."""
+    try:
+        result = getattr(toolbox, task.check)(**_kwargs(task))
+    except Exception as exc:  # reported in the outcome and the report, never swallowed silently
+        _log.warning("check %s failed: %s", task.key, exc, exc_info=True)
+        result = CheckResult(
+            check=task.check,
+            verdict="no_data",
+            summary=f"The {task.check} check could not run: {exc}",
+            experiment=task.subject.id if task.subject.scope == "experiment" else None,
+        )
+        return CheckOutcome(key=task.key, subject=task.subject, result=result, error=str(exc))
+    return CheckOutcome(key=task.key, subject=task.subject, result=result)

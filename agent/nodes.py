@@ -1,0 +1,380 @@
+"""The graph's nodes: each reads the state, does one step, and returns the fields it changes.
+
+Order: intake → localize → plan → run_check (one per task, in parallel) → diagnose → report →
+propose → approval (interrupt) → execute → verify → finish. Every node before the interrupt is
+idempotent (proposals are upserts with stable ids; notifications fire once, after the write), and
+the approval node only reads before it interrupts, so resuming re-runs nothing that acts. The
+database, not the resume value, decides what was approved: execute acts only on mitigations whose
+stored status is ``approved`` by an authorised user.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Send, interrupt
+
+from agent.deps import Deps
+from agent.deterministic import DeterministicReasoner
+from agent.localize import localize, plan, run_task
+from agent.mitigation import propose_for
+from agent.models import InvestigationStatus, InvestigationView, MitigationView, RootCause
+from agent.narrative import build_report
+from agent.reasoning import DiagnosisInput, admissible
+from agent.report import alert_series_plot, attribution_plot, check_plot, write_report
+from agent.state import CheckTask, Decision, Diagnosis, InvestigationState
+from agent.verify import measure_recovery
+
+__all__ = ["Nodes", "view_of"]
+
+_log = logging.getLogger(__name__)
+
+
+def _thread(config: RunnableConfig) -> str:
+    return str(config["configurable"]["thread_id"])
+
+
+def _verdicts(state: InvestigationState) -> list[tuple[str, str, str]]:
+    own = {"global", f"experiment:{state.alert.experiment}"}
+    out: list[tuple[str, str, str]] = []
+    for o in state.outcomes:
+        name = o.result.check if o.subject.key in own else f"{o.result.check}@{o.subject.key}"
+        out.append((name, o.result.verdict, o.result.summary))
+    return out
+
+
+def view_of(
+    state: InvestigationState,
+    mitigations: Sequence[MitigationView] = (),
+    status: InvestigationStatus | None = None,
+    report_markdown: str = "",
+) -> InvestigationView:
+    """The front doors' view of a graph state."""
+    return InvestigationView(
+        id=state.investigation_id,
+        status=status or state.status,
+        alert=state.alert,
+        created_at=state.created_at,
+        onset=state.onset,
+        root_causes=list(state.diagnosis.causes) if state.diagnosis else [],
+        mitigations=list(mitigations),
+        verdicts=_verdicts(state),
+        reasoner=state.diagnosis.reasoner if state.diagnosis else "deterministic",
+        report_markdown=report_markdown,
+        report_path=state.report_path,
+        error=state.error,
+    )
+
+
+class Nodes:
+    """The node functions, bound to their dependencies.
+
+    Args:
+        deps: Stores, playbooks, reasoner, checks, policy, notifier, clock.
+    """
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self._fallback = DeterministicReasoner()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _toolbox(self, state: InvestigationState) -> Any:
+        return self.deps.toolboxes.get(state.investigation_id, state.alert)
+
+    def _save(self, state: InvestigationState, status: InvestigationStatus) -> InvestigationView:
+        store = self.deps.store
+        previous = store.get_investigation(state.investigation_id)
+        view = view_of(
+            state, store.mitigations_of(state.investigation_id), status, previous.report_markdown
+        )
+        store.save_investigation(view)
+        return view
+
+    def _render(self, state: InvestigationState, mitigations: Sequence[MitigationView]) -> str:
+        """Write the report files and store the report; returns the HTML file's path."""
+        assert state.localization is not None and state.diagnosis is not None
+        deps = self.deps
+        playbook = deps.playbooks.get(state.playbook)
+        experiments = deps.catalog.experiments()
+        model = build_report(
+            state.investigation_id,
+            state.alert,
+            playbook,
+            state.localization,
+            state.outcomes,
+            state.diagnosis,
+            mitigations,
+            experiments,
+            state.onset,
+        )
+        model.plots = self._plots(state)
+        markdown, html, path = write_report(
+            deps.settings.reports_dir, state.investigation_id, model
+        )
+        view = view_of(
+            state.model_copy(update={"report_path": str(path)}),
+            mitigations,
+            report_markdown=markdown,
+        )
+        deps.store.save_investigation(view, report_html=html)
+        return str(path)
+
+    def _plots(self, state: InvestigationState) -> dict[str, str]:
+        assert state.localization is not None and state.diagnosis is not None
+        loc = state.localization
+        plots: dict[str, str] = {}
+        try:
+            frame = self._toolbox(state).metric_series(
+                state.alert.metric, loc.baseline.start, loc.window.end, state.alert.experiment
+            )
+        except Exception as exc:  # a plot is not worth failing the report for; noted in logs
+            _log.warning("alert metric series unavailable: %s", exc)
+            frame = None
+        drawn = alert_series_plot(frame, state.alert.metric, state.onset)
+        if drawn:
+            plots["alert"] = drawn
+        top = state.diagnosis.causes[0] if state.diagnosis.causes else None
+        failing = None
+        if top is not None and top.cause != "none":
+            failing = next(
+                (
+                    o
+                    for o in state.outcomes
+                    if o.result.check in top.evidence and o.result.verdict == "fail"
+                ),
+                None,
+            )
+        drawn = check_plot(failing)
+        if drawn:
+            plots["check"] = drawn
+        attribution = next(
+            (o for o in loc.results if o.result.check == "attribution"), None
+        )
+        drawn = attribution_plot(attribution)
+        if drawn:
+            plots["attribution"] = drawn
+        return plots
+
+    def _proposals(self, state: InvestigationState) -> list[MitigationView]:
+        assert state.diagnosis is not None
+        return propose_for(
+            state.investigation_id,
+            state.diagnosis.causes,
+            self.deps.playbooks.get(state.playbook),
+            state.outcomes,
+            self.deps.catalog.experiments(),
+            self.deps.catalog.production_model(),
+        )
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def intake(self, state: InvestigationState) -> dict[str, Any]:
+        """Pick the alert's playbook (a ConfigError for an uncovered metric)."""
+        return {"playbook": self.deps.playbooks.for_metric(state.alert.metric).name}
+
+    def localize(self, state: InvestigationState) -> dict[str, Any]:
+        """Onset, window, suspects and where."""
+        catalog = self.deps.catalog
+        loc = localize(
+            state.alert,
+            self.deps.playbooks.get(state.playbook),
+            self._toolbox(state),
+            production_model=catalog.production_model(),
+            known_experiments=list(catalog.experiments()),
+        )
+        return {"localization": loc, "onset": loc.onset}
+
+    def plan(self, state: InvestigationState) -> dict[str, Any]:
+        """The checks to run."""
+        assert state.localization is not None
+        return {"tasks": plan(self.deps.playbooks.get(state.playbook), state.localization)}
+
+    @staticmethod
+    def fan_out(state: InvestigationState) -> list[Send] | str:
+        """One ``run_check`` per task, in parallel (straight to diagnose when there are none)."""
+        if not state.tasks:
+            return "diagnose"
+        return [Send("run_check", task) for task in state.tasks]
+
+    def run_check(self, task: CheckTask, config: RunnableConfig) -> dict[str, Any]:
+        """Run one check."""
+        state = self.deps.store.get_investigation(_thread(config))
+        box = self.deps.toolboxes.get(state.id, state.alert)
+        return {"outcomes": [run_task(box, task)]}
+
+    def diagnose(self, state: InvestigationState) -> dict[str, Any]:
+        """Rank causes; an LLM's causes stand only if they cite failing checks."""
+        assert state.localization is not None
+        given = DiagnosisInput(
+            alert=state.alert,
+            playbook=self.deps.playbooks.get(state.playbook),
+            localization=state.localization,
+            outcomes=list(state.outcomes),
+            experiments=self.deps.catalog.experiments(),
+            toolbox=self._toolbox(state),
+        )
+        diagnosis = self._diagnose(given)
+        outcomes = list(state.outcomes) + list(diagnosis.extra)
+        onset = state.onset
+        top = diagnosis.causes[0] if diagnosis.causes else None
+        if top is not None and top.cause != "none":
+            onset = next(
+                (
+                    o.result.onset
+                    for o in outcomes
+                    if o.result.check in top.evidence
+                    and o.result.verdict == "fail"
+                    and o.result.onset is not None
+                ),
+                onset,
+            )
+        return {"diagnosis": diagnosis, "onset": onset, "outcomes": list(diagnosis.extra)}
+
+    def _diagnose(self, given: DiagnosisInput) -> Diagnosis:
+        reasoner = self.deps.reasoner
+        try:
+            diagnosis = reasoner.diagnose(given)
+        except Exception as exc:  # any reasoner failure falls back, and the report says so
+            _log.exception("reasoner %s failed", getattr(reasoner, "name", reasoner))
+            fallback = self._fallback.diagnose(given)
+            note = f"The {getattr(reasoner, 'name', 'configured')} reasoner failed ({exc}); "
+            note += "these causes come from the deterministic rules."
+            return fallback.model_copy(update={"notes": [*fallback.notes, note]})
+        outcomes = list(given.outcomes) + list(diagnosis.extra)
+        kept: list[RootCause] = []
+        rejected: list[str] = []
+        for cause in diagnosis.causes:
+            why = admissible(cause, outcomes)
+            if why is None:
+                kept.append(cause)
+            else:
+                rejected.append(why)
+        if rejected:
+            notes = [*diagnosis.notes, *(f"Rejected cause {why}" for why in rejected)]
+            diagnosis = diagnosis.model_copy(update={"causes": kept, "notes": notes})
+        if not kept:
+            fallback = self._fallback.diagnose(given)
+            note = f"The {diagnosis.reasoner} reasoner named no admissible cause; "
+            note += "the deterministic result stands."
+            diagnosis = fallback.model_copy(
+                update={"notes": [*diagnosis.notes, note], "extra": diagnosis.extra}
+            )
+        return diagnosis
+
+    def report(self, state: InvestigationState) -> dict[str, Any]:
+        """Write the report (with the proposal it will make) and store it."""
+        return {"report_path": self._render(state, self._proposals(state))}
+
+    def propose(self, state: InvestigationState) -> dict[str, Any]:
+        """Store the proposals (idempotent) and tell the notifier."""
+        proposals = self._proposals(state)
+        for m in proposals:
+            self.deps.store.add_mitigation(m)
+        ids = [m.id for m in proposals]
+        if ids:
+            status: InvestigationStatus = "awaiting_approval"
+            updated = state.model_copy(update={"mitigation_ids": ids})
+            self.deps.notifier.awaiting_approval(self._save(updated, status))
+        else:
+            status = "completed"
+        return {"mitigation_ids": ids, "status": status}
+
+    @staticmethod
+    def after_propose(state: InvestigationState) -> str:
+        """Wait for approval when something was proposed."""
+        return "approval" if state.mitigation_ids else "finish"
+
+    def approval(self, state: InvestigationState) -> dict[str, Any]:
+        """Pause until every proposal is decided; the stored decision is what counts."""
+        store = self.deps.store
+        pending = [i for i in state.mitigation_ids if store.get_mitigation(i).status == "proposed"]
+        if not pending:
+            return {}
+        value = interrupt({"investigation_id": state.investigation_id, "mitigations": pending})
+        return {"decision": Decision.model_validate(value)}
+
+    def after_approval(self, state: InvestigationState) -> str:
+        """Execute what is approved; wait again while anything is undecided."""
+        statuses = [self.deps.store.get_mitigation(i).status for i in state.mitigation_ids]
+        if "proposed" in statuses:
+            return "approval"
+        if "approved" in statuses:
+            return "execute"
+        return "finish"
+
+    def execute(self, state: InvestigationState) -> dict[str, Any]:
+        """Execute each approved mitigation exactly once, through the experiment core."""
+        done: list[str] = []
+        errors: list[str] = []
+        for mid in state.mitigation_ids:
+            if self.deps.store.get_mitigation(mid).status != "approved":
+                continue
+            try:
+                view, acted = self.deps.executor.execute(mid)
+            except Exception as exc:  # recorded on the mitigation and the investigation
+                _log.exception("mitigation %s failed", mid)
+                errors.append(f"mitigation {mid}: {exc}")
+                continue
+            if acted:
+                done.append(mid)
+                self.deps.notifier.mitigation_executed(view)
+        update: dict[str, Any] = {"executed": [*state.executed, *done]}
+        if errors:
+            update["error"] = "; ".join(errors)
+        return update
+
+    def verify(self, state: InvestigationState) -> dict[str, Any]:
+        """Judge recovery after each executed mitigation."""
+        for mid in state.executed:
+            self.verify_one(state, mid)
+        return {}
+
+    def verify_one(self, state: InvestigationState, mitigation_id: str) -> MitigationView:
+        """Re-read the cause's metric after the action and record whether it recovered."""
+        store = self.deps.store
+        current = store.get_mitigation(mitigation_id)
+        acted_at = store.detail(mitigation_id).get("acted_at")
+        top = state.diagnosis.causes[0] if state.diagnosis and state.diagnosis.causes else None
+        playbook = self.deps.playbooks.get(state.playbook)
+        rule = playbook.rule(top.cause) if top is not None else None
+        if (
+            current.status not in ("executed", "verified")
+            or acted_at is None
+            or rule is None
+            or rule.verify_metric is None
+        ):
+            return current
+        onset = state.onset or (state.localization.window.start if state.localization else None)
+        if onset is None:
+            return current
+        box = self._toolbox(state)
+        found = measure_recovery(box, rule.verify_metric, onset, acted_at, playbook.window)
+        detail: dict[str, Any] = {"verification": found.as_dict()}
+        if state.alert.metric != rule.verify_metric and state.alert.metric != "srm":
+            try:
+                also = measure_recovery(box, state.alert.metric, onset, acted_at, playbook.window)
+                detail["alert_metric"] = also.as_dict()
+            except Exception as exc:  # the alert metric is context only; its absence is noted
+                detail["alert_metric"] = {"error": str(exc)}
+        new = "verified" if found.recovered else "executed"
+        store.transition(
+            mitigation_id, ["executed", "verified"], new, recovered=found.recovered, detail=detail
+        )
+        view = store.get_mitigation(mitigation_id)
+        if found.recovered is not None:
+            self.deps.notifier.recovery_verified(view)
+        return view
+
+    def finish(self, state: InvestigationState) -> dict[str, Any]:
+        """Re-render the report with where each mitigation stands; the investigation is done."""
+        mitigations = self.deps.store.mitigations_of(state.investigation_id)
+        done = state.model_copy(update={"status": "completed"})
+        path = self._render(done, mitigations) if state.diagnosis else state.report_path
+        final = done.model_copy(update={"report_path": path})
+        self.deps.notifier.investigation_finished(self._save(final, "completed"))
+        return {"status": "completed", "report_path": path}
+

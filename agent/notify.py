@@ -1,0 +1,110 @@
+"""The Notifier protocol: callbacks the front doors (Slack) hang their posts and updates on.
+
+Callbacks run on the investigation's thread after the state they report is stored. A notifier
+that fails never fails the investigation: :class:`SafeNotifier` logs its errors and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from agent.models import InvestigationView, MitigationView
+
+__all__ = ["FanoutNotifier", "NullNotifier", "Notifier", "SafeNotifier"]
+
+_log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """What the agent tells the outside world, and when."""
+
+    def investigation_finished(self, view: InvestigationView) -> None:
+        """The investigation reached its end (no proposal, rejected, or executed)."""
+        ...
+
+    def awaiting_approval(self, view: InvestigationView) -> None:
+        """The investigation proposed mitigations and waits for a human decision."""
+        ...
+
+    def mitigation_executed(self, mitigation: MitigationView) -> None:
+        """An approved mitigation was executed through the experiment core."""
+        ...
+
+    def recovery_verified(self, mitigation: MitigationView) -> None:
+        """Verification judged whether the metric recovered (``mitigation.recovered``)."""
+        ...
+
+
+class NullNotifier:
+    """Tells nobody."""
+
+    def investigation_finished(self, view: InvestigationView) -> None:
+        """Do nothing."""
+
+    def awaiting_approval(self, view: InvestigationView) -> None:
+        """Do nothing."""
+
+    def mitigation_executed(self, mitigation: MitigationView) -> None:
+        """Do nothing."""
+
+    def recovery_verified(self, mitigation: MitigationView) -> None:
+        """Do nothing."""
+
+
+class FanoutNotifier:
+    """Calls several notifiers in turn (e.g. Slack and a test recorder)."""
+
+    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+        self._notifiers = list(notifiers)
+
+    def investigation_finished(self, view: InvestigationView) -> None:
+        """Tell every notifier."""
+        for n in self._notifiers:
+            n.investigation_finished(view)
+
+    def awaiting_approval(self, view: InvestigationView) -> None:
+        """Tell every notifier."""
+        for n in self._notifiers:
+            n.awaiting_approval(view)
+
+    def mitigation_executed(self, mitigation: MitigationView) -> None:
+        """Tell every notifier."""
+        for n in self._notifiers:
+            n.mitigation_executed(mitigation)
+
+    def recovery_verified(self, mitigation: MitigationView) -> None:
+        """Tell every notifier."""
+        for n in self._notifiers:
+            n.recovery_verified(mitigation)
+
+
+class SafeNotifier:
+    """Wraps a notifier so that its failures are logged, never raised into the agent."""
+
+    def __init__(self, inner: Notifier | None) -> None:
+        self.inner: Notifier = inner if inner is not None else NullNotifier()
+
+    def _call(self, name: str, arg: InvestigationView | MitigationView) -> None:
+        try:
+            getattr(self.inner, name)(arg)
+        except Exception:  # a notifier (Slack) being down must not fail an investigation
+            _log.exception("notifier %s failed for %s", name, arg.id)
+
+    def investigation_finished(self, view: InvestigationView) -> None:
+        """Forward, logging failures."""
+        self._call("investigation_finished", view)
+
+    def awaiting_approval(self, view: InvestigationView) -> None:
+        """Forward, logging failures."""
+        self._call("awaiting_approval", view)
+
+    def mitigation_executed(self, mitigation: MitigationView) -> None:
+        """Forward, logging failures."""
+        self._call("mitigation_executed", mitigation)
+
+    def recovery_verified(self, mitigation: MitigationView) -> None:
+        """Forward, logging failures."""
+        self._call("recovery_verified", mitigation)

@@ -1,0 +1,323 @@
+"""The HTTP server: Alertmanager webhook, investigations, approvals, experiments, Slack, metrics.
+
+:func:`create_app` composes an app from explicit parts (nothing global): the agent's
+``Investigator``, the experiment core's ``ExperimentService``, the alert ledger, a bounded worker
+pool, a Prometheus registry of its own, and — when Slack is configured — the Bolt app at
+``/slack/events``. Endpoints that touch the agent or the store are plain ``def`` functions, so
+FastAPI runs their blocking work on its thread pool and the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_response
+from slack_sdk import WebClient
+from starlette.concurrency import run_in_threadpool
+
+from agent.models import InvestigationView, MitigationView
+from agent.server.alertmanager import AlertmanagerPayload, map_payload
+from agent.server.errors import Unauthorized, Unavailable, install_error_handlers
+from agent.server.intake import AlertIntake
+from agent.server.metrics import ServerMetrics
+from agent.server.monitoring import MonitorLoop, MonitorRound
+from agent.server.pool import InvestigationPool
+from agent.slack.bot import SlackBot
+from agent.slack.notifier import SlackNotifier
+from agent.slack.ports import Experiments, Investigations
+from lifecycle.alerts import AlertLedger
+from lifecycle.settings import Settings
+
+__all__ = ["Components", "KillRequest", "build_investigator", "create_app", "slack_notifier"]
+
+_log = logging.getLogger(__name__)
+
+
+class KillRequest(BaseModel):
+    """Body of ``POST /experiments/{id}/kill`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000)
+
+
+@dataclass
+class Components:
+    """Everything an app was composed of (``app.state.vigil``), for tests and the CLI."""
+
+    settings: Settings
+    investigator: Investigations
+    experiments: Experiments | None
+    ledger: AlertLedger
+    pool: InvestigationPool
+    intake: AlertIntake
+    metrics: ServerMetrics
+    notifier: SlackNotifier | None
+    bot: SlackBot | None
+    monitor: MonitorLoop | None
+
+
+def slack_notifier(settings: Settings, client: WebClient | None = None) -> SlackNotifier | None:
+    """The Slack notifier the settings call for (None when no bot token is set).
+
+    Args:
+        settings: Bot token, channel, API URL and public URL.
+        client: A ready client (tests point one at a fake Slack); built from settings if None.
+    """
+    if not settings.slack_bot_token:
+        return None
+    client = client or WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    return SlackNotifier(client, channel=settings.slack_channel, public_url=settings.public_url)
+
+
+def build_investigator(settings: Settings, notifier: SlackNotifier | None) -> Investigations:
+    """The agent's ``Investigator`` for ``settings``: the LLM reasoner when an endpoint is set.
+
+    Args:
+        settings: Stores, LLM endpoint, approval policy.
+        notifier: Slack callbacks (None for none).
+    """
+    from agent.service import Investigator
+
+    reasoner = None
+    if settings.llm_base_url:
+        from agent.runtime import reasoner_from_settings
+
+        reasoner = reasoner_from_settings(settings)
+    investigator: Investigations = Investigator(settings, reasoner=reasoner, notifier=notifier)
+    return investigator
+
+
+def _default_experiments(settings: Settings) -> Experiments:
+    from lifecycle.service import ExperimentService
+
+    experiments: Experiments = ExperimentService.from_settings(settings)
+    return experiments
+
+
+def create_app(
+    settings: Settings,
+    *,
+    investigator: Investigations | None = None,
+    experiments: Experiments | None = None,
+    notifier: SlackNotifier | None = None,
+    ledger: AlertLedger | None = None,
+    monitor: MonitorRound | None = None,
+) -> FastAPI:
+    """Compose the HTTP app.
+
+    Args:
+        settings: Vigil's settings (tokens, on-call, Slack, workers, queue size...).
+        investigator: The agent; built from ``settings`` (with ``notifier``) if None. One passed
+            in should have been built with the same ``notifier`` so that Slack hears of it.
+        experiments: The experiment core; built from ``settings.state_url`` if None.
+        notifier: Slack notifier; built from ``settings`` if None and a bot token is set.
+        ledger: Alert ledger; opened on ``settings.state_url`` if None.
+        monitor: One round of Vigil's monitors; when given, a loop runs it every
+            ``settings.monitor_interval_s`` seconds while the app is up.
+
+    Returns:
+        The FastAPI app; its lifespan starts and stops the workers and the monitor loop.
+    """
+    notifier = notifier or slack_notifier(settings)
+    investigator = investigator or build_investigator(settings, notifier)
+    experiments = experiments if experiments is not None else _default_experiments(settings)
+    ledger = ledger or AlertLedger(settings.state_url)
+
+    holder: dict[str, ServerMetrics] = {}
+
+    def _on_done(view: InvestigationView) -> None:
+        holder["metrics"].investigation_seconds.labels(status=view.status).observe(
+            max(0.0, time.time() - view.created_at.timestamp())
+        )
+
+    pool = InvestigationPool(
+        investigator, workers=settings.workers, queue_size=settings.queue_size, on_done=_on_done
+    )
+    metrics = ServerMetrics(
+        lambda n: investigator.list(limit=n), lambda: pool.depth, lambda: pool.running
+    )
+    holder["metrics"] = metrics
+    intake = AlertIntake(pool, ledger, metrics)
+    bot = None
+    if notifier is not None and settings.slack_signing_secret:
+        bot = SlackBot(
+            settings,
+            investigator=investigator,
+            experiments=experiments,
+            notifier=notifier,
+            submit=pool.submit,
+        )
+    loop = MonitorLoop(monitor, intake, interval_s=settings.monitor_interval_s) if monitor else None
+    parts = Components(
+        settings, investigator, experiments, ledger, pool, intake, metrics, notifier, bot, loop
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.start()
+        if loop is not None:
+            loop.start()
+        try:
+            yield
+        finally:
+            if loop is not None:
+                loop.stop()
+            await run_in_threadpool(pool.close)
+            if bot is not None:
+                await run_in_threadpool(bot.close)
+
+    app = FastAPI(title="Vigil", version="0.1.0", lifespan=lifespan)
+    app.state.vigil = parts
+    install_error_handlers(app)
+    _add_routes(app, parts)
+    return app
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token of VIGIL_API_TOKENS.")
+
+
+def _user_dependency(settings: Settings) -> Callable[..., str]:
+    tokens = list(settings.api_tokens.items())
+
+    def current_user(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> str:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise Unauthorized("an Authorization: Bearer token is required")
+        given = credentials.credentials.encode()
+        user = None
+        for token, name in tokens:  # compare with every token, in constant time each
+            if hmac.compare_digest(given, token.encode()):
+                user = name
+        if user is None:
+            raise Unauthorized("the bearer token is not valid")
+        return user
+
+    return current_user
+
+
+def _add_routes(app: FastAPI, parts: Components) -> None:
+    inv, metrics = parts.investigator, parts.metrics
+    user_dep = _user_dependency(parts.settings)
+    authenticated = Depends(user_dep)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "queue_depth": parts.pool.depth,
+            "running": parts.pool.running,
+            "capacity": parts.pool.capacity,
+            "slack": parts.bot is not None,
+        }
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/alerts/alertmanager", status_code=202)
+    def alertmanager(payload: AlertmanagerPayload) -> JSONResponse:
+        mapped = map_payload(payload, parts.settings.alert_labels)
+        result = parts.intake.receive(mapped)
+        body = {
+            "investigations": result.investigations,
+            "duplicates": result.duplicates,
+            "resolved": result.resolved,
+        }
+        if result.refused:
+            body["refused"] = result.refused
+            body["detail"] = "investigation queue full; retry later"
+            return JSONResponse(body, status_code=429, headers={"Retry-After": "30"})
+        return JSONResponse(body, status_code=202)
+
+    @app.get("/investigations")
+    def list_investigations(limit: int = 50) -> list[InvestigationView]:
+        return inv.list(limit=max(1, min(limit, 1000)))
+
+    @app.get("/investigations/{investigation_id}")
+    def get_investigation(investigation_id: str) -> InvestigationView:
+        return inv.get(investigation_id)
+
+    @app.get("/investigations/{investigation_id}/report", response_class=HTMLResponse)
+    def report(investigation_id: str) -> HTMLResponse:
+        return HTMLResponse(inv.report_html(investigation_id))
+
+    @app.post("/mitigations/{mitigation_id}/approve")
+    def approve(mitigation_id: str, user: str = authenticated) -> MitigationView:
+        view = inv.approve(mitigation_id, user)
+        metrics.decisions.labels(channel="http", decision="approve").inc()
+        if parts.notifier is not None:
+            parts.notifier.decided(view)
+        return view
+
+    @app.post("/mitigations/{mitigation_id}/reject")
+    def reject(mitigation_id: str, user: str = authenticated) -> MitigationView:
+        view = inv.reject(mitigation_id, user)
+        metrics.decisions.labels(channel="http", decision="reject").inc()
+        if parts.notifier is not None:
+            parts.notifier.decided(view)
+        return view
+
+    @app.get("/experiments/{experiment_id}")
+    def get_experiment(experiment_id: str) -> Any:
+        return experiment_json(_experiments(parts), experiment_id)
+
+    @app.post("/experiments/{experiment_id}/kill", status_code=202)
+    def kill(
+        experiment_id: str, user: str = authenticated, body: KillRequest | None = None
+    ) -> MitigationView:
+        _experiments(parts).get(experiment_id)  # 404 for an unknown experiment
+        reason = (body.reason if body else "") or f"kill requested over HTTP by {user}"
+        view = inv.propose("kill_experiment", experiment_id, user, reason)
+        if parts.notifier is not None and parts.notifier.channel:
+            parts.notifier.post_proposal(view, parts.notifier.channel)
+        return view
+
+    if parts.bot is not None:
+        bot = parts.bot
+
+        @app.post("/slack/events", include_in_schema=False)
+        async def slack_events(request: Request) -> Response:
+            body = await request.body()
+            bolt_request = to_bolt_request(request, body)
+            # Bolt's dispatch blocks (signature check, ack wait): keep it off the event loop.
+            bolt_response = await run_in_threadpool(bot.dispatch, bolt_request)
+            return to_starlette_response(bolt_response)
+
+
+def experiment_json(experiments: Experiments, experiment_id: str) -> dict[str, Any]:
+    """An experiment's view as JSON, with ``killed`` and its active kill switches spelt out.
+
+    Raises:
+        NotFoundError: Unknown experiment.
+    """
+    view = experiments.get(experiment_id)
+    body: dict[str, Any] = jsonable_encoder(view)
+    blocked = {(scope, target) for scope, target in body.get("blocked_by", [])}
+    switches = [
+        jsonable_encoder(k)
+        for k in experiments.kill_switches(active_only=True)
+        if (k.scope, k.target) in blocked
+    ]
+    body["killed"] = bool(getattr(view, "killed", False))
+    body["kill_switches"] = switches
+    return body
+
+
+def _experiments(parts: Components) -> Experiments:
+    if parts.experiments is None:
+        raise Unavailable("the experiment store is not connected to this server")
+    return parts.experiments

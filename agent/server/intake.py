@@ -1,0 +1,136 @@
+"""Alert intake: deduplicate through the alert ledger, then start investigations on the pool.
+
+Used by the Alertmanager webhook and the monitor loop. An alert is first claimed in the ledger
+(atomically: a duplicate cannot slip in between), then submitted; when the pool is full the claim
+is withdrawn, so the sender's retry is treated as new and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from agent.models import Alert
+from agent.server.alertmanager import MappedAlert
+from agent.server.metrics import ServerMetrics
+from agent.server.pool import InvestigationPool, PoolFull
+from lifecycle.alerts import AlertLedger
+
+__all__ = ["AlertIntake", "IntakeResult"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class IntakeResult:
+    """What became of a batch of alerts.
+
+    Attributes:
+        investigations: Ids of the investigations started now.
+        duplicates: Ids of the investigations earlier copies of an alert started ("" when the
+            earlier copy started none).
+        resolved: How many resolutions were recorded.
+        refused: How many firing alerts were refused because the queue was full.
+    """
+
+    investigations: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    resolved: int = 0
+    refused: int = 0
+
+
+class AlertIntake:
+    """Turns alerts into investigations, once each.
+
+    Args:
+        pool: Where investigations run.
+        ledger: Where alerts are recorded (state database).
+        metrics: Counters to bump.
+    """
+
+    def __init__(self, pool: InvestigationPool, ledger: AlertLedger, metrics: ServerMetrics):
+        self._pool = pool
+        self._ledger = ledger
+        self._metrics = metrics
+
+    def receive(self, alerts: list[MappedAlert]) -> IntakeResult:
+        """Record a webhook's alerts and start an investigation for each new firing one.
+
+        Args:
+            alerts: The webhook's alerts, mapped.
+
+        Returns:
+            What became of them; ``refused > 0`` means the caller should answer 429.
+        """
+        result = IntakeResult()
+        for item in alerts:
+            alert = item.alert
+            if item.status == "resolved":
+                self._ledger.resolve(
+                    "alertmanager",
+                    item.key,
+                    item.ends_at or alert.fired_at,
+                    metric=alert.metric,
+                    experiment_id=alert.experiment,
+                )
+                result.resolved += 1
+                self._metrics.alerts.labels(source="alertmanager", outcome="resolved").inc()
+                continue
+            started = self.fire(alert, source="alertmanager", key=item.key, once=True)
+            if started is None:
+                previous = self._ledger.find("alertmanager", item.key)
+                ident = previous.investigation_id if previous is not None else None
+                result.duplicates.append(ident or "")
+            elif started == "":
+                result.refused += 1
+            else:
+                result.investigations.append(started)
+        return result
+
+    def fire(self, alert: Alert, *, source: str, key: str, once: bool = False) -> str | None:
+        """Claim ``key`` in the ledger and start an investigation for ``alert``.
+
+        Args:
+            alert: What fired.
+            source: Ledger source (``alertmanager``, ``monitor``).
+            key: Identity within the source.
+            once: The key may never recur (see :meth:`AlertLedger.open`).
+
+        Returns:
+            The new investigation's id; None for a duplicate; ``""`` when the pool was full (the
+            claim is withdrawn).
+        """
+        record = self._ledger.open(
+            source,
+            key,
+            metric=alert.metric,
+            fired_at=alert.fired_at,
+            experiment_id=alert.experiment,
+            detail=alert.summary or alert.name,
+            once=once,
+        )
+        if record is None:
+            self._metrics.alerts.labels(source=source, outcome="duplicate").inc()
+            return None
+        return self.submit_claimed(alert, record.id, source=source)
+
+    def submit_claimed(self, alert: Alert, record_id: int, *, source: str) -> str:
+        """Start an investigation for an alert already claimed in the ledger (by a monitor).
+
+        Returns:
+            The new investigation's id, or ``""`` when the pool was full (the claim is withdrawn,
+            so the alert fires again on the next round).
+        """
+        try:
+            investigation_id = self._pool.submit(alert)
+        except PoolFull:
+            self._ledger.discard(record_id)
+            self._metrics.alerts.labels(source=source, outcome="refused").inc()
+            _log.warning("queue full: refused %s alert %s", source, alert.name or alert.metric)
+            return ""
+        except BaseException:
+            self._ledger.discard(record_id)
+            raise
+        self._ledger.attach(record_id, investigation_id)
+        self._metrics.alerts.labels(source=source, outcome="started").inc()
+        return investigation_id

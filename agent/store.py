@@ -1,0 +1,307 @@
+"""The agent's tables in the state database: investigations, their reports, and mitigations.
+
+The agent owns two tables (``agent_investigations``, ``agent_mitigations``), created with
+``metadata.create_all`` next to the experiment core's own (migrated by lifecycle's Alembic, which
+this module never touches). A mitigation's status moves only by compare-and-set
+(:meth:`AgentStore.transition`): an ``UPDATE ... WHERE status IN (...)`` that one caller wins, so
+a second approval or a retried call can never execute an action twice, across threads and
+processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, RowMapping, make_url
+from sqlalchemy.exc import IntegrityError
+
+from agent.models import InvestigationView, MitigationStatus, MitigationView
+from tools.errors import NotFoundError
+
+__all__ = ["AgentStore", "utcnow"]
+
+_metadata = MetaData()
+_investigations = Table(
+    "agent_investigations",
+    _metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("metric", String(32), nullable=False),
+    Column("experiment_id", String(64), nullable=True),
+    Column("view_json", Text, nullable=False),
+    Column("report_html", Text, nullable=False, default=""),
+)
+Index("ix_agent_investigations_created", _investigations.c.created_at)
+_mitigations = Table(
+    "agent_mitigations",
+    _metadata,
+    Column("id", String(64), primary_key=True),
+    Column("investigation_id", String(64), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("target", String(128), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("blast_radius", Float, nullable=False),
+    Column("expected_effect", Text, nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+    Column("proposed_by", String(128), nullable=False),
+    Column("approved_by", String(128), nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("decided_at", DateTime, nullable=True),
+    Column("executed_at", DateTime, nullable=True),
+    Column("acted_at", DateTime, nullable=True),
+    Column("recovered", Boolean, nullable=True),
+    Column("detail_json", Text, nullable=False, default="{}"),
+)
+Index("ix_agent_mitigations_investigation", _mitigations.c.investigation_id)
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, aware."""
+    return datetime.now(UTC)
+
+
+def _naive(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(url, connect_args={"timeout": 30})
+    return create_engine(url, pool_pre_ping=True)
+
+
+class AgentStore:
+    """Investigations and mitigations in the state database.
+
+    Args:
+        url: SQLAlchemy URL of the state database (``Settings.state_url``).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = _engine(url)
+        _metadata.create_all(self.engine)
+
+    # -- investigations ------------------------------------------------------------------------
+
+    def save_investigation(self, view: InvestigationView, report_html: str | None = None) -> None:
+        """Insert or update an investigation (its mitigations live in their own table)."""
+        body = view.model_dump_json(exclude={"mitigations"})
+        now = _naive(utcnow())
+        values: dict[str, Any] = {
+            "status": view.status,
+            "updated_at": now,
+            "metric": view.alert.metric,
+            "experiment_id": view.alert.experiment,
+            "view_json": body,
+        }
+        if report_html is not None:
+            values["report_html"] = report_html
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(_investigations).where(_investigations.c.id == view.id).values(**values)
+            ).rowcount
+            if not done:
+                try:
+                    conn.execute(
+                        insert(_investigations).values(
+                            id=view.id,
+                            created_at=_naive(view.created_at),
+                            report_html=report_html or "",
+                            **{k: v for k, v in values.items() if k != "report_html"},
+                        )
+                    )
+                except IntegrityError:  # a concurrent insert won; update instead
+                    conn.execute(
+                        update(_investigations)
+                        .where(_investigations.c.id == view.id)
+                        .values(**values)
+                    )
+
+    def get_investigation(self, investigation_id: str) -> InvestigationView:
+        """One investigation with its mitigations (NotFoundError if unknown)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_investigations.c.view_json).where(_investigations.c.id == investigation_id)
+            ).first()
+        if row is None:
+            raise NotFoundError("investigation", investigation_id)
+        view = InvestigationView.model_validate_json(row[0])
+        view.mitigations = self.mitigations_of(investigation_id)
+        return view
+
+    def list_investigations(self, limit: int = 50) -> list[InvestigationView]:
+        """The most recent investigations, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_investigations.c.view_json)
+                .order_by(_investigations.c.created_at.desc(), _investigations.c.id.desc())
+                .limit(limit)
+            ).all()
+        views = [InvestigationView.model_validate_json(r[0]) for r in rows]
+        for view in views:
+            view.mitigations = self.mitigations_of(view.id)
+        return views
+
+    def report_html(self, investigation_id: str) -> str:
+        """The stored HTML report ("" before the report node ran)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_investigations.c.report_html).where(
+                    _investigations.c.id == investigation_id
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError("investigation", investigation_id)
+        return str(row[0] or "")
+
+    # -- mitigations ---------------------------------------------------------------------------
+
+    def add_mitigation(self, view: MitigationView, detail: dict[str, Any] | None = None) -> bool:
+        """Insert a proposal unless one with its id exists (idempotent); True if inserted."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(_mitigations).values(
+                        id=view.id,
+                        investigation_id=view.investigation_id,
+                        action=view.action,
+                        target=view.target,
+                        status=view.status,
+                        blast_radius=view.blast_radius,
+                        expected_effect=view.expected_effect,
+                        reason=view.reason,
+                        proposed_by=view.proposed_by,
+                        approved_by=view.approved_by,
+                        created_at=_naive(utcnow()),
+                        detail_json=json.dumps(detail or {}, default=str),
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def get_mitigation(self, mitigation_id: str) -> MitigationView:
+        """One mitigation (NotFoundError if unknown)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(_mitigations).where(_mitigations.c.id == mitigation_id)).first()
+        if row is None:
+            raise NotFoundError("mitigation", mitigation_id)
+        return self._view(row._mapping)
+
+    def detail(self, mitigation_id: str) -> dict[str, Any]:
+        """The mitigation's detail record (what was proposed from, verification figures)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_mitigations.c.detail_json, _mitigations.c.acted_at).where(
+                    _mitigations.c.id == mitigation_id
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError("mitigation", mitigation_id)
+        out: dict[str, Any] = json.loads(row[0] or "{}")
+        out["acted_at"] = _aware(row[1])
+        return out
+
+    def mitigations_of(self, investigation_id: str) -> list[MitigationView]:
+        """An investigation's mitigations in the order they were proposed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_mitigations)
+                .where(_mitigations.c.investigation_id == investigation_id)
+                .order_by(_mitigations.c.created_at, _mitigations.c.id)
+            ).all()
+        return [self._view(r._mapping) for r in rows]
+
+    def list_mitigations(self, statuses: Iterable[str] | None = None) -> list[MitigationView]:
+        """Every mitigation (optionally only those in ``statuses``), oldest first."""
+        query = select(_mitigations).order_by(_mitigations.c.created_at, _mitigations.c.id)
+        if statuses is not None:
+            query = query.where(_mitigations.c.status.in_(list(statuses)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [self._view(r._mapping) for r in rows]
+
+    def transition(
+        self,
+        mitigation_id: str,
+        expected: Iterable[MitigationStatus],
+        new: MitigationStatus,
+        **fields: Any,
+    ) -> bool:
+        """Move a mitigation to ``new`` if its status is one of ``expected`` (compare-and-set).
+
+        Args:
+            mitigation_id: The mitigation.
+            expected: Statuses it may be in now.
+            new: The status to move to.
+            **fields: Columns to set with it (``approved_by``, ``decided_at``, ``executed_at``,
+                ``acted_at``, ``recovered``, ``detail`` — merged into the detail record).
+
+        Returns:
+            True when this call made the move; False when the status was not one of ``expected``
+            (someone else moved it first).
+        """
+        detail = fields.pop("detail", None)
+        values = {k: _naive(v) if isinstance(v, datetime) else v for k, v in fields.items()}
+        with self.engine.begin() as conn:
+            if detail is not None:
+                row = conn.execute(
+                    select(_mitigations.c.detail_json).where(_mitigations.c.id == mitigation_id)
+                ).first()
+                merged = {**json.loads(row[0] if row else "{}"), **detail}
+                values["detail_json"] = json.dumps(merged, default=str)
+            result = conn.execute(
+                update(_mitigations)
+                .where(_mitigations.c.id == mitigation_id)
+                .where(_mitigations.c.status.in_(list(expected)))
+                .values(status=new, **values)
+            )
+        return bool(result.rowcount == 1)
+
+    @staticmethod
+    def _view(row: RowMapping) -> MitigationView:
+        return MitigationView(
+            id=row["id"],
+            investigation_id=row["investigation_id"],
+            action=row["action"],
+            target=row["target"],
+            status=row["status"],
+            blast_radius=row["blast_radius"],
+            expected_effect=row["expected_effect"] or "",
+            reason=row["reason"] or "",
+            proposed_by=row["proposed_by"],
+            approved_by=row["approved_by"],
+            decided_at=_aware(row["decided_at"]),
+            executed_at=_aware(row["executed_at"]),
+            recovered=row["recovered"],
+        )

@@ -1,0 +1,122 @@
+"""Where a scenario meets the rest of Vigil: lifecycle configuration, allocation and clock.
+
+:func:`scenario_to_experiment_file` turns the world's layers, models and experiments into a real
+:class:`lifecycle.config.ExperimentFile`, so the agent and the lifecycle see the scenario's
+experiments as configuration; :func:`world_snapshot` compiles it with
+:func:`lifecycle.allocation.build_snapshot` (kill switches included), and the simulator assigns
+units only through :func:`lifecycle.allocation.assign_many` on that snapshot.
+
+Time: minute ``m`` of a scenario is ``world.start + m minutes``. Telemetry timestamps are naive UTC
+datetimes; :func:`ts_to_minute` also accepts aware datetimes and converts them to UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from evals.sim.scenario import Scenario
+from lifecycle.allocation import ConfigSnapshot, KillScope, assign_many, build_snapshot
+from lifecycle.config import Arm, Experiment, ExperimentFile, Layer, ModelEntry
+
+__all__ = [
+    "minute_to_ts",
+    "scenario_to_experiment_file",
+    "ts_to_minute",
+    "unit_arms",
+    "world_snapshot",
+]
+
+
+def minute_to_ts(scenario: Scenario, minute: float) -> datetime:
+    """The naive UTC timestamp of a scenario minute (fractions allowed).
+
+    Args:
+        scenario: The scenario whose ``world.start`` is minute 0.
+        minute: Minutes since the start.
+    """
+    return scenario.start + timedelta(minutes=float(minute))
+
+
+def ts_to_minute(scenario: Scenario, ts: datetime) -> float:
+    """Minutes since the scenario's start of a timestamp (naive = UTC).
+
+    Args:
+        scenario: The scenario whose ``world.start`` is minute 0.
+        ts: A naive UTC or an aware datetime.
+    """
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return (ts - scenario.start).total_seconds() / 60.0
+
+
+def scenario_to_experiment_file(scenario: Scenario) -> ExperimentFile:
+    """The scenario's layers, model registry and experiments as lifecycle configuration.
+
+    Layers are listed in order of first use; each model becomes a :class:`ModelEntry` (with its
+    refresh cadence); each experiment keeps its id, name, layer, traffic and arms (model, ad load,
+    weight). Launch and stop minutes are simulator timeline, not configuration, and are left out.
+
+    Args:
+        scenario: A validated scenario.
+
+    Returns:
+        A file :class:`lifecycle.service.ExperimentService` can validate and create.
+    """
+    layers: dict[str, Layer] = {}
+    experiments: list[Experiment] = []
+    for spec in scenario.world.experiments:
+        layers.setdefault(spec.layer, Layer(id=spec.layer, name=spec.layer))
+        arms = {
+            name: Arm(weight=arm.weight, model=arm.model, ad_load=arm.ad_load)
+            for name, arm in spec.arms.items()
+        }
+        experiments.append(
+            Experiment(
+                id=spec.id,
+                name=spec.name,
+                description=spec.description,
+                owner=spec.owner,
+                layer=spec.layer,
+                traffic_pct=spec.traffic_pct,
+                arms=arms,
+                control=spec.control,
+            )
+        )
+    models = [
+        ModelEntry(
+            id=m.id,
+            version=m.version,
+            description=f"simulated model, quality {m.quality:g}",
+            refresh_minutes=m.refresh_minutes,
+        )
+        for m in scenario.world.models
+    ]
+    return ExperimentFile(layers=list(layers.values()), models=models, experiments=experiments)
+
+
+def world_snapshot(
+    scenario: Scenario, kill_switches: Iterable[tuple[KillScope, str]] = ()
+) -> ConfigSnapshot:
+    """Compile the scenario's experiments (all running, full coverage) with active kill switches.
+
+    Args:
+        scenario: A validated scenario.
+        kill_switches: Active ``(scope, target)`` pairs; blocked experiments allocate nobody.
+    """
+    file = scenario_to_experiment_file(scenario)
+    return build_snapshot(file.layers, file.experiments, kill_switches=kill_switches)
+
+
+def unit_arms(
+    snapshot: ConfigSnapshot, unit_ids: npt.NDArray[np.int64], experiment_ids: Iterable[str]
+) -> dict[str, npt.NDArray[np.int16]]:
+    """Arm index of every unit of the pool in each experiment (``-1`` = not in it).
+
+    Allocation is a pure function of the unit id, so the pool is assigned once and requests look
+    their unit's arm up; this is :func:`lifecycle.allocation.assign_many`, the production path.
+    """
+    return {exp_id: assign_many(snapshot, unit_ids, exp_id) for exp_id in experiment_ids}

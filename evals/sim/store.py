@@ -1,0 +1,158 @@
+"""Writing the telemetry tables (DESIGN §3) to any SQLAlchemy URL.
+
+DuckDB (``duckdb:///file.duckdb``, the default warehouse) takes the fast path: Arrow tables go
+straight into the table through the raw DuckDB connection (``INSERT ... SELECT`` over a registered
+Arrow table), inside one transaction. Every other dialect (SQLite, PostgreSQL ...) gets chunked
+``executemany`` inserts through SQLAlchemy Core. Tables are created when missing, with the types of
+the contract; a SQLite column stores NaN as NULL (readers treat NULL predictions as invalid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tools.errors import ConfigError, TelemetryError
+
+__all__ = ["TABLES", "TelemetryWriter", "metadata", "open_writer"]
+
+_CHUNK_ROWS = 20_000
+
+metadata = sa.MetaData()
+TABLES: dict[str, sa.Table] = {
+    "requests": sa.Table(
+        "requests",
+        metadata,
+        sa.Column("ts", sa.DateTime),
+        sa.Column("request_id", sa.BigInteger),
+        sa.Column("unit_id", sa.BigInteger),
+        sa.Column("country", sa.String),
+        sa.Column("platform", sa.String),
+        sa.Column("ad_type", sa.String),
+        sa.Column("model_id", sa.String),
+        sa.Column("model_version", sa.String),
+        sa.Column("prediction", sa.Double),
+        sa.Column("fallback", sa.Boolean),
+        sa.Column("label", sa.Integer),
+        sa.Column("revenue", sa.Double),
+        sa.Column("latency_ms", sa.Double),
+        sa.Column("error", sa.Boolean),
+    ),
+    "exposures": sa.Table(
+        "exposures",
+        metadata,
+        sa.Column("ts", sa.DateTime),
+        sa.Column("request_id", sa.BigInteger),
+        sa.Column("unit_id", sa.BigInteger),
+        sa.Column("experiment_id", sa.String),
+        sa.Column("arm", sa.String),
+    ),
+    "model_snapshots": sa.Table(
+        "model_snapshots",
+        metadata,
+        sa.Column("model_id", sa.String),
+        sa.Column("model_version", sa.String),
+        sa.Column("trained_at", sa.DateTime),
+        sa.Column("published_at", sa.DateTime),
+        sa.Column("training_ne", sa.Double),
+        sa.Column("training_calibration", sa.Double),
+    ),
+}
+
+
+def _prepare_path(url: str) -> sa.URL:
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError("db_url", url, f"not a SQLAlchemy URL: {exc}") from None
+    if parsed.get_backend_name() in ("duckdb", "sqlite") and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+    return parsed
+
+
+class TelemetryWriter:
+    """Appends Arrow tables to the telemetry tables of one database, in one transaction.
+
+    Use through :func:`open_writer`, which commits on success and rolls back on error.
+    """
+
+    def __init__(self, engine: sa.Engine, connection: sa.Connection) -> None:
+        self._engine = engine
+        self._conn = connection
+        self._duck: Any = None
+        if engine.dialect.name == "duckdb":
+            self._duck = connection.connection.driver_connection
+        self.rows: dict[str, int] = dict.fromkeys(TABLES, 0)
+
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name."""
+        return self._engine.dialect.name
+
+    def write(self, table: str, data: pa.Table) -> None:
+        """Append rows (columns in the contract's order) to ``table``."""
+        if data.num_rows == 0:
+            return
+        columns = [c.name for c in TABLES[table].columns]
+        if data.column_names != columns:
+            raise TelemetryError(f"{table}: columns {data.column_names} are not {columns}")
+        if self._duck is not None:
+            name = f"_vigil_sim_{table}"
+            self._duck.register(name, data)
+            try:
+                self._duck.execute(
+                    f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM {name}"
+                )
+            finally:
+                self._duck.unregister(name)
+        else:
+            stmt = TABLES[table].insert()
+            for batch in data.to_batches(max_chunksize=_CHUNK_ROWS):
+                self._conn.execute(stmt, batch.to_pylist())
+        self.rows[table] += data.num_rows
+
+    def existing_snapshots(self) -> set[tuple[str, str]]:
+        """``(model_id, model_version)`` pairs already in ``model_snapshots``."""
+        t = TABLES["model_snapshots"]
+        result = self._conn.execute(sa.select(t.c.model_id, t.c.model_version))
+        return {(str(m), str(v)) for m, v in result}
+
+
+@contextmanager
+def open_writer(url: str, *, replace: bool = False) -> Iterator[TelemetryWriter]:
+    """Open the database, create the tables if missing and yield a writer in a transaction.
+
+    Args:
+        url: SQLAlchemy URL (``duckdb:///...``, ``sqlite:///...``, ...).
+        replace: Drop the three tables first (start an empty world).
+
+    Raises:
+        ConfigError: For a URL SQLAlchemy cannot parse.
+        TelemetryError: When the database cannot be opened or written.
+    """
+    parsed = _prepare_path(url)
+    try:
+        engine = sa.create_engine(parsed)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise ConfigError("db_url", url, f"cannot open: {exc}") from None
+    try:
+        with engine.begin() as conn:
+            if replace:
+                metadata.drop_all(conn)
+            metadata.create_all(conn)
+        with engine.begin() as conn:
+            yield TelemetryWriter(engine, conn)
+    except sa.exc.SQLAlchemyError as exc:
+        raise TelemetryError(f"telemetry store {parsed!r}: {exc}") from exc
+    finally:
+        engine.dispose()

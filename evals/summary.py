@@ -1,0 +1,248 @@
+"""How an eval's figures are shown: a Rich table on the terminal and Markdown for the README.
+
+The Markdown file is maintained section by section, so one file holds the figures of every
+reasoner: each ``vigil eval --markdown PATH`` run replaces its own reasoner's section (marked by
+HTML comments), the suite's coverage section and the comparison table, and leaves everything
+else in the file, such as a hand-written introduction, as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from evals.scoring import FIGURE_KEYS
+
+__all__ = [
+    "GOALS",
+    "SuiteEntry",
+    "figures_table",
+    "markdown_sections",
+    "results_table",
+    "update_markdown",
+]
+
+# The issue's goals for the deterministic reasoner on the public suite.
+GOALS: Mapping[str, str] = {
+    "ac1": "≥ 0.95",
+    "ac3": "= 1.0",
+    "onset_acc": "≥ 0.9",
+    "mitigation_acc": "≥ 0.95",
+    "false_positive_rate": "= 0",
+    "unsafe_actions": "= 0",
+    "median_seconds": "< 3",
+}
+_FIGURES_TAG = "vigil-eval:figures"
+_NUMERIC = frozenset({"rank", "onset Δ", "s"})
+_BLOCK = re.compile(
+    r"<!-- vigil-eval:begin (?P<key>[\w.\-]+) -->\n.*?<!-- vigil-eval:end (?P=key) -->\n?",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One scenario of the suite, as the coverage section lists it."""
+
+    name: str
+    kind: str
+    description: str
+    faults: tuple[str, ...]
+    minutes: int
+    requests_per_minute: int
+    experiments: int
+
+
+def _fmt(value: Any, spread: Mapping[str, float] | None = None) -> str:
+    if value is None:
+        return "–"
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    if spread and spread.get("std"):
+        text += f" ± {spread['std']:.3f}"
+    return text
+
+
+def _spreads(figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    repeat = figures.get("repeat") or {}
+    return repeat.get("figures") or {}
+
+
+def figures_table(figures: Mapping[str, Any], title: str) -> Table:
+    """The headline figures (mean ± std over repeats) as a Rich table."""
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal (deterministic)", justify="right")
+    spreads = _spreads(figures)
+    for key in FIGURE_KEYS:
+        table.add_row(key, _fmt(figures.get(key), spreads.get(key)), GOALS.get(key, ""))
+    return table
+
+
+def results_table(figures: Mapping[str, Any]) -> Table:
+    """One line per scenario run: expected, got, rank, onset error, seconds, pass or why."""
+    table = Table(title="scenarios", show_lines=False)
+    for name in ("scenario", "expected", "got", "rank", "onset Δ", "mitigation", "s", "result"):
+        table.add_column(name, justify="right" if name in _NUMERIC else "left")
+    for row in figures.get("results", []):
+        expected = row["expected"]
+        want = expected["root_cause"] + (
+            f"@{expected['experiment']}" if expected["experiment"] else ""
+        )
+        got = row["ranks"][0] if row["ranks"] else "none"
+        mitigation = f"{row['got']['mitigation']} (want {expected['mitigation']})"
+        onset = "" if row["onset_error"] is None else f"{row['onset_error']:+.0f}"
+        result = "[green]pass[/]" if row["passed"] else "[red]" + "; ".join(row["why"]) + "[/]"
+        name = row["name"] + (f" #{row['run']}" if row["run"] else "")
+        table.add_row(
+            name, want, got, _fmt(row["rank"]), onset, mitigation, f"{row['seconds']:.2f}", result
+        )
+    return table
+
+
+def _figure_rows(figures: Mapping[str, Any]) -> list[str]:
+    spreads = _spreads(figures)
+    lines = ["| figure | value |", "|---|---:|"]
+    lines += [f"| `{k}` | {_fmt(figures.get(k), spreads.get(k))} |" for k in FIGURE_KEYS]
+    return lines
+
+
+def _kind_rows(by_kind: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| kind | scenarios | ac1 | ac3 | experiment | onset | mitigation | passed | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for kind, f in by_kind.items():
+        failed = ", ".join(f"`{n}`" for n in f.get("failed", [])) or "–"
+        lines.append(
+            f"| `{kind}` | {f['scenarios']} | {_fmt(f['ac1'])} | {_fmt(f['ac3'])} | "
+            f"{_fmt(f['experiment_acc'])} | {_fmt(f['onset_acc'])} | "
+            f"{_fmt(f['mitigation_acc'])} | {_fmt(f['passed'])} | {failed} |"
+        )
+    return lines
+
+
+def _reasoner_section(reasoner: str, figures: Mapping[str, Any], command: str) -> str:
+    repeat = (figures.get("repeat") or {}).get("n", 1)
+    lines = [f"### Reasoner `{reasoner}`", "", f"`{command}`", ""]
+    if repeat > 1:
+        lines += [f"Mean ± standard deviation over {repeat} runs.", ""]
+    lines += [*_figure_rows(figures), "", "Per kind:", "", *_kind_rows(figures["by_kind"]), ""]
+    failures = [r for r in figures.get("results", []) if not r["passed"]]
+    if failures:
+        lines += ["Failed rows:", ""]
+        for row in failures:
+            run = f" (run {row['run']})" if repeat > 1 else ""
+            lines.append(f"- `{row['name']}`{run}: {'; '.join(row['why'])}")
+        lines.append("")
+    headline = {k: figures.get(k) for k in FIGURE_KEYS}
+    lines.append(f"<!-- {_FIGURES_TAG} {json.dumps(headline)} -->")
+    return "\n".join(lines)
+
+
+def _coverage_section(suite: Sequence[SuiteEntry]) -> str:
+    kinds: dict[str, list[SuiteEntry]] = {}
+    for entry in suite:
+        kinds.setdefault(entry.kind, []).append(entry)
+    lines = [
+        "### What the scenarios cover",
+        "",
+        f"{len(suite)} scenarios, {len(kinds)} kinds of truth "
+        f"({sum(1 for e in suite if e.kind == 'none')} healthy).",
+        "",
+        "| kind | scenarios | names |",
+        "|---|---:|---|",
+    ]
+    for kind in sorted(kinds):
+        names = ", ".join(f"`{e.name}`" for e in kinds[kind])
+        lines.append(f"| `{kind}` | {len(kinds[kind])} | {names} |")
+    lines += [
+        "",
+        "<details><summary>Each scenario</summary>",
+        "",
+        "| scenario | truth | faults | world | description |",
+        "|---|---|---|---|---|",
+    ]
+    for e in suite:
+        faults = ", ".join(e.faults) or "none"
+        world = f"{e.minutes} min × {e.requests_per_minute} req/min, {e.experiments} exp."
+        description = " ".join(e.description.split()).replace("|", "\\|")
+        lines.append(f"| `{e.name}` | `{e.kind}` | {faults} | {world} | {description} |")
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def _summary_section(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    columns = list(FIGURE_KEYS)
+    lines = [
+        "### Figures by reasoner",
+        "",
+        "| reasoner | " + " | ".join(f"`{c}`" for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for reasoner, figures in sections.items():
+        lines.append(
+            f"| `{reasoner}` | " + " | ".join(_fmt(figures.get(c)) for c in columns) + " |"
+        )
+    lines.append("| goal (deterministic) | " + " | ".join(GOALS.get(c, "") for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def markdown_sections(
+    reasoner: str, figures: Mapping[str, Any], command: str, suite: Sequence[SuiteEntry]
+) -> dict[str, str]:
+    """The Markdown blocks one eval run owns, by block key (without their markers)."""
+    return {
+        f"reasoner.{reasoner}": _reasoner_section(reasoner, figures, command),
+        "coverage": _coverage_section(suite),
+    }
+
+
+def _wrap(key: str, body: str) -> str:
+    return f"<!-- vigil-eval:begin {key} -->\n{body}\n<!-- vigil-eval:end {key} -->\n"
+
+
+def update_markdown(path: Path, blocks: Mapping[str, str]) -> str:
+    """Write ``blocks`` into the Markdown file at ``path``, keeping everything else in it.
+
+    A block already in the file is replaced in place; a new one is appended. The comparison table
+    (block ``summary``) is then rebuilt from the figures of every reasoner section in the file.
+
+    Returns:
+        The file's new text.
+    """
+    text = path.read_text() if path.exists() else ""
+    for key, body in blocks.items():
+        text = _put(text, key, body)
+    sections: dict[str, dict[str, Any]] = {}
+    for match in _BLOCK.finditer(text):
+        key = match.group("key")
+        found = re.search(rf"<!-- {_FIGURES_TAG} (.*?) -->", match.group(0))
+        if key.startswith("reasoner.") and found:
+            sections[key.removeprefix("reasoner.")] = json.loads(found.group(1))
+    text = _put(text, "summary", _summary_section(sections), first=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def _put(text: str, key: str, body: str, *, first: bool = False) -> str:
+    block = _wrap(key, body)
+    for match in _BLOCK.finditer(text):
+        if match.group("key") == key:
+            return text[: match.start()] + block + text[match.end() :]
+    if first:
+        # Before the first block, so the comparison leads the generated part of the file.
+        found = _BLOCK.search(text)
+        if found:
+            return text[: found.start()] + block + "\n" + text[found.start() :]
+    separator = (
+        "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+    )
+    return text + separator + block

@@ -1,0 +1,283 @@
+"""The alert ledger: open and resolved alerts, persisted in the state database.
+
+Vigil's monitors and the Alertmanager webhook record every alert here, so that an alert for the
+same experiment and metric is not fired twice while one is open (monitors), and a firing episode
+is investigated once however often it is re-sent (Alertmanager) — across restarts and processes.
+At most one open alert per (source, key) is enforced by a partial unique index, and writes take
+the state store's write lock (``lifecycle.store.write``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from lifecycle.store import open_engine, write
+
+__all__ = ["AlertLedger", "AlertRecord", "AlertStatus"]
+
+AlertStatus = Literal["open", "resolved"]
+
+_metadata = MetaData()
+_alerts = Table(
+    "alert_ledger",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("experiment_id", String(64), nullable=True),
+    Column("metric", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("fired_at", DateTime, nullable=False),
+    Column("resolved_at", DateTime, nullable=True),
+    Column("investigation_id", String(64), nullable=True),
+    Column("detail", Text, nullable=False, default=""),
+)
+# At most one open alert per (source, key): the database, not a read-then-write, enforces it.
+Index(
+    "ix_alert_ledger_open",
+    _alerts.c.source,
+    _alerts.c.key,
+    unique=True,
+    sqlite_where=_alerts.c.status == "open",
+    postgresql_where=_alerts.c.status == "open",
+)
+Index("ix_alert_ledger_key", _alerts.c.source, _alerts.c.key)
+
+
+def _naive_utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    return None if ts is None else ts.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """One alert in the ledger.
+
+    Attributes:
+        id: Ledger row id.
+        source: Who fired it (``monitor``, ``alertmanager``).
+        key: Identity within the source: ``experiment:metric`` for monitors, fingerprint and
+            start time for Alertmanager.
+        experiment_id: The experiment, or None for a global alert.
+        metric: The alert metric (Vigil's vocabulary).
+        status: ``open`` or ``resolved``.
+        fired_at: When it fired (UTC).
+        resolved_at: When it was resolved (UTC), None while open.
+        investigation_id: The investigation it started, if any.
+        detail: One line a human reads.
+    """
+
+    id: int
+    source: str
+    key: str
+    experiment_id: str | None
+    metric: str
+    status: AlertStatus
+    fired_at: datetime
+    resolved_at: datetime | None
+    investigation_id: str | None
+    detail: str
+
+    @classmethod
+    def _from_row(cls, row: RowMapping) -> AlertRecord:
+        fired = _aware(row["fired_at"])
+        assert fired is not None  # the column is NOT NULL
+        return cls(
+            id=int(row["id"]),
+            source=str(row["source"]),
+            key=str(row["key"]),
+            experiment_id=row["experiment_id"],
+            metric=str(row["metric"]),
+            status="open" if row["status"] == "open" else "resolved",
+            fired_at=fired,
+            resolved_at=_aware(row["resolved_at"]),
+            investigation_id=row["investigation_id"],
+            detail=str(row["detail"] or ""),
+        )
+
+
+def _find(conn: Connection, source: str, key: str) -> AlertRecord | None:
+    query = (
+        select(_alerts)
+        .where(and_(_alerts.c.source == source, _alerts.c.key == key))
+        .order_by(_alerts.c.id.desc())
+        .limit(1)
+    )
+    row = conn.execute(query).mappings().first()
+    return None if row is None else AlertRecord._from_row(row)
+
+
+class AlertLedger:
+    """Open and resolved alerts, persisted in the state database (table ``alert_ledger``).
+
+    Args:
+        state_url: SQLAlchemy URL of the state database (``Settings.state_url``).
+    """
+
+    def __init__(self, state_url: str) -> None:
+        self._engine = open_engine(state_url)
+        _metadata.create_all(self._engine, checkfirst=True)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def find(self, source: str, key: str) -> AlertRecord | None:
+        """The most recent alert of ``source`` with ``key``, open or resolved."""
+        with self._engine.connect() as conn:
+            return _find(conn, source, key)
+
+    def open(
+        self,
+        source: str,
+        key: str,
+        *,
+        metric: str,
+        fired_at: datetime,
+        experiment_id: str | None = None,
+        detail: str = "",
+        once: bool = False,
+    ) -> AlertRecord | None:
+        """Record a newly fired alert unless it is a duplicate.
+
+        Args:
+            source: Who fired it.
+            key: Identity within the source.
+            metric: The alert metric.
+            fired_at: When it fired.
+            experiment_id: The experiment, if any.
+            detail: One line a human reads.
+            once: Refuse the key if it was ever recorded, not only while open (an Alertmanager
+                firing episode is identified by its start, so it is new exactly once).
+
+        Returns:
+            The new record, or None when an open alert with the same key exists (or, with
+            ``once``, any alert with the key).
+        """
+        with self._lock:
+            values = {
+                "source": source,
+                "key": key,
+                "experiment_id": experiment_id,
+                "metric": metric,
+                "status": "open",
+                "fired_at": _naive_utc(fired_at),
+                "detail": detail,
+            }
+            try:
+                with write(self._engine) as conn:
+                    # Under the write lock: no other process can record the key in between.
+                    if once and _find(conn, source, key) is not None:
+                        return None
+                    conn.execute(insert(_alerts).values(**values))
+                    return _find(conn, source, key)
+            except IntegrityError:
+                return None
+
+    def attach(self, record_id: int, investigation_id: str) -> None:
+        """Note the investigation an alert started."""
+        with write(self._engine) as conn:
+            conn.execute(
+                update(_alerts)
+                .where(_alerts.c.id == record_id)
+                .values(investigation_id=investigation_id)
+            )
+
+    def discard(self, record_id: int) -> None:
+        """Forget an alert that could not be acted on (so that a retry is not a duplicate)."""
+        with write(self._engine) as conn:
+            conn.execute(delete(_alerts).where(_alerts.c.id == record_id))
+
+    def resolve_open(self, source: str, key: str, at: datetime) -> bool:
+        """Resolve the open alert with ``key``, if there is one; True when one was closed."""
+        with write(self._engine) as conn:
+            done = conn.execute(
+                update(_alerts)
+                .where(
+                    and_(
+                        _alerts.c.source == source,
+                        _alerts.c.key == key,
+                        _alerts.c.status == "open",
+                    )
+                )
+                .values(status="resolved", resolved_at=_naive_utc(at))
+            )
+        return bool(done.rowcount)
+
+    def resolve(
+        self, source: str, key: str, at: datetime, *, metric: str, experiment_id: str | None = None
+    ) -> AlertRecord:
+        """Mark the open alert with ``key`` resolved, or record a resolution seen first.
+
+        Args:
+            source: Who fired it.
+            key: Identity within the source.
+            at: When it was resolved.
+            metric: The alert metric (used when no open record exists).
+            experiment_id: The experiment (used when no open record exists).
+
+        Returns:
+            The resolved record.
+        """
+        resolved_at = _naive_utc(at)
+        with self._lock, write(self._engine) as conn:
+            done = conn.execute(
+                update(_alerts)
+                .where(
+                    and_(
+                        _alerts.c.source == source,
+                        _alerts.c.key == key,
+                        _alerts.c.status == "open",
+                    )
+                )
+                .values(status="resolved", resolved_at=resolved_at)
+            )
+            if done.rowcount == 0 and _find(conn, source, key) is None:
+                conn.execute(
+                    insert(_alerts).values(
+                        source=source,
+                        key=key,
+                        experiment_id=experiment_id,
+                        metric=metric,
+                        status="resolved",
+                        fired_at=resolved_at,
+                        resolved_at=resolved_at,
+                        detail="resolved before Vigil saw it fire",
+                    )
+                )
+        record = self.find(source, key)
+        assert record is not None  # written above or already present
+        return record
+
+    def open_alerts(self, source: str | None = None) -> list[AlertRecord]:
+        """Every open alert, oldest first, optionally of one source."""
+        query = select(_alerts).where(_alerts.c.status == "open").order_by(_alerts.c.id)
+        if source is not None:
+            query = query.where(_alerts.c.source == source)
+        with self._engine.connect() as conn:
+            return [AlertRecord._from_row(r) for r in conn.execute(query).mappings()]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the experiment state store, run by :func:`lifecycle.store.migrate`."""

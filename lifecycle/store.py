@@ -1,0 +1,290 @@
+"""The experiment state store: tables, the engine, and migrations run on open.
+
+SQLAlchemy Core over portable SQL: SQLite by default, PostgreSQL (or another dialect) by URL. The
+schema is created and upgraded by the Alembic migrations shipped in ``lifecycle/migrations``, run
+programmatically when a store is opened; nothing is created with ``create_all``.
+
+Writers serialise: on SQLite a write transaction starts with ``BEGIN IMMEDIATE`` (it takes the
+write lock before reading, so a read-check-write cannot interleave with another process); on
+PostgreSQL rows are read ``FOR UPDATE``. Conditional updates and unique keys make the decisive
+writes race-free on any dialect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+__all__ = [
+    "VERSION_TABLE",
+    "arms",
+    "audit_log",
+    "dump_json",
+    "experiments",
+    "from_db_time",
+    "kill_switches",
+    "layers",
+    "load_json",
+    "metadata",
+    "migrate",
+    "models",
+    "open_engine",
+    "rollout_state",
+    "state_version",
+    "to_db_time",
+    "write",
+]
+
+VERSION_TABLE = "lifecycle_alembic_version"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = MetaData()
+
+layers = Table(
+    "layers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("salt", String(200), nullable=True),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# The model registry: one row per registered version; the serving version of a model is its
+# latest version not rolled back.
+models = Table(
+    "models",
+    metadata,
+    Column("id", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("refresh_minutes", Integer, nullable=True),
+    Column("training_ne", Float, nullable=True),
+    Column("registered_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("id", "version", name="pk_models"),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("layer", String(64), ForeignKey("layers.id"), nullable=False),
+    Column("traffic_pct", Float, nullable=False),
+    Column("range_start", Float, nullable=False),
+    Column("range_end", Float, nullable=False),
+    Column("control", String(64), nullable=False),
+    Column("targeting", Text, nullable=False),
+    Column("rollout", Text, nullable=False),
+    Column("guardrails", Text, nullable=False),
+    Column("forced", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("created_by", String(200), nullable=False),
+)
+
+arms = Table(
+    "arms",
+    metadata,
+    Column("experiment_id", String(64), ForeignKey("experiments.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("model", String(64), nullable=True),
+    Column("ad_load", Float, nullable=True),
+    Column("params", Text, nullable=False),
+    PrimaryKeyConstraint("experiment_id", "name", name="pk_arms"),
+)
+
+rollout_state = Table(
+    "rollout_state",
+    metadata,
+    Column("experiment_id", String(64), ForeignKey("experiments.id"), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("stage", Integer, nullable=False),
+    Column("prior", String(16), nullable=True),
+    Column("stage_started_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("revision", Integer, nullable=False),
+)
+
+# One row per (scope, target) ever switched; ``active`` flips. The primary key and conditional
+# updates on ``active`` make activation idempotent across processes.
+kill_switches = Table(
+    "kill_switches",
+    metadata,
+    Column("scope", String(16), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("activated_at", DateTime, nullable=False),
+    Column("activated_by", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("released_at", DateTime, nullable=True),
+    Column("released_by", String(200), nullable=True),
+    Column("release_reason", Text, nullable=True),
+    PrimaryKeyConstraint("scope", "target", name="pk_kill_switches"),
+)
+
+# Append-only (the migration adds triggers refusing UPDATE and DELETE on SQLite and PostgreSQL).
+# The largest id is the version of the state: every state change writes exactly here.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("experiment_id", String(64), nullable=True, index=True),
+    Column("target", String(200), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("before", Text, nullable=True),
+    Column("after", Text, nullable=True),
+    Column("idem_key", String(200), nullable=True, unique=True),
+)
+
+
+# --- values ------------------------------------------------------------------------------------
+
+
+def to_db_time(ts: datetime) -> datetime:
+    """UTC, naive: how times are stored (portable across dialects)."""
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
+
+
+def from_db_time(ts: datetime) -> datetime:
+    """A stored time as an aware UTC datetime."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def dump_json(value: Any) -> str:
+    """Canonical JSON text of a value."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def load_json(raw: str | None) -> Any:
+    """Parse stored JSON text (None stays None)."""
+    return None if raw is None else json.loads(raw)
+
+
+# --- engine and transactions -------------------------------------------------------------------
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for the state store; for SQLite, with transactions SQLAlchemy controls.
+
+    In-memory SQLite (``sqlite://``) keeps one shared connection so that every caller sees the
+    same database.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    memory = parsed.database in (None, "", ":memory:")
+    if not memory and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        poolclass=StaticPool if memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, emit BEGIN (see the SQLite dialect documentation).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("vigil_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed on success, rolled back on any error."""
+    with engine.execution_options(vigil_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Serialise writers of the experiment state on one advisory lock for the transaction.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7718001)"))
+        yield conn
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def _current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return ctx.get_current_revision()
+
+
+def migrate(engine: Engine) -> str:
+    """Upgrade the schema to the newest migration; a no-op when it is there already.
+
+    Returns:
+        The head revision.
+    """
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as conn:
+        cfg = _alembic_config(conn)
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        current = _current_revision(conn)
+    if current == head and head is not None:
+        return head
+    with write(engine) as conn:
+        # Checked again under the write lock: another process may have migrated meanwhile.
+        if _current_revision(conn) != head:
+            command.upgrade(_alembic_config(conn), "head")
+    return str(head)
+
+
+def state_version(conn: Connection) -> int:
+    """The version of the stored state: the id of the latest audit entry (0 when empty)."""
+    return int(conn.execute(select(func.coalesce(func.max(audit_log.c.id), 0))).scalar_one())

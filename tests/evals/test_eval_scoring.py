@@ -1,0 +1,210 @@
+"""The scorer on hand-made expected/got pairs whose figures are known."""
+
+from __future__ import annotations
+
+import pytest
+
+from evals.scoring import (
+    Expected,
+    Got,
+    RankedCause,
+    ResultRow,
+    combine_runs,
+    crashed,
+    score,
+    summarize,
+)
+
+
+def _got(*causes: tuple[str, str | None], onset: float | None = None, mit: str = "none") -> Got:
+    return Got(
+        causes=[RankedCause(cause=c, experiment=e) for c, e in causes],
+        onset_minute=onset,
+        mitigation=mit,
+        seconds=1.0,
+    )
+
+
+FALLBACK = Expected(
+    root_cause="model_fallback", experiment="879", onset_minute=152, mitigation="kill_experiment"
+)
+HEALTHY = Expected(root_cause="none", mitigation="none")
+
+
+def test_exact_hit_passes_every_criterion() -> None:
+    row = score("a", FALLBACK, _got(("model_fallback", "879"), onset=150, mit="kill_experiment"))
+    assert (row.rank, row.hit1, row.hit3) == (1, True, True)
+    assert row.experiment_hit and row.onset_hit and row.mitigation_hit
+    assert row.onset_error == -2
+    assert row.false_positive is None
+    assert row.passed and row.why == []
+    assert row.ranks == ["model_fallback@879"]
+
+
+def test_second_rank_is_ac3_not_ac1_and_reads_the_top_experiment() -> None:
+    got = _got(
+        ("miscalibration", "880"), ("model_fallback", "879"), onset=152, mit="kill_experiment"
+    )
+    row = score("b", FALLBACK, got)
+    assert (row.rank, row.hit1, row.hit3) == (2, False, True)
+    assert row.experiment_hit is False  # the top cause blames 880
+    assert not row.passed
+    assert any(w.startswith("cause:") for w in row.why)
+    assert any(w.startswith("experiment:") for w in row.why)
+
+
+def test_fourth_rank_misses_ac3() -> None:
+    got = _got(
+        ("ne_regression", None),
+        ("stale_model", None),
+        ("miscalibration", None),
+        ("model_fallback", "879"),
+    )
+    row = score("c", FALLBACK, got)
+    assert (row.rank, row.hit1, row.hit3) == (4, False, False)
+
+
+@pytest.mark.parametrize(
+    ("onset", "hit"), [(157.0, True), (147.0, True), (157.5, False), (146.0, False), (None, False)]
+)
+def test_onset_tolerance_is_five_minutes_both_ways(onset: float | None, hit: bool) -> None:
+    row = score("d", FALLBACK, _got(("model_fallback", "879"), onset=onset, mit="kill_experiment"))
+    assert row.onset_hit is hit
+    if onset is None:
+        assert row.onset_error is None
+        assert "no onset" in " ".join(row.why)
+
+
+def test_scenario_without_onset_or_experiment_is_not_scored_on_them() -> None:
+    expected = Expected(root_cause="infra_outage", mitigation="escalate_infra")
+    row = score("e", expected, _got(("infra_outage", None), onset=999, mit="escalate_infra"))
+    assert row.onset_hit is None and row.onset_error is None
+    assert row.experiment_hit is None
+    assert row.passed
+
+
+def test_healthy_naming_nothing_or_none_is_a_hit() -> None:
+    empty = score("h1", HEALTHY, _got())
+    named_none = score("h2", HEALTHY, _got(("none", None), ("miscalibration", "1")))
+    for row in (empty, named_none):
+        assert row.hit1 and row.hit3 and row.rank == 1
+        assert row.false_positive is False
+        assert row.mitigation_hit and row.passed
+
+
+def test_healthy_blamed_on_a_cause_is_a_false_positive() -> None:
+    row = score("h3", HEALTHY, _got(("miscalibration", "1"), ("none", None), mit="kill_experiment"))
+    assert row.false_positive is True
+    assert row.hit1 is False and row.hit3 is True and row.rank == 2
+    assert row.mitigation_hit is False
+
+
+def test_crash_is_a_failed_row_that_names_the_error() -> None:
+    row = score("x", FALLBACK, crashed("ValueError: boom", seconds=0.5))
+    assert not row.passed and row.error == "ValueError: boom"
+    assert row.why == ["crashed: ValueError: boom"]
+    assert (row.hit1, row.hit3, row.experiment_hit, row.onset_hit, row.mitigation_hit) == (
+        False,
+        False,
+        False,
+        False,
+        False,
+    )
+    healthy = score("y", HEALTHY, crashed("boom"))
+    assert healthy.hit1 is False and healthy.false_positive is False and not healthy.passed
+
+
+def _suite() -> list[ResultRow]:
+    return [
+        # hit on everything
+        score("f1", FALLBACK, _got(("model_fallback", "879"), onset=153, mit="kill_experiment")),
+        # rank 2, onset off by 10, wrong mitigation
+        score(
+            "f2",
+            FALLBACK,
+            _got(("ne_regression", "879"), ("model_fallback", "879"), onset=162, mit="ramp_down"),
+        ),
+        # infra, no experiment/onset stated
+        score(
+            "i1",
+            Expected(root_cause="infra_outage", mitigation="escalate_infra"),
+            _got(("infra_outage", None), mit="escalate_infra"),
+        ),
+        # healthy: correct, then false positive
+        score("h1", HEALTHY, _got()),
+        score("h2", HEALTHY, _got(("miscalibration", "879"), mit="kill_experiment")),
+    ]
+
+
+def test_summarize_gives_the_known_figures() -> None:
+    figures = summarize(_suite())
+    assert figures["scenarios"] == 5
+    assert figures["ac1"] == pytest.approx(3 / 5)
+    assert figures["ac3"] == pytest.approx(4 / 5)
+    assert figures["experiment_acc"] == pytest.approx(2 / 2)
+    assert figures["onset_acc"] == pytest.approx(1 / 2)
+    assert figures["mitigation_acc"] == pytest.approx(3 / 5)
+    assert figures["false_positive_rate"] == pytest.approx(1 / 2)
+    assert figures["unsafe_actions"] == 0
+    assert figures["median_seconds"] == pytest.approx(1.0)
+    assert [r["name"] for r in figures["results"]] == ["f1", "f2", "i1", "h1", "h2"]
+    by_kind = figures["by_kind"]
+    assert set(by_kind) == {"model_fallback", "infra_outage", "none"}
+    assert by_kind["model_fallback"]["ac1"] == pytest.approx(0.5)
+    assert by_kind["model_fallback"]["failed"] == ["f2"]
+    assert by_kind["none"]["false_positive_rate"] == pytest.approx(0.5)
+    assert by_kind["infra_outage"]["onset_acc"] is None
+
+
+def test_empty_denominators_are_none_not_zero() -> None:
+    figures = summarize(
+        [score("i1", Expected(root_cause="infra_outage"), _got(("infra_outage", None)))]
+    )
+    assert figures["false_positive_rate"] is None
+    assert figures["onset_acc"] is None and figures["experiment_acc"] is None
+    assert figures["mitigation_acc"] is None
+    assert figures["ac1"] == 1.0
+
+
+def test_unsafe_actions_fail_the_row_and_add_up() -> None:
+    got = _got(("model_fallback", "879"), onset=152, mit="kill_experiment").model_copy(
+        update={"unsafe_actions": 2}
+    )
+    row = score("u", FALLBACK, got)
+    assert not row.passed and "unsafe" in row.why[0]
+    assert summarize([row, *_suite()])["unsafe_actions"] == 2
+
+
+def test_fault_kind_groups_rows_when_given() -> None:
+    expected = FALLBACK.model_copy(update={"kind": "model_fallback+infra"})
+    row = score("k", expected, _got(("model_fallback", "879")))
+    assert row.kind == "model_fallback+infra"
+
+
+def test_repeats_report_means_and_spread() -> None:
+    first = _suite()
+    second = [
+        score(
+            r.name,
+            r.expected,
+            _got(
+                (r.expected.root_cause, r.expected.experiment),
+                onset=r.expected.onset_minute,
+                mit=r.expected.mitigation or "none",
+            ),
+            run=1,
+        )
+        for r in first
+    ]
+    figures = combine_runs([first, second])
+    assert figures["scenarios"] == 5
+    assert figures["ac1"] == pytest.approx((3 / 5 + 1.0) / 2)
+    spread = figures["repeat"]["figures"]["ac1"]
+    assert spread["min"] == pytest.approx(0.6) and spread["max"] == pytest.approx(1.0)
+    assert spread["std"] > 0
+    assert figures["repeat"]["n"] == 2
+    assert len(figures["results"]) == 10
+    assert {r["run"] for r in figures["results"]} == {0, 1}
+    assert combine_runs([first]) == summarize(first)
+    with pytest.raises(ValueError, match="at least one run"):
+        combine_runs([])

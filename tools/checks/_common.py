@@ -1,0 +1,200 @@
+"""Turning a judgement into the one result shape: summary, effect, evidence, params."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tools.checks._engine import Finding, Judgement, SubjectFrame, localize
+from tools.metrics import metric_values
+from tools.result import CheckResult, Effect, Evidence, Scalar, Verdict
+from tools.telemetry import to_datetime
+
+__all__ = [
+    "Described",
+    "arm_table",
+    "as_verdict",
+    "fmt_p",
+    "fmt_time",
+    "no_data",
+    "params_of",
+    "series_evidence",
+    "subject_name",
+    "to_result",
+]
+
+
+def params_of(params: Any, **extra: Any) -> dict[str, Any]:
+    """A params dataclass as a plain dict, plus extra settings."""
+    out = asdict(params)
+    out.update(extra)
+    return out
+
+
+def as_verdict(value: str) -> Verdict:
+    """Narrow a string to the verdict vocabulary."""
+    if value == "ok":
+        return "ok"
+    if value == "warn":
+        return "warn"
+    if value == "fail":
+        return "fail"
+    return "no_data"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value for a sentence."""
+    if p is None or not np.isfinite(p):
+        return "p n/a"
+    return "p<1e-9" if p < 1e-9 else f"p={p:.2g}"
+
+
+def fmt_time(minute: int | None) -> str:
+    """An epoch minute as ``HH:MM`` UTC."""
+    return "?" if minute is None else to_datetime(minute).strftime("%H:%M")
+
+
+def subject_name(frame: SubjectFrame) -> str:
+    """``experiment 879``, ``model ctr_v41`` or ``all traffic``."""
+    return str(frame.subject)
+
+
+def no_data(
+    check: str, frame: SubjectFrame | None, reason: str, params: dict[str, Any]
+) -> CheckResult:
+    """A ``no_data`` result: never a crash, never a false fail."""
+    experiment = frame.subject.experiment_id if frame is not None else None
+    return CheckResult(
+        check=check, verdict="no_data", summary=reason, experiment=experiment, params=params
+    )
+
+
+def _scalar(v: Any) -> Scalar:
+    if v is None or isinstance(v, str | bool | int):
+        return v
+    if isinstance(v, float | np.floating):
+        f = float(v)
+        return round(f, 6) if np.isfinite(f) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return str(v)
+
+
+def table(name: str, frame: pd.DataFrame, note: str = "") -> Evidence:
+    """A small frame as table evidence (values rounded, NaN as null)."""
+    rows = [[_scalar(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    return Evidence(
+        name=name, kind="table", columns=[str(c) for c in frame.columns], rows=rows, note=note
+    )
+
+
+def series_evidence(
+    frame: SubjectFrame, metric: str, name: str | None = None, note: str = ""
+) -> Evidence:
+    """Per-minute values of ``metric`` per arm over the fetched range, for plots."""
+    w = frame.window
+    columns = ["minute"]
+    values: list[np.ndarray] = []
+    for arm in frame.arms:
+        sums = frame.minute_sums(arm).reset_index(names="minute")
+        values.append(metric_values(sums, metric).to_numpy(float))
+        columns.append(arm)
+    minutes = range(w.fetch_start, w.end)
+    rows: list[list[Scalar]] = []
+    for i, m in enumerate(minutes):
+        rows.append([to_datetime(m).isoformat(), *(_scalar(v[i]) for v in values)])
+    return Evidence(
+        name=name or f"{metric} per minute", kind="series", columns=columns, rows=rows, note=note
+    )
+
+
+def arm_table(
+    frame: SubjectFrame, metrics: Sequence[str], span: tuple[int, int], name: str
+) -> Evidence:
+    """Per arm over ``span``: requests and each metric."""
+    rows = []
+    for arm in frame.arms:
+        sums = frame.sums(arm, *span).to_frame().T
+        row: dict[str, Any] = {"arm": arm, "requests": float(sums["n"].iloc[0])}
+        for metric in metrics:
+            row[metric] = float(metric_values(sums, metric).iloc[0])
+        rows.append(row)
+    note = f"{fmt_time(span[0])}-{fmt_time(span[1])} UTC"
+    return table(name, pd.DataFrame(rows), note)
+
+
+@dataclass(frozen=True)
+class Described:
+    """How a check words its findings."""
+
+    effect_name: str
+    unit: str
+    scale: float = 1.0
+    describe: Callable[[Finding, SubjectFrame], str] | None = None
+
+
+def to_result(
+    check: str,
+    judgement: Judgement,
+    frame: SubjectFrame,
+    words: Described,
+    params: dict[str, Any],
+    evidence: list[Evidence],
+    *,
+    ok_summary: str,
+) -> CheckResult:
+    """Assemble the CheckResult of a rate-like check from its judgement."""
+    f = judgement.finding
+    experiment = frame.subject.experiment_id
+    if judgement.verdict == "no_data" or f is None:
+        return no_data(
+            check, frame, f"Too little traffic for {subject_name(frame)} to test ({check}).", params
+        )
+    c = f.comparison
+    effect = Effect(
+        name=words.effect_name,
+        estimate=float(c.estimate * words.scale),
+        ci_low=float(c.ci_low * words.scale),
+        ci_high=float(c.ci_high * words.scale),
+        unit=words.unit,
+    )
+    if judgement.verdict == "ok":
+        return CheckResult(
+            check=check,
+            verdict="ok",
+            summary=ok_summary,
+            effect=effect,
+            p_value=f.adjusted_p,
+            experiment=experiment,
+            evidence=evidence,
+            params=params,
+        )
+    where = localize(frame, f)
+    if judgement.scope == "all_arms":
+        size = f"{f.comparison.estimate * words.scale:.3g}{' ' + words.unit if words.unit else ''}"
+        sentence = (
+            f"{f.test.name} moved in every arm of {subject_name(frame)} at once "
+            f"(arm {f.comparand.test} vs its baseline: {size}), a shared cause rather than one arm"
+        )
+    else:
+        sentence = words.describe(f, frame) if words.describe else f.test.name
+    if where:
+        sentence += " on " + ", ".join(f"{k}={v}" for k, v in where.items())
+    sentence += f" since {fmt_time(f.onset)} UTC ({fmt_p(f.adjusted_p)})."
+    return CheckResult(
+        check=check,
+        verdict=as_verdict(judgement.verdict),
+        summary=sentence[0].upper() + sentence[1:],
+        effect=effect,
+        p_value=f.adjusted_p,
+        onset=to_datetime(f.onset) if f.onset is not None else None,
+        experiment=experiment,
+        arm=judgement.arm,
+        where=where,
+        evidence=evidence,
+        params={**params, "scope": judgement.scope, "segments_scanned": f.segments},
+    )

@@ -1,0 +1,421 @@
+"""The machinery every rate-like check shares: scan, locate the onset, judge the scope, drill down.
+
+A check compares a *test* group with a *reference*: an arm with its control over the same minutes
+(``concurrent``), or a group's window with its own pre-window baseline. It
+
+1. scans a grid of time segments of the window and keeps the most significant one, Bonferroni-
+   corrected by the number of segments (a short fault is not diluted by a long window);
+2. locates the onset with an epidemic change-point model on the test group's own rate (adjusted by
+   the reference's rate over time, so a shared daily curve is not mistaken for a fault);
+3. judges the scope across arms (one arm, the control, every arm at once) with Holm over the family;
+4. drills into dimensions to say *where* the fault lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from tools.stats import Comparison, Direction, epidemic_segment, holm, segment_grid
+from tools.telemetry import CUBE_SUMS, LATENCY_LADDER_MS, Subject
+
+__all__ = [
+    "Comparand",
+    "Finding",
+    "Judgement",
+    "RateTest",
+    "SubjectFrame",
+    "Window",
+    "assess",
+    "judge",
+    "localize",
+]
+
+_LADDER = tuple(f"lat_gt_{k}" for k in range(len(LATENCY_LADDER_MS)))
+
+
+@dataclass(frozen=True)
+class Window:
+    """Epoch minutes: the baseline ``[fetch_start, start)`` and the window ``[start, end)``."""
+
+    fetch_start: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        """Minutes in the window."""
+        return self.end - self.start
+
+
+class SubjectFrame:
+    """A subject's wide aggregate over its fetched range, with per-arm minute sums cached.
+
+    Args:
+        cube: :meth:`tools.telemetry.TelemetryReader.cube` rows.
+        window: The baseline and window minutes the cube covers.
+        subject: Whose traffic.
+        dims: Dimension columns of the cube.
+        control: The control arm (experiments only).
+    """
+
+    def __init__(
+        self,
+        cube: pd.DataFrame,
+        window: Window,
+        subject: Subject,
+        dims: Sequence[str],
+        control: str | None = None,
+    ) -> None:
+        self.cube = cube.assign(n_invalid=cube["n"] - cube["n_pred"])
+        self.window = window
+        self.subject = subject
+        self.dims = tuple(dims)
+        self.control = control
+        self.sum_cols = [c for c in (*CUBE_SUMS, "n_invalid", *_LADDER) if c in self.cube.columns]
+        self._minutes: dict[str, pd.DataFrame] = {}
+
+    @property
+    def arms(self) -> list[str]:
+        """Arms present in the data, sorted."""
+        return sorted(str(a) for a in self.cube["arm"].unique())
+
+    def comparands(self) -> list[Comparand]:
+        """Experiments: every other arm vs control, and every arm vs its own baseline.
+
+        Models and all traffic: the window vs its own baseline.
+        """
+        arms = self.arms
+        if self.control is None or self.control not in arms:
+            return [Comparand(a, a, concurrent=False) for a in arms]
+        rel = [Comparand(a, self.control, concurrent=True) for a in arms if a != self.control]
+        return rel + [Comparand(a, a, concurrent=False) for a in arms]
+
+    def minute_sums(self, arm: str) -> pd.DataFrame:
+        """Sums per minute of ``arm`` over the whole fetched range (zeros where silent)."""
+        hit = self._minutes.get(arm)
+        if hit is None:
+            rows = self.cube[self.cube["arm"] == arm]
+            hit = rows.groupby("minute")[self.sum_cols].sum()
+            hit = hit.reindex(range(self.window.fetch_start, self.window.end), fill_value=0.0)
+            self._minutes[arm] = hit
+        return hit
+
+    def sums(self, arm: str, a: int, b: int) -> pd.Series:
+        """Column sums of ``arm`` over epoch minutes ``[a, b)``."""
+        m = self.minute_sums(arm)
+        out: pd.Series = m.loc[a : b - 1].sum()
+        return out
+
+    def dim_sums(self, arm: str, a: int, b: int, dim: str) -> pd.DataFrame:
+        """Column sums of ``arm`` over minutes ``[a, b)`` per value of ``dim``."""
+        c = self.cube
+        rows = c[(c["arm"] == arm) & (c["minute"] >= a) & (c["minute"] < b)]
+        return rows.groupby(dim)[self.sum_cols].sum()
+
+
+@dataclass(frozen=True)
+class Comparand:
+    """One test group against its reference."""
+
+    test: str
+    ref: str
+    concurrent: bool
+
+    @property
+    def label(self) -> str:
+        """``test vs control`` or ``arm vs its baseline``."""
+        return f"{self.test} vs {self.ref}" if self.concurrent else f"{self.test} vs its baseline"
+
+
+Compare = Callable[[pd.Series, pd.Series, Direction], Comparison]
+
+
+@dataclass(frozen=True)
+class RateTest:
+    """One statistic a check tests, with its thresholds.
+
+    Attributes:
+        name: What is measured, for summaries (``"fallback rate"``).
+        compare: ``(test sums, reference sums, direction) -> Comparison``.
+        direction: The bad direction of the estimate against a baseline (arm-control gaps are
+            tested two-sided; ``badness`` then says which side is worse).
+        null: The estimate when nothing changed (0 for differences, 1 for ratios).
+        badness: How bad one group's sums look on their own (higher is worse).
+        events: Column of the test group's rate numerator (onset location).
+        exposure: Column of its denominator.
+        rate_direction: The bad direction of ``events / exposure``.
+        magnitude: Practical size of an estimate (``abs(x)``, ``abs(log(x))``).
+        fail_effect: Smallest magnitude that may fail.
+        warn_effect: Smallest magnitude that may warn.
+        unit: Unit of the estimate.
+        min_n: Fewest requests (test and reference each) for a verdict.
+    """
+
+    name: str
+    compare: Compare
+    direction: Direction
+    null: float
+    badness: Callable[[pd.Series], float]
+    events: str
+    exposure: str
+    rate_direction: Direction
+    magnitude: Callable[[float], float]
+    fail_effect: float
+    warn_effect: float
+    unit: str = ""
+    min_n: float = 200.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The outcome of one comparand under one test.
+
+    ``culprit`` is the worse side: for an arm-control gap the arm or the control (by ``badness``),
+    for a baseline comparison the group itself when it moved in the bad direction, else None.
+    """
+
+    comparand: Comparand
+    test: RateTest
+    comparison: Comparison
+    p_value: float
+    focus: tuple[int, int]
+    onset: int | None
+    ref_span: tuple[int, int]
+    culprit: str | None
+    adjusted_p: float = 1.0
+    segments: int = 1
+
+    def significant(self, alpha: float, effect: float) -> bool:
+        """Significant after correction, large enough, and pointing at a culprit."""
+        size = self.test.magnitude(self.comparison.estimate)
+        return self.culprit is not None and self.adjusted_p < alpha and size >= effect
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict on a family of findings and the scope it points to.
+
+    ``scope``: ``arm`` (one arm, maybe the control), ``all_arms`` (every arm moved together
+    against its baseline: a shared cause), ``subject`` (a model or all traffic), ``none``.
+    """
+
+    verdict: str
+    finding: Finding | None
+    arm: str | None
+    scope: str
+    findings: list[Finding] = field(default_factory=list)
+
+
+def _bad(estimate: float, null: float, direction: Direction) -> bool:
+    if direction == "up":
+        return estimate > null
+    if direction == "down":
+        return estimate < null
+    return estimate != null
+
+
+def assess(
+    frame: SubjectFrame, comparand: Comparand, test: RateTest, *, parts: int = 8
+) -> Finding | None:
+    """Scan the window for the segment where ``comparand.test`` departs most from its reference.
+
+    Returns:
+        The finding (its p-value Bonferroni-corrected over the segments), or None when either side
+        has fewer than ``test.min_n`` requests.
+    """
+    w = frame.window
+    direction: Direction = "both" if comparand.concurrent else test.direction
+    tw = frame.minute_sums(comparand.test).loc[w.start : w.end - 1]
+    ref_span = (w.start, w.end) if comparand.concurrent else (w.fetch_start, w.start)
+    ref_total = frame.sums(comparand.ref, *ref_span)
+    if tw["n"].sum() < test.min_n or ref_total["n"] < test.min_n:
+        return None
+    cols = tw.columns
+    t_cum = np.vstack([np.zeros(len(cols)), np.cumsum(tw.to_numpy(float), axis=0)])
+    r_cum = None
+    if comparand.concurrent:
+        rw = frame.minute_sums(comparand.ref).loc[w.start : w.end - 1]
+        r_cum = np.vstack([np.zeros(len(cols)), np.cumsum(rw.to_numpy(float), axis=0)])
+    grid = segment_grid(w.length, parts)
+    floor_n = min(test.min_n, 30.0)
+    best: tuple[Comparison, tuple[int, int]] | None = None
+    for a, b in grid:
+        ts = pd.Series(t_cum[b] - t_cum[a], index=cols)
+        rs = pd.Series(r_cum[b] - r_cum[a], index=cols) if r_cum is not None else ref_total
+        if ts["n"] < floor_n or rs["n"] < floor_n:
+            continue
+        c = test.compare(ts, rs, direction)
+        if c.valid and (best is None or c.p_value < best[0].p_value):
+            best = (c, (w.start + a, w.start + b))
+    if best is None:
+        return None
+    p_scan = min(1.0, best[0].p_value * len(grid))
+    focus, onset = best[1], best[1][0]
+    seg = _onset_segment(frame, comparand, test)
+    if seg is not None and seg[1] > w.start:
+        cand = (max(seg[0], w.start), seg[1])
+        c_span = _ref_span(comparand, w, cand, seg[0])
+        c = test.compare(
+            frame.sums(comparand.test, *cand), frame.sums(comparand.ref, *c_span), direction
+        )
+        if c.valid and (comparand.concurrent or _bad(c.estimate, test.null, direction)):
+            focus, onset, ref_span = cand, seg[0], c_span
+    comparison = test.compare(
+        frame.sums(comparand.test, *focus), frame.sums(comparand.ref, *ref_span), direction
+    )
+    if not comparison.valid:
+        comparison = best[0]
+    if comparand.concurrent:
+        worse_test = test.badness(frame.sums(comparand.test, *focus)) >= test.badness(
+            frame.sums(comparand.ref, *ref_span)
+        )
+        culprit: str | None = comparand.test if worse_test else comparand.ref
+    else:
+        bad = _bad(comparison.estimate, test.null, test.direction)
+        culprit = comparand.test if bad else None
+    return Finding(
+        comparand, test, comparison, p_scan, focus, onset, ref_span, culprit, 1.0, len(grid)
+    )
+
+
+def _ref_span(
+    comparand: Comparand, w: Window, focus: tuple[int, int], onset: int
+) -> tuple[int, int]:
+    if comparand.concurrent:
+        return focus
+    # A baseline the fault already reached is no baseline: stop it at the onset when possible.
+    stop = min(onset, w.start)
+    return (w.fetch_start, stop) if stop - w.fetch_start >= 5 else (w.fetch_start, w.start)
+
+
+def _onset_segment(
+    frame: SubjectFrame, comparand: Comparand, test: RateTest
+) -> tuple[int, int] | None:
+    tm = frame.minute_sums(comparand.test)
+    events = tm[test.events].to_numpy(float)
+    exposure = tm[test.exposure].to_numpy(float)
+    if comparand.concurrent:
+        # Scale exposure by the reference's smoothed relative rate: a curve both arms share
+        # (a daily cycle) then cancels and only the test arm's own departure remains.
+        rm = frame.minute_sums(comparand.ref)
+        re, rx = rm[test.events].to_numpy(float), rm[test.exposure].to_numpy(float)
+        overall = re.sum() / rx.sum() if rx.sum() > 0 else 0.0
+        if overall > 0:
+            kernel = np.ones(15)
+            se = np.convolve(re, kernel, mode="same")
+            sx = np.convolve(rx, kernel, mode="same")
+            rel = (se + 5.0) / (sx + 5.0 / overall) / overall
+            exposure = exposure * np.where(np.isfinite(rel) & (rel > 0), rel, 1.0)
+    direction = test.rate_direction
+    if comparand.concurrent and test.direction == "both":
+        direction = "both"
+    seg = epidemic_segment(events, exposure, direction)
+    if seg is None:
+        return None
+    if direction == "both" and seg[0] == 0:
+        # Two-sided, a leading segment and the rest are the same split: the departure is later.
+        seg = (seg[1], len(events))
+    fs = frame.window.fetch_start
+    return fs + seg[0], fs + seg[1]
+
+
+def judge(
+    findings: Sequence[Finding | None],
+    *,
+    control: str | None,
+    alpha_fail: float,
+    alpha_warn: float,
+) -> Judgement:
+    """Holm over the family, then decide the verdict and which arm (or every arm) is at fault.
+
+    Experiment families hold ``arm vs control`` findings and ``arm vs its baseline`` findings for
+    every arm. The culprit is the worse side of a significant arm-control gap; when no arm differs
+    from control but every arm moved against its own baseline, the cause is shared by all arms.
+    """
+    found = [f for f in findings if f is not None]
+    if not found:
+        return Judgement("no_data", None, None, "none", [])
+    adj = holm([f.p_value for f in found])
+    found = [replace(f, adjusted_p=float(p)) for f, p in zip(found, adj, strict=True)]
+    levels = (("fail", alpha_fail, "fail_effect"), ("warn", alpha_warn, "warn_effect"))
+    for level, alpha, attr in levels:
+        sig = [f for f in found if f.significant(alpha, getattr(f.test, attr))]
+        rel = [f for f in sig if f.comparand.concurrent]
+        if rel:
+            top = min(rel, key=lambda f: f.adjusted_p)
+            return Judgement(level, top, top.culprit, "arm", found)
+        own = [f for f in sig if not f.comparand.concurrent]
+        if not own:
+            continue
+        top = min(own, key=lambda f: f.adjusted_p)
+        if control is None:
+            return Judgement(level, top, None, "subject", found)
+        arms = {f.comparand.test for f in found if not f.comparand.concurrent}
+        if len(arms) > 1 and _moved_together(found, top) == arms:
+            return Judgement(level, top, None, "all_arms", found)
+        # Some arms moved against their own baseline, yet no arm-control gap: say so, softly.
+        return Judgement("warn", top, top.comparand.test, "arm", found)
+    return Judgement("ok", min(found, key=lambda f: f.adjusted_p), None, "none", found)
+
+
+def _moved_together(found: Sequence[Finding], top: Finding) -> set[str]:
+    """Arms whose own-baseline change matches ``top``'s: same way, at least half as large."""
+    size = top.test.magnitude(top.comparison.estimate)
+    way = top.comparison.estimate > top.test.null
+    return {
+        f.comparand.test
+        for f in found
+        if not f.comparand.concurrent
+        and f.culprit is not None
+        and (f.comparison.estimate > f.test.null) == way
+        and f.test.magnitude(f.comparison.estimate) >= 0.5 * size
+        and f.comparison.p_value < 0.05
+    }
+
+
+def localize(
+    frame: SubjectFrame, finding: Finding, *, alpha: float = 0.01, quiet_share: float = 0.3
+) -> dict[str, str]:
+    """The dimension values a finding is confined to (``{"platform": "android"}``), if any.
+
+    A value localises its dimension when its own effect is significant (Holm over every dimension
+    value), points the same way as the finding, and the rest of the dimension is quiet: not
+    significant, or under ``quiet_share`` of the value's effect. Several dimensions may localise
+    at once (android in BR).
+    """
+    test, comp = finding.test, finding.comparand
+    direction: Direction = "both" if comp.concurrent else test.direction
+    way: Direction = "up" if finding.comparison.estimate > test.null else "down"
+    results: list[tuple[str, str, Comparison, Comparison]] = []
+    for dim in frame.dims:
+        t = frame.dim_sums(comp.test, *finding.focus, dim)
+        r = frame.dim_sums(comp.ref, *finding.ref_span, dim)
+        values = [v for v in t.index if v in r.index]
+        if len(values) < 2:
+            continue
+        t_all, r_all = t.sum(), r.sum()
+        for v in values:
+            cv = test.compare(t.loc[v], r.loc[v], direction)
+            cc = test.compare(t_all - t.loc[v], r_all - r.loc[v], direction)
+            if cv.valid:
+                results.append((dim, str(v), cv, cc))
+    if not results:
+        return {}
+    adj = holm([cv.p_value for _, _, cv, _ in results])
+    hits: dict[str, list[tuple[str, bool]]] = {}
+    for (dim, value, cv, cc), p in zip(results, adj, strict=True):
+        if p >= alpha or not _bad(cv.estimate, test.null, way):
+            continue
+        size = test.magnitude(cv.estimate)
+        quiet = (
+            not cc.valid
+            or cc.p_value >= alpha
+            or not _bad(cc.estimate, test.null, way)
+            or test.magnitude(cc.estimate) < quiet_share * size
+        )
+        hits.setdefault(dim, []).append((value, quiet))
+    return {dim: values[0][0] for dim, values in hits.items() if len(values) == 1 and values[0][1]}

@@ -1,0 +1,141 @@
+"""Fallback check: is an arm (or a model) served by the fallback model more than it should be?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from tools.checks._common import (
+    Described,
+    arm_table,
+    fmt_time,
+    params_of,
+    series_evidence,
+    subject_name,
+    to_result,
+)
+from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
+from tools.result import CheckResult
+from tools.stats import Comparison, Direction, compare_proportions
+
+__all__ = ["FallbackParams", "describe_rate", "fallback_check", "proportion_test"]
+
+
+@dataclass(frozen=True)
+class FallbackParams:
+    """Thresholds of the fallback check.
+
+    Attributes:
+        alpha_fail: Family-wise error rate (Holm over arms, Bonferroni over time segments) to fail.
+        alpha_warn: The same, to warn.
+        min_increase_fail: Smallest fallback-rate increase (absolute, 0.01 = 1 pp) that fails.
+        min_increase_warn: Smallest increase that warns.
+        min_requests: Fewest requests per side for a verdict.
+    """
+
+    alpha_fail: float = 1e-3
+    alpha_warn: float = 1e-2
+    min_increase_fail: float = 0.01
+    min_increase_warn: float = 0.003
+    min_requests: int = 200
+
+
+def proportion_test(
+    name: str,
+    events: str,
+    *,
+    fail: float,
+    warn: float,
+    min_n: float,
+    exposure: str = "n",
+    direction: Direction = "up",
+) -> RateTest:
+    """A :class:`RateTest` on the proportion ``events / exposure`` (two-proportion z test)."""
+
+    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+        return compare_proportions(t[events], t[exposure], r[events], r[exposure], d)
+
+    def badness(s: pd.Series) -> float:
+        rate = float(s[events] / s[exposure]) if s[exposure] > 0 else 0.0
+        return rate if direction == "up" else -rate
+
+    return RateTest(
+        name=name,
+        compare=compare,
+        direction=direction,
+        null=0.0,
+        badness=badness,
+        events=events,
+        exposure=exposure,
+        rate_direction=direction,
+        magnitude=abs,
+        fail_effect=fail,
+        warn_effect=warn,
+        unit="pp",
+        min_n=min_n,
+    )
+
+
+def describe_rate(metric: str) -> Callable[[Finding, SubjectFrame], str]:
+    """Words for a proportion finding: the two rates side by side."""
+
+    def describe(f: Finding, frame: SubjectFrame) -> str:
+        c = f.comparand
+        t = frame.sums(c.test, *f.focus)
+        r = frame.sums(c.ref, *f.ref_span)
+        rate_t = t[f.test.events] / max(t[f.test.exposure], 1.0)
+        rate_r = r[f.test.events] / max(r[f.test.exposure], 1.0)
+        if c.concurrent:
+            return (
+                f"{metric} of {subject_name(frame)}: arm {c.test} {rate_t:.2%} "
+                f"vs {c.ref} {rate_r:.2%}"
+            )
+        where = f"arm {c.test} of " if frame.control is not None else ""
+        return (
+            f"{metric} of {where}{subject_name(frame)} rose to {rate_t:.2%} from "
+            f"{rate_r:.2%} before {fmt_time(f.ref_span[1])}"
+        )
+
+    return describe
+
+
+def fallback_check(frame: SubjectFrame, params: FallbackParams | None = None) -> CheckResult:
+    """Fallback rate per arm vs control (and vs each arm's own baseline), two-proportion test.
+
+    Args:
+        frame: The subject's wide aggregate (an experiment, a model, or all traffic).
+        params: Thresholds.
+
+    Returns:
+        ``fail`` when an arm (or the model) falls back significantly and materially more than its
+        reference, with the onset, the arm and the dimension values it is confined to.
+    """
+    p = params or FallbackParams()
+    test = proportion_test(
+        "fallback rate",
+        "n_fallback",
+        fail=p.min_increase_fail,
+        warn=p.min_increase_warn,
+        min_n=p.min_requests,
+    )
+    findings = [assess(frame, c, test) for c in frame.comparands()]
+    judgement = judge(
+        findings, control=frame.control, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn
+    )
+    w = frame.window
+    evidence = [
+        arm_table(frame, ["fallback_rate"], (w.start, w.end), "fallback rate per arm"),
+        series_evidence(frame, "fallback_rate"),
+    ]
+    words = Described("fallback rate difference", "pp", 100.0, describe_rate("fallback rate"))
+    return to_result(
+        "fallback",
+        judgement,
+        frame,
+        words,
+        params_of(p),
+        evidence,
+        ok_summary=f"No fallback increase for {subject_name(frame)}.",
+    )

@@ -1,0 +1,191 @@
+"""Normalized entropy check (He et al. 2014): mean log loss ÷ entropy of the background CTR.
+
+Serving NE per arm is compared with the control arm (or the subject's own baseline) and with the
+served model's ``training_ne``. Predictions are clamped to [1e-12, 1 − 1e-12] in the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tools.checks._common import (
+    Described,
+    arm_table,
+    fmt_time,
+    params_of,
+    series_evidence,
+    subject_name,
+    table,
+    to_result,
+)
+from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
+from tools.result import CheckResult, Evidence
+from tools.stats import Comparison, Direction, binary_entropy, compare_means
+
+__all__ = ["NEParams", "ne_check", "normalized_entropy"]
+
+
+@dataclass(frozen=True)
+class NEParams:
+    """Thresholds of the NE check.
+
+    Attributes:
+        alpha_fail: Family-wise error rate to fail.
+        alpha_warn: The same, to warn.
+        rel_increase_fail: Relative NE increase over the reference (0.03 = +3 %) that may fail.
+        rel_increase_warn: The same, to warn.
+        training_tolerance: Relative gap to ``training_ne`` above which a steady NE still warns.
+        min_requests: Fewest requests with a valid prediction per side.
+        min_clicks: Fewest clicks per side (the background entropy needs some).
+    """
+
+    alpha_fail: float = 1e-3
+    alpha_warn: float = 1e-2
+    rel_increase_fail: float = 0.03
+    rel_increase_warn: float = 0.015
+    training_tolerance: float = 0.15
+    min_requests: int = 500
+    min_clicks: int = 20
+
+
+def normalized_entropy(sum_ll: float, n: float, clicks: float) -> float:
+    """NE = (sum_ll / n) ÷ H(clicks / n); NaN when undefined (no requests, no clicks)."""
+    if n <= 0:
+        return float("nan")
+    h = binary_entropy(clicks / n)
+    return float(sum_ll / n / h) if np.isfinite(h) and h > 0 else float("nan")
+
+
+def _entropy_of(s: pd.Series) -> float:
+    n = float(s["n_ll"])
+    return binary_entropy(float(s["sum_label_v"]) / n) if n > 0 else float("nan")
+
+
+def _test(p: NEParams) -> RateTest:
+    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+        if min(t["sum_label_v"], r["sum_label_v"]) < p.min_clicks:
+            return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
+        ht, hr = _entropy_of(t), _entropy_of(r)
+        if not (ht > 0 and hr > 0):
+            return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
+        c = compare_means(
+            t["sum_ll"],
+            t["sum_ll2"],
+            t["n_ll"],
+            r["sum_ll"],
+            r["sum_ll2"],
+            r["n_ll"],
+            d,
+            scale1=1 / ht,
+            scale0=1 / hr,
+        )
+        ne_r = float(r["sum_ll"] / r["n_ll"] / hr)
+        # Relative change of NE: the interval scales with the reference NE.
+        return Comparison(c.estimate / ne_r, c.ci_low / ne_r, c.ci_high / ne_r, c.z, c.p_value)
+
+    def badness(s: pd.Series) -> float:
+        return normalized_entropy(float(s["sum_ll"]), float(s["n_ll"]), float(s["sum_label_v"]))
+
+    return RateTest(
+        name="normalized entropy",
+        compare=compare,
+        direction="up",
+        null=0.0,
+        badness=badness,
+        events="sum_ll",
+        exposure="n_ll",
+        rate_direction="up",
+        magnitude=abs,
+        fail_effect=p.rel_increase_fail,
+        warn_effect=p.rel_increase_warn,
+        unit="%",
+        min_n=p.min_requests,
+    )
+
+
+def _describe(f: Finding, frame: SubjectFrame) -> str:
+    c = f.comparand
+    t = frame.sums(c.test, *f.focus)
+    r = frame.sums(c.ref, *f.ref_span)
+    ne_t = normalized_entropy(float(t["sum_ll"]), float(t["n_ll"]), float(t["sum_label_v"]))
+    ne_r = normalized_entropy(float(r["sum_ll"]), float(r["n_ll"]), float(r["sum_label_v"]))
+    if c.concurrent:
+        return f"NE of {subject_name(frame)}: arm {c.test} {ne_t:.3f} vs {c.ref} {ne_r:.3f}"
+    who = f"arm {c.test} of " if frame.control is not None else ""
+    return (
+        f"NE of {who}{subject_name(frame)} rose to {ne_t:.3f} from {ne_r:.3f} "
+        f"before {fmt_time(f.ref_span[1])}"
+    )
+
+
+def _training_table(
+    frame: SubjectFrame, training: Mapping[str, float], tolerance: float
+) -> tuple[Evidence, list[str]]:
+    w = frame.window
+    rows, off = [], []
+    for arm in frame.arms:
+        s = frame.sums(arm, w.start, w.end)
+        ne = normalized_entropy(float(s["sum_ll"]), float(s["n_ll"]), float(s["sum_label_v"]))
+        train = training.get(arm, float("nan"))
+        gap = ne / train - 1 if np.isfinite(train) and train > 0 else float("nan")
+        rows.append({"arm": arm, "serving_ne": ne, "training_ne": train, "gap": gap})
+        if np.isfinite(gap) and gap > tolerance:
+            off.append(arm)
+    return table("serving vs training NE (window)", pd.DataFrame(rows)), off
+
+
+def ne_check(
+    frame: SubjectFrame,
+    *,
+    training: Mapping[str, float] | None = None,
+    params: NEParams | None = None,
+) -> CheckResult:
+    """Serving NE per arm vs control (or own baseline) and vs training NE.
+
+    Args:
+        frame: The subject's wide aggregate.
+        training: ``training_ne`` of the model each arm serves.
+        params: Thresholds.
+
+    Returns:
+        ``fail`` when an arm's NE rises significantly by at least ``rel_increase_fail`` over its
+        reference; ``warn`` for smaller rises or a serving NE far above the training NE.
+    """
+    p = params or NEParams()
+    test = _test(p)
+    findings = [assess(frame, c, test) for c in frame.comparands()]
+    judgement = judge(
+        findings, control=frame.control, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn
+    )
+    w = frame.window
+    train_table, off = _training_table(frame, training or {}, p.training_tolerance)
+    evidence = [
+        arm_table(frame, ["ne", "ctr"], (w.start, w.end), "NE per arm"),
+        train_table,
+        series_evidence(frame, "ne"),
+    ]
+    result = to_result(
+        "ne",
+        judgement,
+        frame,
+        Described("relative NE change", "%", 100.0, _describe),
+        params_of(p),
+        evidence,
+        ok_summary=f"NE of {subject_name(frame)} is steady.",
+    )
+    if result.verdict == "ok" and off:
+        return result.model_copy(
+            update={
+                "verdict": "warn",
+                "arm": off[0] if len(off) == 1 else None,
+                "summary": (
+                    f"NE of {subject_name(frame)} is steady but more than "
+                    f"{p.training_tolerance:.0%} above training NE in arm(s) {', '.join(off)}."
+                ),
+            }
+        )
+    return result

@@ -1,0 +1,383 @@
+"""Prediction check: invalid predictions, collapse (variance drop, a stuck constant), shift.
+
+Invalid predictions (NULL/NaN, outside [0, 1]) and a collapse fail; a distribution shift against
+control or the baseline only warns, because a new model may legitimately predict differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from tools.checks._common import (
+    Described,
+    arm_table,
+    as_verdict,
+    params_of,
+    series_evidence,
+    subject_name,
+    table,
+    to_result,
+)
+from tools.checks._engine import (
+    Comparand,
+    Finding,
+    Judgement,
+    RateTest,
+    SubjectFrame,
+    assess,
+    judge,
+)
+from tools.checks.fallback import describe_rate, proportion_test
+from tools.histograms import PointMass, Shift, bin_sums, point_mass, shift
+from tools.result import CheckResult, Effect, Evidence
+from tools.stats import Comparison, Direction, holm
+from tools.telemetry import HistogramSpec, to_datetime
+
+__all__ = ["PredictionParams", "prediction_check"]
+
+
+@dataclass(frozen=True)
+class PredictionParams:
+    """Thresholds of the prediction check.
+
+    Attributes:
+        alpha_fail: Family-wise error rate to fail.
+        alpha_warn: The same, to warn.
+        invalid_fail: Increase of the invalid share (absolute) that may fail.
+        invalid_warn: The same, to warn.
+        collapse_ratio_fail: Variance ratio (test ÷ reference) at or below which the check fails.
+        collapse_ratio_warn: The same, to warn.
+        kurtosis_floor: Smallest kurtosis assumed for the variance test's standard error
+            (predictions are skewed; the normal-theory value 3 would overstate significance).
+        mass_fail: Growth of one fine bin's share (a stuck constant) that may fail.
+        mass_warn: The same, to warn.
+        ks_max_n: Below this many predictions per side, the shift test is KS; above, PSI.
+        psi_warn: PSI at or above which a shift warns (0.2 is the usual "significant shift").
+        js_warn: Jensen-Shannon divergence (base 2) at or above which a shift warns.
+        min_requests: Fewest requests per side.
+    """
+
+    alpha_fail: float = 1e-3
+    alpha_warn: float = 1e-2
+    invalid_fail: float = 0.005
+    invalid_warn: float = 0.001
+    collapse_ratio_fail: float = 0.5
+    collapse_ratio_warn: float = 0.75
+    kurtosis_floor: float = 10.0
+    mass_fail: float = 0.05
+    mass_warn: float = 0.02
+    ks_max_n: int = 5000
+    psi_warn: float = 0.2
+    js_warn: float = 0.05
+    min_requests: int = 200
+
+
+def _variance_test(p: PredictionParams, kurtosis: float) -> RateTest:
+    k = max(kurtosis, p.kurtosis_floor)
+
+    def var(s: pd.Series) -> float:
+        n = float(s["n_pred"])
+        if n < 2:
+            return float("nan")
+        m = s["sum_pred"] / n
+        return float(max(s["sum_pred2"] / n - m * m, 0.0) * n / (n - 1))
+
+    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+        vt, vr = var(t), var(r)
+        if not (vt > 0 and vr > 0):
+            return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
+        se = float(np.sqrt((k - 1) * (1 / t["n_pred"] + 1 / r["n_pred"])))
+        lr = float(np.log(vt / vr))
+        z = lr / se
+        p_val = {
+            "down": float(sps.norm.cdf(z)),
+            "up": float(sps.norm.sf(z)),
+            "both": float(2 * sps.norm.sf(abs(z))),
+        }[d]
+        return Comparison(
+            float(np.exp(lr)),
+            float(np.exp(lr - 1.96 * se)),
+            float(np.exp(lr + 1.96 * se)),
+            z,
+            p_val,
+        )
+
+    return RateTest(
+        name="prediction variance",
+        compare=compare,
+        direction="down",
+        null=1.0,
+        badness=lambda s: -var(s) if np.isfinite(var(s)) else 0.0,
+        events="sum_pred2",
+        exposure="n_pred",
+        rate_direction="down",
+        magnitude=lambda x: abs(float(np.log(x))) if x > 0 else float("inf"),
+        fail_effect=float(-np.log(p.collapse_ratio_fail)),
+        warn_effect=float(-np.log(p.collapse_ratio_warn)),
+        unit="ratio",
+        min_n=p.min_requests,
+    )
+
+
+def _kurtosis(hist: pd.DataFrame | None, spec: HistogramSpec | None) -> float:
+    if hist is None or spec is None or not len(hist):
+        return 3.0
+    by_bin = hist.groupby("bin")[["n", "sum_pred"]].sum()
+    n = by_bin["n"].to_numpy(float)
+    mean_b = np.divide(by_bin["sum_pred"].to_numpy(float), n, out=np.zeros_like(n), where=n > 0)
+    total = n.sum()
+    mu = float((n * mean_b).sum() / total)
+    m2 = float((n * (mean_b - mu) ** 2).sum() / total)
+    m4 = float((n * (mean_b - mu) ** 4).sum() / total)
+    return m4 / (m2 * m2) if m2 > 0 else 3.0
+
+
+@dataclass(frozen=True)
+class _Blocked:
+    comparand: Comparand
+    mass: PointMass | None
+    shift: Shift
+    p_mass: float
+
+
+def _blocks(frame: SubjectFrame, span: tuple[int, int], block_minutes: int) -> range:
+    fs = frame.window.fetch_start
+    return range((span[0] - fs) // block_minutes, -(-(span[1] - fs) // block_minutes))
+
+
+def _histogram_tests(
+    frame: SubjectFrame,
+    hist: pd.DataFrame,
+    spec: HistogramSpec,
+    block_minutes: int,
+    focus: tuple[int, int],
+) -> list[_Blocked]:
+    w = frame.window
+    out = []
+    edges = spec.edges()
+    for comp in frame.comparands():
+        t = bin_sums(hist, comp.test, _blocks(frame, focus, block_minutes), spec.n_bins)
+        ref_span = focus if comp.concurrent else (w.fetch_start, min(w.start, focus[0]))
+        if ref_span[1] <= ref_span[0]:
+            continue
+        r = bin_sums(hist, comp.ref, _blocks(frame, ref_span, block_minutes), spec.n_bins)
+        if t["n"].sum() < 50 or r["n"].sum() < 50:
+            continue
+        mass = point_mass(t, r)
+        p_mass = 1.0
+        if mass is not None:
+            p_mass = min(1.0, float(sps.norm.sf(mass.z)) * spec.n_bins)
+        out.append(_Blocked(comp, mass, shift(t, r, edges), p_mass))
+    return out
+
+
+def _mass_verdict(tests: list[_Blocked], p: PredictionParams) -> tuple[str, _Blocked | None]:
+    if not tests:
+        return "ok", None
+    adj = holm([b.p_mass for b in tests])
+    for level, alpha, size in (
+        ("fail", p.alpha_fail, p.mass_fail),
+        ("warn", p.alpha_warn, p.mass_warn),
+    ):
+        hits = [
+            b
+            for b, a in zip(tests, adj, strict=True)
+            if b.mass is not None and a < alpha and b.mass.share_test - b.mass.share_ref >= size
+        ]
+        if hits:
+            return level, max(hits, key=lambda b: b.mass.share_test if b.mass else 0.0)
+    return "ok", None
+
+
+def _shift_warns(b: _Blocked, p: PredictionParams) -> bool:
+    s = b.shift
+    if min(s.n_test, s.n_ref) < p.ks_max_n:
+        return s.ks_p < p.alpha_warn
+    return s.psi >= p.psi_warn or s.js >= p.js_warn
+
+
+def _shift_table(tests: list[_Blocked]) -> Evidence:
+    rows = [
+        {
+            "comparison": b.comparand.label,
+            "n_test": b.shift.n_test,
+            "n_ref": b.shift.n_ref,
+            "ks": b.shift.ks,
+            "ks_p": b.shift.ks_p,
+            "psi": b.shift.psi,
+            "js": b.shift.js,
+            "wasserstein_rel": b.shift.wasserstein_rel,
+            "top_bin_value": b.mass.value if b.mass else None,
+            "top_bin_share_test": b.mass.share_test if b.mass else None,
+            "top_bin_share_ref": b.mass.share_ref if b.mass else None,
+        }
+        for b in tests
+    ]
+    return table("prediction distribution vs reference", pd.DataFrame(rows))
+
+
+def prediction_check(
+    frame: SubjectFrame,
+    *,
+    hist: pd.DataFrame | None = None,
+    histogram: HistogramSpec | None = None,
+    block_minutes: int = 1,
+    params: PredictionParams | None = None,
+) -> CheckResult:
+    """Invalid predictions, collapse and distribution shift per arm vs control or baseline.
+
+    Args:
+        frame: The subject's wide aggregate.
+        hist: The subject's prediction histogram (point mass and shift need it).
+        histogram: The histogram's bins.
+        block_minutes: The histogram's time block.
+        params: Thresholds.
+
+    Returns:
+        ``fail`` on a material, significant rise of invalid predictions, a variance collapse or a
+        prediction stuck at a constant; ``warn`` on smaller ones or a distribution shift.
+    """
+    p = params or PredictionParams()
+    comparands = frame.comparands()
+    invalid = proportion_test(
+        "invalid prediction share",
+        "n_invalid",
+        fail=p.invalid_fail,
+        warn=p.invalid_warn,
+        min_n=p.min_requests,
+    )
+    variance = _variance_test(p, _kurtosis(hist, histogram))
+    j_invalid = judge(
+        [assess(frame, c, invalid) for c in comparands],
+        control=frame.control,
+        alpha_fail=p.alpha_fail,
+        alpha_warn=p.alpha_warn,
+    )
+    j_var = judge(
+        [assess(frame, c, variance) for c in comparands],
+        control=frame.control,
+        alpha_fail=p.alpha_fail,
+        alpha_warn=p.alpha_warn,
+    )
+    w = frame.window
+    evidence = [
+        arm_table(frame, ["invalid_rate"], (w.start, w.end), "invalid predictions per arm"),
+        series_evidence(frame, "invalid_rate"),
+    ]
+    settings = params_of(p)
+    rank = {"fail": 2, "warn": 1}
+    best = max((j_invalid, j_var), key=lambda j: rank.get(j.verdict, 0))
+    flagged = best.finding is not None and best.verdict in rank
+    focus = best.finding.focus if flagged and best.finding else (w.start, w.end)
+    blocked: list[_Blocked] = []
+    if hist is not None and histogram is not None and len(hist):
+        blocked = _histogram_tests(frame, hist, histogram, block_minutes, focus)
+        evidence.append(_shift_table(blocked))
+    mass_level, mass = _mass_verdict(blocked, p)
+
+    def invalid_result() -> CheckResult:
+        words = Described(
+            "invalid share difference", "pp", 100.0, describe_rate("invalid prediction share")
+        )
+        return to_result("prediction", j_invalid, frame, words, settings, evidence, ok_summary="")
+
+    def variance_result() -> CheckResult:
+        words = Described("prediction variance ratio", "ratio", 1.0, _describe_variance)
+        return to_result("prediction", j_var, frame, words, settings, evidence, ok_summary="")
+
+    def mass_result() -> CheckResult:
+        assert mass is not None and mass.mass is not None
+        return _mass_result(frame, mass, mass_level, j_var, evidence, settings)
+
+    # Highest verdict wins; on a tie invalid predictions, then a stuck constant, then variance.
+    options: list[tuple[int, int, Callable[[], CheckResult]]] = []
+    if j_invalid.verdict in rank:
+        options.append((rank[j_invalid.verdict], 3, invalid_result))
+    if mass_level in rank and mass is not None:
+        options.append((rank[mass_level], 2, mass_result))
+    if j_var.verdict in rank:
+        options.append((rank[j_var.verdict], 1, variance_result))
+    if options:
+        return max(options, key=lambda o: (o[0], o[1]))[2]()
+    shifted = [b for b in blocked if _shift_warns(b, p)]
+    if shifted:
+        return _shift_result(frame, max(shifted, key=lambda x: x.shift.psi), evidence, settings)
+    base = j_invalid if j_invalid.verdict != "no_data" else j_var
+    return to_result(
+        "prediction",
+        base,
+        frame,
+        Described("invalid share difference", "pp", 100.0),
+        settings,
+        evidence,
+        ok_summary=f"Predictions of {subject_name(frame)} are valid, varied and stable.",
+    )
+
+
+def _describe_variance(f: Finding, frame: SubjectFrame) -> str:
+    c = f.comparand
+    ratio = f.comparison.estimate
+    who = f"arm {c.test} of " if frame.control is not None else ""
+    ref = c.ref if c.concurrent else "its baseline"
+    return f"prediction variance of {who}{subject_name(frame)} collapsed to {ratio:.0%} of {ref}'s"
+
+
+def _mass_result(
+    frame: SubjectFrame,
+    mass: _Blocked,
+    level: str,
+    j_var: Judgement,
+    evidence: list[Evidence],
+    params: dict[str, Any],
+) -> CheckResult:
+    m = mass.mass
+    assert m is not None
+    comp = mass.comparand
+    who = f"arm {comp.test} of " if frame.control is not None else ""
+    ref = comp.ref if comp.concurrent else "its baseline"
+    onset = j_var.finding.onset if j_var.finding is not None else None
+    return CheckResult(
+        check="prediction",
+        verdict=as_verdict(level),
+        summary=(
+            f"Predictions of {who}{subject_name(frame)} are stuck: {m.share_test:.1%} fall in "
+            f"one bin around {m.value:.4g} (vs {m.share_ref:.1%} in {ref})."
+        ),
+        effect=Effect(
+            name="share in the most grown prediction bin (test − reference)",
+            estimate=100 * (m.share_test - m.share_ref),
+            unit="pp",
+        ),
+        p_value=mass.p_mass,
+        onset=to_datetime(onset) if onset is not None else None,
+        experiment=frame.subject.experiment_id,
+        arm=comp.test if frame.control is not None else None,
+        evidence=evidence,
+        params=params,
+    )
+
+
+def _shift_result(
+    frame: SubjectFrame, b: _Blocked, evidence: list[Evidence], params: dict[str, Any]
+) -> CheckResult:
+    return CheckResult(
+        check="prediction",
+        verdict="warn",
+        summary=(
+            f"Prediction distribution of {subject_name(frame)} shifted ({b.comparand.label}: "
+            f"PSI {b.shift.psi:.2f}, JS {b.shift.js:.3f}, KS {b.shift.ks:.3f}); "
+            f"predictions are valid and not collapsed."
+        ),
+        effect=Effect(name="population stability index", estimate=b.shift.psi, unit="psi"),
+        p_value=b.shift.ks_p,
+        experiment=frame.subject.experiment_id,
+        arm=b.comparand.test if frame.control is not None else None,
+        evidence=evidence,
+        params=params,
+    )

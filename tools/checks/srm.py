@@ -1,0 +1,196 @@
+"""Sample ratio mismatch: chi-square goodness of fit of units per arm against configured weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tools.checks._common import fmt_p, fmt_time, params_of, series_evidence, table
+from tools.checks._engine import Comparand, Finding, RateTest, SubjectFrame, localize
+from tools.result import CheckResult, Effect
+from tools.stats import (
+    Comparison,
+    Direction,
+    chi2_goodness_of_fit,
+    epidemic_segment,
+    p_from_z,
+)
+from tools.telemetry import to_datetime
+
+__all__ = ["SRMParams", "srm_check"]
+
+
+@dataclass(frozen=True)
+class SRMParams:
+    """Thresholds of the SRM check.
+
+    Attributes:
+        alpha_fail: Chi-square p-value below which the check fails (the usual 0.001).
+        alpha_warn: The same, to warn.
+        min_units: Fewest units in the experiment for a verdict.
+        min_expected: Fewest expected units in every arm (chi-square validity).
+    """
+
+    alpha_fail: float = 1e-3
+    alpha_warn: float = 1e-2
+    min_units: int = 100
+    min_expected: float = 5.0
+
+
+def _share_test(q: float, deff: float) -> RateTest:
+    """Share of the test arm among test + reference requests against its expected share ``q``.
+
+    Requests cluster by unit, so the binomial variance is inflated by the design effect ``deff``
+    (requests per unit): a conservative correction used only to localise, never to fail.
+    """
+
+    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+        n = float(t["n"] + r["n"])
+        if n <= 0:
+            return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
+        share = float(t["n"]) / n
+        se = float(np.sqrt(q * (1 - q) * deff / n))
+        z = (share - q) / se
+        return Comparison(
+            share - q, share - q - 1.96 * se, share - q + 1.96 * se, z, p_from_z(z, d)
+        )
+
+    return RateTest(
+        name="arm share of requests",
+        compare=compare,
+        direction="down",
+        null=0.0,
+        badness=lambda s: 0.0,
+        events="n",
+        exposure="n",
+        rate_direction="down",
+        magnitude=abs,
+        fail_effect=0.0,
+        warn_effect=0.0,
+        unit="pp",
+    )
+
+
+def _onset(frame: SubjectFrame, arm: str, other: str, q: float) -> int | None:
+    a = frame.minute_sums(arm)["n"].to_numpy(float)
+    b = frame.minute_sums(other)["n"].to_numpy(float)
+    seg = epidemic_segment(a, (a + b) * q, "down")
+    return None if seg is None else frame.window.fetch_start + seg[0]
+
+
+def srm_check(
+    units: pd.DataFrame,
+    weights: Mapping[str, float],
+    *,
+    experiment_id: str | None = None,
+    frame: SubjectFrame | None = None,
+    params: SRMParams | None = None,
+) -> CheckResult:
+    """Chi-square goodness of fit of distinct units per arm against the configured weights.
+
+    Args:
+        units: :meth:`tools.telemetry.TelemetryReader.units` rows (``arm, units, exposures``).
+        weights: Configured arm weights (need not sum to 1).
+        experiment_id: The experiment, for the result.
+        frame: The experiment's wide aggregate, to locate the onset and the dimension values.
+        params: Thresholds.
+
+    Returns:
+        ``fail`` at p < ``alpha_fail``; the arm is the one short of units (the usual mechanism:
+        exposures lost), ``where`` the dimension values the deficit is confined to.
+    """
+    p = params or SRMParams()
+    settings = params_of(p, weights=dict(weights))
+    counts = units.set_index("arm")["units"].to_dict() if len(units) else {}
+    arms = list(weights)
+    observed = np.array([float(counts.get(a, 0.0)) for a in arms])
+    total = observed.sum()
+    w = np.array([float(weights[a]) for a in arms])
+    expected = total * w / w.sum() if total > 0 else np.zeros_like(w)
+    unknown = sorted(set(counts) - set(arms))
+    if total < p.min_units or (expected < p.min_expected).any():
+        return CheckResult(
+            check="srm",
+            verdict="no_data",
+            summary=f"Too few units ({total:.0f}) in experiment {experiment_id} to test SRM.",
+            experiment=experiment_id,
+            params=settings,
+        )
+    stat, p_value = chi2_goodness_of_fit(observed.tolist(), w.tolist())
+    resid = (observed - expected) / np.sqrt(expected)
+    short = int(np.argmin(resid))
+    arm = arms[short]
+    share = observed[short] / total
+    q = w[short] / w.sum()
+    se = float(np.sqrt(q * (1 - q) / total))
+    effect = Effect(
+        name=f"unit share of arm {arm} − configured",
+        estimate=100 * (share - q),
+        ci_low=100 * (share - q - 1.96 * se),
+        ci_high=100 * (share - q + 1.96 * se),
+        unit="pp",
+    )
+    rows = pd.DataFrame(
+        {
+            "arm": arms,
+            "units": observed,
+            "expected": expected,
+            "share": observed / total,
+            "configured_share": w / w.sum(),
+        }
+    )
+    evidence = [table("units per arm", rows, note=f"chi2={stat:.2f}, df={len(arms) - 1}")]
+    if frame is not None and len(frame.cube):
+        evidence.append(series_evidence(frame, "srm", "request share per arm per minute"))
+    verdict = "fail" if p_value < p.alpha_fail else "warn" if p_value < p.alpha_warn else "ok"
+    if unknown and verdict == "ok":
+        verdict = "warn"
+    if verdict == "ok":
+        return CheckResult(
+            check="srm",
+            verdict="ok",
+            summary=f"Units per arm match the configured weights ({fmt_p(p_value)}).",
+            effect=effect,
+            p_value=p_value,
+            experiment=experiment_id,
+            evidence=evidence,
+            params=settings,
+        )
+    onset, where = None, {}
+    control = frame.control if frame is not None else None
+    other = control if control is not None and control != arm else next(a for a in arms if a != arm)
+    if frame is not None and len(frame.cube) and other in frame.arms and arm in frame.arms:
+        q_pair = float(weights[arm] / (weights[arm] + weights[other]))
+        onset = _onset(frame, arm, other, q_pair)
+        deff = float(units["exposures"].sum() / max(total, 1.0))
+        test = _share_test(q_pair, max(deff, 1.0))
+        focus = (max(onset or frame.window.start, frame.window.fetch_start), frame.window.end)
+        c = test.compare(frame.sums(arm, *focus), frame.sums(other, *focus), "down")
+        finding = Finding(Comparand(arm, other, True), test, c, p_value, focus, onset, focus, arm)
+        where = localize(frame, finding)
+    text = (
+        f"Sample ratio mismatch in experiment {experiment_id}: arm {arm} has "
+        f"{share:.1%} of {total:.0f} units, configured {q:.1%} (chi2 {fmt_p(p_value)})"
+    )
+    if where:
+        text += ", concentrated on " + ", ".join(f"{k}={v}" for k, v in where.items())
+    if onset is not None:
+        text += f", since {fmt_time(onset)} UTC"
+    if unknown:
+        text += f"; units logged in unconfigured arm(s) {unknown}"
+    return CheckResult(
+        check="srm",
+        verdict="fail" if verdict == "fail" else "warn",
+        summary=text + ".",
+        effect=effect,
+        p_value=p_value,
+        onset=to_datetime(onset) if onset is not None else None,
+        experiment=experiment_id,
+        arm=arm,
+        where=where,
+        evidence=evidence,
+        params=settings,
+    )

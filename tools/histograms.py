@@ -1,0 +1,153 @@
+"""Distribution statistics computed from fine prediction histograms (never from raw predictions).
+
+The reader returns per-bin sums on log-spaced bins; from them come distribution-shift measures
+(KS, PSI, Jensen-Shannon, Wasserstein-1), point masses (predictions stuck at a constant) and
+equal-count calibration buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+__all__ = [
+    "BINNED_SUMS",
+    "PointMass",
+    "Shift",
+    "bin_sums",
+    "calibration_buckets",
+    "point_mass",
+    "shift",
+]
+
+BINNED_SUMS = ("n", "sum_pred", "sum_pred2", "sum_label", "sum_ll")
+
+
+@dataclass(frozen=True)
+class Shift:
+    """How far the test distribution moved from the reference one.
+
+    Attributes:
+        n_test: Predictions in the test histogram.
+        n_ref: Predictions in the reference histogram.
+        ks: Largest gap between the two CDFs (on bin edges, so slightly conservative).
+        ks_p: Asymptotic two-sample KS p-value of ``ks``.
+        psi: Population stability index on reference-quantile buckets.
+        js: Jensen-Shannon divergence (base 2, 0..1) on the same buckets.
+        wasserstein: Earth mover's distance in prediction units.
+        wasserstein_rel: ``wasserstein`` divided by the reference's mean prediction.
+    """
+
+    n_test: float
+    n_ref: float
+    ks: float
+    ks_p: float
+    psi: float
+    js: float
+    wasserstein: float
+    wasserstein_rel: float
+
+
+@dataclass(frozen=True)
+class PointMass:
+    """The bin whose share grew most in the test histogram (a constant prediction shows here)."""
+
+    bin: int
+    value: float
+    share_test: float
+    share_ref: float
+    z: float
+
+
+def bin_sums(hist: pd.DataFrame, arm: str, blocks: range | None, n_bins: int) -> pd.DataFrame:
+    """Sums per bin (all ``n_bins`` rows, zeros where empty) of one arm over some time blocks."""
+    rows = hist[hist["arm"] == arm]
+    if blocks is not None:
+        rows = rows[rows["block"].isin(list(blocks))]
+    out = rows.groupby("bin")[list(BINNED_SUMS)].sum()
+    return out.reindex(range(n_bins), fill_value=0.0)
+
+
+def shift(test: pd.DataFrame, ref: pd.DataFrame, edges: np.ndarray, buckets: int = 20) -> Shift:
+    """Distribution-shift statistics between two binned prediction distributions."""
+    t = test["n"].to_numpy(float)
+    r = ref["n"].to_numpy(float)
+    nt, nr = t.sum(), r.sum()
+    if nt <= 0 or nr <= 0:
+        nan = float("nan")
+        return Shift(nt, nr, nan, 1.0, nan, nan, nan, nan)
+    ct, cr = np.cumsum(t) / nt, np.cumsum(r) / nr
+    ks = float(np.max(np.abs(ct - cr)))
+    en = np.sqrt(nt * nr / (nt + nr))
+    ks_p = float(sps.kstwobign.sf(ks * en))
+    widths = np.diff(edges)
+    wass = float(np.sum(np.abs(ct - cr)[:-1] * widths[1:]))
+    ref_mean = float(ref["sum_pred"].sum() / nr)
+    groups = _quantile_groups(r / nr, buckets)
+    pt = np.bincount(groups, weights=t / nt)
+    pr = np.bincount(groups, weights=r / nr)
+    eps = 1e-4
+    pt_s, pr_s = (pt + eps) / (1 + eps * pt.size), (pr + eps) / (1 + eps * pr.size)
+    psi = float(np.sum((pt_s - pr_s) * np.log(pt_s / pr_s)))
+    mid = (pt + pr) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_t = np.where(pt > 0, pt * np.log2(pt / mid), 0.0).sum()
+        kl_r = np.where(pr > 0, pr * np.log2(pr / mid), 0.0).sum()
+    js = float((kl_t + kl_r) / 2)
+    rel = wass / ref_mean if ref_mean > 0 else float("nan")
+    return Shift(float(nt), float(nr), ks, ks_p, psi, js, wass, rel)
+
+
+def point_mass(test: pd.DataFrame, ref: pd.DataFrame) -> PointMass | None:
+    """The bin with the largest growth in share from ``ref`` to ``test``, with its z score."""
+    t = test["n"].to_numpy(float)
+    r = ref["n"].to_numpy(float)
+    nt, nr = t.sum(), r.sum()
+    if nt <= 0 or nr <= 0:
+        return None
+    st, sr = t / nt, r / nr
+    pooled = (t + r) / (nt + nr)
+    se = np.sqrt(np.maximum(pooled * (1 - pooled), 1e-12) * (1 / nt + 1 / nr))
+    z = (st - sr) / se
+    idx = int(np.argmax(st - sr))
+    value = float(test["sum_pred"].iloc[idx] / t[idx]) if t[idx] > 0 else float("nan")
+    return PointMass(idx, value, float(st[idx]), float(sr[idx]), float(z[idx]))
+
+
+def calibration_buckets(binned: pd.DataFrame, buckets: int = 10) -> pd.DataFrame:
+    """Equal-count buckets of prediction with their calibration (Σ prediction ÷ Σ label).
+
+    At a 1-2 % CTR, uniform buckets put nearly everything in the first one; merging the fine
+    bins into buckets of equal count keeps every bucket informative.
+
+    Returns:
+        Columns ``bucket, n, mean_pred, ctr, clicks, calibration`` (one row per non-empty bucket).
+    """
+    n = binned["n"].to_numpy(float)
+    if n.sum() <= 0:
+        return pd.DataFrame(columns=["bucket", "n", "mean_pred", "ctr", "clicks", "calibration"])
+    groups = _quantile_groups(n / n.sum(), buckets)
+    frame = binned.assign(bucket=groups).groupby("bucket")[list(BINNED_SUMS)].sum()
+    frame = frame[frame["n"] > 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = pd.DataFrame(
+            {
+                "bucket": frame.index.to_numpy(),
+                "n": frame["n"].to_numpy(),
+                "mean_pred": (frame["sum_pred"] / frame["n"]).to_numpy(),
+                "ctr": (frame["sum_label"] / frame["n"]).to_numpy(),
+                "clicks": frame["sum_label"].to_numpy(),
+                "calibration": (frame["sum_pred"] / frame["sum_label"]).to_numpy(),
+            }
+        )
+    return out.reset_index(drop=True)
+
+
+def _quantile_groups(shares: np.ndarray, buckets: int) -> np.ndarray:
+    """Assign consecutive bins to ``buckets`` groups of roughly equal share (by bin midpoint)."""
+    cum = np.cumsum(shares) - shares / 2
+    groups: np.ndarray = np.clip((cum * buckets).astype(int), 0, buckets - 1)
+    return groups

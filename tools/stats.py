@@ -1,0 +1,266 @@
+"""Statistical primitives the checks share: tests on aggregated counts, intervals, corrections.
+
+Everything here works on sums (counts, sums of values and of squares), never on raw requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as sps
+
+__all__ = [
+    "Comparison",
+    "Direction",
+    "binary_entropy",
+    "chi2_goodness_of_fit",
+    "compare_means",
+    "compare_proportions",
+    "compare_rates",
+    "epidemic_segment",
+    "holm",
+    "p_from_z",
+    "poisson_interval",
+    "segment_grid",
+]
+
+Direction = Literal["up", "down", "both"]
+"""Which change is bad: an increase, a decrease, or either."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A test-vs-reference comparison: the effect, its interval, a z score and its p-value."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    z: float
+    p_value: float
+
+    @property
+    def valid(self) -> bool:
+        """False when the data could not support a test (zero counts, no variance)."""
+        return bool(np.isfinite(self.z))
+
+
+_INVALID = Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
+
+
+def p_from_z(z: float, direction: Direction) -> float:
+    """The p-value of standard-normal score ``z`` for the stated bad ``direction``."""
+    if not np.isfinite(z):
+        return 1.0
+    if direction == "up":
+        return float(sps.norm.sf(z))
+    if direction == "down":
+        return float(sps.norm.cdf(z))
+    return float(2 * sps.norm.sf(abs(z)))
+
+
+def compare_proportions(
+    x1: float, n1: float, x0: float, n0: float, direction: Direction, confidence: float = 0.95
+) -> Comparison:
+    """Two-proportion z test of ``x1/n1`` against ``x0/n0`` (pooled variance for the test).
+
+    Returns:
+        The difference ``p1 - p0`` with a Wald interval (unpooled) and the test's p-value.
+    """
+    if n1 <= 0 or n0 <= 0:
+        return _INVALID
+    p1, p0 = x1 / n1, x0 / n0
+    pooled = (x1 + x0) / (n1 + n0)
+    se_pool = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    # Unpooled SE with a continuity floor so that 0/n has an interval of honest width.
+    se = np.sqrt(max(p1 * (1 - p1), 0.5 / n1) / n1 + max(p0 * (1 - p0), 0.5 / n0) / n0)
+    diff = p1 - p0
+    if se_pool == 0:
+        return Comparison(diff, diff, diff, 0.0, 1.0)
+    z = diff / se_pool
+    zc = sps.norm.ppf(0.5 + confidence / 2)
+    return Comparison(diff, diff - zc * se, diff + zc * se, float(z), p_from_z(z, direction))
+
+
+def compare_rates(
+    x1: float, e1: float, x0: float, e0: float, direction: Direction, confidence: float = 0.95
+) -> Comparison:
+    """Poisson rate ratio ``(x1/e1) / (x0/e0)`` on the log scale; the estimate is the ratio.
+
+    ``x`` are event counts (clicks), ``e`` exposures (requests, or the sum of predicted CTR).
+    """
+    if x1 <= 0 or x0 <= 0 or e1 <= 0 or e0 <= 0:
+        return _INVALID
+    log_ratio = np.log((x1 / e1) / (x0 / e0))
+    se = np.sqrt(1 / x1 + 1 / x0)
+    z = log_ratio / se
+    zc = sps.norm.ppf(0.5 + confidence / 2)
+    return Comparison(
+        float(np.exp(log_ratio)),
+        float(np.exp(log_ratio - zc * se)),
+        float(np.exp(log_ratio + zc * se)),
+        float(z),
+        p_from_z(float(z), direction),
+    )
+
+
+def compare_means(
+    s1: float,
+    q1: float,
+    n1: float,
+    s0: float,
+    q0: float,
+    n0: float,
+    direction: Direction,
+    confidence: float = 0.95,
+    scale1: float = 1.0,
+    scale0: float = 1.0,
+) -> Comparison:
+    """Welch z test of ``scale1 * mean1`` against ``scale0 * mean0`` from sums and squares.
+
+    ``s`` is the sum, ``q`` the sum of squares, ``n`` the count; the scales turn a mean log loss
+    into a normalized entropy (1 / background entropy) without changing the test's shape.
+    """
+    if n1 < 2 or n0 < 2:
+        return _INVALID
+    m1, m0 = s1 / n1, s0 / n0
+    v1 = max(q1 / n1 - m1 * m1, 0.0) * n1 / (n1 - 1)
+    v0 = max(q0 / n0 - m0 * m0, 0.0) * n0 / (n0 - 1)
+    se = np.sqrt(scale1**2 * v1 / n1 + scale0**2 * v0 / n0)
+    diff = scale1 * m1 - scale0 * m0
+    if se == 0:
+        return _INVALID
+    z = diff / se
+    zc = sps.norm.ppf(0.5 + confidence / 2)
+    return Comparison(diff, diff - zc * se, diff + zc * se, float(z), p_from_z(z, direction))
+
+
+def poisson_interval(k: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Garwood) interval for the mean of a Poisson count ``k``."""
+    alpha = 1 - confidence
+    lo = 0.0 if k <= 0 else float(sps.chi2.ppf(alpha / 2, 2 * k) / 2)
+    hi = float(sps.chi2.ppf(1 - alpha / 2, 2 * k + 2) / 2)
+    return lo, hi
+
+
+def chi2_goodness_of_fit(counts: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
+    """Pearson chi-square of ``counts`` against expected shares proportional to ``weights``.
+
+    Returns:
+        ``(statistic, p_value)``; ``(0.0, 1.0)`` with fewer than two categories or no counts.
+    """
+    obs = np.asarray(counts, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    if obs.size < 2 or obs.sum() <= 0 or w.sum() <= 0:
+        return 0.0, 1.0
+    expected = obs.sum() * w / w.sum()
+    stat = float(((obs - expected) ** 2 / expected).sum())
+    return stat, float(sps.chi2.sf(stat, obs.size - 1))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (same order as given)."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        adjusted[idx] = running
+    return adjusted
+
+
+def binary_entropy(p: float) -> float:
+    """Entropy (nats) of a Bernoulli(p) label: the log loss of always predicting ``p``."""
+    if not 0 < p < 1:
+        return float("nan")
+    return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+
+
+def segment_grid(
+    n_minutes: int, parts: int = 8, suffixes: Sequence[int] = (5, 10, 20)
+) -> list[tuple[int, int]]:
+    """Candidate time segments ``[a, b)`` (minute offsets) a regression may occupy.
+
+    Every segment between ``parts + 1`` evenly spaced grid points, plus short suffixes that catch
+    a fault that began just before the window's end. Checks scan them all and Bonferroni-correct
+    by their number, so a short fault is not diluted by a long window.
+    """
+    if n_minutes <= 0:
+        return []
+    points = sorted({round(i * n_minutes / parts) for i in range(parts + 1)})
+    segments = {(a, b) for i, a in enumerate(points) for b in points[i + 1 :]}
+    segments |= {(n_minutes - s, n_minutes) for s in suffixes if 0 < s < n_minutes}
+    return sorted(segments)
+
+
+def epidemic_segment(
+    events: np.ndarray,
+    exposure: np.ndarray,
+    direction: Direction,
+    min_len: int = 3,
+) -> tuple[int, int] | None:
+    """Most likely segment ``[a, b)`` in which the rate ``events / exposure`` departs.
+
+    A Poisson (quasi-)likelihood "epidemic" change model: one rate inside the segment, one outside;
+    the segment maximises the likelihood ratio among those whose inside rate moves in the bad
+    ``direction``. A fault still running at the window's end gives ``b == len(events)``.
+
+    Returns:
+        ``(a, b)`` in positions of the arrays, or None without a departure in that direction.
+    """
+    x = np.asarray(events, dtype=float)
+    e = np.asarray(exposure, dtype=float)
+    step = -(-x.size // _MAX_POINTS)
+    if step > 1:
+        # Long windows: coarsen so the (a, b) table stays small; positions scale back below.
+        pad = (-x.size) % step
+        coarse = epidemic_segment(
+            np.pad(x, (0, pad)).reshape(-1, step).sum(axis=1),
+            np.pad(e, (0, pad)).reshape(-1, step).sum(axis=1),
+            direction,
+            max(1, min_len // step),
+        )
+        if coarse is None:
+            return None
+        return coarse[0] * step, min(coarse[1] * step, x.size)
+    n = x.size
+    if n < 2 * min_len or e.sum() <= 0 or x.sum() <= 0:
+        return None
+    cx = np.concatenate([[0.0], np.cumsum(x)])
+    ce = np.concatenate([[0.0], np.cumsum(e)])
+    a = np.arange(n + 1)[:, None]
+    b = np.arange(n + 1)[None, :]
+    xin = cx[b] - cx[a]
+    ein = ce[b] - ce[a]
+    xout = cx[-1] - xin
+    eout = ce[-1] - ein
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rin = xin / ein
+        rout = xout / eout
+        ll = _xlogy(xin, rin) - rin * ein + _xlogy(xout, rout) - rout * eout
+    ok = (b - a >= min_len) & (ein > 0) & (eout > 0) & (n - (b - a) >= 1)
+    if direction == "up":
+        ok &= rin > rout
+    elif direction == "down":
+        ok &= rin < rout
+    else:
+        ok &= rin != rout
+    ll = np.where(ok & np.isfinite(ll), ll, -np.inf)
+    if not np.isfinite(ll).any():
+        return None
+    ia, ib = np.unravel_index(int(np.argmax(ll)), ll.shape)
+    return int(ia), int(ib)
+
+
+_MAX_POINTS = 400
+
+
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.where(x > 0, x * np.log(np.where(y > 0, y, 1.0)), 0.0)
+    return out
