@@ -75,7 +75,7 @@ def open_checkpointer(url: str) -> Checkpoints:
     stack = ExitStack()
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         try:
-            from langgraph.checkpoint.postgres import PostgresSaver  # type: ignore[import-not-found]
+            from langgraph.checkpoint.postgres import PostgresSaver
         except ImportError as exc:
             raise ConfigError(
                 "checkpoint_url",

@@ -69,6 +69,10 @@ class ToolboxCache:
                 self._items.popitem(last=False)
         return box
 
+    def fresh(self, alert: Alert) -> Any:
+        """A new toolbox with empty caches (verification must read telemetry that arrived since)."""
+        return self._factory(alert)
+
     def drop(self, investigation_id: str) -> None:
         """Forget an investigation's toolbox (after it finished)."""
         with self._lock:

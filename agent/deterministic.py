@@ -5,7 +5,9 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
 1. A cause is *matched* on a subject (an experiment, a model, all traffic) when one of its signals
    holds: a check on that subject (or on all traffic) returned one of the signal's verdicts.
 2. A cause is *supported* when a **primary** signal failed; a failure of a controlled comparison
-   (test arm vs control, model vs its own baseline) is what can blame something.
+   (test arm vs control, model vs its own baseline) is what can blame something. On an
+   experiment, a finding counts only when it is located in a non-control arm: a shift of every
+   arm at once (or of the control) is not the experiment's doing.
 3. A cause is *ruled out* when a rule-out finding holds, e.g. an infrastructure outage on all
    traffic rules out blaming an experiment; it is reported as ruled out, not ranked.
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
@@ -22,13 +24,14 @@ answer is ``none``: noise or seasonality, nothing to mitigate.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.models import RootCause
-from agent.playbook import CauseRule, Playbook
+from agent.playbook import CauseRule, Playbook, Signal
 from agent.reasoning import DiagnosisInput
 from agent.state import CheckOutcome, Diagnosis, Suspect
+from tools.result import CheckResult
 
 __all__ = ["DeterministicReasoner", "rank_causes"]
 
@@ -86,7 +89,20 @@ def _strength(outcomes: Sequence[CheckOutcome]) -> float:
     return min(300.0, -math.log10(max(min(known), 1e-300)))
 
 
-def _evaluate(rule: CauseRule, subject: Suspect, order: int, results: dict[str, CheckOutcome]):
+def _located(sig: Signal, subject: Suspect, result: CheckResult, control: str) -> bool:
+    """Whether a finding on ``subject`` may count for ``sig`` (see :class:`Signal`)."""
+    if subject.scope != "experiment" or sig.located == "anywhere":
+        return True
+    return result.arm is not None and result.arm != control
+
+
+def _evaluate(
+    rule: CauseRule,
+    subject: Suspect,
+    order: int,
+    results: dict[str, CheckOutcome],
+    control: str,
+) -> _Candidate | None:
     matched: list[CheckOutcome] = []
     supported = False
     score = 0.0
@@ -94,6 +110,10 @@ def _evaluate(rule: CauseRule, subject: Suspect, order: int, results: dict[str, 
     for sig in rule.signals:
         outcome = results.get(sig.check)
         if outcome is None or not sig.matches(outcome.result):
+            continue
+        if outcome.subject.key == subject.key and not _located(
+            sig, subject, outcome.result, control
+        ):
             continue
         fail = outcome.result.verdict == "fail"
         matched.append(outcome)
@@ -150,7 +170,10 @@ def _root_cause(candidate: _Candidate) -> RootCause:
 
 
 def rank_causes(
-    playbook: Playbook, suspects: Sequence[Suspect], outcomes: Sequence[CheckOutcome]
+    playbook: Playbook,
+    suspects: Sequence[Suspect],
+    outcomes: Sequence[CheckOutcome],
+    controls: Mapping[str, str] | None = None,
 ) -> tuple[list[RootCause], list[tuple[str, str]]]:
     """Rank causes by the playbook's rules (see the module docstring).
 
@@ -158,6 +181,7 @@ def rank_causes(
         playbook: Its causes, signals, rule-outs and explanations.
         suspects: The subjects examined, most suspect first.
         outcomes: The check outcomes.
+        controls: Experiment id -> its control arm (``control`` when not given).
 
     Returns:
         The ranked causes (``none`` first when nothing failed) and the ruled-out
@@ -172,7 +196,8 @@ def rank_causes(
         for rule in playbook.causes:
             if subject.scope not in rule.scopes:
                 continue
-            found = _evaluate(rule, subject, order, results)
+            control = (controls or {}).get(subject.id or "", "control")
+            found = _evaluate(rule, subject, order, results, control)
             if found is not None:
                 candidates.append(found)
     ruled = [c for c in candidates if c.ruled_out is not None]
@@ -180,7 +205,9 @@ def rank_causes(
     supported = [c for c in live if c.supported]
     for c in supported:
         for other in supported:
-            same_place = other.subject.key in (c.subject.key, "global") or c.subject.scope == "global"
+            same_place = (
+                other.subject.key in (c.subject.key, "global") or c.subject.scope == "global"
+            )
             if other.rule.cause in c.rule.explained_by and same_place:
                 c.explained_by = other.rule.cause
                 c.confidence *= _EXPLAINED_DISCOUNT
@@ -221,5 +248,6 @@ class DeterministicReasoner:
 
     def diagnose(self, given: DiagnosisInput) -> Diagnosis:
         """Rank the causes of ``given`` (see :func:`rank_causes`)."""
-        causes, ruled_out = rank_causes(given.playbook, _subjects(given), given.outcomes)
+        controls = {k: v.control for k, v in given.experiments.items()}
+        causes, ruled_out = rank_causes(given.playbook, _subjects(given), given.outcomes, controls)
         return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)

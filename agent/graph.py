@@ -3,10 +3,11 @@
 ::
 
     intake → localize → plan ─┬→ run_check ┐ (one per task, in parallel)
-                              └────────────┴→ diagnose → report → propose ─┬→ approval ⟲
-                                                                           │     ├→ execute → verify → finish
-                                                                           │     └→ finish (rejected)
-                                                                           └→ finish (nothing to do)
+                              └────────────┴→ diagnose → report → propose ─┐
+        ┌──────────────────────────────────────────────────────────────────┘
+        ├→ approval ⟲ (until decided) ─┬→ execute → verify → finish
+        │                               └→ finish (rejected)
+        └→ finish (nothing proposed)
 
 The graph is compiled with a checkpointer (:mod:`agent.checkpoint`); the thread id is the
 investigation id, so an investigation paused at ``approval`` resumes in any process with

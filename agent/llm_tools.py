@@ -206,8 +206,13 @@ def redact(value: Any, fields: Iterable[str]) -> Any:
 
 
 def quote_data(label: str, value: Any) -> str:
-    """Untrusted content as a delimited, JSON-encoded data block (never as instructions)."""
+    """Untrusted content as a delimited, JSON-encoded data block (never as instructions).
+
+    Angle brackets inside the data are JSON-escaped (``\\u003c``), so the data cannot spell a
+    closing marker and step outside its block.
+    """
     body = json.dumps(value, ensure_ascii=True, default=str, indent=1)
+    body = body.replace("<", "\\u003c").replace(">", "\\u003e")
     return f"{DATA_OPEN.format(label=label)}\n{body}\n{DATA_CLOSE.format(label=label)}"
 
 

@@ -19,13 +19,19 @@ from agent.playbook import Playbook, SeriesMetric
 from agent.state import CheckOutcome, CheckTask, Localization, Suspect, Window
 from tools.result import CheckResult
 
-__all__ = ["SERIES_METRICS", "attributed_experiments", "localize", "plan", "run_task"]
+__all__ = ["SERIES_METRICS", "attributed_experiments", "localize", "plan", "run_task", "utc"]
 
 _log = logging.getLogger(__name__)
 
 SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
 _EXPERIMENT_COLUMNS = ("experiment_id", "experiment")
-_SHARE_COLUMNS = ("share", "share_of_delta", "explained_share", "contribution_share")
+_SHARE_COLUMNS = (
+    "share_of_change",
+    "share",
+    "share_of_delta",
+    "explained_share",
+    "contribution_share",
+)
 
 
 def utc(ts: datetime) -> datetime:
@@ -50,28 +56,39 @@ def _check_window(search: Window, onset: datetime | None, playbook: Playbook) ->
 
 
 def attributed_experiments(result: CheckResult) -> list[tuple[str, float]]:
-    """(experiment id, share of the delta) from an attribution result, largest first.
+    """(experiment id, share of the change) from an attribution result, largest first.
 
-    Reads the first evidence table with an experiment column; the share column is the first of
-    ``share`` / ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present.
+    Reads the first evidence table that names experiments: either an experiment column
+    (``experiment_id`` / ``experiment``), or ``kind`` + ``candidate`` rows where kind is
+    ``experiment`` and the candidate is ``EXPERIMENT`` or ``EXPERIMENT/ARM`` (an experiment's
+    share is its largest arm's). The share is the first of ``share_of_change`` / ``share`` /
+    ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present.
     """
     for ev in result.evidence:
         cols = [c.lower() for c in ev.columns]
-        exp_col = next((cols.index(c) for c in _EXPERIMENT_COLUMNS if c in cols), None)
         share_col = next((cols.index(c) for c in _SHARE_COLUMNS if c in cols), None)
-        if exp_col is None or share_col is None:
+        exp_col = next((cols.index(c) for c in _EXPERIMENT_COLUMNS if c in cols), None)
+        kind_col = cols.index("kind") if "kind" in cols else None
+        cand_col = cols.index("candidate") if "candidate" in cols else None
+        if share_col is None or (exp_col is None and (kind_col is None or cand_col is None)):
             continue
-        rows: list[tuple[str, float]] = []
+        best: dict[str, float] = {}
         for row in ev.rows:
-            exp, share = row[exp_col], row[share_col]
+            if exp_col is not None:
+                exp = row[exp_col]
+            elif kind_col is not None and cand_col is not None and row[kind_col] == "experiment":
+                exp = str(row[cand_col]).split("/", 1)[0]
+            else:
+                continue
+            share = row[share_col]
             if exp is None or share is None or str(exp) in ("", "(none)", "none", "other"):
                 continue
             try:
-                rows.append((str(exp), float(share)))
+                value = float(share)
             except (TypeError, ValueError):
                 continue
-        rows.sort(key=lambda r: -r[1])
-        return rows
+            best[str(exp)] = max(value, best.get(str(exp), float("-inf")))
+        return sorted(best.items(), key=lambda r: -r[1])
     return []
 
 
@@ -124,6 +141,15 @@ def localize(
     baseline = Window(
         start=window.start - timedelta(minutes=playbook.window.baseline_minutes), end=window.start
     )
+    # Attribution compares the incident with what came before: from the onset when known, else
+    # the most recent minutes (alerts fire soon after a regression starts).
+    recent = (
+        window
+        if onset is not None
+        else Window(
+            start=search.end - timedelta(minutes=playbook.window.min_minutes), end=search.end
+        )
+    )
     suspects: list[Suspect] = []
     where: dict[str, str] = {}
     if alert.experiment is not None:
@@ -135,10 +161,10 @@ def localize(
                 toolbox.attribution,
                 "attribution",
                 metric=metric,
-                start=window.start,
-                end=window.end,
-                baseline_start=baseline.start,
-                baseline_end=baseline.end,
+                start=recent.start,
+                end=recent.end,
+                baseline_start=recent.start - timedelta(minutes=playbook.window.baseline_minutes),
+                baseline_end=recent.start,
             )
             if found is not None:
                 results.append(found)
@@ -161,7 +187,7 @@ def localize(
             suspects.append(
                 Suspect(scope="model", id=production_model, reason="serves traffic outside tests")
             )
-    suspects.append(Suspect(scope="global", reason="all traffic"))
+    suspects.append(Suspect(scope="global"))
     return Localization(
         onset=onset,
         window=window,

@@ -122,7 +122,9 @@ def check_line(outcome: CheckOutcome, playbook: Playbook) -> CheckLine:
     return CheckLine(_MARKS[verdict], verdict, text, outcome.result.summary, outcome.result.check)
 
 
-def _cause_text(cause: RootCause, playbook: Playbook, experiments: Mapping[str, ExperimentMeta]):
+def _cause_text(
+    cause: RootCause, playbook: Playbook, experiments: Mapping[str, ExperimentMeta]
+) -> str:
     rule = playbook.rule(cause.cause)
     label = rule.label if rule is not None else cause.cause.replace("_", " ")
     where = ""
@@ -190,10 +192,7 @@ def build_report(
             )
     asked = [o for o in outcomes if "#" in o.key]
     if asked:
-        lines = [
-            check_line(o, playbook)
-            for o in asked
-        ]
+        lines = [check_line(o, playbook) for o in asked]
         lines = [
             CheckLine(ln.mark, ln.verdict, f"{ln.text} ({o.subject.key})", ln.summary, ln.check)
             for ln, o in zip(lines, asked, strict=True)
@@ -202,7 +201,10 @@ def build_report(
     causes = list(diagnosis.causes)
     top = causes[0] if causes else RootCause(cause="none", confidence=0.5)
     if top.cause == "none":
-        cause = "No root cause: no check found a failure, so the alert is most likely noise or seasonality."
+        cause = (
+            "No root cause: no check found a failure, so the alert is most likely noise or "
+            "seasonality."
+        )
     else:
         cause = _cause_text(top, playbook, experiments)
     places = {

@@ -19,9 +19,15 @@ from langgraph.types import Send, interrupt
 
 from agent.deps import Deps
 from agent.deterministic import DeterministicReasoner
-from agent.localize import localize, plan, run_task
+from agent.localize import localize, plan, run_task, utc
 from agent.mitigation import propose_for
-from agent.models import InvestigationStatus, InvestigationView, MitigationView, RootCause
+from agent.models import (
+    InvestigationStatus,
+    InvestigationView,
+    MitigationStatus,
+    MitigationView,
+    RootCause,
+)
 from agent.narrative import build_report
 from agent.reasoning import DiagnosisInput, admissible
 from agent.report import alert_series_plot, attribution_plot, check_plot, write_report
@@ -134,7 +140,8 @@ class Nodes:
         except Exception as exc:  # a plot is not worth failing the report for; noted in logs
             _log.warning("alert metric series unavailable: %s", exc)
             frame = None
-        drawn = alert_series_plot(frame, state.alert.metric, state.onset)
+        scope = f"experiment {state.alert.experiment}" if state.alert.experiment else "all traffic"
+        drawn = alert_series_plot(frame, state.alert.metric, state.onset, scope)
         if drawn:
             plots["alert"] = drawn
         top = state.diagnosis.causes[0] if state.diagnosis.causes else None
@@ -151,9 +158,7 @@ class Nodes:
         drawn = check_plot(failing)
         if drawn:
             plots["check"] = drawn
-        attribution = next(
-            (o for o in loc.results if o.result.check == "attribution"), None
-        )
+        attribution = next((o for o in loc.results if o.result.check == "attribution"), None)
         drawn = attribution_plot(attribution)
         if drawn:
             plots["attribution"] = drawn
@@ -200,11 +205,11 @@ class Nodes:
             return "diagnose"
         return [Send("run_check", task) for task in state.tasks]
 
-    def run_check(self, task: CheckTask, config: RunnableConfig) -> dict[str, Any]:
-        """Run one check."""
-        state = self.deps.store.get_investigation(_thread(config))
-        box = self.deps.toolboxes.get(state.id, state.alert)
-        return {"outcomes": [run_task(box, task)]}
+    def run_check(self, state: CheckTask, config: RunnableConfig) -> dict[str, Any]:
+        """Run one check (``state`` is the task ``Send`` carried)."""
+        view = self.deps.store.get_investigation(_thread(config))
+        box = self.deps.toolboxes.get(view.id, view.alert)
+        return {"outcomes": [run_task(box, state)]}
 
     def diagnose(self, state: InvestigationState) -> dict[str, Any]:
         """Rank causes; an LLM's causes stand only if they cite failing checks."""
@@ -232,6 +237,7 @@ class Nodes:
                 ),
                 onset,
             )
+        onset = utc(onset) if onset is not None else None
         return {"diagnosis": diagnosis, "onset": onset, "outcomes": list(diagnosis.extra)}
 
     def _diagnose(self, given: DiagnosisInput) -> Diagnosis:
@@ -351,7 +357,7 @@ class Nodes:
         onset = state.onset or (state.localization.window.start if state.localization else None)
         if onset is None:
             return current
-        box = self._toolbox(state)
+        box = self.deps.toolboxes.fresh(state.alert)
         found = measure_recovery(box, rule.verify_metric, onset, acted_at, playbook.window)
         detail: dict[str, Any] = {"verification": found.as_dict()}
         if state.alert.metric != rule.verify_metric and state.alert.metric != "srm":
@@ -360,7 +366,7 @@ class Nodes:
                 detail["alert_metric"] = also.as_dict()
             except Exception as exc:  # the alert metric is context only; its absence is noted
                 detail["alert_metric"] = {"error": str(exc)}
-        new = "verified" if found.recovered else "executed"
+        new: MitigationStatus = "verified" if found.recovered else "executed"
         store.transition(
             mitigation_id, ["executed", "verified"], new, recovered=found.recovered, detail=detail
         )
@@ -377,4 +383,3 @@ class Nodes:
         final = done.model_copy(update={"report_path": path})
         self.deps.notifier.investigation_finished(self._save(final, "completed"))
         return {"status": "completed", "report_path": path}
-

@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 from agent.models import InvestigationView, MitigationView
 
-__all__ = ["FanoutNotifier", "NullNotifier", "Notifier", "SafeNotifier"]
+__all__ = ["FanoutNotifier", "Notifier", "NullNotifier", "SafeNotifier"]
 
 _log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ covered by exactly one playbook, so an alert can never arrive with no plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -59,17 +59,27 @@ class CheckSpec(_Strict):
     issue: str = Field(min_length=1, description='What a failure is: "increased model fallback".')
 
 
+def _only_fail() -> list[SignalVerdict]:
+    return ["fail"]
+
+
 class _Finding(_Strict):
     check: CheckName
-    verdicts: list[SignalVerdict] = Field(default_factory=lambda: ["fail"], min_length=1)
+    verdicts: list[SignalVerdict] = Field(default_factory=_only_fail, min_length=1)
     finding: str | None = Field(
         default=None,
         description="Only when the result's effect name or summary mentions this (lower case).",
+    )
+    params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Only when the result's params have these values, e.g. {scope: all_arms}.",
     )
 
     def matches(self, result: CheckResult) -> bool:
         """Whether ``result`` is this finding."""
         if result.verdict not in self.verdicts:
+            return False
+        if any(str(result.params.get(k)) != v for k, v in self.params.items()):
             return False
         if self.finding is None:
             return True
@@ -78,8 +88,15 @@ class _Finding(_Strict):
 
 
 class Signal(_Finding):
-    """A check verdict that supports a cause."""
+    """A check verdict that supports a cause.
 
+    On an experiment, a finding blames the experiment only when a controlled comparison locates
+    it in a non-control arm (``located: test_arm``): a shift of every arm at once, or of the
+    control arm, is not the experiment's doing. ``located: anywhere`` counts any finding on the
+    subject (the sample ratio is the experiment's own, whichever arm is short).
+    """
+
+    located: Literal["test_arm", "anywhere"] = "test_arm"
     weight: float = Field(default=1.0, gt=0, le=1)
     primary: bool = Field(
         default=False, description="A fail here is what makes the cause supported."
@@ -257,13 +274,13 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[An
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _unique_mapping,  # type: ignore[arg-type]
+    _unique_mapping,
 )
 
 
 def _parse(source: str, text: str) -> Playbook:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(source, None, f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -290,7 +307,7 @@ def load_playbooks(folder: Path | None = None) -> PlaybookSet:
         ConfigError: A file is not valid YAML, breaks the schema (the field is named, prefixed
             by the file name), or the set leaves a metric uncovered.
     """
-    sources: list[Traversable | Path]
+    sources: Sequence[Traversable | Path]
     if folder is None:
         from playbooks import playbook_files
 

@@ -88,7 +88,9 @@ def subject_of(cause: RootCause) -> Suspect:
     return Suspect(scope="global")
 
 
-def failing(outcomes: Sequence[CheckOutcome], subject: Suspect, verdicts: Sequence[str] = ("fail",)) -> set[str]:
+def failing(
+    outcomes: Sequence[CheckOutcome], subject: Suspect, verdicts: Sequence[str] = ("fail",)
+) -> set[str]:
     """Names of the checks whose verdict is in ``verdicts`` on ``subject`` or on all traffic."""
     return {
         o.result.check

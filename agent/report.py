@@ -17,18 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
-
-from agent.localize import attributed_experiments  # noqa: E402
-from agent.narrative import ReportModel, render_markdown  # noqa: E402
-from agent.state import CheckOutcome  # noqa: E402
-from tools.result import Evidence  # noqa: E402
+from agent.localize import attributed_experiments
+from agent.narrative import ReportModel, render_markdown
+from agent.state import CheckOutcome
+from tools.result import Evidence
 
 __all__ = ["alert_series_plot", "attribution_plot", "check_plot", "render_html", "write_report"]
 
@@ -43,10 +38,20 @@ _env = Environment(
 _plot_lock = threading.Lock()
 
 
+def _pyplot() -> Any:
+    """pyplot on the Agg backend, imported on first use (the CLI's other commands skip it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -56,28 +61,43 @@ def _minutes(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True).dt.tz_localize(None)
 
 
-def alert_series_plot(frame: pd.DataFrame | None, metric: str, onset: datetime | None) -> str | None:
+def _trimmed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Without the leading minutes that have no traffic yet (all values zero or missing)."""
+    values = pd.to_numeric(frame["value"], errors="coerce").fillna(0.0)
+    live = frame.loc[values != 0, "t"]
+    return frame if live.empty else frame[frame["t"] >= live.min()]
+
+
+def alert_series_plot(
+    frame: pd.DataFrame | None, metric: str, onset: datetime | None, scope: str = ""
+) -> str | None:
     """The alert metric per minute (one line per arm) with the onset marked; base64 PNG."""
     if frame is None or len(frame) == 0 or "value" not in frame or "minute" not in frame:
         return None
-    data = frame.assign(t=_minutes(frame["minute"]))
+    data = _trimmed(frame.assign(t=_minutes(frame["minute"])))
     with _plot_lock:
-        fig, ax = plt.subplots(figsize=(8, 3))
+        fig, ax = _pyplot().subplots(figsize=(8, 3))
         groups = data.groupby("arm") if "arm" in data else [("all", data)]
         for arm, part in groups:
             part = part.sort_values("t")
             ax.plot(part["t"], part["value"], label=str(arm), linewidth=1)
         if onset is not None:
-            ax.axvline(pd.Timestamp(onset).tz_convert(None) if onset.tzinfo else onset,
-                       color="red", linestyle="--", label="onset")
-        ax.set_title(f"{metric} per minute")
+            ax.axvline(
+                pd.Timestamp(onset.replace(tzinfo=None)),
+                color="red",
+                linestyle="--",
+                label="onset",
+            )
+        ax.set_title(f"{metric} per minute{' — ' + scope if scope else ''}")
         ax.legend(loc="best", fontsize=8)
         fig.autofmt_xdate()
         return _png(fig)
 
 
 def _series(evidence: Sequence[Evidence]) -> Evidence | None:
-    return next((e for e in evidence if e.kind == "series" and len(e.columns) >= 2 and e.rows), None)
+    return next(
+        (e for e in evidence if e.kind == "series" and len(e.columns) >= 2 and e.rows), None
+    )
 
 
 def check_plot(outcome: CheckOutcome | None) -> str | None:
@@ -94,7 +114,7 @@ def check_plot(outcome: CheckOutcome | None) -> str | None:
     except (ValueError, TypeError):
         t = frame[x]
     with _plot_lock:
-        fig, ax = plt.subplots(figsize=(8, 3))
+        fig, ax = _pyplot().subplots(figsize=(8, 3))
         for col in frame.columns[1:]:
             values = pd.to_numeric(frame[col], errors="coerce")
             if values.notna().any():
@@ -113,7 +133,7 @@ def attribution_plot(outcome: CheckOutcome | None) -> str | None:
     if not rows:
         return None
     with _plot_lock:
-        fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1))
+        fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(rows) + 1))
         ax.barh([r[0] for r in reversed(rows)], [r[1] for r in reversed(rows)], color="#4472c4")
         ax.set_xlabel("share of the change explained")
         ax.set_title("Attribution by experiment")

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
 from agent.checkpoint import open_checkpointer
@@ -46,7 +47,11 @@ from tools.errors import ConfigError, NotFoundError, StateError, VigilError
 __all__ = ["Investigator", "Notifier", "Reasoner"]
 
 _log = logging.getLogger(__name__)
-_TARGET_KIND = {"kill_experiment": "experiment", "ramp_down": "experiment", "rollback_model": "model"}
+_TARGET_KIND = {
+    "kill_experiment": "experiment",
+    "ramp_down": "experiment",
+    "rollback_model": "model",
+}
 
 
 class Investigator:
@@ -76,10 +81,12 @@ class Investigator:
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
+        self._owned: Any = None
         if toolbox_factory is None or catalog is None or actions is None:
             from agent.runtime import lifecycle_parts
 
             parts = lifecycle_parts(settings)
+            self._owned = parts.service
             toolbox_factory = toolbox_factory or parts.toolbox_factory
             catalog = catalog or parts.catalog
             actions = actions or parts.actions
@@ -190,7 +197,9 @@ class Investigator:
             mitigation_id, ["proposed"], "approved", approved_by=user, decided_at=utcnow()
         )
         if won:
-            self._continue(current, Decision(mitigation_id=mitigation_id, decision="approve", user=user))
+            self._continue(
+                current, Decision(mitigation_id=mitigation_id, decision="approve", user=user)
+            )
         return self.store.get_mitigation(mitigation_id)
 
     def reject(self, mitigation_id: str, user: str) -> MitigationView:
@@ -207,10 +216,16 @@ class Investigator:
             raise StateError(f"mitigation {mitigation_id} is {current.status}; cannot reject")
         self.deps.policy.check_rejecter(current, user)
         won = self.store.transition(
-            mitigation_id, ["proposed"], "rejected", decided_at=utcnow(), detail={"rejected_by": user}
+            mitigation_id,
+            ["proposed"],
+            "rejected",
+            decided_at=utcnow(),
+            detail={"rejected_by": user},
         )
         if won:
-            self._continue(current, Decision(mitigation_id=mitigation_id, decision="reject", user=user))
+            self._continue(
+                current, Decision(mitigation_id=mitigation_id, decision="reject", user=user)
+            )
         return self.store.get_mitigation(mitigation_id)
 
     def propose(
@@ -259,8 +274,11 @@ class Investigator:
         return view
 
     def close(self) -> None:
-        """Close the checkpointer's connections."""
+        """Close the checkpointer's connections (and the experiment service it opened)."""
         self._checkpoints.close()
+        if self._owned is not None:
+            self._owned.close()
+        self.store.engine.dispose()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -269,8 +287,8 @@ class Investigator:
         return meta.owner if meta is not None else None
 
     @staticmethod
-    def _config(investigation_id: str) -> dict[str, Any]:
-        return {"configurable": {"thread_id": investigation_id}}
+    def _config(investigation_id: str) -> RunnableConfig:
+        return RunnableConfig(configurable={"thread_id": investigation_id})
 
     def _lock(self, investigation_id: str) -> threading.Lock:
         with self._locks_guard:

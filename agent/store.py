@@ -213,7 +213,9 @@ class AgentStore:
     def get_mitigation(self, mitigation_id: str) -> MitigationView:
         """One mitigation (NotFoundError if unknown)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(_mitigations).where(_mitigations.c.id == mitigation_id)).first()
+            row = conn.execute(
+                select(_mitigations).where(_mitigations.c.id == mitigation_id)
+            ).first()
         if row is None:
             raise NotFoundError("mitigation", mitigation_id)
         return self._view(row._mapping)

@@ -67,7 +67,8 @@ def _per_minute(frame: pd.DataFrame) -> pd.Series:
         return pd.Series(dtype=float)
     values = pd.to_numeric(frame["value"], errors="coerce")
     series = values.groupby(frame["minute"]).mean().dropna()
-    return series[np.isfinite(series.to_numpy(dtype=float))]
+    finite: pd.Series = series[np.isfinite(series.to_numpy(dtype=float))]
+    return finite
 
 
 def _naive64(ts: datetime) -> np.datetime64:

@@ -36,6 +36,7 @@ __all__ = [
     "run_scenario_file",
     "run_suite",
     "suite_entries",
+    "warm_up",
 ]
 
 REASONERS: tuple[str, ...] = ("deterministic", "llm", "largest-change", "random")
@@ -179,7 +180,7 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
             options.reasoner, settings, seed=scenario_seed(options.seed, scenario.name, run)
         )
         t0 = time.perf_counter()
-        harness.prepare(scenario, settings)
+        settings = harness.prepare(scenario, settings)
         sim_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
         view = harness.investigate(scenario, settings, reasoner)
@@ -214,6 +215,23 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def warm_up() -> None:
+    """Import the agent's heavy modules, so that no scenario's time includes process start-up."""
+    import importlib
+
+    for name in (
+        "agent.service",
+        "agent.runtime",
+        "agent.report",
+        "tools.toolbox",
+        "evals.sim",
+        "evals.harness",
+        "evals.baselines",
+        "lifecycle.service",
+    ):
+        importlib.import_module(name)
+
+
 def run_suite(
     paths: Sequence[Path],
     options: EvalOptions,
@@ -234,13 +252,16 @@ def run_suite(
     workers = min(options.workers or os.cpu_count() or 1, len(tasks))
     rows: dict[tuple[Path, int], ResultRow] = {}
     if workers == 1:
+        warm_up()
         for path, run in tasks:
             rows[(path, run)] = run_scenario_file(path, options, run)
             if on_row:
                 on_row(rows[(path, run)])
     else:
         # spawn: workers start clean (no forked threads or open stores of this process).
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=warm_up
+        ) as pool:
             futures: dict[Future[ResultRow], tuple[Path, int]] = {
                 pool.submit(run_scenario_file, path, options, run): (path, run)
                 for path, run in tasks

@@ -40,7 +40,7 @@ from lifecycle.gate import (
     srm_test,
 )
 from lifecycle.rollout import RolloutState, transition
-from lifecycle.service import ExperimentService
+from lifecycle.service import ExperimentService, NoteAction
 from lifecycle.settings import Settings, get_settings
 from lifecycle.validation import (
     DEFAULT_VOCABULARY,
@@ -75,6 +75,7 @@ __all__ = [
     "Layer",
     "ModelEntry",
     "ModelView",
+    "NoteAction",
     "RolloutPlan",
     "RolloutStage",
     "RolloutState",

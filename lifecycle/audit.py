@@ -11,13 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from lifecycle import store as s
 from lifecycle.views import AuditEntry
 
-__all__ = ["key_used", "read", "record"]
+__all__ = ["first_starts", "key_used", "read", "record"]
 
 
 def record(
@@ -86,3 +86,15 @@ def read(
         )
         for r in reversed(rows)
     ]
+
+
+def first_starts(conn: Connection, experiment_id: str | None = None) -> dict[str, datetime]:
+    """Experiment id -> when it was first started (began serving), for those ever started."""
+    query = (
+        select(s.audit_log.c.experiment_id, func.min(s.audit_log.c.at))
+        .where(s.audit_log.c.action == "start")
+        .group_by(s.audit_log.c.experiment_id)
+    )
+    if experiment_id is not None:
+        query = query.where(s.audit_log.c.experiment_id == experiment_id)
+    return {str(exp): s.from_db_time(at) for exp, at in conn.execute(query)}

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from lifecycle.config import Experiment, Guardrail
+from lifecycle.config import Experiment, Guardrail, GuardrailMetric
 
 __all__ = [
     "METRIC_DIRECTION",
@@ -113,8 +113,8 @@ class GateConfig(_Frozen):
 class GateInput(_Frozen):
     """What the gate reads: units per arm (for SRM) and per-arm statistics per guardrail metric."""
 
-    units: dict[str, int] = Field(default_factory=dict)
-    metrics: dict[str, dict[str, ArmSummary]] = Field(default_factory=dict)
+    units: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    metrics: dict[GuardrailMetric, dict[str, ArmSummary]] = Field(default_factory=dict)
 
 
 class SrmResult(_Frozen):
@@ -405,7 +405,7 @@ def evaluate_gate(
         )
     # 3. The stage must run its minimum time.
     if elapsed_minutes < min_minutes:
-        reasons.append(f"stage has run {elapsed_minutes:g} of its {min_minutes:g} minutes")
+        reasons.append(f"stage has run {elapsed_minutes:.1f} of its {min_minutes:g} minutes")
     # 4. Every guardrail must be shown non-inferior, and SRM checkable when it is a guardrail.
     if wants_srm and (srm is None or srm.verdict == "no_data"):
         reasons.append("srm: too few units per arm to test the sample ratio")

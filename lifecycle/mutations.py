@@ -32,6 +32,7 @@ __all__ = [
     "create",
     "kill",
     "move",
+    "note",
     "ramp_down",
     "register",
     "release",
@@ -300,6 +301,18 @@ def release(ctx: Context, scope: KillScope, target: str | None) -> bool:
     ctx.record(
         "release", experiment_id=exp_id, target=f"{scope}:{ident}", before=before, after=after
     )
+    return True
+
+
+def note(ctx: Context, action: str, target: str | None, key: str | None) -> bool:
+    """Record a decision that changes no state (an escalation); False when ``key`` was used."""
+    if key is not None and audit.key_used(ctx.conn, key):
+        return False
+    exp_id = None
+    if target is not None:
+        query = select(s.experiments.c.id).where(s.experiments.c.id == target)
+        exp_id = target if ctx.conn.execute(query).first() is not None else None
+    ctx.record(action, experiment_id=exp_id, target=target, key=key)
     return True
 
 

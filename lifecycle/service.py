@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Literal, get_args
 
 from lifecycle import audit, killswitch, records
 from lifecycle import mutations as m
@@ -39,7 +40,10 @@ from lifecycle.views import (
 )
 from tools.errors import ConfigError
 
-__all__ = ["ExperimentService"]
+__all__ = ["ExperimentService", "NoteAction"]
+
+NoteAction = Literal["escalate_infra", "escalate_data", "note"]
+_NOTE_ACTIONS: tuple[str, ...] = get_args(NoteAction)
 
 
 def _utcnow() -> datetime:
@@ -168,7 +172,10 @@ class ExperimentService:
     # --- reads -----------------------------------------------------------------------------
 
     def _view(
-        self, stored: records.StoredExperiment, switches: frozenset[tuple[KillScope, str]]
+        self,
+        stored: records.StoredExperiment,
+        switches: frozenset[tuple[KillScope, str]],
+        launched: Mapping[str, datetime],
     ) -> ExperimentView:
         exp = stored.config
         candidates: builtins.list[tuple[KillScope, str]] = [
@@ -199,6 +206,7 @@ class ExperimentService:
             blocked_by=[c for c in candidates if c in switches],
             created_at=stored.created_at,
             created_by=stored.created_by,
+            launched_at=launched.get(exp.id),
             config=exp,
         )
 
@@ -206,13 +214,15 @@ class ExperimentService:
         """One experiment (NotFoundError when unknown)."""
         with self._engine.connect() as conn:
             stored = records.load_experiments(conn, experiment_id)[0]
-            return self._view(stored, killswitch.active_switches(conn))
+            switches = killswitch.active_switches(conn)
+            return self._view(stored, switches, audit.first_starts(conn, experiment_id))
 
     def list(self) -> builtins.list[ExperimentView]:
         """Every experiment, in creation order."""
         with self._engine.connect() as conn:
             switches = killswitch.active_switches(conn)
-            return [self._view(e, switches) for e in records.load_experiments(conn)]
+            launched = audit.first_starts(conn)
+            return [self._view(e, switches, launched) for e in records.load_experiments(conn)]
 
     def layers(self) -> builtins.list[Layer]:
         """Every layer."""
@@ -429,3 +439,28 @@ class ExperimentService:
         """
         with self._acting(actor, _required("reason", reason)) as ctx:
             return m.rollback_model(ctx, model_id, version, key)
+
+    # --- decisions without a state change ----------------------------------------------------
+
+    def record(
+        self,
+        action: NoteAction,
+        target: str | None,
+        actor: str,
+        reason: str,
+        *,
+        key: str | None = None,
+    ) -> bool:
+        """Append an audit entry for a decision that changes no experiment state.
+
+        The agent records approved escalations (``escalate_infra``, ``escalate_data``) here, so
+        the audit log holds every executed mitigation; ``note`` is for anything else a human
+        wants on the record. Idempotent by ``key``.
+
+        Returns:
+            True when recorded; False when ``key`` was used already.
+        """
+        if action not in _NOTE_ACTIONS:
+            raise ConfigError("action", action, f"one of {list(_NOTE_ACTIONS)}")
+        with self._acting(actor, _required("reason", reason)) as ctx:
+            return m.note(ctx, action, target, key)

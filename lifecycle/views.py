@@ -68,6 +68,9 @@ class ExperimentView(_View):
     )
     created_at: datetime
     created_by: str
+    launched_at: datetime | None = Field(
+        default=None, description="When it was first started (began serving), if ever."
+    )
     config: Experiment
 
     @property

@@ -182,20 +182,23 @@ def binary_entropy(p: float) -> float:
     return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
-def segment_grid(
-    n_minutes: int, parts: int = 8, suffixes: Sequence[int] = (5, 10, 20)
-) -> list[tuple[int, int]]:
+def segment_grid(n_minutes: int, shortest: int = 5) -> list[tuple[int, int]]:
     """Candidate time segments ``[a, b)`` (minute offsets) a regression may occupy.
 
-    Every segment between ``parts + 1`` evenly spaced grid points, plus short suffixes that catch
-    a fault that began just before the window's end. Checks scan them all and Bonferroni-correct
-    by their number, so a short fault is not diluted by a long window.
+    A fault is usually still running when it is investigated, so the family is the suffixes of
+    geometric lengths (``shortest``, twice that, ...), the whole window, and its first half (a fault
+    that has ended). Checks scan them all and Bonferroni-correct by their number: a short fault is
+    not diluted by a long window, at the price of a factor of about log2(n / shortest).
     """
     if n_minutes <= 0:
         return []
-    points = sorted({round(i * n_minutes / parts) for i in range(parts + 1)})
-    segments = {(a, b) for i, a in enumerate(points) for b in points[i + 1 :]}
-    segments |= {(n_minutes - s, n_minutes) for s in suffixes if 0 < s < n_minutes}
+    segments = {(0, n_minutes)}
+    length = shortest
+    while length < n_minutes:
+        segments.add((n_minutes - length, n_minutes))
+        length *= 2
+    if n_minutes >= 2 * shortest:
+        segments.add((0, n_minutes // 2))
     return sorted(segments)
 
 
@@ -204,12 +207,16 @@ def epidemic_segment(
     exposure: np.ndarray,
     direction: Direction,
     min_len: int = 3,
+    min_end: int = 0,
+    min_start: int = 0,
 ) -> tuple[int, int] | None:
     """Most likely segment ``[a, b)`` in which the rate ``events / exposure`` departs.
 
     A Poisson (quasi-)likelihood "epidemic" change model: one rate inside the segment, one outside;
     the segment maximises the likelihood ratio among those whose inside rate moves in the bad
-    ``direction``. A fault still running at the window's end gives ``b == len(events)``.
+    ``direction``. A fault still running at the window's end gives ``b == len(events)``. Only
+    segments ending after position ``min_end`` and starting at ``min_start`` or later count (a
+    departure inside a baseline is no finding).
 
     Returns:
         ``(a, b)`` in positions of the arrays, or None without a departure in that direction.
@@ -225,6 +232,8 @@ def epidemic_segment(
             np.pad(e, (0, pad)).reshape(-1, step).sum(axis=1),
             direction,
             max(1, min_len // step),
+            min_end // step,
+            min_start // step,
         )
         if coarse is None:
             return None
@@ -245,6 +254,7 @@ def epidemic_segment(
         rout = xout / eout
         ll = _xlogy(xin, rin) - rin * ein + _xlogy(xout, rout) - rout * eout
     ok = (b - a >= min_len) & (ein > 0) & (eout > 0) & (n - (b - a) >= 1)
+    ok &= (b > min_end) & (a >= min_start)
     if direction == "up":
         ok &= rin > rout
     elif direction == "down":

@@ -7,7 +7,9 @@ distinct query runs once per reader and is cached: an investigation asks for one
 
 Frames use ``minute`` = whole minutes since the Unix epoch (UTC); :func:`to_datetime` converts.
 Invalid predictions (NULL, NaN, outside [0, 1]) count in ``n`` but not in ``n_pred``; calibration,
-NE and the histogram only use valid ones. SQLite stores NaN as NULL, which the same rule covers.
+NE and the histogram only use valid ones. ``n_invalid`` counts invalid predictions of requests that
+did not error (an errored request has no prediction by design). SQLite stores NaN as NULL, which
+the same rule covers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import duckdb
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
@@ -53,6 +56,7 @@ from them on every dialect (SQLite has no quantile function)."""
 CUBE_SUMS: tuple[str, ...] = (
     "n",
     "n_pred",
+    "n_invalid",
     "sum_pred",
     "sum_pred2",
     "sum_label",
@@ -72,9 +76,10 @@ CUBE_SUMS: tuple[str, ...] = (
 _EXPOSURE_MARGIN = timedelta(minutes=5)
 
 
-def to_minute(ts: datetime) -> int:
-    """Whole minutes since the Unix epoch of ``ts`` (naive = UTC), rounded down."""
-    return int(_naive_utc(ts).replace(tzinfo=UTC).timestamp() // 60)
+def to_minute(ts: datetime, *, ceil: bool = False) -> int:
+    """Whole minutes since the Unix epoch of ``ts`` (naive = UTC), rounded down (or up)."""
+    seconds = _naive_utc(ts).replace(tzinfo=UTC).timestamp()
+    return int(-(-seconds // 60)) if ceil else int(seconds // 60)
 
 
 def to_datetime(minute: int | float) -> datetime:
@@ -206,15 +211,29 @@ class TelemetryReader:
         key = ("histogram", subject, lo, hi, block_minutes)
         return self._cached(key, lambda: self._query_histogram(subject, lo, hi, block_minutes))
 
-    def units(self, experiment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    def units(
+        self,
+        experiment_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        suffixes: Sequence[int] = (10, 20, 40),
+    ) -> pd.DataFrame:
         """Distinct units and exposures per arm of one experiment (from exposures alone).
 
+        Args:
+            experiment_id: The experiment.
+            start: Window start (inclusive, UTC).
+            end: Window end (exclusive, UTC).
+            suffixes: Also count distinct units in the last ``L`` minutes of the window, for each
+                ``L`` (an allocation bug that began late is diluted in the whole window).
+
         Returns:
-            Columns ``arm, units, exposures``.
+            Columns ``arm, units, exposures`` and ``units_<L>`` per suffix.
         """
         lo, hi = _window(start, end)
-        key = ("units", experiment_id, lo, hi)
-        return self._cached(key, lambda: self._query_units(experiment_id, lo, hi))
+        key = ("units", experiment_id, lo, hi, tuple(suffixes))
+        return self._cached(key, lambda: self._query_units(experiment_id, lo, hi, suffixes))
 
     def experiments(self, start: datetime, end: datetime) -> pd.DataFrame:
         """Sums per experiment x arm x minute over every experiment's exposed requests.
@@ -254,9 +273,19 @@ class TelemetryReader:
         self.queries += 1
         try:
             with self._engine.connect() as conn:
+                if self.dialect == "duckdb":
+                    # DuckDB hands back columns, not rows: skip the per-row Python tuples.
+                    compiled = query.compile(
+                        dialect=self._engine.dialect,
+                        compile_kwargs={"render_postcompile": True},
+                    )
+                    params = [compiled.params[name] for name in compiled.positiontup or ()]
+                    raw: Any = conn.connection.driver_connection
+                    frame: pd.DataFrame = raw.execute(str(compiled), params).df()
+                    return frame
                 result = conn.execute(query)
                 return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
             raise TelemetryError(f"telemetry query on {tables} failed: {exc}") from exc
 
     def _minute(self, ts: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
@@ -335,6 +364,10 @@ class TelemetryReader:
         aggs: list[sa.ColumnElement[Any]] = [
             sa.func.count().label("n"),
             sa.func.count(pv).label("n_pred"),
+            # An errored request has no prediction by design: only served ones can be invalid.
+            sa.func.sum(
+                sa.case((sa.and_(pv.is_(None), sa.func.coalesce(x.c.err, 0) == 0), 1), else_=0)
+            ).label("n_invalid"),
             sa.func.sum(pv).label("sum_pred"),
             sa.func.sum(pv * pv).label("sum_pred2"),
             sa.func.sum(y).label("sum_label"),
@@ -402,19 +435,35 @@ class TelemetryReader:
         frame["bin"] = frame["bin"].clip(0, spec.n_bins - 1)
         return frame.groupby(["arm", "block", "bin"], as_index=False).sum()
 
-    def _query_units(self, experiment_id: str, lo: datetime, hi: datetime) -> pd.DataFrame:
+    def _query_units(
+        self, experiment_id: str, lo: datetime, hi: datetime, suffixes: Sequence[int]
+    ) -> pd.DataFrame:
         e = self.schema.table("exposures", "e")
+        unit = e.c("unit_id")
+        recent = [
+            sa.func.count(
+                sa.distinct(
+                    sa.case(
+                        (self._in_window(e.c("ts"), hi - timedelta(minutes=m), hi), unit),
+                        else_=sa.null(),
+                    )
+                )
+            ).label(f"units_{m}")
+            for m in suffixes
+        ]
         query = (
             sa.select(
                 e.c("arm").label("arm"),
-                sa.func.count(sa.distinct(e.c("unit_id"))).label("units"),
+                sa.func.count(sa.distinct(unit)).label("units"),
                 sa.func.count().label("exposures"),
+                *recent,
             )
             .where(e.c("experiment_id") == experiment_id, self._in_window(e.c("ts"), lo, hi))
             .group_by(e.c("arm"))
         )
         frame = self._fetch(query, self.schema.tables.get("exposures", "exposures"))
-        return _typed(frame, ints=[], strs=["arm"], floats=["units", "exposures"])
+        floats = ["units", "exposures", *(f"units_{m}" for m in suffixes)]
+        return _typed(frame, ints=[], strs=["arm"], floats=floats)
 
     def _query_experiments(self, lo: datetime, hi: datetime) -> pd.DataFrame:
         r: MappedTable = self.schema.table("requests", "r")

@@ -25,6 +25,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "agent.cli.core",
     "agent.cli.investigate",
+    "agent.cli.demo",
     "agent.cli.serve",
     "evals.cli",
 )

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from agent.models import InvestigationView, MitigationView
 from agent.server.alertmanager import AlertmanagerPayload, map_payload
-from agent.server.errors import Unauthorized, Unavailable, install_error_handlers
+from agent.server.errors import Unauthorized, install_error_handlers
 from agent.server.intake import AlertIntake
 from agent.server.metrics import ServerMetrics
 from agent.server.monitoring import MonitorLoop, MonitorRound
@@ -59,7 +59,7 @@ class Components:
 
     settings: Settings
     investigator: Investigations
-    experiments: Experiments | None
+    experiments: Experiments
     ledger: AlertLedger
     pool: InvestigationPool
     intake: AlertIntake
@@ -115,6 +115,7 @@ def create_app(
     notifier: SlackNotifier | None = None,
     ledger: AlertLedger | None = None,
     monitor: MonitorRound | None = None,
+    metrics: ServerMetrics | None = None,
 ) -> FastAPI:
     """Compose the HTTP app.
 
@@ -127,6 +128,8 @@ def create_app(
         ledger: Alert ledger; opened on ``settings.state_url`` if None.
         monitor: One round of Vigil's monitors; when given, a loop runs it every
             ``settings.monitor_interval_s`` seconds while the app is up.
+        metrics: The app's metrics (a fresh registry if None); pass one whose hooks the
+            investigator was given.
 
     Returns:
         The FastAPI app; its lifespan starts and stops the workers and the monitor loop.
@@ -136,20 +139,17 @@ def create_app(
     experiments = experiments if experiments is not None else _default_experiments(settings)
     ledger = ledger or AlertLedger(settings.state_url)
 
-    holder: dict[str, ServerMetrics] = {}
+    metrics = metrics or ServerMetrics()
 
     def _on_done(view: InvestigationView) -> None:
-        holder["metrics"].investigation_seconds.labels(status=view.status).observe(
+        metrics.investigation_seconds.labels(status=view.status).observe(
             max(0.0, time.time() - view.created_at.timestamp())
         )
 
     pool = InvestigationPool(
         investigator, workers=settings.workers, queue_size=settings.queue_size, on_done=_on_done
     )
-    metrics = ServerMetrics(
-        lambda n: investigator.list(limit=n), lambda: pool.depth, lambda: pool.running
-    )
-    holder["metrics"] = metrics
+    metrics.bind(lambda n: investigator.list(limit=n), lambda: pool.depth, lambda: pool.running)
     intake = AlertIntake(pool, ledger, metrics)
     bot = None
     if notifier is not None and settings.slack_signing_secret:
@@ -159,6 +159,7 @@ def create_app(
             experiments=experiments,
             notifier=notifier,
             submit=pool.submit,
+            on_decision=lambda d: metrics.decisions.labels(channel="slack", decision=d).inc(),
         )
     loop = MonitorLoop(monitor, intake, interval_s=settings.monitor_interval_s) if monitor else None
     parts = Components(
@@ -273,13 +274,13 @@ def _add_routes(app: FastAPI, parts: Components) -> None:
 
     @app.get("/experiments/{experiment_id}")
     def get_experiment(experiment_id: str) -> Any:
-        return experiment_json(_experiments(parts), experiment_id)
+        return experiment_json(parts.experiments, experiment_id)
 
     @app.post("/experiments/{experiment_id}/kill", status_code=202)
     def kill(
         experiment_id: str, user: str = authenticated, body: KillRequest | None = None
     ) -> MitigationView:
-        _experiments(parts).get(experiment_id)  # 404 for an unknown experiment
+        parts.experiments.get(experiment_id)  # 404 for an unknown experiment
         reason = (body.reason if body else "") or f"kill requested over HTTP by {user}"
         view = inv.propose("kill_experiment", experiment_id, user, reason)
         if parts.notifier is not None and parts.notifier.channel:
@@ -312,12 +313,6 @@ def experiment_json(experiments: Experiments, experiment_id: str) -> dict[str, A
         for k in experiments.kill_switches(active_only=True)
         if (k.scope, k.target) in blocked
     ]
-    body["killed"] = bool(getattr(view, "killed", False))
+    body["killed"] = view.killed
     body["kill_switches"] = switches
     return body
-
-
-def _experiments(parts: Components) -> Experiments:
-    if parts.experiments is None:
-        raise Unavailable("the experiment store is not connected to this server")
-    return parts.experiments

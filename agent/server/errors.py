@@ -26,17 +26,13 @@ from tools.errors import (
     VigilError,
 )
 
-__all__ = ["Unauthorized", "Unavailable", "field_path", "install_error_handlers"]
+__all__ = ["Unauthorized", "field_path", "install_error_handlers"]
 
 _log = logging.getLogger(__name__)
 
 
 class Unauthorized(VigilError):
     """No valid bearer token (HTTP 401)."""
-
-
-class Unavailable(RetryableError):
-    """A part the request needs is not connected (HTTP 503)."""
 
 
 def field_path(loc: Sequence[Any]) -> str | None:

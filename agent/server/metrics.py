@@ -28,17 +28,19 @@ _SCRAPE_LIMIT = 1000
 
 
 class _InvestigationsByStatus(Collector):
-    def __init__(self, list_investigations: Callable[[int], list[InvestigationView]]) -> None:
-        self._list = list_investigations
+    def __init__(self) -> None:
+        self.source: Callable[[int], list[InvestigationView]] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.source is None:
+            return
         family = GaugeMetricFamily(
             "vigil_investigations",
             f"Investigations by status (the most recent {_SCRAPE_LIMIT}).",
             labels=["status"],
         )
         try:
-            tally: Tally[str] = Tally(str(v.status) for v in self._list(_SCRAPE_LIMIT))
+            tally: Tally[str] = Tally(str(v.status) for v in self.source(_SCRAPE_LIMIT))
         except VigilError:
             _log.exception("could not list investigations for /metrics")
             return
@@ -50,29 +52,21 @@ class _InvestigationsByStatus(Collector):
 class ServerMetrics:
     """The server's metrics.
 
-    Args:
-        list_investigations: ``Investigator.list`` (called with a limit on every scrape).
-        queue_depth: Investigations waiting for a worker.
-        running: Investigations a worker is running now.
+    Created before the parts it reads (so that the agent can be handed its
+    :meth:`observe_check` / :meth:`observe_llm_call` hooks), then :meth:`bind`-ed to them.
     """
 
-    def __init__(
-        self,
-        list_investigations: Callable[[int], list[InvestigationView]],
-        queue_depth: Callable[[], int],
-        running: Callable[[], int],
-    ) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        r.register(_InvestigationsByStatus(list_investigations))
+        self._by_status = _InvestigationsByStatus()
+        r.register(self._by_status)
         self.queue_depth = Gauge(
             "vigil_queue_depth", "Investigations waiting for a worker.", registry=r
         )
-        self.queue_depth.set_function(lambda: float(queue_depth()))
         self.workers_busy = Gauge(
             "vigil_workers_busy", "Investigations a worker is running now.", registry=r
         )
-        self.workers_busy.set_function(lambda: float(running()))
         self.alerts = Counter(
             "vigil_alerts",
             "Alerts received, by source and outcome (started, duplicate, resolved, refused).",
@@ -108,6 +102,23 @@ class ServerMetrics:
             ["channel", "decision"],
             registry=r,
         )
+
+    def bind(
+        self,
+        list_investigations: Callable[[int], list[InvestigationView]],
+        queue_depth: Callable[[], int],
+        running: Callable[[], int],
+    ) -> None:
+        """Read the gauges from the app's parts.
+
+        Args:
+            list_investigations: ``Investigator.list`` (called with a limit on every scrape).
+            queue_depth: Investigations waiting for a worker.
+            running: Investigations a worker is running now.
+        """
+        self._by_status.source = list_investigations
+        self.queue_depth.set_function(lambda: float(queue_depth()))
+        self.workers_busy.set_function(lambda: float(running()))
 
     def observe_check(self, check: str, seconds: float) -> None:
         """Record how long one check took."""

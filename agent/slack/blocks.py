@@ -50,6 +50,13 @@ def _context(text: str) -> Block:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
 
 
+def _share(x: float) -> str:
+    """A traffic share readable at any size: 10%, 0.5%, <0.1%."""
+    if x == 0 or x >= 0.1:
+        return f"{x:.0%}"
+    return f"{x:.1%}" if x >= 0.001 else "<0.1%"
+
+
 def _target(m: MitigationView) -> str:
     return f"{m.action} {m.target}" if m.target else m.action
 
@@ -152,7 +159,7 @@ def proposal_blocks(m: MitigationView) -> list[Block]:
     """A mitigation as blocks: its description, then buttons while it awaits a decision."""
     line = (
         f"*Proposed mitigation:* `{escape(_target(m))}` "
-        f"(blast radius {m.blast_radius:.0%}, proposed by {escape(m.proposed_by)})"
+        f"(blast radius {_share(m.blast_radius)} of traffic, proposed by {escape(m.proposed_by)})"
     )
     if m.expected_effect:
         line += f"\nExpected effect: {escape(m.expected_effect)}"

@@ -37,7 +37,7 @@ from agent.slack.commands import (
 from agent.slack.notifier import SlackNotifier
 from agent.slack.ports import Experiments, Investigations
 from lifecycle.settings import Settings
-from tools.errors import ApprovalError, NotFoundError, RetryableError, StateError, VigilError
+from tools.errors import ApprovalError, NotFoundError, RetryableError, VigilError
 
 __all__ = ["Reply", "SlackBot"]
 
@@ -65,6 +65,7 @@ class SlackBot:
             callback with the id before any worker may run it (raises ``RetryableError`` when the
             queue is full).
         clock: The current time (UTC); injectable for tests.
+        on_decision: Called with ``approve`` or ``reject`` after each decision taken (metrics).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class SlackBot:
         notifier: SlackNotifier,
         submit: Callable[[Alert, Callable[[str], None]], str],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_decision: Callable[[str], None] | None = None,
     ) -> None:
         if not settings.slack_signing_secret:
             raise ValueError("slack_signing_secret is required to serve Slack")
@@ -85,6 +87,7 @@ class SlackBot:
         self._notifier = notifier
         self._submit = submit
         self._clock = clock
+        self._on_decision = on_decision
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-slack")
         self.app = App(
             name="vigil",
@@ -131,10 +134,10 @@ class SlackBot:
             return self._handle(command, slack_user, channel, thread_ts)
         except NotFoundError as exc:
             return Reply(f"Sorry: {escape(str(exc))}.")
-        except (ApprovalError, StateError) as exc:
-            return Reply(f"Not done: {escape(str(exc))}.")
         except RetryableError as exc:
             return Reply(f"Vigil is busy, please try again shortly ({escape(str(exc))}).")
+        except VigilError as exc:  # refused by policy, state or configuration: say why
+            return Reply(f"Not done: {escape(str(exc))}.")
 
     def _handle(
         self,
@@ -257,6 +260,8 @@ class SlackBot:
             _log.warning("%s may not decide %s: %s", user, mitigation_id, exc)
             return False, f"{escape(user)}: not allowed — {escape(str(exc))}"
         self._notifier.decided(view)
+        if self._on_decision is not None:
+            self._on_decision("approve" if approve else "reject")
         return True, self._decision_text(view, user, approve)
 
     @staticmethod

@@ -8,6 +8,7 @@ scenario minutes and telemetry timestamps.
 """
 
 from evals.sim.bridge import minute_to_ts, scenario_to_experiment_file, ts_to_minute
+from evals.sim.runner import SimSummary, simulate
 from evals.sim.scenario import (
     DIMENSIONS,
     FAULT_KINDS,
@@ -21,7 +22,6 @@ from evals.sim.scenario import (
     load_scenario,
     parse_scenario,
 )
-from evals.sim.simulate import SimSummary, simulate
 
 __all__ = [
     "DIMENSIONS",

@@ -13,14 +13,14 @@ The model of the world (every number is a module constant below):
   the dimension mix); ``ad_type`` belongs to the request (the slot).
 - **True CTR.** ``base × country × platform × ad_type effects × unit effect × ad effect``: the
   dimension effects come from tables (a hash of the value for values the tables do not know),
-  normalised so the mix averages 1; the unit effect is log-normal (σ 0.5) and the ad effect of
-  each candidate log-normal (σ 0.6). ``base`` is scaled so the CTR of the ads actually served by
+  normalised so the mix averages 1; the unit effect is log-normal (σ 0.8) and the ad effect of
+  each candidate log-normal (σ 0.8). ``base`` is scaled so the CTR of the ads actually served by
   the production model equals ``world.base_ctr``.
 - **Candidates and bids.** Each request draws ``world.candidates`` ads from a pool of 16 384 ads;
   each ad has a fixed CPC bid (log-normal, median $0.80, σ 0.5), scaled by a country and a
   platform bid effect.
 - **Predictions.** A model of quality ``q`` predicts ``log pCTR = log CTR + σ_q·z + c(σ_q)`` per
-  candidate, with ``σ_q = 3(1 − q)`` and ``z`` standard normal (for CTR ≪ 1, log ≈ logit). The
+  candidate, with ``σ_q = 2(1 − q)`` and ``z`` standard normal (for CTR ≪ 1, log ≈ logit). The
   constant ``c`` recalibrates on *served* impressions (the model is trained on what it serves), so
   Σ prediction = Σ clicks for a healthy model, whatever its quality. ``c`` is measured once per
   world on a pilot sample of the world's own traffic.
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import xxhash
+from scipy.special import ndtri
 
 __all__ = [
     "AD_POOL",
@@ -56,17 +57,19 @@ __all__ = [
     "TIMEOUT_MS",
     "Auction",
     "Pilot",
+    "ad_candidates",
     "diurnal_ctr",
     "diurnal_traffic",
     "effect_table",
     "noise_sd",
+    "normals",
     "run_auction",
     "run_pilot",
 ]
 
 F32 = npt.NDArray[np.float32]
 
-AD_POOL = 16_384
+AD_POOL = 1 << 14  # a power of two (see ad_candidates)
 BID_MEDIAN = 0.8
 BID_SIGMA = 0.5
 AD_SIGMA = 0.8
@@ -100,6 +103,28 @@ BID_EFFECTS: dict[str, dict[str, float]] = {
 LATENCY_EFFECTS: dict[str, dict[str, float]] = {
     "platform": {"ios": 1.0, "android": 1.15, "web": 1.3},
 }
+
+
+# Normal draws by table: the 2**16 mid-point quantiles of N(0, 1), indexed by 16 random bits.
+# Indistinguishable from N(0, 1) at any sample size used here (tails cut at ±4.17) and three times
+# cheaper than the ziggurat.
+_NORMAL_TABLE = ndtri((np.arange(1 << 16) + 0.5) / (1 << 16)).astype(np.float32)
+
+
+def normals(rng: np.random.Generator, shape: int | tuple[int, ...]) -> F32:
+    """Standard normal draws (float32) from the quantile table."""
+    size = int(np.prod(shape))
+    bits = np.frombuffer(rng.bytes(2 * size), dtype=np.uint16).reshape(shape)
+    out: F32 = _NORMAL_TABLE[bits]
+    return out
+
+
+def ad_candidates(rng: np.random.Generator, shape: tuple[int, int]) -> npt.NDArray[np.int16]:
+    """Uniform ad ids of the pool (its size is a power of two, so masking is exact)."""
+    size = shape[0] * shape[1]
+    bits = np.frombuffer(rng.bytes(2 * size), dtype=np.int16).reshape(shape)
+    out: npt.NDArray[np.int16] = bits & np.int16(AD_POOL - 1)
+    return out
 
 
 def noise_sd(quality: float) -> float:
@@ -184,21 +209,24 @@ def run_auction(
         ad_logbid: ``log bid`` per ad of the pool.
     """
     k_count, n = cand.shape
-    best = np.full(n, -np.inf, dtype=np.float32)
+    scores = ad_score[cand]
+    noise = z * sd
+    scores += noise
+    if by_bid is not None:
+        rows = np.flatnonzero(by_bid)
+        scores[:, rows] = ad_logbid[cand[:, rows]]
+    # Top two per request, in place: second = max(second, min(score, best)).
+    best = scores[0].copy()
     second = np.full(n, -np.inf, dtype=np.float32)
-    best_k = np.zeros(n, dtype=np.int8)
-    for k in range(k_count):
-        noise = z[k] * sd
-        score = ad_score[cand[k]] + noise
-        if by_bid is not None:
-            score = np.where(by_bid, ad_logbid[cand[k]], score)
-        gt = score > best
-        second = np.where(gt, best, np.maximum(second, score))
-        best = np.where(gt, score, best)
-        best_k = np.where(gt, np.int8(k), best_k)
-    rows = np.arange(n)
-    winner = cand[best_k, rows].astype(np.int32)
-    winner_noise = z[best_k, rows] * sd
+    best_k = np.zeros(n, dtype=np.int64)
+    for k in range(1, k_count):
+        score = scores[k]
+        best_k[score > best] = k
+        np.maximum(second, np.minimum(score, best), out=second)
+        np.maximum(best, score, out=best)
+    flat = best_k * n + np.arange(n)
+    winner = cand.ravel()[flat].astype(np.int32)
+    winner_noise = noise.ravel()[flat]
     return Auction(winner=winner, second_score=second, winner_noise=winner_noise)
 
 

@@ -62,10 +62,10 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
     jitter = rng.random(n, dtype=np.float32)
     unit_u = rng.random(n, dtype=np.float32)
     slot_u = rng.random(n, dtype=np.float32)
-    cand = rng.integers(0, eco.AD_POOL, size=(k_count, n), dtype=np.int16)
-    z = rng.standard_normal((k_count, n), dtype=np.float32)
+    cand = eco.ad_candidates(rng, (k_count, n))
+    z = eco.normals(rng, (k_count, n))
     click_u = rng.random(n, dtype=np.float32)
-    lat_z = rng.standard_normal(n, dtype=np.float32)
+    lat_z = eco.normals(rng, n)
     ops_u = rng.random(n, dtype=np.float32)
     fault_u = {}
     for f in w.faults:
@@ -102,13 +102,7 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
         np.searchsorted(w.adtype_cdf, slot_u, side="right"), len(w.adtype_cdf) - 1
     ).astype(np.int8)
     dims = {"country": country, "platform": platform, "ad_type": ad_type}
-    log_req = (
-        w.log_base
-        + w.unit_logeff[uidx]
-        + w.ctr_effects["country"][country]
-        + w.ctr_effects["platform"][platform]
-        + w.ctr_effects["ad_type"][ad_type]
-    )
+    log_req = w.unit_logctr[uidx] + (w.ctr_effects["ad_type"] + np.float32(w.log_base))[ad_type]
     if w.diurnal:
         curve = np.log(eco.diurnal_ctr(w.minute_of_day(minutes))).astype(np.float32)
         log_req += curve[minute - b_lo]
@@ -144,8 +138,8 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
     shift = np.zeros(n, dtype=np.float32)
     collapse = np.zeros(n, dtype=np.int8)
     lat_mult = np.ones(n, dtype=np.float32)
-    refresh = w.model_refresh[routed]
-    k_version = np.where(refresh > 0, minute // np.maximum(refresh, 1), 0)
+    versions = _Versions(w, b_lo, b_hi)
+    version_code = versions.codes(routed, minute - b_lo)
     for f in w.faults:
         if f.kind in ("model_fallback", "allocation_bug", "logging_loss"):
             continue
@@ -155,7 +149,7 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
             error |= hit & (fault_u[f.index] < f.severity)
             continue
         if f.kind == "stale_model":
-            _stale(f, minute, arms, routed, dims, fallback, k_version, var_rank, shift)
+            _stale(f, minute, arms, routed, dims, fallback, versions, version_code, var_rank, shift)
             continue
         hit = scope_mask(f, minute, arms, served, dims)
         if f.model is None:
@@ -188,7 +182,7 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
     prediction = np.minimum(
         np.exp(log_true + auction.winner_noise + shift), np.float32(eco.MAX_PREDICTION)
     ).astype(np.float64)
-    log_bid_fx = w.bid_effects["country"][country] + w.bid_effects["platform"][platform]
+    log_bid_fx = w.unit_logbid[uidx]
     log_const = np.float32(np.log(w.pilot.mean_ctr))
     log_price = auction.second_score + log_bid_fx + np.where(collapsed, log_const, log_req + shift)
     revenue = np.exp(log_price).astype(np.float64) * ad_load
@@ -217,7 +211,6 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
         error, np.float32(eco.TIMEOUT_MS) * np.exp(np.float32(0.2) * lat_z), latency
     ).astype(np.float64)
 
-    versions, version_codes = _versions(w, routed, k_version)
     ts_arr = pa.array(ts, type=pa.timestamp("us"))
     unit_id = w.unit_ids[uidx]
     requests = pa.Table.from_arrays(
@@ -229,7 +222,7 @@ def simulate_block(w: World, block: int, lo: int, hi: int) -> Block | None:
             _dict(platform, w.dim_values["platform"]),
             _dict(ad_type, w.dim_values["ad_type"]),
             _dict(routed, w.model_ids),
-            _dict(version_codes, versions),
+            _dict(version_code, versions.names),
             pa.array(prediction),
             pa.array(fallback),
             pa.array(label.astype(np.int32)),
@@ -269,7 +262,8 @@ def _stale(
     routed: npt.NDArray[np.int8],
     dims: dict[str, npt.NDArray[np.int8]],
     fallback: npt.NDArray[np.bool_],
-    k_version: npt.NDArray[np.int64],
+    versions: _Versions,
+    version_code: npt.NDArray[np.int32],
     var_rank: npt.NDArray[np.float32],
     shift: npt.NDArray[np.float32],
 ) -> None:
@@ -277,7 +271,7 @@ def _stale(
     scope = scope_mask(f, minute, arms, routed, dims)
     for model, k, end in f.pins:
         pinned = scope & (routed == model) & (minute < end)
-        k_version[pinned] = k
+        version_code[pinned] = versions.code(model, k)
         drifting = pinned & ~fallback
         sd = f.severity * (minute[drifting] - f.start) / 60.0
         var_rank[drifting] += (sd * sd).astype(np.float32)
@@ -285,20 +279,38 @@ def _stale(
         shift[drifting] -= (0.5 * sd * sd).astype(np.float32)
 
 
-def _versions(
-    w: World, routed: npt.NDArray[np.int8], k_version: npt.NDArray[np.int64]
-) -> tuple[list[str], npt.NDArray[np.int32]]:
-    """Dictionary of the block's ``model_version`` strings and each request's code."""
-    names: list[str] = []
-    offsets = np.zeros(len(w.model_ids), dtype=np.int64)
-    for m in range(len(w.model_ids)):
-        ks = k_version[routed == m]
-        if ks.size:
-            k_lo, k_hi = int(ks.min()), int(ks.max())
-            offsets[m] = len(names) - k_lo
-            names.extend(w.version(m, k) for k in range(k_lo, k_hi + 1))
-    codes = (offsets[routed] + k_version).astype(np.int32)
-    return names, codes
+class _Versions:
+    """The block's ``model_version`` dictionary and a (model × minute) table of codes into it."""
+
+    def __init__(self, w: World, b_lo: int, b_hi: int) -> None:
+        self._w = w
+        self._span = b_hi - b_lo
+        self.names: list[str] = []
+        self._index: dict[tuple[int, int], int] = {}
+        minutes = np.arange(b_lo, b_hi, dtype=np.int64)
+        table = np.zeros((len(w.model_ids), self._span), dtype=np.int32)
+        for m, refresh in enumerate(w.model_refresh.tolist()):
+            ks = minutes // refresh if refresh else np.zeros_like(minutes)
+            for k in np.unique(ks).tolist():
+                table[m, ks == k] = self.code(m, k)
+        self._table = table.ravel()
+
+    def code(self, model: int, k: int) -> int:
+        """Code of a model's ``k``-th version (added to the dictionary when new)."""
+        key = (model, k)
+        if key not in self._index:
+            self._index[key] = len(self.names)
+            self.names.append(self._w.version(model, k))
+        return self._index[key]
+
+    def codes(
+        self, routed: npt.NDArray[np.int8], minute_in_block: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.int32]:
+        """The live version's code of each request's model."""
+        out: npt.NDArray[np.int32] = self._table[
+            routed.astype(np.int32) * self._span + minute_in_block
+        ]
+        return out
 
 
 def _exposures(

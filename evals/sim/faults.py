@@ -19,12 +19,14 @@ What each fault does and the signature it leaves (what moves where; everything e
   part of NE do not move.
 - ``ne_regression`` — logit noise of sd ``severity`` on top of the model's, then recalibrated.
   Moves: NE up (a step at the onset), CTR and revenue down; calibration stays ≈ 1.
-- ``stale_model`` — the model stops refreshing at ``start_minute`` (resumes at the first refresh
-  boundary after ``end_minute``): requests carry the pinned ``model_version`` whose ``trained_at``
-  ages, and, for ``model:`` scope, ``model_snapshots`` gets no new rows. The world drifts away
-  from the pinned model: after ``h`` hours its log-CTR errors gain sd ``severity × h`` and a bias
-  of ``+0.25 × severity × h`` (it over-predicts), with no recalibration. Moves: snapshot age vs
-  refresh cadence at once; NE, calibration (up), CTR and revenue drift gradually.
+- ``stale_model`` — the model stops refreshing at ``start_minute``: no version due at or after it
+  is published (refreshing resumes at the first refresh boundary after ``end_minute``); requests
+  keep the last version published before ``start_minute``, whose ``trained_at`` ages, and, for
+  ``model:`` scope, ``model_snapshots`` gets no new rows. The world drifts away from the pinned
+  model: after ``h`` hours each candidate's true CTR differs from what the model knows by a
+  mean-one log-normal factor of sd ``severity × h``, and nothing recalibrates. Moves: snapshot age
+  vs refresh cadence at once; NE and calibration (up: the winner's curse of the extra error), CTR
+  and revenue drift gradually.
 - ``model_fallback`` — a share of requests are served by the fallback model (``fallback`` true,
   ``model_id``/``model_version`` still name the routed model). Moves: fallback rate; NE up, CTR
   and revenue down in proportion; latency of those requests 20 % lower.
@@ -161,7 +163,8 @@ def _pins(
         assert refresh is not None  # checked when the scenario was loaded
         # Refreshing resumes at the first publication boundary after the fault ends.
         pin_end = -(-end // refresh) * refresh if end < _NO_END else _NO_END
-        pins.append((model_index[model_id], f.start_minute // refresh, pin_end))
+        # The version due at start_minute (or later) is the first one never published.
+        pins.append((model_index[model_id], (f.start_minute - 1) // refresh, pin_end))
     return tuple(pins)
 
 

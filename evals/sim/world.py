@@ -53,7 +53,8 @@ class World:
     unit_ids: npt.NDArray[np.int64]
     unit_country: I8
     unit_platform: I8
-    unit_logeff: F32
+    unit_logctr: F32  # unit effect × country × platform CTR effects (log), before the base
+    unit_logbid: F32  # country × platform bid effects (log)
     ad_score: F32
     ad_logbid: F32
     ad_logq: F32
@@ -125,7 +126,7 @@ def version_name(scenario: Scenario, model_id: str, k: int) -> str:
     if spec.refresh_minutes is None:
         return spec.version
     published = scenario.start + timedelta(minutes=k * spec.refresh_minutes)
-    return published.strftime("%Y%m%d.%H%M")
+    return published.strftime("%y%m%d.%H%M")
 
 
 def snapshot_times(scenario: Scenario, model_id: str, k: int) -> tuple[datetime, datetime]:
@@ -260,7 +261,14 @@ def build_world(
         unit_ids=unit_ids,
         unit_country=unit_country,
         unit_platform=unit_platform,
-        unit_logeff=unit_logeff.astype(np.float32),
+        unit_logctr=(
+            unit_logeff
+            + ctr_effects["country"][unit_country]
+            + ctr_effects["platform"][unit_platform]
+        ).astype(np.float32),
+        unit_logbid=(
+            bid_effects["country"][unit_country] + bid_effects["platform"][unit_platform]
+        ).astype(np.float32),
         ad_score=ad_score,
         ad_logbid=ad_logbid,
         ad_logq=ad_logq,
@@ -294,15 +302,10 @@ def _pilot(world: World, sds: list[float], production_sd: float) -> eco.Pilot:
     uidx = world.unit_index(rng.random(n, dtype=np.float32))
     ad_type = np.searchsorted(world.adtype_cdf, rng.random(n, dtype=np.float32), side="right")
     ad_type = np.minimum(ad_type, len(world.adtype_cdf) - 1)
-    log_req = (
-        world.unit_logeff[uidx]
-        + world.ctr_effects["country"][world.unit_country[uidx]]
-        + world.ctr_effects["platform"][world.unit_platform[uidx]]
-        + world.ctr_effects["ad_type"][ad_type]
-    )
+    log_req = world.unit_logctr[uidx] + world.ctr_effects["ad_type"][ad_type]
     k = world.candidates
-    cand = rng.integers(0, eco.AD_POOL, size=(k, n), dtype=np.int16)
-    z = rng.standard_normal((k, n), dtype=np.float32)
+    cand = eco.ad_candidates(rng, (k, n))
+    z = eco.normals(rng, (k, n))
     return eco.run_pilot(
         log_req,
         cand,

@@ -25,7 +25,9 @@ def at(minute: float) -> datetime:
 
 def ok(check: str, experiment: str | None = None) -> CheckResult:
     """A healthy result."""
-    return CheckResult(check=check, verdict="ok", summary=f"No {check} issue.", experiment=experiment)
+    return CheckResult(
+        check=check, verdict="ok", summary=f"No {check} issue.", experiment=experiment
+    )
 
 
 def fail(
@@ -51,8 +53,14 @@ def fail(
         onset=onset,
         experiment=experiment,
         arm=arm,
-        evidence=[Evidence(name=f"{check} per minute", kind="series",
-                           columns=["minute", "control", "test"], rows=rows)],
+        evidence=[
+            Evidence(
+                name=f"{check} per minute",
+                kind="series",
+                columns=["minute", "control", "test"],
+                rows=rows,
+            )
+        ],
     )
 
 
@@ -79,18 +87,23 @@ class FakeToolbox:
 
     def _get(self, check: str, experiment_id: str | None, model_id: str | None, **kw: Any):
         with self._lock:
-            self.calls.append(
-                (check, {"experiment_id": experiment_id, "model_id": model_id, **kw})
-            )
+            self.calls.append((check, {"experiment_id": experiment_id, "model_id": model_id, **kw}))
         key = (
             f"{check}@experiment:{experiment_id}"
             if experiment_id
-            else f"{check}@model:{model_id}" if model_id else f"{check}@global"
+            else f"{check}@model:{model_id}"
+            if model_id
+            else f"{check}@global"
         )
         return self.results.get(key) or ok(check, experiment_id)
 
-    def prediction(self, start: datetime, end: datetime, experiment_id: str | None = None,
-                   model_id: str | None = None) -> CheckResult:
+    def prediction(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
         """Share of invalid predictions, collapse and distribution shift.
 
         Args:
@@ -101,8 +114,13 @@ class FakeToolbox:
         """
         return self._get("prediction", experiment_id, model_id)
 
-    def calibration(self, start: datetime, end: datetime, experiment_id: str | None = None,
-                    model_id: str | None = None) -> CheckResult:
+    def calibration(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
         """Sum of predictions over sum of labels.
 
         Args:
@@ -113,8 +131,13 @@ class FakeToolbox:
         """
         return self._get("calibration", experiment_id, model_id)
 
-    def ne(self, start: datetime, end: datetime, experiment_id: str | None = None,
-           model_id: str | None = None) -> CheckResult:
+    def ne(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
         """Normalized entropy.
 
         Args:
@@ -125,8 +148,13 @@ class FakeToolbox:
         """
         return self._get("ne", experiment_id, model_id)
 
-    def staleness(self, start: datetime, end: datetime, experiment_id: str | None = None,
-                  model_id: str | None = None) -> CheckResult:
+    def staleness(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
         """Age of the served snapshot.
 
         Args:
@@ -137,8 +165,13 @@ class FakeToolbox:
         """
         return self._get("staleness", experiment_id, model_id)
 
-    def fallback(self, start: datetime, end: datetime, experiment_id: str | None = None,
-                 model_id: str | None = None) -> CheckResult:
+    def fallback(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
         """Fallback rate vs control.
 
         Args:
@@ -168,8 +201,9 @@ class FakeToolbox:
         """
         return self._get("infra", None, None)
 
-    def change_point(self, metric: str, start: datetime, end: datetime,
-                     experiment_id: str | None = None) -> CheckResult:
+    def change_point(
+        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+    ) -> CheckResult:
         """Onset of a regression in a metric.
 
         Args:
@@ -182,12 +216,21 @@ class FakeToolbox:
             self.calls.append(("change_point", {"metric": metric, "experiment_id": experiment_id}))
         if self.onset is None:
             return CheckResult(check="change_point", verdict="ok", summary="No change point.")
-        return CheckResult(check="change_point", verdict="fail", onset=self.onset,
-                           summary=f"{metric} shifted at {self.onset:%H:%M}.")
+        return CheckResult(
+            check="change_point",
+            verdict="fail",
+            onset=self.onset,
+            summary=f"{metric} shifted at {self.onset:%H:%M}.",
+        )
 
-    def attribution(self, metric: str, start: datetime, end: datetime,
-                    baseline_start: datetime | None = None,
-                    baseline_end: datetime | None = None) -> CheckResult:
+    def attribution(
+        self,
+        metric: str,
+        start: datetime,
+        end: datetime,
+        baseline_start: datetime | None = None,
+        baseline_end: datetime | None = None,
+    ) -> CheckResult:
         """Which experiment explains a global metric delta.
 
         Args:
@@ -204,12 +247,16 @@ class FakeToolbox:
             check="attribution",
             verdict="fail" if rows else "ok",
             summary="Attribution by experiment.",
-            evidence=[Evidence(name="experiments", kind="table",
-                               columns=["experiment_id", "share"], rows=rows)],
+            evidence=[
+                Evidence(
+                    name="experiments", kind="table", columns=["experiment_id", "share"], rows=rows
+                )
+            ],
         )
 
-    def metric_series(self, metric: str, start: datetime, end: datetime,
-                      experiment_id: str | None = None) -> pd.DataFrame:
+    def metric_series(
+        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+    ) -> pd.DataFrame:
         """Per-minute values of a metric (scripted frames; empty otherwise)."""
         frame = self.series.get(metric)
         if frame is None:
@@ -248,8 +295,11 @@ class FakeActions:
 class FakeCatalog:
     """A dozen experiments, each owned by someone."""
 
-    def __init__(self, experiments: Mapping[str, ExperimentMeta] | None = None,
-                 production_model: str | None = "ctr_v41") -> None:
+    def __init__(
+        self,
+        experiments: Mapping[str, ExperimentMeta] | None = None,
+        production_model: str | None = "ctr_v41",
+    ) -> None:
         self._experiments = dict(experiments or default_experiments())
         self._production = production_model
 
@@ -263,13 +313,19 @@ class FakeCatalog:
 def default_experiments() -> dict[str, ExperimentMeta]:
     out = {
         "879": ExperimentMeta(
-            id="879", name="Ranking Model Improvements", owner="alice", traffic_share=0.05,
+            id="879",
+            name="Ranking Model Improvements",
+            owner="alice",
+            traffic_share=0.05,
             models={"control": "ctr_v41", "test": "ctr_v42"},
         )
     }
     for i in range(880, 891):
         out[str(i)] = ExperimentMeta(
-            id=str(i), name=f"Experiment {i}", owner="bob", traffic_share=0.05,
+            id=str(i),
+            name=f"Experiment {i}",
+            owner="bob",
+            traffic_share=0.05,
             models={"control": "ctr_v41", "test": "ctr_v41"},
         )
     return out

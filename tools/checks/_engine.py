@@ -13,14 +13,14 @@ A check compares a *test* group with a *reference*: an arm with its control over
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from tools.stats import Comparison, Direction, epidemic_segment, holm, segment_grid
-from tools.telemetry import CUBE_SUMS, LATENCY_LADDER_MS, Subject
+from tools.telemetry import Subject
 
 __all__ = [
     "Comparand",
@@ -33,8 +33,6 @@ __all__ = [
     "judge",
     "localize",
 ]
-
-_LADDER = tuple(f"lat_gt_{k}" for k in range(len(LATENCY_LADDER_MS)))
 
 
 @dataclass(frozen=True)
@@ -70,12 +68,13 @@ class SubjectFrame:
         dims: Sequence[str],
         control: str | None = None,
     ) -> None:
-        self.cube = cube.assign(n_invalid=cube["n"] - cube["n_pred"])
+        self.cube = cube.assign(n_served=cube["n"] - cube["n_error"])
         self.window = window
         self.subject = subject
         self.dims = tuple(dims)
         self.control = control
-        self.sum_cols = [c for c in (*CUBE_SUMS, "n_invalid", *_LADDER) if c in self.cube.columns]
+        keys = {"minute", "arm", "model_id", "model_version", *self.dims}
+        self.sum_cols = [c for c in self.cube.columns if c not in keys]
         self._minutes: dict[str, pd.DataFrame] = {}
 
     @property
@@ -83,16 +82,23 @@ class SubjectFrame:
         """Arms present in the data, sorted."""
         return sorted(str(a) for a in self.cube["arm"].unique())
 
-    def comparands(self) -> list[Comparand]:
+    def comparands(self, expected: Mapping[str, float] | None = None) -> list[Comparand]:
         """Experiments: every other arm vs control, and every arm vs its own baseline.
 
-        Models and all traffic: the window vs its own baseline.
+        Models and all traffic: the window vs its own baseline. With ``expected`` (arm -> known
+        value), also every such arm against that value.
         """
         arms = self.arms
+        own = [Comparand(a, a, concurrent=False) for a in arms]
+        known = [
+            Comparand(a, a, concurrent=False, expected=float(expected[a]))
+            for a in arms
+            if expected is not None and a in expected
+        ]
         if self.control is None or self.control not in arms:
-            return [Comparand(a, a, concurrent=False) for a in arms]
+            return own + known
         rel = [Comparand(a, self.control, concurrent=True) for a in arms if a != self.control]
-        return rel + [Comparand(a, a, concurrent=False) for a in arms]
+        return rel + own + known
 
     def minute_sums(self, arm: str) -> pd.DataFrame:
         """Sums per minute of ``arm`` over the whole fetched range (zeros where silent)."""
@@ -119,16 +125,25 @@ class SubjectFrame:
 
 @dataclass(frozen=True)
 class Comparand:
-    """One test group against its reference."""
+    """One test group against its reference.
+
+    ``concurrent``: the reference arm over the same minutes. Otherwise the group's own baseline
+    minutes, or, with ``expected`` set, a known value (a model's training calibration).
+    """
 
     test: str
     ref: str
     concurrent: bool
+    expected: float | None = None
 
     @property
     def label(self) -> str:
-        """``test vs control`` or ``arm vs its baseline``."""
-        return f"{self.test} vs {self.ref}" if self.concurrent else f"{self.test} vs its baseline"
+        """``test vs control``, ``arm vs its baseline`` or ``arm vs expected 1.0``."""
+        if self.concurrent:
+            return f"{self.test} vs {self.ref}"
+        if self.expected is not None:
+            return f"{self.test} vs expected {self.expected:g}"
+        return f"{self.test} vs its baseline"
 
 
 Compare = Callable[[pd.Series, pd.Series, Direction], Comparison]
@@ -153,6 +168,8 @@ class RateTest:
         warn_effect: Smallest magnitude that may warn.
         unit: Unit of the estimate.
         min_n: Fewest requests (test and reference each) for a verdict.
+        expected_sums: Sums of a virtual, noiseless reference at a known value (for comparands
+            with ``expected``); None when the statistic has no absolute reference.
     """
 
     name: str
@@ -168,6 +185,7 @@ class RateTest:
     warn_effect: float
     unit: str = ""
     min_n: float = 200.0
+    expected_sums: Callable[[float], pd.Series] | None = None
 
 
 @dataclass(frozen=True)
@@ -188,10 +206,16 @@ class Finding:
     culprit: str | None
     adjusted_p: float = 1.0
     segments: int = 1
+    scan: Comparison | None = None
+
+    @property
+    def decisive(self) -> Comparison:
+        """The comparison the verdict rests on: the scanned segment's (else the reported one)."""
+        return self.scan if self.scan is not None else self.comparison
 
     def significant(self, alpha: float, effect: float) -> bool:
         """Significant after correction, large enough, and pointing at a culprit."""
-        size = self.test.magnitude(self.comparison.estimate)
+        size = self.test.magnitude(self.decisive.estimate)
         return self.culprit is not None and self.adjusted_p < alpha and size >= effect
 
 
@@ -218,9 +242,7 @@ def _bad(estimate: float, null: float, direction: Direction) -> bool:
     return estimate != null
 
 
-def assess(
-    frame: SubjectFrame, comparand: Comparand, test: RateTest, *, parts: int = 8
-) -> Finding | None:
+def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding | None:
     """Scan the window for the segment where ``comparand.test`` departs most from its reference.
 
     Returns:
@@ -231,7 +253,12 @@ def assess(
     direction: Direction = "both" if comparand.concurrent else test.direction
     tw = frame.minute_sums(comparand.test).loc[w.start : w.end - 1]
     ref_span = (w.start, w.end) if comparand.concurrent else (w.fetch_start, w.start)
-    ref_total = frame.sums(comparand.ref, *ref_span)
+    virtual = comparand.expected is not None and test.expected_sums is not None
+    if comparand.expected is not None and test.expected_sums is not None:
+        fixed: pd.Series | None = test.expected_sums(comparand.expected)
+    else:
+        fixed = None
+    ref_total = fixed if fixed is not None else frame.sums(comparand.ref, *ref_span)
     if tw["n"].sum() < test.min_n or ref_total["n"] < test.min_n:
         return None
     cols = tw.columns
@@ -240,7 +267,7 @@ def assess(
     if comparand.concurrent:
         rw = frame.minute_sums(comparand.ref).loc[w.start : w.end - 1]
         r_cum = np.vstack([np.zeros(len(cols)), np.cumsum(rw.to_numpy(float), axis=0)])
-    grid = segment_grid(w.length, parts)
+    grid = segment_grid(w.length)
     floor_n = min(test.min_n, 30.0)
     best: tuple[Comparison, tuple[int, int]] | None = None
     for a, b in grid:
@@ -254,31 +281,46 @@ def assess(
     if best is None:
         return None
     p_scan = min(1.0, best[0].p_value * len(grid))
-    focus, onset = best[1], best[1][0]
+    scan, scan_span = best
+
+    def ref_sums(span: tuple[int, int]) -> pd.Series:
+        return fixed if fixed is not None else frame.sums(comparand.ref, *span)
+
+    focus, onset = scan_span, scan_span[0]
     seg = _onset_segment(frame, comparand, test)
     if seg is not None and seg[1] > w.start:
+        # Report "since the onset" only when the onset segment tells the scan's story: it
+        # overlaps the scan's segment and its effect points the same way.
         cand = (max(seg[0], w.start), seg[1])
-        c_span = _ref_span(comparand, w, cand, seg[0])
-        c = test.compare(
-            frame.sums(comparand.test, *cand), frame.sums(comparand.ref, *c_span), direction
-        )
-        if c.valid and (comparand.concurrent or _bad(c.estimate, test.null, direction)):
+        c_span = ref_span if virtual else _ref_span(comparand, w, cand, seg[0])
+        c = test.compare(frame.sums(comparand.test, *cand), ref_sums(c_span), direction)
+        overlap = min(cand[1], scan_span[1]) - max(cand[0], scan_span[0])
+        same_way = (c.estimate > test.null) == (scan.estimate > test.null)
+        if c.valid and overlap > 0 and same_way:
             focus, onset, ref_span = cand, seg[0], c_span
-    comparison = test.compare(
-        frame.sums(comparand.test, *focus), frame.sums(comparand.ref, *ref_span), direction
-    )
+    comparison = test.compare(frame.sums(comparand.test, *focus), ref_sums(ref_span), direction)
     if not comparison.valid:
-        comparison = best[0]
+        comparison, focus, onset = scan, scan_span, scan_span[0]
     if comparand.concurrent:
-        worse_test = test.badness(frame.sums(comparand.test, *focus)) >= test.badness(
-            frame.sums(comparand.ref, *ref_span)
+        worse_test = test.badness(frame.sums(comparand.test, *scan_span)) >= test.badness(
+            frame.sums(comparand.ref, *scan_span)
         )
         culprit: str | None = comparand.test if worse_test else comparand.ref
     else:
-        bad = _bad(comparison.estimate, test.null, test.direction)
+        bad = _bad(scan.estimate, test.null, test.direction)
         culprit = comparand.test if bad else None
     return Finding(
-        comparand, test, comparison, p_scan, focus, onset, ref_span, culprit, 1.0, len(grid)
+        comparand,
+        test,
+        comparison,
+        p_scan,
+        focus,
+        onset,
+        ref_span,
+        culprit,
+        1.0,
+        len(grid),
+        scan,
     )
 
 
@@ -313,7 +355,11 @@ def _onset_segment(
     direction = test.rate_direction
     if comparand.concurrent and test.direction == "both":
         direction = "both"
-    seg = epidemic_segment(events, exposure, direction)
+    into_window = frame.window.start - frame.window.fetch_start
+    # Against a baseline, the departure must begin inside the window (the baseline is the
+    # reference); against control, it may have begun earlier.
+    first = 0 if comparand.concurrent else into_window
+    seg = epidemic_segment(events, exposure, direction, min_end=into_window + 2, min_start=first)
     if seg is None:
         return None
     if direction == "both" and seg[0] == 0:
@@ -356,7 +402,9 @@ def judge(
             return Judgement(level, top, None, "subject", found)
         arms = {f.comparand.test for f in found if not f.comparand.concurrent}
         if len(arms) > 1 and _moved_together(found, top) == arms:
-            return Judgement(level, top, None, "all_arms", found)
+            # Every arm moved together: real, but not this experiment's doing (lost logs, a
+            # production-model fault, a fault in another layer's experiment). Never a fail here.
+            return Judgement("warn", top, None, "all_arms", found)
         # Some arms moved against their own baseline, yet no arm-control gap: say so, softly.
         return Judgement("warn", top, top.comparand.test, "arm", found)
     return Judgement("ok", min(found, key=lambda f: f.adjusted_p), None, "none", found)
@@ -364,16 +412,16 @@ def judge(
 
 def _moved_together(found: Sequence[Finding], top: Finding) -> set[str]:
     """Arms whose own-baseline change matches ``top``'s: same way, at least half as large."""
-    size = top.test.magnitude(top.comparison.estimate)
-    way = top.comparison.estimate > top.test.null
+    size = top.test.magnitude(top.decisive.estimate)
+    way = top.decisive.estimate > top.test.null
     return {
         f.comparand.test
         for f in found
         if not f.comparand.concurrent
         and f.culprit is not None
-        and (f.comparison.estimate > f.test.null) == way
-        and f.test.magnitude(f.comparison.estimate) >= 0.5 * size
-        and f.comparison.p_value < 0.05
+        and (f.decisive.estimate > f.test.null) == way
+        and f.test.magnitude(f.decisive.estimate) >= 0.5 * size
+        and f.decisive.p_value < 0.05
     }
 
 
@@ -393,14 +441,19 @@ def localize(
     results: list[tuple[str, str, Comparison, Comparison]] = []
     for dim in frame.dims:
         t = frame.dim_sums(comp.test, *finding.focus, dim)
-        r = frame.dim_sums(comp.ref, *finding.ref_span, dim)
+        if comp.expected is not None and test.expected_sums is not None:
+            fixed = test.expected_sums(comp.expected)
+            r = pd.DataFrame([fixed] * len(t), index=t.index)
+        else:
+            r = frame.dim_sums(comp.ref, *finding.ref_span, dim)
         values = [v for v in t.index if v in r.index]
         if len(values) < 2:
             continue
         t_all, r_all = t.sum(), r.sum()
         for v in values:
+            rest = r.loc[v] if comp.expected is not None else r_all - r.loc[v]
             cv = test.compare(t.loc[v], r.loc[v], direction)
-            cc = test.compare(t_all - t.loc[v], r_all - r.loc[v], direction)
+            cc = test.compare(t_all - t.loc[v], rest, direction)
             if cv.valid:
                 results.append((dim, str(v), cv, cc))
     if not results:

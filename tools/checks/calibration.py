@@ -28,7 +28,7 @@ from tools.result import CheckResult, Evidence
 from tools.stats import Comparison, Direction, compare_rates, poisson_interval
 from tools.telemetry import HistogramSpec
 
-__all__ = ["CalibrationParams", "calibration_check", "calibration_interval"]
+__all__ = ["CalibrationParams", "calibration_check", "calibration_interval", "calibration_test"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,9 @@ def calibration_interval(
     return sum_pred / clicks, sum_pred / hi, (sum_pred / lo if lo > 0 else float("inf"))
 
 
-def _test(p: CalibrationParams) -> RateTest:
+def calibration_test(p: CalibrationParams) -> RateTest:
+    """The calibration ratio test (test ÷ reference) with the thresholds of ``p``."""
+
     def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
         if t["sum_label_v"] < p.min_clicks or r["sum_label_v"] < p.min_clicks:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
@@ -94,7 +96,14 @@ def _test(p: CalibrationParams) -> RateTest:
         warn_effect=float(np.log(p.ratio_warn)),
         unit="ratio",
         min_n=200,
+        expected_sums=_expected,
     )
+
+
+def _expected(calibration: float) -> pd.Series:
+    # A reference with so many clicks that its noise vanishes: the test arm's own counts decide.
+    clicks = 1e12
+    return pd.Series({"n": clicks, "sum_label_v": clicks, "sum_pred": clicks * calibration})
 
 
 def _describe(f: Finding, frame: SubjectFrame) -> str:
@@ -109,6 +118,11 @@ def _describe(f: Finding, frame: SubjectFrame) -> str:
             f"{cal_t:.2f} vs {c.ref} {cal_r:.2f}"
         )
     who = f"arm {c.test} of " if frame.control is not None else ""
+    if c.expected is not None:
+        return (
+            f"calibration (Σ prediction ÷ Σ label) of {who}{subject_name(frame)} is {cal_t:.2f} "
+            f"against its training calibration {c.expected:.2f}"
+        )
     return (
         f"calibration of {who}{subject_name(frame)} moved to {cal_t:.2f} from {cal_r:.2f} "
         f"before {fmt_time(f.ref_span[1])}"
@@ -182,8 +196,9 @@ def calibration_check(
         serving calibration outside the training tolerance.
     """
     p = params or CalibrationParams()
-    test = _test(p)
-    findings = [assess(frame, c, test) for c in frame.comparands()]
+    test = calibration_test(p)
+    expected = {arm: (training or {}).get(arm, 1.0) for arm in frame.arms}
+    findings = [assess(frame, c, test) for c in frame.comparands(expected)]
     judgement = judge(
         findings, control=frame.control, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn
     )

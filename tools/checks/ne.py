@@ -26,7 +26,7 @@ from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
 from tools.result import CheckResult, Evidence
 from tools.stats import Comparison, Direction, binary_entropy, compare_means
 
-__all__ = ["NEParams", "ne_check", "normalized_entropy"]
+__all__ = ["NEParams", "ne_check", "ne_test", "normalized_entropy"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ def _entropy_of(s: pd.Series) -> float:
     return binary_entropy(float(s["sum_label_v"]) / n) if n > 0 else float("nan")
 
 
-def _test(p: NEParams) -> RateTest:
+def ne_test(p: NEParams) -> RateTest:
+    """The relative NE change test with the thresholds of ``p``."""
+
     def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
         if min(t["sum_label_v"], r["sum_label_v"]) < p.min_clicks:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
@@ -156,7 +158,7 @@ def ne_check(
         reference; ``warn`` for smaller rises or a serving NE far above the training NE.
     """
     p = params or NEParams()
-    test = _test(p)
+    test = ne_test(p)
     findings = [assess(frame, c, test) for c in frame.comparands()]
     judgement = judge(
         findings, control=frame.control, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn

@@ -27,7 +27,6 @@ from tools.checks._common import (
 from tools.checks._engine import (
     Comparand,
     Finding,
-    Judgement,
     RateTest,
     SubjectFrame,
     assess,
@@ -36,7 +35,7 @@ from tools.checks._engine import (
 from tools.checks.fallback import describe_rate, proportion_test
 from tools.histograms import PointMass, Shift, bin_sums, point_mass, shift
 from tools.result import CheckResult, Effect, Evidence
-from tools.stats import Comparison, Direction, holm
+from tools.stats import Comparison, Direction, epidemic_segment, holm
 from tools.telemetry import HistogramSpec, to_datetime
 
 __all__ = ["PredictionParams", "prediction_check"]
@@ -51,7 +50,8 @@ class PredictionParams:
         alpha_warn: The same, to warn.
         invalid_fail: Increase of the invalid share (absolute) that may fail.
         invalid_warn: The same, to warn.
-        collapse_ratio_fail: Variance ratio (test ÷ reference) at or below which the check fails.
+        collapse_ratio_fail: Ratio of the squared coefficient of variation of predictions
+            (test ÷ reference) at or below which the check fails.
         collapse_ratio_warn: The same, to warn.
         kurtosis_floor: Smallest kurtosis assumed for the variance test's standard error
             (predictions are skewed; the normal-theory value 3 would overstate significance).
@@ -79,19 +79,25 @@ class PredictionParams:
 
 
 def _variance_test(p: PredictionParams, kurtosis: float) -> RateTest:
+    """Collapse as a drop of the squared coefficient of variation (variance ÷ mean²).
+
+    Scale-free on purpose: a miscalibrated model (every prediction × c) is not a collapse, while
+    predictions stuck at a constant or a model emitting ever-fewer distinct values are.
+    """
     k = max(kurtosis, p.kurtosis_floor)
 
-    def var(s: pd.Series) -> float:
+    def cv2(s: pd.Series) -> float:
         n = float(s["n_pred"])
-        if n < 2:
+        if n < 2 or s["sum_pred"] <= 0:
             return float("nan")
         m = s["sum_pred"] / n
-        return float(max(s["sum_pred2"] / n - m * m, 0.0) * n / (n - 1))
+        return float(max(s["sum_pred2"] / n - m * m, 0.0) * n / (n - 1) / (m * m))
 
     def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
-        vt, vr = var(t), var(r)
+        vt, vr = cv2(t), cv2(r)
         if not (vt > 0 and vr > 0):
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
+        # Standard error of a log variance ratio with heavy tails: (kurtosis - 1) / n per side.
         se = float(np.sqrt((k - 1) * (1 / t["n_pred"] + 1 / r["n_pred"])))
         lr = float(np.log(vt / vr))
         z = lr / se
@@ -109,11 +115,11 @@ def _variance_test(p: PredictionParams, kurtosis: float) -> RateTest:
         )
 
     return RateTest(
-        name="prediction variance",
+        name="prediction spread (squared coefficient of variation)",
         compare=compare,
         direction="down",
         null=1.0,
-        badness=lambda s: -var(s) if np.isfinite(var(s)) else 0.0,
+        badness=lambda s: -cv2(s) if np.isfinite(cv2(s)) else 0.0,
         events="sum_pred2",
         exposure="n_pred",
         rate_direction="down",
@@ -248,6 +254,7 @@ def prediction_check(
     invalid = proportion_test(
         "invalid prediction share",
         "n_invalid",
+        exposure="n_served",
         fail=p.invalid_fail,
         warn=p.invalid_warn,
         min_n=p.min_requests,
@@ -292,8 +299,9 @@ def prediction_check(
         return to_result("prediction", j_var, frame, words, settings, evidence, ok_summary="")
 
     def mass_result() -> CheckResult:
-        assert mass is not None and mass.mass is not None
-        return _mass_result(frame, mass, mass_level, j_var, evidence, settings)
+        assert mass is not None and mass.mass is not None and hist is not None
+        onset = _mass_onset(frame, hist, mass, block_minutes)
+        return _mass_result(frame, mass, mass_level, onset, evidence, settings)
 
     # Highest verdict wins; on a tie invalid predictions, then a stuck constant, then variance.
     options: list[tuple[int, int, Callable[[], CheckResult]]] = []
@@ -332,7 +340,7 @@ def _mass_result(
     frame: SubjectFrame,
     mass: _Blocked,
     level: str,
-    j_var: Judgement,
+    onset: int | None,
     evidence: list[Evidence],
     params: dict[str, Any],
 ) -> CheckResult:
@@ -341,7 +349,6 @@ def _mass_result(
     comp = mass.comparand
     who = f"arm {comp.test} of " if frame.control is not None else ""
     ref = comp.ref if comp.concurrent else "its baseline"
-    onset = j_var.finding.onset if j_var.finding is not None else None
     return CheckResult(
         check="prediction",
         verdict=as_verdict(level),
@@ -361,6 +368,23 @@ def _mass_result(
         evidence=evidence,
         params=params,
     )
+
+
+def _mass_onset(
+    frame: SubjectFrame, hist: pd.DataFrame, mass: _Blocked, block_minutes: int
+) -> int | None:
+    """When the stuck bin started filling: an epidemic change in its share, block by block."""
+    assert mass.mass is not None
+    rows = hist[hist["arm"] == mass.comparand.test]
+    per_block = rows.groupby("block")["n"].sum()
+    in_bin = rows[rows["bin"] == mass.mass.bin].groupby("block")["n"].sum()
+    w = frame.window
+    blocks = range(0, -(-(w.end - w.fetch_start) // block_minutes))
+    totals = per_block.reindex(blocks, fill_value=0.0).to_numpy(float)
+    counts = in_bin.reindex(blocks, fill_value=0.0).to_numpy(float)
+    into_window = (w.start - w.fetch_start) // block_minutes + 1
+    seg = epidemic_segment(counts, totals, "up", min_len=1, min_end=into_window)
+    return None if seg is None else w.fetch_start + seg[0] * block_minutes
 
 
 def _shift_result(

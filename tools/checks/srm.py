@@ -104,14 +104,28 @@ def srm_check(
     """
     p = params or SRMParams()
     settings = params_of(p, weights=dict(weights))
-    counts = units.set_index("arm")["units"].to_dict() if len(units) else {}
     arms = list(weights)
-    observed = np.array([float(counts.get(a, 0.0)) for a in arms])
-    total = observed.sum()
     w = np.array([float(weights[a]) for a in arms])
-    expected = total * w / w.sum() if total > 0 else np.zeros_like(w)
-    unknown = sorted(set(counts) - set(arms))
-    if total < p.min_units or (expected < p.min_expected).any():
+    indexed = units.set_index("arm") if len(units) else pd.DataFrame()
+    unknown = sorted(str(a) for a in set(indexed.index) - set(arms))
+    # The whole window, and its recent suffixes (a late bug is diluted in the whole window);
+    # Bonferroni over the windows tested.
+    recent = [c for c in indexed.columns if str(c).startswith("units_")]
+    columns = ["units", *sorted(recent, key=lambda c: -int(str(c)[6:]))]
+    tests: list[tuple[str, np.ndarray, float, float]] = []
+    for col in columns:
+        obs = (
+            np.array([float(indexed[col].get(a, 0.0)) for a in arms])
+            if len(indexed)
+            else np.zeros(len(arms))
+        )
+        exp_counts = obs.sum() * w / w.sum()
+        if obs.sum() < p.min_units or (exp_counts < p.min_expected).any():
+            continue
+        stat, p_raw = chi2_goodness_of_fit(obs.tolist(), w.tolist())
+        tests.append((col, obs, stat, p_raw))
+    if not tests:
+        total = float(indexed["units"].sum()) if len(indexed) else 0.0
         return CheckResult(
             check="srm",
             verdict="no_data",
@@ -119,7 +133,11 @@ def srm_check(
             experiment=experiment_id,
             params=settings,
         )
-    stat, p_value = chi2_goodness_of_fit(observed.tolist(), w.tolist())
+    col, observed, stat, p_raw = min(tests, key=lambda t: t[3])
+    p_value = min(1.0, p_raw * len(tests))
+    settings["windows_tested"] = [t[0] for t in tests]
+    total = observed.sum()
+    expected = total * w / w.sum()
     resid = (observed - expected) / np.sqrt(expected)
     short = int(np.argmin(resid))
     arm = arms[short]
@@ -142,7 +160,8 @@ def srm_check(
             "configured_share": w / w.sum(),
         }
     )
-    evidence = [table("units per arm", rows, note=f"chi2={stat:.2f}, df={len(arms) - 1}")]
+    span = "the whole window" if col == "units" else f"the last {col[6:]} minutes"
+    evidence = [table("units per arm", rows, note=f"{span}: chi2={stat:.2f}, df={len(arms) - 1}")]
     if frame is not None and len(frame.cube):
         evidence.append(series_evidence(frame, "srm", "request share per arm per minute"))
     verdict = "fail" if p_value < p.alpha_fail else "warn" if p_value < p.alpha_warn else "ok"
@@ -165,7 +184,7 @@ def srm_check(
     if frame is not None and len(frame.cube) and other in frame.arms and arm in frame.arms:
         q_pair = float(weights[arm] / (weights[arm] + weights[other]))
         onset = _onset(frame, arm, other, q_pair)
-        deff = float(units["exposures"].sum() / max(total, 1.0))
+        deff = float(indexed["exposures"].sum() / max(float(indexed["units"].sum()), 1.0))
         test = _share_test(q_pair, max(deff, 1.0))
         focus = (max(onset or frame.window.start, frame.window.fetch_start), frame.window.end)
         c = test.compare(frame.sums(arm, *focus), frame.sums(other, *focus), "down")
@@ -173,7 +192,7 @@ def srm_check(
         where = localize(frame, finding)
     text = (
         f"Sample ratio mismatch in experiment {experiment_id}: arm {arm} has "
-        f"{share:.1%} of {total:.0f} units, configured {q:.1%} (chi2 {fmt_p(p_value)})"
+        f"{share:.1%} of {total:.0f} units in {span}, configured {q:.1%} (chi2 {fmt_p(p_value)})"
     )
     if where:
         text += ", concentrated on " + ", ".join(f"{k}={v}" for k, v in where.items())

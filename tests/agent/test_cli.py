@@ -1,0 +1,171 @@
+"""The agent's CLI: investigate (scenario and alert files), approve, reject, list, report, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agent.cli import _register_all, app
+from agent.cli.demo import run_demo
+
+SMALL = {
+    "name": "cli-fallback",
+    "description": "The test arm of 879 falls back for 40% of its requests.",
+    "seed": 2,
+    "world": {
+        "start": "2026-11-20T06:00:00Z",
+        "minutes": 130,
+        "requests_per_minute": 1200,
+        "models": [{"id": "ctr_v41", "quality": 0.75}, {"id": "ctr_v42", "quality": 0.77}],
+        "production_model": "ctr_v41",
+        "experiments": [
+            {
+                "id": "879",
+                "name": "Ranking Model Improvements",
+                "owner": "alice",
+                "layer": "ranking",
+                "traffic_pct": 30,
+                "arms": {"control": {"model": "ctr_v41"}, "test": {"model": "ctr_v42"}},
+            },
+            {
+                "id": "884",
+                "name": "Ad Load",
+                "owner": "erin",
+                "layer": "ad_load",
+                "traffic_pct": 30,
+                "arms": {"control": {"ad_load": 1.0}, "test": {"ad_load": 1.02}},
+            },
+        ],
+    },
+    "faults": [
+        {"kind": "model_fallback", "experiment": "879", "start_minute": 100, "severity": 0.4}
+    ],
+    "alert": {"metric": "revenue", "minute": 112, "experiment": "879"},
+    "expect": {
+        "root_cause": "model_fallback",
+        "experiment": "879",
+        "mitigation": "kill_experiment",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cli() -> CliRunner:
+    _register_all()
+    return CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("VIGIL_LLM_BASE_URL", "VIGIL_LLM_MODEL", "VIGIL_SLACK_BOT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VIGIL_ONCALL", '["carol"]')
+    return tmp_path
+
+
+def _write(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data) if path.suffix == ".json" else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ("{not json", "--alert"),
+        ({"metric": "revenue"}, "fired_at"),
+        ({"metric": "profit", "fired_at": "2026-11-20T08:00:00Z"}, "metric"),
+        ({"metric": "revenue", "fired_at": "2026-11-20T08:00:00Z", "colour": "red"}, "colour"),
+        (
+            {
+                "version": "4",
+                "status": "firing",
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": {"alertname": "RevenueDrop"},
+                        "startsAt": "2026-11-20T08:00:00Z",
+                        "fingerprint": "abc",
+                    }
+                ],
+            },
+            "alerts[0].labels.metric",
+        ),
+        ({"version": "4", "status": "firing", "alerts": [{"status": "firing"}]}, "alerts.0.labels"),
+    ],
+)
+def test_malformed_alert_is_a_clear_error_with_exit_code_2(cli, workdir, payload, field):
+    path = workdir / "alert.json"
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    result = cli.invoke(app, ["investigate", "--alert", str(path)])
+    assert result.exit_code == 2, result.output
+    assert field in result.output
+    assert not (workdir / ".vigil" / "reports").exists()
+
+
+def test_investigate_needs_exactly_one_source(cli, workdir):
+    result = cli.invoke(app, ["investigate"])
+    assert result.exit_code == 2 and "--scenario/--alert" in result.output
+
+
+def test_scenario_investigation_then_approval_from_another_process(cli, workdir):
+    scenario = _write(workdir / "s.yaml", SMALL)
+    out = workdir / "out.json"
+    result = cli.invoke(app, ["investigate", "--scenario", str(scenario), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Issue identified with increased model fallback" in result.output
+    summary = json.loads(out.read_text())
+    assert set(summary) == {
+        "investigation_id",
+        "status",
+        "onset",
+        "root_causes",
+        "mitigations",
+        "report_path",
+    }
+    assert summary["status"] == "awaiting_approval"
+    assert summary["root_causes"][0] == {
+        "cause": "model_fallback",
+        "experiment": "879",
+        "confidence": summary["root_causes"][0]["confidence"],
+        "evidence": ["fallback"],
+    }
+    [mitigation] = summary["mitigations"]
+    assert (mitigation["action"], mitigation["target"], mitigation["status"]) == (
+        "kill_experiment",
+        "879",
+        "proposed",
+    )
+    assert Path(summary["report_path"]).exists()
+
+    refused = cli.invoke(app, ["approve", mitigation["id"], "--as", "mallory"])
+    assert refused.exit_code == 1 and "mallory" in refused.output
+    approved = cli.invoke(app, ["approve", mitigation["id"], "--as", "alice"])
+    assert approved.exit_code == 0, approved.output
+    assert "executed" in approved.output
+
+    listed = cli.invoke(app, ["investigations", "--json"])
+    assert listed.exit_code == 0
+    rows = json.loads(listed.output)
+    assert rows[0]["investigation_id"] == summary["investigation_id"]
+    assert rows[0]["status"] == "completed"
+    html = cli.invoke(app, ["report", summary["investigation_id"], "--html"])
+    assert html.exit_code == 0 and html.output.startswith("<!DOCTYPE html>")
+    again = cli.invoke(app, ["reject", mitigation["id"], "--as", "alice"])
+    assert again.exit_code == 1 and "cannot reject" in again.output
+
+
+def test_demo_runs_the_whole_loop(workdir):
+    demo = dict(SMALL, name="cli-demo")
+    path = _write(workdir / "demo.yaml", demo)
+    result = run_demo(workdir / ".vigil" / "demo", path, echo=False)
+    assert result["top_cause"] == "model_fallback"
+    assert result["action"] == "kill_experiment"
+    assert result["is_enabled_after"] is False
+    assert result["recovered"] is True and result["status"] == "verified"
+    assert result["audit_actions"].count("kill") == 1
+    assert Path(result["report_path"]).exists()

@@ -1,0 +1,165 @@
+"""The deterministic reasoner: each cause from its verdicts, rule-outs, explanations, healthy."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.deterministic import rank_causes
+from agent.playbook import load_playbooks
+from agent.reasoning import admissible
+from agent.state import CheckOutcome, Suspect
+from tests.agent.fakes import fail, ok
+from tools.result import CheckResult
+
+EXP = Suspect(scope="experiment", id="879")
+MODEL = Suspect(scope="model", id="ctr_v41")
+ALL = Suspect(scope="global")
+CHECKS = ("prediction", "calibration", "ne", "staleness", "fallback", "srm")
+
+
+def warn(check: str, summary: str = "a small shift") -> CheckResult:
+    return CheckResult(check=check, verdict="warn", summary=summary, p_value=0.005)
+
+
+def outcomes(subject: Suspect, **verdicts: CheckResult) -> list[CheckOutcome]:
+    """Every experiment/model check on ``subject`` (ok unless given) plus infra on all traffic."""
+    out = []
+    for check in CHECKS:
+        if subject.scope == "model" and check == "srm":
+            continue
+        result = verdicts.get(check) or ok(check)
+        out.append(CheckOutcome(key=f"{check}@{subject.key}", subject=subject, result=result))
+    infra = verdicts.get("infra") or ok("infra")
+    out.append(CheckOutcome(key="infra@global", subject=ALL, result=infra))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranking():
+    return load_playbooks().get("ranking")
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "cause"),
+    [
+        ({"fallback": fail("fallback", "falls back"), "ne": fail("ne", "worse")}, "model_fallback"),
+        (
+            {"prediction": fail("prediction", "NaN"), "ne": fail("ne", "worse")},
+            "prediction_collapse",
+        ),
+        ({"staleness": fail("staleness", "old"), "ne": warn("ne")}, "stale_model"),
+        (
+            {"calibration": fail("calibration", "1.4"), "prediction": warn("prediction")},
+            "miscalibration",
+        ),
+        ({"calibration": fail("calibration", "labels lost")}, "logging_loss"),
+        ({"ne": fail("ne", "worse")}, "ne_regression"),
+        ({"srm": fail("srm", "ratio off")}, "allocation_bug"),
+        ({"infra": fail("infra", "errors", arm=None)}, "infra_outage"),
+    ],
+)
+def test_each_cause_ranks_first_from_its_verdicts(ranking, verdicts, cause):
+    causes, _ = rank_causes(ranking, [EXP, ALL], outcomes(EXP, **verdicts))
+    assert causes[0].cause == cause
+    assert admissible(causes[0], outcomes(EXP, **verdicts)) is None
+    confidences = [c.confidence for c in causes]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_experiment_cause_is_located_in_the_experiment_and_arm(ranking):
+    causes, _ = rank_causes(ranking, [EXP, ALL], outcomes(EXP, fallback=fail("fallback", "x")))
+    top = causes[0]
+    assert (top.experiment, top.arm, top.model) == ("879", "test", None)
+    assert top.evidence[0] == "fallback"
+
+
+def test_model_cause_is_located_in_the_model(ranking):
+    causes, _ = rank_causes(
+        ranking, [MODEL, ALL], outcomes(MODEL, prediction=fail("prediction", "x", arm=None))
+    )
+    assert (causes[0].cause, causes[0].model, causes[0].experiment) == (
+        "prediction_collapse",
+        "ctr_v41",
+        None,
+    )
+
+
+def test_healthy_world_is_none_even_with_warnings(ranking):
+    for verdicts in ({}, {"ne": warn("ne"), "calibration": warn("calibration")}):
+        causes, ruled = rank_causes(ranking, [EXP, ALL], outcomes(EXP, **verdicts))
+        assert [c.cause for c in causes] == ["none"]
+        assert causes[0].confidence >= 0.5
+        assert ruled == []
+
+
+def test_an_outage_on_all_traffic_rules_out_blaming_the_experiment(ranking):
+    found = outcomes(
+        EXP, fallback=fail("fallback", "falls back"), infra=fail("infra", "errors", arm=None)
+    )
+    causes, ruled = rank_causes(ranking, [EXP, ALL], found)
+    assert causes[0].cause == "infra_outage"
+    assert all(c.experiment is None for c in causes)
+    assert ("model_fallback", ruled[0][1]) in ruled
+    assert "infrastructure outage" in ruled[0][1]
+
+
+def test_a_specific_cause_explains_the_generic_symptom(ranking):
+    found = outcomes(EXP, fallback=fail("fallback", "x"), ne=fail("ne", "worse", p=1e-30))
+    causes, _ = rank_causes(ranking, [EXP, ALL], found)
+    names = [c.cause for c in causes]
+    assert names.index("model_fallback") < names.index("ne_regression")
+    assert "explained by model_fallback" in causes[names.index("ne_regression")].explanation
+
+
+def test_changed_predictions_rule_out_logging_loss(ranking):
+    found = outcomes(EXP, calibration=fail("calibration", "x"), prediction=warn("prediction"))
+    causes, ruled = rank_causes(ranking, [EXP, ALL], found)
+    assert causes[0].cause == "miscalibration"
+    assert [r[0] for r in ruled] == ["logging_loss"]
+
+
+def test_stronger_evidence_breaks_ties_between_suspects(ranking):
+    other = Suspect(scope="experiment", id="880")
+    strong = CheckOutcome(
+        key="fallback@experiment:880",
+        subject=other,
+        result=fail("fallback", "strong", p=1e-20, experiment="880"),
+    )
+    found = [*outcomes(EXP, fallback=fail("fallback", "weak", p=1e-4)), strong]
+    causes, _ = rank_causes(ranking, [EXP, other, ALL], found)
+    assert [c.experiment for c in causes[:2]] == ["880", "879"]
+
+
+def test_admissible_rejects_causes_without_a_failing_check():
+    found = outcomes(EXP, fallback=fail("fallback", "x"))
+    from agent.models import RootCause
+
+    assert (
+        admissible(
+            RootCause(
+                cause="model_fallback", experiment="879", confidence=0.9, evidence=["fallback"]
+            ),
+            found,
+        )
+        is None
+    )
+    assert "cites no check" in str(
+        admissible(RootCause(cause="infra_outage", confidence=0.9), found)
+    )
+    assert "cites no check" in str(
+        admissible(
+            RootCause(cause="ne_regression", experiment="879", confidence=0.9, evidence=["ne"]),
+            found,
+        )
+    )
+    # A failing check on another experiment is no evidence for this one.
+    assert (
+        admissible(
+            RootCause(
+                cause="model_fallback", experiment="880", confidence=0.9, evidence=["fallback"]
+            ),
+            found,
+        )
+        is not None
+    )
+    assert admissible(RootCause(cause="none", confidence=0.9), found) is None

@@ -1,0 +1,229 @@
+"""The health gate: confidence sequences stay valid when checked every step, SRM, decisions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lifecycle.config import Arm, Experiment, Guardrail
+from lifecycle.gate import (
+    ArmSummary,
+    GateConfig,
+    GateInput,
+    check_guardrail,
+    chi2_sf,
+    confidence_sequence,
+    evaluate_gate,
+    mixture_margin,
+    srm_test,
+    tuning_rho2,
+)
+
+ALPHA = 0.05
+REPS, STEPS, PER_STEP = 400, 100, 500
+
+
+def _experiment(*guardrails: Guardrail) -> Experiment:
+    return Experiment(
+        id="879",
+        name="x",
+        owner="o",
+        layer="ranking",
+        traffic_pct=10,
+        arms={"control": Arm(), "test": Arm()},
+        guardrails=list(guardrails) or [Guardrail(metric="revenue_per_request")],
+    )
+
+
+def _cumulative(rng: np.random.Generator, lift: float) -> tuple[np.ndarray, ...]:
+    """Revenue per request, exponential (skewed), REPS runs of STEPS looks each (cumulative)."""
+    parts: list[list[np.ndarray]] = [[], [], [], []]
+    for _ in range(REPS // 50):  # in chunks, to keep memory small
+        c = rng.exponential(1.0, size=(50, STEPS, PER_STEP))
+        t = rng.exponential(1.0 + lift, size=(50, STEPS, PER_STEP))
+        for i, arr in enumerate((c.sum(2), (c * c).sum(2), t.sum(2), (t * t).sum(2))):
+            parts[i].append(arr.cumsum(1))
+    n = np.arange(1, STEPS + 1) * PER_STEP
+    return (n, *(np.concatenate(p) for p in parts))
+
+
+def _first_harm_or_exclusion(rng: np.random.Generator, lift: float, tau: float) -> np.ndarray:
+    """Per run: whether check_guardrail, run at every look, ever excluded 0 (or found harm)."""
+    n, sc, sqc, st_, sqt = _cumulative(rng, lift)
+    guardrail = Guardrail(metric="revenue_per_request", max_regression=tau)
+    fired = np.zeros(REPS, dtype=bool)
+    for r in range(REPS):
+        for k in range(STEPS):
+            control = ArmSummary.from_sums(int(n[k]), sc[r, k], sqc[r, k])
+            test = ArmSummary.from_sums(int(n[k]), st_[r, k], sqt[r, k])
+            result = check_guardrail(guardrail, "test", control, test)
+            assert result.ci_low is not None and result.ci_high is not None
+            if result.verdict == "harm" or result.ci_low > 0 or result.ci_high < 0:
+                fired[r] = True
+                break
+    return fired
+
+
+def test_aa_false_alarm_rate_checked_every_step_stays_below_alpha() -> None:
+    rng = np.random.default_rng(11)
+    fired = _first_harm_or_exclusion(rng, lift=0.0, tau=0.0)
+    rate = fired.mean()
+    # The sequence is valid at every look, so the chance it *ever* excludes the truth is <= alpha
+    # (binomial slack for 400 runs: 2 standard errors).
+    assert rate <= ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / REPS), rate
+
+
+def test_naive_intervals_peeked_every_step_do_inflate_false_alarms() -> None:
+    # The same A/A data judged with a fixed-horizon 95 % interval at every look: far above 5 %.
+    rng = np.random.default_rng(11)
+    n, sc, sqc, st_, sqt = _cumulative(rng, 0.0)
+    mean_c, mean_t = sc / n, st_ / n
+    var_c = (sqc - n * mean_c**2) / (n - 1)
+    var_t = (sqt - n * mean_t**2) / (n - 1)
+    z = (mean_t - mean_c) / np.sqrt(var_c / n + var_t / n)
+    naive = (np.abs(z) > 1.96).any(axis=1).mean()
+    assert naive > 3 * ALPHA, naive
+
+
+def test_detects_a_real_regression() -> None:
+    rng = np.random.default_rng(12)
+    n, sc, sqc, st_, sqt = _cumulative(rng, lift=-0.10)
+    guardrail = Guardrail(metric="revenue_per_request", max_regression=0.02)
+    found, looks = 0, []
+    for r in range(0, REPS, 10):
+        for k in range(STEPS):
+            control = ArmSummary.from_sums(int(n[k]), sc[r, k], sqc[r, k])
+            test = ArmSummary.from_sums(int(n[k]), st_[r, k], sqt[r, k])
+            if check_guardrail(guardrail, "test", control, test).verdict == "harm":
+                found += 1
+                looks.append(k + 1)
+                break
+    assert found == REPS // 10  # every run catches a 10 % drop
+    assert np.median(looks) < STEPS / 2
+
+
+def test_sequence_covers_the_truth_at_every_sample_size() -> None:
+    rng = np.random.default_rng(5)
+    misses = 0
+    for _ in range(300):
+        x = rng.normal(3.0, 2.0, size=2000)
+        n = np.arange(1, x.size + 1)
+        mean = np.cumsum(x) / n
+        low, high = confidence_sequence(mean, 2.0 / np.sqrt(n), n, ALPHA, tuning_n=500)
+        misses += bool(((low > 3.0) | (high < 3.0)).any())
+    assert misses / 300 <= ALPHA
+
+
+def test_margin_is_tightest_near_the_tuning_size_and_shrinks() -> None:
+    rho2 = tuning_rho2(1000, ALPHA)
+    n = np.array([10, 100, 1000, 10_000, 100_000])
+    width = mixture_margin(n, ALPHA, rho2) * np.sqrt(n)  # width relative to a fixed-n interval
+    assert width.argmin() == 2
+    assert (np.diff(mixture_margin(n, ALPHA, rho2)) < 0).all()
+    assert (width > stats.norm.ppf(1 - ALPHA / 2)).all()  # always wider than the fixed-n one
+    assert np.isinf(mixture_margin(0, ALPHA, rho2))
+
+
+def test_guardrail_directions() -> None:
+    control = ArmSummary(n=50_000, mean=0.02, var=0.02 * 0.98)
+    worse = ArmSummary(n=50_000, mean=0.024, var=0.024 * 0.976)
+    # A fallback rate 20 % higher is harm; a CTR 20 % higher is safe.
+    assert check_guardrail(Guardrail(metric="fallback_rate"), "t", control, worse).verdict == "harm"
+    assert check_guardrail(Guardrail(metric="ctr"), "t", control, worse).verdict == "safe"
+    # Calibration is two-sided: 20 % off either way is harm.
+    cal = ArmSummary(n=50_000, mean=1.0, var=0.5)
+    for mean in (0.8, 1.2):
+        off = ArmSummary(n=50_000, mean=mean, var=0.5)
+        assert check_guardrail(Guardrail(metric="calibration"), "t", cal, off).verdict == "harm"
+    # Too little data is no_data; a zero control mean is compared as an absolute difference.
+    tiny = ArmSummary(n=10, mean=0.02, var=0.01)
+    assert check_guardrail(Guardrail(metric="ctr"), "t", tiny, tiny).verdict == "no_data"
+    zero = ArmSummary(n=10_000, mean=0.0, var=0.0)
+    res = check_guardrail(Guardrail(metric="error_rate"), "t", zero, zero)
+    assert res.verdict == "safe" and res.relative is False
+
+
+def test_arm_summary_constructors_agree() -> None:
+    x = np.random.default_rng(1).normal(5, 2, size=1000)
+    a = ArmSummary.from_values(x)
+    b = ArmSummary.from_sums(x.size, x.sum(), (x * x).sum())
+    assert a.n == b.n and a.mean == pytest.approx(b.mean) and a.var == pytest.approx(b.var)
+
+
+def test_chi2_sf_matches_scipy() -> None:
+    for dof in range(1, 9):
+        for x in (0.01, 0.5, 1, 3.7, 10, 25, 60):
+            assert chi2_sf(x, dof) == pytest.approx(stats.chi2.sf(x, dof), rel=1e-9, abs=1e-300)
+
+
+def test_srm() -> None:
+    weights = {"control": 1.0, "test": 1.0}
+    ok = srm_test({"control": 10_000, "test": 10_150}, weights)
+    assert ok.verdict == "ok" and ok.p_value == pytest.approx(
+        stats.chisquare([10_000, 10_150]).pvalue
+    )
+    bad = srm_test({"control": 10_000, "test": 10_600}, weights)
+    assert bad.verdict == "fail" and bad.p_value is not None and bad.p_value < 0.001
+    skewed = srm_test({"control": 5000, "a": 2500, "b": 2500}, {"control": 2, "a": 1, "b": 1})
+    assert skewed.verdict == "ok"
+    assert srm_test({"control": 2, "test": 1}, weights).verdict == "no_data"
+
+
+def _healthy(n: int = 200_000) -> dict[str, ArmSummary]:
+    return {
+        "control": ArmSummary(n=n, mean=0.05, var=0.01),
+        "test": ArmSummary(n=n, mean=0.0502, var=0.01),
+    }
+
+
+def test_gate_advances_a_healthy_stage_after_its_minimum_time() -> None:
+    exp = _experiment(Guardrail(metric="revenue_per_request"), Guardrail(metric="srm"))
+    stats_in = GateInput(
+        units={"control": 5000, "test": 5040}, metrics={"revenue_per_request": _healthy()}
+    )
+    report = evaluate_gate(exp, stats_in, elapsed_minutes=61, min_minutes=60)
+    assert report.decision == "advance", report.reasons
+    early = evaluate_gate(exp, stats_in, elapsed_minutes=10, min_minutes=60)
+    assert early.decision == "hold" and "10.0 of its 60 minutes" in early.reasons[0]
+
+
+def test_gate_rolls_back_before_holding() -> None:
+    exp = _experiment(Guardrail(metric="revenue_per_request"), Guardrail(metric="srm"))
+    harmed = {
+        "control": ArmSummary(n=200_000, mean=0.05, var=0.01),
+        "test": ArmSummary(n=200_000, mean=0.045, var=0.01),
+    }
+    stats_in = GateInput(
+        units={"control": 5000, "test": 5000}, metrics={"revenue_per_request": harmed}
+    )
+    # Protective: a confident harm rolls back even before the stage's minimum time.
+    report = evaluate_gate(exp, stats_in, elapsed_minutes=1, min_minutes=60)
+    assert report.decision == "rollback"
+    assert report.guardrails[0].verdict == "harm"
+    srm = GateInput(
+        units={"control": 5000, "test": 5600}, metrics={"revenue_per_request": _healthy()}
+    )
+    report = evaluate_gate(exp, srm, elapsed_minutes=1, min_minutes=60)
+    assert report.decision == "rollback" and "sample ratio mismatch" in report.reasons[0]
+
+
+def test_gate_holds_without_enough_evidence() -> None:
+    exp = _experiment(Guardrail(metric="revenue_per_request"), Guardrail(metric="srm"))
+    assert evaluate_gate(exp, GateInput(), elapsed_minutes=100, min_minutes=60).decision == "hold"
+    noisy = {
+        "control": ArmSummary(n=2000, mean=0.05, var=0.01),
+        "test": ArmSummary(n=2000, mean=0.0495, var=0.01),
+    }
+    stats_in = GateInput(
+        units={"control": 500, "test": 500}, metrics={"revenue_per_request": noisy}
+    )
+    report = evaluate_gate(exp, stats_in, elapsed_minutes=100, min_minutes=60)
+    assert report.decision == "hold" and report.guardrails[0].verdict == "inconclusive"
+
+
+def test_gate_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        GateConfig(alpha=1.5)

@@ -1,0 +1,224 @@
+"""Infra check: error rate and latency p99 of all traffic against its own baseline, by dimension.
+
+An outage hits every arm of every experiment alike; when an experiment launched at the same time,
+this check is what keeps the blame off it. It also says whether the extra errors sit in one
+experiment arm (then that arm owns them) or are spread over all traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tools.checks._common import (
+    Described,
+    fmt_time,
+    no_data,
+    params_of,
+    series_evidence,
+    table,
+    to_result,
+)
+from tools.checks._engine import Finding, Judgement, SubjectFrame, assess, judge
+from tools.checks.fallback import proportion_test
+from tools.metrics import latency_quantile
+from tools.result import CheckResult, Evidence
+from tools.stats import compare_proportions
+from tools.telemetry import LATENCY_LADDER_MS
+
+__all__ = ["InfraParams", "infra_check"]
+
+
+@dataclass(frozen=True)
+class InfraParams:
+    """Thresholds of the infra check.
+
+    Attributes:
+        alpha_fail: Family-wise error rate to fail.
+        alpha_warn: The same, to warn.
+        error_increase_fail: Error-rate increase (absolute; 0.005 = 0.5 pp) that may fail.
+        error_increase_warn: The same, to warn.
+        slow_increase_fail: Increase of the share of requests slower than the baseline p99
+            (1 % by definition) that may fail.
+        slow_increase_warn: The same, to warn.
+        owner_share: Share of the excess errors one experiment arm must hold to own them.
+        min_requests: Fewest requests in window and baseline.
+    """
+
+    alpha_fail: float = 1e-3
+    alpha_warn: float = 1e-2
+    error_increase_fail: float = 0.005
+    error_increase_warn: float = 0.002
+    slow_increase_fail: float = 0.02
+    slow_increase_warn: float = 0.005
+    owner_share: float = 0.7
+    min_requests: int = 1000
+
+
+def _ladder_at_p99(frame: SubjectFrame) -> tuple[int, float] | None:
+    """Index of the first ladder threshold at or above the baseline p99, and that p99."""
+    w = frame.window
+    base = frame.sums("all", w.fetch_start, w.start).to_frame().T
+    if "lat_gt_0" not in base.columns or float(base["n_latency"].iloc[0]) <= 0:
+        return None
+    p99 = float(latency_quantile(base, 0.99).iloc[0])
+    k = int(np.searchsorted(np.asarray(LATENCY_LADDER_MS), p99 - 1e-9))
+    return min(k, len(LATENCY_LADDER_MS) - 1), p99
+
+
+def _owner(
+    f: Finding,
+    experiments: pd.DataFrame | None,
+    controls: Mapping[str, str],
+    frame: SubjectFrame,
+    p: InfraParams,
+) -> tuple[tuple[str, str] | None, Evidence | None]:
+    """The experiment arm holding most of the excess errors, if any, and a table per arm."""
+    if experiments is None or not len(experiments):
+        return None, None
+    base = frame.sums("all", *f.ref_span)
+    base_rate = float(base["n_error"] / max(base["n"], 1.0))
+    total = frame.sums("all", *f.focus)
+    excess_total = float(total["n_error"] - total["n"] * base_rate)
+    rows = experiments[(experiments["minute"] >= f.focus[0]) & (experiments["minute"] < f.focus[1])]
+    per = rows.groupby(["experiment_id", "arm"])[["n", "n_error"]].sum().reset_index()
+    if excess_total <= 0 or per.empty:
+        return None, None
+    per["error_rate"] = per["n_error"] / per["n"].where(per["n"] > 0)
+    per["excess_share"] = (per["n_error"] - per["n"] * base_rate) / excess_total
+    evidence = table(
+        "error rate per experiment arm",
+        per[["experiment_id", "arm", "n", "error_rate", "excess_share"]],
+        note=f"{fmt_time(f.focus[0])}-{fmt_time(f.focus[1])} UTC; baseline rate {base_rate:.3%}",
+    )
+    top = per.sort_values("excess_share", ascending=False).iloc[0]
+    exp, arm = str(top["experiment_id"]), str(top["arm"])
+    control = controls.get(exp)
+    if top["excess_share"] < p.owner_share or control is None or control == arm:
+        return None, evidence
+    ctrl = per[(per["experiment_id"] == exp) & (per["arm"] == control)]
+    if ctrl.empty:
+        return None, evidence
+    c = compare_proportions(
+        float(top["n_error"]),
+        float(top["n"]),
+        float(ctrl["n_error"].iloc[0]),
+        float(ctrl["n"].iloc[0]),
+        "up",
+    )
+    return ((exp, arm) if c.p_value < p.alpha_fail else None), evidence
+
+
+def infra_check(
+    frame: SubjectFrame,
+    *,
+    experiments: pd.DataFrame | None = None,
+    controls: Mapping[str, str] | None = None,
+    params: InfraParams | None = None,
+) -> CheckResult:
+    """Error rate and latency p99 of all traffic vs its baseline, by dimension and by arm.
+
+    Args:
+        frame: The all-traffic wide aggregate with the latency ladder, window plus baseline.
+        experiments: :meth:`tools.telemetry.TelemetryReader.experiments` rows over the same range,
+            to tell an infrastructure problem from one experiment arm's.
+        controls: Control arm per experiment id.
+        params: Thresholds.
+
+    Returns:
+        ``fail`` when errors or slow requests rise significantly and materially; ``experiment``
+        and ``arm`` are set only when one experiment arm owns the excess errors.
+    """
+    p = params or InfraParams()
+    settings = params_of(p)
+    w = frame.window
+    if frame.sums("all", w.fetch_start, w.start)["n"] < p.min_requests:
+        return no_data(
+            "infra", frame, "No baseline traffic before the window to compare with.", settings
+        )
+    errors = proportion_test(
+        "error rate",
+        "n_error",
+        fail=p.error_increase_fail,
+        warn=p.error_increase_warn,
+        min_n=p.min_requests,
+    )
+    comparand = frame.comparands()[0]
+    j_err = judge(
+        [assess(frame, comparand, errors)],
+        control=None,
+        alpha_fail=p.alpha_fail,
+        alpha_warn=p.alpha_warn,
+    )
+    ladder = _ladder_at_p99(frame)
+    j_lat: Judgement | None = None
+    lat_frame = frame
+    if ladder is not None:
+        k, base_p99 = ladder
+        cube = frame.cube.assign(lat_gt_p99=frame.cube[f"lat_gt_{k}"])
+        lat_frame = SubjectFrame(cube.drop(columns=["n_served"]), w, frame.subject, frame.dims)
+        slow = proportion_test(
+            f"share slower than {LATENCY_LADDER_MS[k]:.0f} ms (baseline p99 {base_p99:.0f} ms)",
+            "lat_gt_p99",
+            exposure="n_latency",
+            fail=p.slow_increase_fail,
+            warn=p.slow_increase_warn,
+            min_n=p.min_requests,
+        )
+        j_lat = judge(
+            [assess(lat_frame, comparand, slow)],
+            control=None,
+            alpha_fail=p.alpha_fail,
+            alpha_warn=p.alpha_warn,
+        )
+    evidence: list[Evidence] = [
+        series_evidence(frame, "error_rate"),
+        series_evidence(frame, "latency_p99"),
+    ]
+    rank = {"fail": 2, "warn": 1, "ok": 0, "no_data": -1}
+    use_lat = j_lat is not None and rank[j_lat.verdict] > rank[j_err.verdict]
+    judgement = j_lat if use_lat and j_lat is not None else j_err
+    target = lat_frame if use_lat else frame
+    unit_name = "slow-request share difference" if use_lat else "error rate difference"
+    result = to_result(
+        "infra",
+        judgement,
+        target,
+        Described(unit_name, "pp", 100.0, _describe),
+        settings,
+        evidence,
+        ok_summary="Error rate and latency p99 of all traffic are at their baseline.",
+    )
+    if result.verdict not in ("fail", "warn") or judgement.finding is None:
+        return result
+    owner, per_arm = (
+        _owner(judgement.finding, experiments, controls or {}, frame, p)
+        if not use_lat
+        else (None, None)
+    )
+    if per_arm is not None:
+        result = result.model_copy(update={"evidence": [*result.evidence, per_arm]})
+    if owner is not None:
+        exp, arm = owner
+        return result.model_copy(
+            update={
+                "experiment": exp,
+                "arm": arm,
+                "summary": result.summary.rstrip(".")
+                + f"; the excess errors sit in experiment {exp} arm {arm}, not in all traffic.",
+            }
+        )
+    return result.model_copy(
+        update={"summary": result.summary.rstrip(".") + "; no experiment arm owns it."}
+    )
+
+
+def _describe(f: Finding, frame: SubjectFrame) -> str:
+    t = frame.sums("all", *f.focus)
+    r = frame.sums("all", *f.ref_span)
+    rate_t = t[f.test.events] / max(t[f.test.exposure], 1.0)
+    rate_r = r[f.test.events] / max(r[f.test.exposure], 1.0)
+    return f"{f.test.name} of all traffic rose to {rate_t:.2%} from {rate_r:.2%}"

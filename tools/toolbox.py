@@ -1,0 +1,556 @@
+"""The Toolbox: the checks bound to a telemetry reader and the experiments and models they judge.
+
+This is what the agent (and an LLM, through tool schemas generated from these signatures and
+docstrings) calls. Every check fetches one wide aggregate per (subject, window) — the window plus
+``baseline_minutes`` before it — through the reader, which caches it; checks never re-scan.
+Times are UTC (naive datetimes are UTC; aware ones are converted).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+from tools.checks import (
+    AttributionParams,
+    CalibrationParams,
+    ChangePointParams,
+    FallbackParams,
+    InfraParams,
+    NEParams,
+    PredictionParams,
+    SRMParams,
+    StalenessParams,
+    SubjectFrame,
+    Window,
+    attribution_check,
+    calibration_check,
+    change_point_check,
+    fallback_check,
+    infra_check,
+    ne_check,
+    prediction_check,
+    srm_check,
+    staleness_check,
+)
+from tools.errors import ConfigError, NotFoundError
+from tools.metrics import metric_spec, metric_values
+from tools.result import CheckResult
+from tools.telemetry import Subject, TelemetryReader, to_datetime, to_minute
+
+__all__ = ["CHECKS", "CheckSettings", "ExperimentInfo", "ModelInfo", "Toolbox"]
+
+CHECKS: tuple[str, ...] = (
+    "prediction",
+    "calibration",
+    "ne",
+    "staleness",
+    "fallback",
+    "srm",
+    "attribution",
+    "change_point",
+    "infra",
+)
+"""The Toolbox methods that are checks (each returns a CheckResult)."""
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """What the checks need to know about an experiment.
+
+    Attributes:
+        id: Experiment id.
+        name: Human name.
+        layer: Layer id.
+        arms: Arm -> configured weight.
+        control: The control arm.
+        arm_models: Arm -> model id it serves (None: the production model).
+        owner: Owner.
+        launched_at: Launch time (UTC), if known.
+    """
+
+    id: str
+    name: str
+    layer: str
+    arms: Mapping[str, float]
+    control: str
+    arm_models: Mapping[str, str | None] = field(default_factory=lambda: MappingProxyType({}))
+    owner: str = ""
+    launched_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's id and refresh cadence in minutes (None: it does not refresh)."""
+
+    id: str
+    refresh_minutes: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds of every check and the windows the Toolbox reads.
+
+    Attributes:
+        baseline_minutes: Minutes before a window's start read as its baseline.
+        season_minutes: Period of the seasonal baseline for all-traffic change points.
+        max_blocks: Time blocks of a prediction histogram per fetched range.
+    """
+
+    baseline_minutes: int = 60
+    season_minutes: int = 1440
+    max_blocks: int = 96
+    prediction: PredictionParams = field(default_factory=PredictionParams)
+    calibration: CalibrationParams = field(default_factory=CalibrationParams)
+    ne: NEParams = field(default_factory=NEParams)
+    staleness: StalenessParams = field(default_factory=StalenessParams)
+    fallback: FallbackParams = field(default_factory=FallbackParams)
+    srm: SRMParams = field(default_factory=SRMParams)
+    attribution: AttributionParams = field(default_factory=AttributionParams)
+    change_point: ChangePointParams = field(default_factory=ChangePointParams)
+    infra: InfraParams = field(default_factory=InfraParams)
+
+
+class Toolbox:
+    """Diagnostic checks over one telemetry store, for the agent and its LLM.
+
+    Args:
+        reader: The telemetry reader (it caches every aggregate it fetches).
+        experiments: Experiment id -> :class:`ExperimentInfo`.
+        models: Model id -> :class:`ModelInfo`.
+        production_model: The model serving traffic outside ranking experiments.
+        settings: Thresholds and windows.
+    """
+
+    def __init__(
+        self,
+        reader: TelemetryReader,
+        experiments: Mapping[str, ExperimentInfo],
+        models: Mapping[str, ModelInfo] | None = None,
+        production_model: str | None = None,
+        settings: CheckSettings | None = None,
+    ) -> None:
+        self.reader = reader
+        self.experiments = MappingProxyType(dict(experiments))
+        self.models = MappingProxyType(dict(models or {}))
+        self.production_model = production_model
+        self.settings = settings or CheckSettings()
+        self._frames: dict[tuple[Subject, int, int, int], SubjectFrame] = {}
+        self._lock = threading.RLock()
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def prediction(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
+        """Check predictions: invalid values (NaN, outside [0, 1]), collapse, distribution shift.
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Compare each arm of this experiment with its control.
+            model_id: Without an experiment: compare this model with its own baseline.
+
+        Returns:
+            The check's result; ``fail`` names the arm, onset and dimension values.
+        """
+        subject = self._subject(experiment_id, model_id)
+        frame = self._frame(subject, start, end)
+        hist, block = self._histogram(subject, start, end)
+        return prediction_check(
+            frame,
+            hist=hist,
+            histogram=self.reader.histogram_spec,
+            block_minutes=block,
+            params=self.settings.prediction,
+        )
+
+    def calibration(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
+        """Check calibration (sum of predictions / sum of clicks) per arm and by prediction bucket.
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Compare each arm of this experiment with its control.
+            model_id: Without an experiment: compare this model with its own baseline.
+
+        Returns:
+            The check's result. A shift in every arm at once (params ``scope == "all_arms"``)
+            points at lost click logs rather than one model.
+        """
+        subject = self._subject(experiment_id, model_id)
+        frame = self._frame(subject, start, end)
+        hist, block = self._histogram(subject, start, end)
+        training = self._training(frame, "training_calibration")
+        return calibration_check(
+            frame,
+            hist=hist,
+            histogram=self.reader.histogram_spec,
+            block_minutes=block,
+            training=training,
+            params=self.settings.calibration,
+        )
+
+    def ne(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
+        """Check normalized entropy (mean log loss / entropy of the CTR) vs control and training.
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Compare each arm of this experiment with its control.
+            model_id: Without an experiment: compare this model with its own baseline.
+
+        Returns:
+            The check's result.
+        """
+        subject = self._subject(experiment_id, model_id)
+        frame = self._frame(subject, start, end)
+        return ne_check(
+            frame, training=self._training(frame, "training_ne"), params=self.settings.ne
+        )
+
+    def staleness(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
+        """Check the age of the served model snapshot against its refresh cadence and control.
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Check every arm of this experiment.
+            model_id: Without an experiment: check this model.
+
+        Returns:
+            The check's result; ``onset`` is the first refresh that did not happen.
+        """
+        subject = self._subject(experiment_id, model_id)
+        frame = self._frame(subject, start, end)
+        served = self._served_models(frame)
+        snapshots = self.reader.snapshots(sorted(set(served.values())))
+        refresh = {arm: self._cadence(model, snapshots) for arm, model in served.items()}
+        return staleness_check(frame, snapshots, refresh=refresh, params=self.settings.staleness)
+
+    def fallback(
+        self,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
+        model_id: str | None = None,
+    ) -> CheckResult:
+        """Check the share of requests served by the fallback model, per arm vs control.
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Compare each arm of this experiment with its control.
+            model_id: Without an experiment: compare this model with its own baseline.
+
+        Returns:
+            The check's result; ``fail`` names the arm, onset and dimension values.
+        """
+        subject = self._subject(experiment_id, model_id)
+        return fallback_check(self._frame(subject, start, end), params=self.settings.fallback)
+
+    def srm(self, start: datetime, end: datetime, experiment_id: str) -> CheckResult:
+        """Check sample ratio mismatch: units per arm against the configured weights (chi-square).
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: The experiment.
+
+        Returns:
+            The check's result; ``fail`` at p < 0.001 names the arm short of units.
+        """
+        info = self._experiment(experiment_id)
+        frame = self._frame(Subject(experiment_id=experiment_id), start, end)
+        units = self.reader.units(experiment_id, start, end)
+        return srm_check(
+            units, info.arms, experiment_id=experiment_id, frame=frame, params=self.settings.srm
+        )
+
+    def attribution(
+        self,
+        metric: str,
+        start: datetime,
+        end: datetime,
+        baseline_start: datetime | None = None,
+        baseline_end: datetime | None = None,
+    ) -> CheckResult:
+        """Rank the experiments and dimension values that explain a change of a global metric.
+
+        Args:
+            metric: ``revenue``, ``ctr``, ``error_rate`` or ``fallback_rate``.
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            baseline_start: Baseline start; default ``baseline_minutes`` before ``start``.
+            baseline_end: Baseline end; default ``start``.
+
+        Returns:
+            The check's result with every candidate's share of the change in its evidence.
+        """
+        if (baseline_start is None) != (baseline_end is None):
+            raise ConfigError("baseline_end", baseline_end, "give both baseline bounds or neither")
+        if baseline_start is None or baseline_end is None:
+            frame = self._frame(Subject(), start, end)
+            lo = to_datetime(frame.window.fetch_start)
+        else:
+            frame = self._joined_frame(start, end, baseline_start, baseline_end)
+            lo = baseline_start
+        experiments = self._experiments_rows(lo, end, baseline_start, baseline_end, start)
+        return attribution_check(
+            metric,
+            frame,
+            experiments=experiments,
+            controls=self._controls(),
+            params=self.settings.attribution,
+        )
+
+    def change_point(
+        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+    ) -> CheckResult:
+        """Find the onset minute of a regression of a metric (arm vs control, or vs baseline).
+
+        Args:
+            metric: ``revenue``, ``ctr``, ``ne``, ``calibration``, ``fallback_rate``,
+                ``error_rate``, ``invalid_rate``, ``latency_p99`` or ``latency_mean``.
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Read each arm of this experiment against its control; None reads all
+                traffic against its seasonal or pre-window level.
+
+        Returns:
+            The check's result with the onset.
+        """
+        metric_spec(metric)
+        subject = self._subject(experiment_id, None)
+        frame = self._frame(subject, start, end)
+        seasonal = None
+        if subject.kind != "experiment":
+            season = timedelta(minutes=self.settings.season_minutes)
+            cube = self.reader.cube(
+                subject,
+                to_datetime(frame.window.fetch_start) - season,
+                to_datetime(frame.window.end) - season,
+                latency=subject.kind == "all",
+            )
+            if len(cube):
+                shift = self.settings.season_minutes
+                seasonal = SubjectFrame(
+                    cube.assign(minute=cube["minute"] + shift),
+                    frame.window,
+                    subject,
+                    self.reader.schema.dimensions,
+                )
+        return change_point_check(
+            metric, frame, seasonal=seasonal, params=self.settings.change_point
+        )
+
+    def infra(self, start: datetime, end: datetime) -> CheckResult:
+        """Check error rate and latency p99 of all traffic against its baseline, by dimension.
+
+        Args:
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+
+        Returns:
+            The check's result; ``experiment``/``arm`` are set only when one arm owns the errors.
+        """
+        frame = self._frame(Subject(), start, end)
+        experiments = self.reader.experiments(to_datetime(frame.window.fetch_start), end)
+        return infra_check(
+            frame, experiments=experiments, controls=self._controls(), params=self.settings.infra
+        )
+
+    def metric_series(
+        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+    ) -> pd.DataFrame:
+        """Per-minute values of a metric per arm (all traffic: arm ``all``), for plots.
+
+        Args:
+            metric: A metric name (``revenue``, ``ctr``, ``ne``, ``calibration``, ...).
+            start: Window start (UTC).
+            end: Window end (UTC, exclusive).
+            experiment_id: Per arm of this experiment; None for all traffic.
+
+        Returns:
+            Columns ``minute`` (UTC datetime), ``arm``, ``value``.
+        """
+        metric_spec(metric)
+        frame = self._frame(self._subject(experiment_id, None), start, end)
+        w = frame.window
+        parts = []
+        for arm in frame.arms:
+            sums = frame.minute_sums(arm).loc[w.start : w.end - 1].reset_index(names="minute")
+            values = metric_values(sums.assign(arm=arm), metric)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "minute": pd.to_datetime(sums["minute"] * 60, unit="s"),
+                        "arm": arm,
+                        "value": values.to_numpy(float),
+                    }
+                )
+            )
+        if not parts:
+            return pd.DataFrame(
+                {"minute": pd.Series(dtype="datetime64[ns]"), "arm": [], "value": []}
+            )
+        return pd.concat(parts, ignore_index=True)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _experiment(self, experiment_id: str) -> ExperimentInfo:
+        info = self.experiments.get(experiment_id)
+        if info is None:
+            raise NotFoundError("experiment", experiment_id)
+        return info
+
+    def _subject(self, experiment_id: str | None, model_id: str | None) -> Subject:
+        if experiment_id is not None:
+            self._experiment(experiment_id)
+            return Subject(experiment_id=experiment_id)
+        return Subject(model_id=model_id)
+
+    def _window(self, start: datetime, end: datetime) -> Window:
+        lo, hi = to_minute(start), to_minute(end, ceil=True)
+        if hi <= lo:
+            raise ConfigError("end", end, f"window end must be after its start {start}")
+        return Window(lo - self.settings.baseline_minutes, lo, hi)
+
+    def _frame(self, subject: Subject, start: datetime, end: datetime) -> SubjectFrame:
+        w = self._window(start, end)
+        key = (subject, w.fetch_start, w.start, w.end)
+        with self._lock:
+            hit = self._frames.get(key)
+            if hit is None:
+                # Only all traffic carries the latency ladder (infra); it costs a third of a scan.
+                cube = self.reader.cube(
+                    subject,
+                    to_datetime(w.fetch_start),
+                    to_datetime(w.end),
+                    latency=subject.kind == "all",
+                )
+                control = (
+                    self.experiments[subject.experiment_id].control
+                    if subject.experiment_id is not None
+                    else None
+                )
+                hit = SubjectFrame(cube, w, subject, self.reader.schema.dimensions, control)
+                self._frames[key] = hit
+            return hit
+
+    def _joined_frame(
+        self, start: datetime, end: datetime, baseline_start: datetime, baseline_end: datetime
+    ) -> SubjectFrame:
+        lo, b_hi = to_minute(baseline_start), to_minute(baseline_end)
+        w_lo = to_minute(start)
+        if not lo < b_hi <= w_lo:
+            raise ConfigError(
+                "baseline_end", baseline_end, "the baseline must end by the window's start"
+            )
+        window = self.reader.cube(Subject(), start, end, latency=True)
+        base = self.reader.cube(Subject(), baseline_start, baseline_end, latency=True)
+        cube = pd.concat([base, window], ignore_index=True)
+        w = Window(lo, w_lo, to_minute(end, ceil=True))
+        return SubjectFrame(cube, w, Subject(), self.reader.schema.dimensions)
+
+    def _experiments_rows(
+        self,
+        lo: datetime,
+        end: datetime,
+        baseline_start: datetime | None,
+        baseline_end: datetime | None,
+        start: datetime,
+    ) -> pd.DataFrame:
+        if baseline_start is None or baseline_end is None:
+            return self.reader.experiments(lo, end)
+        return pd.concat(
+            [
+                self.reader.experiments(baseline_start, baseline_end),
+                self.reader.experiments(start, end),
+            ],
+            ignore_index=True,
+        )
+
+    def _histogram(
+        self, subject: Subject, start: datetime, end: datetime
+    ) -> tuple[pd.DataFrame, int]:
+        w = self._window(start, end)
+        block = max(1, math.ceil((w.end - w.fetch_start) / self.settings.max_blocks))
+        hist = self.reader.histogram(
+            subject, to_datetime(w.fetch_start), to_datetime(w.end), block_minutes=block
+        )
+        return hist, block
+
+    def _controls(self) -> dict[str, str]:
+        return {e.id: e.control for e in self.experiments.values()}
+
+    def _served_models(self, frame: SubjectFrame) -> dict[str, str]:
+        """Arm -> the model that served most of its window traffic."""
+        w = frame.window
+        c = frame.cube
+        rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
+        by = rows.groupby(["arm", "model_id"])["n"].sum().reset_index()
+        out: dict[str, str] = {}
+        for arm, group in by.groupby("arm"):
+            out[str(arm)] = str(group.sort_values("n").iloc[-1]["model_id"])
+        return out
+
+    def _training(self, frame: SubjectFrame, column: str) -> dict[str, float]:
+        """Arm -> the training metric of the snapshot it served most in the window."""
+        w = frame.window
+        c = frame.cube
+        rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
+        by = rows.groupby(["arm", "model_id", "model_version"])["n"].sum().reset_index()
+        if by.empty:
+            return {}
+        snaps = self.reader.snapshots(sorted(by["model_id"].unique().tolist()))
+        out: dict[str, float] = {}
+        for arm, group in by.groupby("arm"):
+            top = group.sort_values("n").iloc[-1]
+            row = snaps[
+                (snaps["model_id"] == top["model_id"])
+                & (snaps["model_version"] == top["model_version"])
+            ]
+            if len(row) and np.isfinite(row[column].iloc[0]):
+                out[str(arm)] = float(row[column].iloc[0])
+        return out
+
+    def _cadence(self, model_id: str, snapshots: pd.DataFrame) -> int | None:
+        """Refresh cadence: configured, else the median gap between published snapshots."""
+        info = self.models.get(model_id)
+        if info is not None:
+            return info.refresh_minutes
+        published = snapshots.loc[snapshots["model_id"] == model_id, "published_at"].sort_values()
+        if len(published) < 3:
+            return None
+        gaps = published.diff().dropna().dt.total_seconds() / 60
+        return round(float(gaps.median())) if len(gaps) else None
