@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
@@ -19,11 +20,22 @@ from agent.playbook import Playbook, SeriesMetric
 from agent.state import CheckOutcome, CheckTask, Localization, Suspect, Window
 from tools.result import CheckResult
 
-__all__ = ["SERIES_METRICS", "attributed_experiments", "localize", "plan", "run_task", "utc"]
+__all__ = [
+    "ATTRIBUTABLE",
+    "SERIES_METRICS",
+    "Attributed",
+    "attributed_experiments",
+    "localize",
+    "plan",
+    "run_task",
+    "utc",
+]
 
 _log = logging.getLogger(__name__)
 
 SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
+# Metrics the attribution check can split by experiment (per-request rates and means).
+ATTRIBUTABLE: tuple[str, ...] = ("revenue", "ctr", "fallback_rate", "error_rate")
 _EXPERIMENT_COLUMNS = ("experiment_id", "experiment")
 _SHARE_COLUMNS = (
     "share_of_change",
@@ -55,14 +67,33 @@ def _check_window(search: Window, onset: datetime | None, playbook: Playbook) ->
     return Window(start=max(search.start, min(utc(onset), latest)), end=search.end)
 
 
-def attributed_experiments(result: CheckResult) -> list[tuple[str, float]]:
-    """(experiment id, share of the change) from an attribution result, largest first.
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """One experiment's part of a metric's change (from an attribution result)."""
+
+    experiment: str
+    share: float
+    p_value: float | None
+
+
+def attributed_experiments(result: CheckResult) -> list[Attributed]:
+    """The experiments an attribution result credits with the change, largest share first.
 
     Reads the first evidence table that names experiments: either an experiment column
     (``experiment_id`` / ``experiment``), or ``kind`` + ``candidate`` rows where kind is
     ``experiment`` and the candidate is ``EXPERIMENT`` or ``EXPERIMENT/ARM`` (an experiment's
     share is its largest arm's). The share is the first of ``share_of_change`` / ``share`` /
-    ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present.
+    ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present; ``p_value`` is
+    read when present.
     """
     for ev in result.evidence:
         cols = [c.lower() for c in ev.columns]
@@ -70,9 +101,10 @@ def attributed_experiments(result: CheckResult) -> list[tuple[str, float]]:
         exp_col = next((cols.index(c) for c in _EXPERIMENT_COLUMNS if c in cols), None)
         kind_col = cols.index("kind") if "kind" in cols else None
         cand_col = cols.index("candidate") if "candidate" in cols else None
+        p_col = cols.index("p_value") if "p_value" in cols else None
         if share_col is None or (exp_col is None and (kind_col is None or cand_col is None)):
             continue
-        best: dict[str, float] = {}
+        best: dict[str, Attributed] = {}
         for row in ev.rows:
             if exp_col is not None:
                 exp = row[exp_col]
@@ -80,15 +112,16 @@ def attributed_experiments(result: CheckResult) -> list[tuple[str, float]]:
                 exp = str(row[cand_col]).split("/", 1)[0]
             else:
                 continue
-            share = row[share_col]
-            if exp is None or share is None or str(exp) in ("", "(none)", "none", "other"):
+            if exp is None or str(exp) in ("", "(none)", "none", "other"):
                 continue
-            try:
-                value = float(share)
-            except (TypeError, ValueError):
+            share = _number(row[share_col])
+            p = _number(row[p_col]) if p_col is not None else None
+            if share is None:
                 continue
-            best[str(exp)] = max(value, best.get(str(exp), float("-inf")))
-        return sorted(best.items(), key=lambda r: -r[1])
+            seen = best.get(str(exp))
+            if seen is None or share > seen.share:
+                best[str(exp)] = Attributed(str(exp), share, p)
+        return sorted(best.values(), key=lambda a: -a.share)
     return []
 
 
@@ -100,6 +133,58 @@ def _safe(run: Any, check: str, **kwargs: Any) -> CheckOutcome | None:
         _log.warning("localize check %s failed: %s", check, exc, exc_info=True)
         return None
     return CheckOutcome(key=f"{check}@localize", subject=subject, result=result)
+
+
+def _attribute(
+    toolbox: Any, metric: str, recent: Window, playbook: Playbook
+) -> list[tuple[str, CheckOutcome]]:
+    """Attribution of the alert metric (when attributable) and of each scan metric."""
+    metrics = [m for m in [metric, *playbook.suspects.scan_metrics] if m in ATTRIBUTABLE]
+    out: list[tuple[str, CheckOutcome]] = []
+    for m in dict.fromkeys(metrics):
+        found = _safe(
+            toolbox.attribution,
+            "attribution",
+            metric=m,
+            start=recent.start,
+            end=recent.end,
+            baseline_start=recent.start - timedelta(minutes=playbook.window.baseline_minutes),
+            baseline_end=recent.start,
+        )
+        if found is not None:
+            out.append((m, found.model_copy(update={"key": f"attribution:{m}@localize"})))
+    return out
+
+
+def _pick(
+    found: Sequence[tuple[str, CheckOutcome]],
+    metric: str,
+    playbook: Playbook,
+    known: set[str],
+) -> list[Suspect]:
+    """Significant contributors to any attributed change first, then the alert metric's largest."""
+    spec = playbook.suspects
+    picked: dict[str, Suspect] = {}
+
+    def add(exp: str, reason: str, share: float) -> None:
+        if len(picked) < spec.max_experiments and exp not in picked and (not known or exp in known):
+            picked[exp] = Suspect(scope="experiment", id=exp, reason=reason, share=share)
+
+    significant: list[tuple[float, str, str, float]] = []
+    for m, outcome in found:
+        for a in attributed_experiments(outcome.result):
+            if a.share >= spec.min_share and a.p_value is not None and a.p_value <= spec.alpha:
+                reason = f"explains {a.share:.0%} of the {m} change (p={a.p_value:.2g})"
+                significant.append((a.p_value, a.experiment, reason, a.share))
+    for _, exp, reason, share in sorted(significant, key=lambda t: (t[0], -t[3])):
+        add(exp, reason, share)
+    for m, outcome in found:
+        if m != metric:
+            continue
+        for a in attributed_experiments(outcome.result):
+            if a.share >= spec.min_share:
+                add(a.experiment, f"explains {a.share:.0%} of the {m} change", a.share)
+    return list(picked.values())
 
 
 def localize(
@@ -156,33 +241,12 @@ def localize(
         suspects.append(Suspect(scope="experiment", id=alert.experiment, reason="named by alert"))
     else:
         spec = playbook.suspects
-        if spec.max_experiments > 0 and metric in SERIES_METRICS:
-            found = _safe(
-                toolbox.attribution,
-                "attribution",
-                metric=metric,
-                start=recent.start,
-                end=recent.end,
-                baseline_start=recent.start - timedelta(minutes=playbook.window.baseline_minutes),
-                baseline_end=recent.start,
-            )
-            if found is not None:
-                results.append(found)
-                where = dict(found.result.where)
-                known = set(known_experiments)
-                for exp, share in attributed_experiments(found.result):
-                    if len(suspects) >= spec.max_experiments:
-                        break
-                    if share < spec.min_share or (known and exp not in known):
-                        continue
-                    suspects.append(
-                        Suspect(
-                            scope="experiment",
-                            id=exp,
-                            reason=f"explains {share:.0%} of the change",
-                            share=share,
-                        )
-                    )
+        if spec.max_experiments > 0:
+            attributions = _attribute(toolbox, metric, recent, playbook)
+            results += [outcome for _, outcome in attributions]
+            if attributions and attributions[0][0] == metric:
+                where = dict(attributions[0][1].result.where)
+            suspects += _pick(attributions, metric, playbook, set(known_experiments))
         if spec.production_model and production_model:
             suspects.append(
                 Suspect(scope="model", id=production_model, reason="serves traffic outside tests")

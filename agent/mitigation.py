@@ -108,6 +108,15 @@ def _target(cause: RootCause, action: MitigationAction) -> str | None:
     return None
 
 
+def _effect_text(outcome: CheckOutcome | None) -> str:
+    effect = outcome.result.effect if outcome is not None else None
+    if effect is None:
+        return ""
+    unit = "" if effect.unit in ("", "ratio") else f" {effect.unit}"
+    sign = "" if effect.unit == "ratio" else "+" if effect.estimate > 0 else ""
+    return f"{effect.name} {sign}{effect.estimate:.3g}{unit}"
+
+
 def _expected(action: MitigationAction, target: str | None, cause: RootCause, outcome: str) -> str:
     finding = f" ({outcome})" if outcome else ""
     if action == "kill_experiment":
@@ -160,15 +169,16 @@ def propose_for(
     target = _target(top, action)
     if action in _TARGETED and target is None:
         return []
-    failing = next(
+    primary = next(
         (
-            o.result.summary
+            o
             for name in top.evidence
             for o in outcomes
             if o.result.check == name and o.result.verdict == "fail"
         ),
-        "",
+        None,
     )
+    failing = _effect_text(primary)
     place = f" in experiment {top.experiment}" if top.experiment else ""
     place = place or (f" on model {top.model}" if top.model else " on all traffic")
     return [

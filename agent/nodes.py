@@ -159,6 +159,7 @@ class Nodes:
         if drawn:
             plots["check"] = drawn
         attribution = next((o for o in loc.results if o.result.check == "attribution"), None)
+        # The plot shows the alert metric's attribution (the first one run).
         drawn = attribution_plot(attribution)
         if drawn:
             plots["attribution"] = drawn

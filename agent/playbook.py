@@ -74,6 +74,10 @@ class _Finding(_Strict):
         default_factory=dict,
         description="Only when the result's params have these values, e.g. {scope: all_arms}.",
     )
+    direction: Literal["up", "down"] | None = Field(
+        default=None,
+        description="Only when the effect moved this way (a ratio against 1, else against 0).",
+    )
 
     def matches(self, result: CheckResult) -> bool:
         """Whether ``result`` is this finding."""
@@ -81,6 +85,13 @@ class _Finding(_Strict):
             return False
         if any(str(result.params.get(k)) != v for k, v in self.params.items()):
             return False
+        if self.direction is not None:
+            effect = result.effect
+            if effect is None:
+                return False
+            null = 1.0 if effect.unit == "ratio" else 0.0
+            if (effect.estimate > null) != (self.direction == "up"):
+                return False
         if self.finding is None:
             return True
         text = f"{result.effect.name if result.effect else ''} {result.summary}".lower()
@@ -153,10 +164,19 @@ class WindowSpec(_Strict):
 
 
 class SuspectSpec(_Strict):
-    """How a global alert picks the experiments and models to examine."""
+    """How a global alert picks the experiments and models to examine.
+
+    The alert's metric is attributed to experiments, and so is each ``scan_metrics`` metric (a
+    fallback or error spike in one experiment barely moves revenue, but owns the fallback rate's
+    change). Experiments whose contribution is significant (``p <= alpha``) and at least
+    ``min_share`` of a change come first; the largest contributors to the alert metric's change
+    fill the remaining places.
+    """
 
     max_experiments: int = Field(default=3, ge=0)
     min_share: float = Field(default=0.1, ge=0, le=1, description="Of the explained delta.")
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="Significance of a contribution.")
+    scan_metrics: list[SeriesMetric] = Field(default_factory=list)
     production_model: bool = True
 
 

@@ -134,7 +134,11 @@ def attribution_plot(outcome: CheckOutcome | None) -> str | None:
         return None
     with _plot_lock:
         fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(rows) + 1))
-        ax.barh([r[0] for r in reversed(rows)], [r[1] for r in reversed(rows)], color="#4472c4")
+        ax.barh(
+            [r.experiment for r in reversed(rows)],
+            [r.share for r in reversed(rows)],
+            color="#4472c4",
+        )
         ax.set_xlabel("share of the change explained")
         ax.set_title("Attribution by experiment")
         return _png(fig)

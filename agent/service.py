@@ -29,16 +29,15 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
-from agent.checkpoint import open_checkpointer
 from agent.deps import Catalog, Deps, ToolboxCache, ToolboxFactory
-from agent.deterministic import DeterministicReasoner
-from agent.graph import build_graph
+from agent.graph import build_graph, open_checkpointer
 from agent.mitigation import Actions, ApprovalPolicy, Executor, blast_radius
 from agent.models import Alert, InvestigationView, MitigationAction, MitigationView
 from agent.nodes import Nodes
 from agent.notify import Notifier, SafeNotifier
 from agent.playbook import load_playbooks
 from agent.reasoning import Reasoner
+from agent.runtime import reasoner_from_settings
 from agent.state import Decision, InvestigationState
 from agent.store import AgentStore, utcnow
 from lifecycle.settings import Settings
@@ -59,9 +58,9 @@ class Investigator:
 
     Args:
         settings: Stores, reports folder, LLM and approval settings.
-        reasoner: Ranks causes; the :class:`DeterministicReasoner` if None (an ``LLMReasoner``
-            when ``settings.llm_base_url`` is set is the caller's choice, see
-            :func:`agent.runtime.reasoner_from_settings`).
+        reasoner: Ranks causes; if None, the one the settings call for
+            (:func:`agent.runtime.reasoner_from_settings`: the ``LLMReasoner`` when
+            ``llm_base_url`` and ``llm_model`` are set, else the ``DeterministicReasoner``).
         notifier: Callbacks for Slack and the like (errors are logged, never raised).
         toolbox_factory: Builds the checks for an alert; from ``settings.telemetry_url`` if None.
         catalog: Experiments and the production model; from the state database if None.
@@ -102,7 +101,7 @@ class Investigator:
             settings=settings,
             store=self.store,
             playbooks=load_playbooks(settings.playbooks_dir),
-            reasoner=reasoner or DeterministicReasoner(),
+            reasoner=reasoner or reasoner_from_settings(settings),
             catalog=catalog,
             toolboxes=ToolboxCache(toolbox_factory),
             policy=policy,

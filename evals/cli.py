@@ -71,8 +71,11 @@ def sim(
 
 
 def register(app: typer.Typer) -> None:
-    """Attach the evals commands to the root CLI."""
+    """Attach the evals commands to the root CLI: ``sim``, ``eval`` (evals.runner), ``bench``."""
+    from evals.runner import eval_command
+
     app.command("sim")(sim)
+    app.command("eval")(eval_command)
     app.command("bench")(bench)
     from evals.runner import eval_command
 

@@ -250,6 +250,8 @@ def detect_change_points(
         raise ConfigError(
             "max_points", max_points, f"must be at least 4 * min_size = {4 * min_size}"
         )
+    if period is not None and period < 2:
+        raise ConfigError("period", period, "must be at least 2 points")
     y = _as_matrix(x, "x")
     n, d = y.shape
     if d == 0 or n < 2 * min_size:
@@ -257,8 +259,6 @@ def detect_change_points(
     if outlier_z > 0:
         y = _hampel(y, 2, outlier_z)
     if period is not None:
-        if period < 2:
-            raise ConfigError("period", period, "must be at least 2 points")
         y = _remove_season(y, period)
     y = _standardise(y)
     if not np.any(y.std(axis=0) > 0):

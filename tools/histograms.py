@@ -16,10 +16,13 @@ from scipy import stats as sps
 __all__ = [
     "BINNED_SUMS",
     "PointMass",
+    "Reliability",
     "Shift",
     "bin_sums",
     "calibration_buckets",
+    "logit_spread",
     "point_mass",
+    "reliability",
     "shift",
 ]
 
@@ -151,3 +154,72 @@ def _quantile_groups(shares: np.ndarray, buckets: int) -> np.ndarray:
     cum = np.cumsum(shares) - shares / 2
     groups: np.ndarray = np.clip((cum * buckets).astype(int), 0, buckets - 1)
     return groups
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Logistic calibration of binned predictions: ``logit P(click) = a + b · logit(p)``.
+
+    ``slope`` b is 1 for predictions as sharp as they deserve; noisier (over-confident)
+    predictions give a smaller slope, whatever their mean calibration (Cox 1958).
+    """
+
+    slope: float
+    slope_se: float
+    intercept: float
+    clicks: float
+    n: float
+
+
+def reliability(binned: pd.DataFrame, iterations: int = 25) -> Reliability | None:
+    """Fit the reliability slope on binned sums (``n``, ``sum_pred``, ``sum_label`` per bin).
+
+    Grouped logistic regression by Newton's method on the bins' mean predictions; the slope's
+    standard error comes from the inverse Fisher information. None without enough clicks.
+    """
+    n = binned["n"].to_numpy(float)
+    y = binned["sum_label"].to_numpy(float)
+    keep = n > 0
+    n, y = n[keep], y[keep]
+    if y.sum() < 20 or (n - y).sum() < 20 or keep.sum() < 3:
+        return None
+    p = np.clip(binned["sum_pred"].to_numpy(float)[keep] / n, 1e-9, 1 - 1e-9)
+    x = np.log(p / (1 - p))
+    design = np.column_stack([np.ones_like(x), x])
+    beta = np.array([0.0, 1.0])
+    info = np.eye(2)
+    for _ in range(iterations):
+        mu = 1 / (1 + np.exp(-(design @ beta)))
+        w = n * mu * (1 - mu)
+        info = design.T @ (design * w[:, None])
+        grad = design.T @ (y - n * mu)
+        try:
+            step = np.linalg.solve(info, grad)
+        except np.linalg.LinAlgError:
+            return None
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return None
+    se = float(np.sqrt(max(cov[1, 1], 0.0)))
+    if not (np.isfinite(beta).all() and se > 0):
+        return None
+    return Reliability(float(beta[1]), se, float(beta[0]), float(y.sum()), float(n.sum()))
+
+
+def logit_spread(binned: pd.DataFrame) -> float:
+    """Variance of logit(prediction) across the bins (weighted by count); NaN when empty."""
+    n = binned["n"].to_numpy(float)
+    if n.sum() <= 0:
+        return float("nan")
+    p = np.clip(
+        np.divide(binned["sum_pred"].to_numpy(float), n, out=np.zeros_like(n), where=n > 0),
+        1e-9,
+        1 - 1e-9,
+    )
+    x = np.log(p / (1 - p))
+    mean = float((n * x).sum() / n.sum())
+    return float((n * (x - mean) ** 2).sum() / n.sum())

@@ -25,143 +25,23 @@ Two methods, both returning ranked :class:`RootCause` items:
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from tools._adtributor import adtributor
+from tools._leaves import Cube, FloatArray, IntArray, RootCause, prepare
 from tools.errors import ConfigError
 
 __all__ = ["Direction", "RootCause", "adtributor", "localize"]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 Direction = Literal["auto", "increase", "decrease"]
 
 _CHI2_1_MEDIAN = 0.454936423119572  # median of a chi-square with 1 degree of freedom
-
-
-@dataclass(frozen=True)
-class RootCause:
-    """One localised cause.
-
-    Attributes:
-        elements: Dimension -> value (one or several dimensions), e.g. ``{"country": "FR"}``.
-        share: Share of the total change this slice explains (for :func:`adtributor`, the
-            explanatory power). Near 1 when the slice explains all of it.
-        score: Strength of the evidence: for :func:`localize` the log-likelihood ratio divided by
-            the over-dispersion; for :func:`adtributor` the surprise.
-        real: The KPI of the slice now.
-        forecast: The KPI of the slice as forecast.
-        leaves: Number of leaves in the slice.
-    """
-
-    elements: dict[str, str]
-    share: float
-    score: float
-    real: float
-    forecast: float
-    leaves: int = field(default=0)
-
-    def key(self) -> str:
-        """Canonical ``dim=value&dim=value`` string, parts sorted."""
-        return "&".join(sorted(f"{k}={v}" for k, v in self.elements.items()))
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for evidence tables and JSON."""
-        return {
-            "elements": dict(self.elements),
-            "share": self.share,
-            "score": self.score,
-            "real": self.real,
-            "forecast": self.forecast,
-            "leaves": self.leaves,
-        }
-
-
-# --- input ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Cube:
-    dims: list[str]
-    labels: pd.DataFrame  # dimension values as strings
-    real: FloatArray
-    forecast: FloatArray
-    real_den: FloatArray | None
-    forecast_den: FloatArray | None
-
-    @property
-    def ratio(self) -> bool:
-        return self.real_den is not None
-
-    def kpi(self, idx: IntArray | slice) -> tuple[float, float]:
-        """(real, forecast) KPI of the leaves ``idx``."""
-        r, f = float(self.real[idx].sum()), float(self.forecast[idx].sum())
-        if self.real_den is None or self.forecast_den is None:
-            return r, f
-        rd, fd = float(self.real_den[idx].sum()), float(self.forecast_den[idx].sum())
-        return (r / rd if rd > 0 else math.nan), (f / fd if fd > 0 else math.nan)
-
-
-def _column(frame: pd.DataFrame, name: str, arg: str) -> FloatArray:
-    if name not in frame.columns:
-        raise ConfigError(arg, name, f"is not a column of the leaves (columns: {list(frame)})")
-    try:
-        values = pd.to_numeric(frame[name]).to_numpy(dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(arg, name, "must be a numeric column") from exc
-    return values
-
-
-def _prepare(
-    leaves: pd.DataFrame,
-    dimensions: Sequence[str] | None,
-    real: str,
-    forecast: str,
-    real_den: str | None,
-    forecast_den: str | None,
-) -> _Cube:
-    if not isinstance(leaves, pd.DataFrame):
-        raise ConfigError("leaves", type(leaves).__name__, "must be a pandas DataFrame")
-    if (real_den is None) != (forecast_den is None):
-        raise ConfigError("real_den", (real_den, forecast_den), "give both denominators or none")
-    value_cols = [c for c in (real, forecast, real_den, forecast_den) if c is not None]
-    dims = list(dimensions) if dimensions is not None else []
-    if dimensions is None:
-        dims = [c for c in leaves.columns if c not in value_cols]
-    missing = [d for d in dims if d not in leaves.columns]
-    if missing:
-        raise ConfigError("dimensions", missing, "are not columns of the leaves")
-    if not dims:
-        raise ConfigError("dimensions", dims, "need at least one dimension column")
-    cols = {
-        a: _column(leaves, c, a)
-        for a, c in zip(
-            ("real", "forecast", "real_den", "forecast_den"),
-            (real, forecast, real_den, forecast_den),
-            strict=True,
-        )
-        if c is not None
-    }
-    finite = np.logical_and.reduce([np.isfinite(v) for v in cols.values()])
-    for arg, values in cols.items():
-        if np.any(values[finite] < 0):
-            raise ConfigError(arg, float(values[finite].min()), "must not be negative")
-    keep = np.flatnonzero(finite)
-    labels = leaves[dims].iloc[keep].astype(str).reset_index(drop=True)
-    return _Cube(
-        dims=dims,
-        labels=labels,
-        real=cols["real"][keep],
-        forecast=cols["forecast"][keep],
-        real_den=cols["real_den"][keep] if "real_den" in cols else None,
-        forecast_den=cols["forecast_den"][keep] if "forecast_den" in cols else None,
-    )
 
 
 # --- the statistical model of the ripple-consistent scan -------------------------------------
@@ -194,7 +74,7 @@ class _Model:
     the denominator as exposure).
     """
 
-    def __init__(self, cube: _Cube) -> None:
+    def __init__(self, cube: Cube) -> None:
         self.binomial = False
         if cube.real_den is not None and cube.forecast_den is not None:
             num_f, den_f = cube.forecast, cube.forecast_den
@@ -244,7 +124,7 @@ class _Cuboid:
     values: list[tuple[str, ...]]  # group -> dimension values
 
 
-def _cuboids(cube: _Cube, max_order: int) -> list[_Cuboid]:
+def _cuboids(cube: Cube, max_order: int) -> list[_Cuboid]:
     """Every combination of 1..max_order dimensions, with each leaf's group in it."""
     single: dict[str, tuple[IntArray, list[str]]] = {}
     for d in cube.dims:
@@ -268,7 +148,7 @@ def _cuboids(cube: _Cube, max_order: int) -> list[_Cuboid]:
 class _Scan:
     """Greedy search for the slices that explain the change in one direction (``sign``)."""
 
-    def __init__(self, cube: _Cube, model: _Model, cuboids: list[_Cuboid], sign: float) -> None:
+    def __init__(self, cube: Cube, model: _Model, cuboids: list[_Cuboid], sign: float) -> None:
         self.cube, self.model, self.cuboids, self.sign = cube, model, cuboids, sign
         self.index = {c.dims: i for i, c in enumerate(cuboids)}
         self.excess = sign * (model.y - model.e)
@@ -319,12 +199,9 @@ class _Scan:
                 ev_full, ex_full = self.group_evidence(full)
                 siblings = np.setdiff1d(full, members, assume_unique=True)
                 ev_sib, ex_sib = self.group_evidence(siblings) if siblings.size else (0.0, 0.0)
-                if (
-                    ex_full > 0
-                    and ev_full >= generality * score
-                    and ex_sib > 0
-                    and (ev_sib >= sibling_evidence)
-                ):
+                # the parent must keep most of the evidence, and its extra leaves must have moved
+                keeps = ex_full > 0 and ev_full >= generality * score
+                if keeps and ex_sib > 0 and ev_sib >= sibling_evidence:
                     options.append((ev_full, pi, pg, full))
             if not options:
                 break
@@ -419,7 +296,7 @@ def localize(
         raise ConfigError("max_order", (max_order, max_causes), "max_order/max_causes must be >= 1")
     if not 0 < generality <= 1:
         raise ConfigError("generality", generality, "must be in (0, 1]")
-    cube = _prepare(leaves, dimensions, real, forecast, real_den, forecast_den)
+    cube = prepare(leaves, dimensions, real, forecast, real_den, forecast_den)
     if cube.real.size == 0:
         return []
     model = _Model(cube)
@@ -433,113 +310,3 @@ def localize(
         if top > best[0]:
             best = (top, causes)
     return best[1]
-
-
-# --- Adtributor -----------------------------------------------------------------------------
-
-
-def _surprise(p: FloatArray, q: FloatArray) -> FloatArray:
-    """Adtributor's surprise: the Jensen-Shannon terms of forecast shares p and real shares q."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pt = np.nan_to_num(p * np.log(2 * p / (p + q)))
-        qt = np.nan_to_num(q * np.log(2 * q / (p + q)))
-    out: FloatArray = 0.5 * (pt + qt)
-    return out
-
-
-def adtributor(
-    leaves: pd.DataFrame,
-    dimensions: Sequence[str] | None = None,
-    *,
-    real: str = "real",
-    forecast: str = "forecast",
-    real_den: str | None = None,
-    forecast_den: str | None = None,
-    teep: float = 0.1,
-    tep: float = 0.67,
-    k: int = 3,
-) -> list[RootCause]:
-    """Adtributor: per dimension, the surprising elements that explain the change, ranked.
-
-    For each element (one dimension value) the explanatory power EP is the share of the total KPI
-    change it would cause alone (for a ratio KPI, the change of the ratio if only this element's
-    numerator and denominator moved), and the surprise is the Jensen-Shannon divergence of its
-    share of the forecast and of the real totals (summed over numerator and denominator). Per
-    dimension, elements by decreasing surprise with EP > ``teep`` are taken until their EP sums to
-    more than ``tep``; the ``k`` dimensions with the most surprise win.
-
-    Args:
-        leaves: Leaves with dimension and value columns (see :func:`localize`).
-        dimensions: Dimension columns; default: every non-value column.
-        real: Real value (numerator) column.
-        forecast: Forecast value (numerator) column.
-        real_den: Real denominator column, for a ratio KPI.
-        forecast_den: Forecast denominator column, for a ratio KPI.
-        teep: Least explanatory power of one element.
-        tep: Explanatory power a dimension's set must exceed.
-        k: Number of dimensions (sets) returned.
-
-    Returns:
-        The elements of the ``k`` best sets, set by set (most surprising first); ``share`` is the
-        element's EP and ``score`` its surprise.
-
-    Raises:
-        ConfigError: On missing or non-numeric columns, negative values or bad settings.
-    """
-    if k < 1:
-        raise ConfigError("k", k, "must be >= 1")
-    cube = _prepare(leaves, dimensions, real, forecast, real_den, forecast_den)
-    if cube.real.size == 0:
-        return []
-    a_tot, f_tot = float(cube.real.sum()), float(cube.forecast.sum())
-    if cube.real_den is not None and cube.forecast_den is not None:
-        ad_tot, fd_tot = float(cube.real_den.sum()), float(cube.forecast_den.sum())
-        if ad_tot <= 0 or fd_tot <= 0:
-            return []
-        change = a_tot / ad_tot - f_tot / fd_tot
-    else:
-        change = a_tot - f_tot
-    if change == 0:
-        return []
-    sets: list[tuple[float, list[RootCause]]] = []
-    for dim in cube.dims:
-        codes, uniques = pd.factorize(cube.labels[dim])
-        size = len(uniques)
-
-        def total(a: FloatArray, codes: Any = codes, size: int = size) -> FloatArray:
-            out: FloatArray = np.bincount(codes, a, size).astype(np.float64)
-            return out
-
-        a, f = total(cube.real), total(cube.forecast)
-        if cube.real_den is not None and cube.forecast_den is not None:
-            ad, fd = total(cube.real_den), total(cube.forecast_den)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                alone = ((a - f) * fd_tot - (ad - fd) * f_tot) / (fd_tot * (fd_tot + ad - fd))
-            ep = np.nan_to_num(alone) / change
-            surprise = _surprise(f / f_tot, a / a_tot) + _surprise(fd / fd_tot, ad / ad_tot)
-        else:
-            ep = (a - f) / change
-            surprise = _surprise(f / f_tot if f_tot else f, a / a_tot if a_tot else a)
-        chosen: list[RootCause] = []
-        cumulative = 0.0
-        for j in np.argsort(-surprise, kind="stable"):
-            if ep[j] <= teep:
-                continue
-            rd = float(ad[j]) if cube.real_den is not None else 1.0
-            fdj = float(fd[j]) if cube.real_den is not None else 1.0
-            chosen.append(
-                RootCause(
-                    elements={dim: str(uniques[j])},
-                    share=float(ep[j]),
-                    score=float(surprise[j]),
-                    real=float(a[j]) / rd if rd > 0 else math.nan,
-                    forecast=float(f[j]) / fdj if fdj > 0 else math.nan,
-                    leaves=int(np.sum(codes == j)),
-                )
-            )
-            cumulative += float(ep[j])
-            if cumulative > tep:
-                sets.append((sum(c.score for c in chosen), chosen))
-                break
-    sets.sort(key=lambda s: -s[0])
-    return [cause for _, chosen in sets[:k] for cause in chosen]

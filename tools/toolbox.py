@@ -228,8 +228,14 @@ class Toolbox:
         """
         subject = self._subject(experiment_id, model_id)
         frame = self._frame(subject, start, end)
+        hist, block = self._histogram(subject, start, end)
         return ne_check(
-            frame, training=self._training(frame, "training_ne"), params=self.settings.ne
+            frame,
+            training=self._training(frame, "training_ne"),
+            hist=hist,
+            histogram=self.reader.histogram_spec,
+            block_minutes=block,
+            params=self.settings.ne,
         )
 
     def staleness(

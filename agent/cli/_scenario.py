@@ -123,8 +123,8 @@ def create_experiments(scenario: Any, service: Any) -> list[str]:
             raise ConfigError(
                 f"world.experiments[{i}].id",
                 exp.id,
-                "exists in the state store with another configuration; "
-                "use a fresh VIGIL_HOME (or remove .vigil/)",
+                "exists in the state store with another configuration; remove .vigil/ "
+                "or point VIGIL_STATE_URL at a fresh store",
             )
     if not fresh:
         return []

@@ -111,10 +111,9 @@ def summary_json(view: InvestigationView) -> dict[str, Any]:
 
 
 def _investigator(settings: Settings, **kwargs: Any) -> Any:
-    from agent.runtime import reasoner_from_settings
     from agent.service import Investigator
 
-    return Investigator(settings, reasoner=reasoner_from_settings(settings), **kwargs)
+    return Investigator(settings, **kwargs)
 
 
 def print_view(view: InvestigationView) -> None:

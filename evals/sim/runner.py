@@ -1,9 +1,10 @@
 """``simulate``: write (append) a slice of a scenario's world to a telemetry database.
 
-The world is cut into aligned blocks of minutes; each block is simulated in numpy and written as
-Arrow tables while the next block is being simulated (DuckDB inserts release the GIL, so the two
-overlap on two cores). ``model_snapshots`` gets every model version live in the slice that the
-database does not hold yet, so slices can be appended one after the other.
+The world is cut into aligned blocks of minutes; each block is simulated in numpy and handed, as
+Arrow tables, to a writer thread while the next block is being simulated (DuckDB inserts release
+the GIL, so the two overlap on two cores; the writer buffers about a million rows per INSERT).
+``model_snapshots`` gets every model version live in the slice that the database does not hold
+yet, so slices can be appended one after the other. Everything is written in one transaction.
 """
 
 from __future__ import annotations

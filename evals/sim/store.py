@@ -93,10 +93,16 @@ class TelemetryWriter:
         self._engine = engine
         self._conn = connection
         self._duck: Any = None
+        self._threads: int | None = None
         if engine.dialect.name == "duckdb":
             self._duck = connection.connection.driver_connection
             # The simulator's numpy thread keeps one core busy; a second DuckDB thread only
             # contends with it (measured: twice the CPU for the same inserts on two cores).
+            # The setting is the database instance's, which a reader in this process may share,
+            # so it is restored when the writer is done.
+            self._threads = int(
+                self._duck.execute("SELECT current_setting('threads')").fetchall()[0][0]
+            )
             self._duck.execute("SET threads = 1")
         self.rows: dict[str, int] = dict.fromkeys(TABLES, 0)
         self._buffer: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
@@ -130,6 +136,12 @@ class TelemetryWriter:
         for table in TABLES:
             self._flush(table)
 
+    def restore(self) -> None:
+        """Give the database its own thread count back."""
+        if self._duck is not None and self._threads is not None:
+            self._duck.execute(f"SET threads = {self._threads}")
+            self._threads = None
+
     def _flush(self, table: str) -> None:
         if not self._buffer[table]:
             return
@@ -140,7 +152,9 @@ class TelemetryWriter:
         columns = ", ".join(c.name for c in TABLES[table].columns)
         self._duck.register(name, data)
         try:
-            self._duck.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM {name}")
+            # DuckDB 2 streams results: fetch the row count so the insert has finished before
+            # the Arrow table is unregistered.
+            self._duck.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM {name}").fetchall()
         finally:
             self._duck.unregister(name)
 
@@ -175,8 +189,11 @@ def open_writer(url: str, *, replace: bool = False) -> Iterator[TelemetryWriter]
             metadata.create_all(conn)
         with engine.begin() as conn:
             writer = TelemetryWriter(engine, conn)
-            yield writer
-            writer.flush()
+            try:
+                yield writer
+                writer.flush()
+            finally:
+                writer.restore()
     except sa.exc.SQLAlchemyError as exc:
         raise TelemetryError(f"telemetry store {parsed!r}: {exc}") from exc
     finally:

@@ -287,6 +287,7 @@ def build_world(
         adload_luts=adload_luts,
         faults=faults,
         lost_units=lost_units,
+        # The pilot samples the world's own traffic, so it is measured once the world exists.
         pilot=eco.Pilot(np.zeros(1), np.zeros(1), np.ones(1), 0.0, w.base_ctr),
         diurnal=w.diurnal,
         rpm=float(w.requests_per_minute),

@@ -39,6 +39,9 @@ def fail(
     onset: datetime | None = None,
     p: float = 1e-9,
     effect: str = "difference",
+    estimate: float = 0.3,
+    unit: str = "pp",
+    params: dict[str, Any] | None = None,
 ) -> CheckResult:
     """A failing result with a series evidence (test vs control)."""
     rows: list[list[Any]] = [
@@ -48,11 +51,12 @@ def fail(
         check=check,
         verdict="fail",
         summary=summary,
-        effect=Effect(name=effect, estimate=0.3, ci_low=0.25, ci_high=0.35, unit="pp"),
+        effect=Effect(name=effect, estimate=estimate, unit=unit),
         p_value=p,
         onset=onset,
         experiment=experiment,
         arm=arm,
+        params=dict(params or {}),
         evidence=[
             Evidence(
                 name=f"{check} per minute",
@@ -75,12 +79,12 @@ class FakeToolbox:
         results: Mapping[str, CheckResult] | None = None,
         *,
         onset: datetime | None = None,
-        attribution: list[tuple[str, float]] | None = None,
+        attribution: Mapping[str, list[tuple[str, float, float | None]]] | None = None,
         series: Mapping[str, pd.DataFrame] | None = None,
     ) -> None:
         self.results = dict(results or {})
         self.onset = onset
-        self.attribution_rows = attribution or []
+        self.attribution_rows = dict(attribution or {})
         self.series = dict(series or {})
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
@@ -242,14 +246,20 @@ class FakeToolbox:
         """
         with self._lock:
             self.calls.append(("attribution", {"metric": metric}))
-        rows: list[list[Any]] = [[e, s] for e, s in self.attribution_rows]
+        rows: list[list[Any]] = [
+            ["experiment", f"{e}/test", s / 100, s, p]
+            for e, s, p in self.attribution_rows.get(metric, [])
+        ]
         return CheckResult(
             check="attribution",
             verdict="fail" if rows else "ok",
-            summary="Attribution by experiment.",
+            summary=f"Attribution of {metric} by experiment.",
             evidence=[
                 Evidence(
-                    name="experiments", kind="table", columns=["experiment_id", "share"], rows=rows
+                    name="candidates",
+                    kind="table",
+                    columns=["kind", "candidate", "contribution", "share_of_change", "p_value"],
+                    rows=rows,
                 )
             ],
         )

@@ -15,6 +15,15 @@ EXP = Suspect(scope="experiment", id="879")
 MODEL = Suspect(scope="model", id="ctr_v41")
 ALL = Suspect(scope="global")
 CHECKS = ("prediction", "calibration", "ne", "staleness", "fallback", "srm")
+# Every arm's calibration rose together: a shared (measurement) cause, not one arm.
+LOST_CLICKS = fail(
+    "calibration",
+    "every arm at once",
+    arm=None,
+    estimate=1.3,
+    unit="ratio",
+    params={"scope": "all_arms"},
+)
 
 
 def warn(check: str, summary: str = "a small shift") -> CheckResult:
@@ -52,7 +61,8 @@ def ranking():
             {"calibration": fail("calibration", "1.4"), "prediction": warn("prediction")},
             "miscalibration",
         ),
-        ({"calibration": fail("calibration", "labels lost")}, "logging_loss"),
+        ({"calibration": fail("calibration", "1.4", estimate=1.4, unit="ratio")}, "miscalibration"),
+        ({"calibration": LOST_CLICKS}, "logging_loss"),
         ({"ne": fail("ne", "worse")}, "ne_regression"),
         ({"srm": fail("srm", "ratio off")}, "allocation_bug"),
         ({"infra": fail("infra", "errors", arm=None)}, "infra_outage"),
@@ -112,10 +122,31 @@ def test_a_specific_cause_explains_the_generic_symptom(ranking):
 
 
 def test_changed_predictions_rule_out_logging_loss(ranking):
-    found = outcomes(EXP, calibration=fail("calibration", "x"), prediction=warn("prediction"))
+    found = outcomes(EXP, calibration=LOST_CLICKS, prediction=warn("prediction"))
     causes, ruled = rank_causes(ranking, [EXP, ALL], found)
-    assert causes[0].cause == "miscalibration"
+    assert [c.cause for c in causes] == ["none"]  # all arms moved: not the experiment's doing
     assert [r[0] for r in ruled] == ["logging_loss"]
+
+
+@pytest.mark.parametrize(("estimate", "cause"), [(1.4, "logging_loss"), (0.8, "miscalibration")])
+def test_lost_clicks_can_only_raise_calibration(ranking, estimate, cause):
+    moved = fail(
+        "calibration",
+        "vs own baseline",
+        arm=None,
+        estimate=estimate,
+        unit="ratio",
+        params={"scope": "subject"},
+    )
+    causes, _ = rank_causes(ranking, [MODEL, ALL], outcomes(MODEL, calibration=moved))
+    assert (causes[0].cause, causes[0].model) == (cause, "ctr_v41")
+
+
+def test_a_finding_in_every_arm_or_the_control_does_not_blame_the_experiment(ranking):
+    for arm in (None, "control"):
+        found = outcomes(EXP, fallback=fail("fallback", "moved", arm=arm))
+        causes, _ = rank_causes(ranking, [EXP, ALL], found, {"879": "control"})
+        assert [c.cause for c in causes] == ["none"], arm
 
 
 def test_stronger_evidence_breaks_ties_between_suspects(ranking):

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from agent.checkpoint import open_checkpointer, serializer
+from agent.graph import open_checkpointer, serializer
 from agent.llm_tools import REDACTED, quote_data, redact, redact_text
 from agent.mitigation import ApprovalPolicy, blast_radius
 from agent.models import MitigationView

@@ -80,7 +80,7 @@ def test_global_alert_blames_the_attributed_experiment_and_checks_run_per_suspec
     box = FakeToolbox(
         {"prediction@experiment:880": fail("prediction", "12% NaN predictions.", experiment="880")},
         onset=at(150),
-        attribution=[("880", 0.7), ("879", 0.2), ("881", 0.05)],
+        attribution={"revenue": [("880", 0.7, 0.2), ("879", 0.2, 0.4), ("881", 0.05, 0.5)]},
     )
     h = harness(box)
     view = h.investigator().investigate(alert(experiment=None))
@@ -90,9 +90,30 @@ def test_global_alert_blames_the_attributed_experiment_and_checks_run_per_suspec
         kw.get("experiment_id") or kw.get("model_id") for c, kw in box.calls if c == "prediction"
     }
     assert subjects == {"880", "879", "ctr_v41"}  # 881 explains too little to be a suspect
-    assert (
-        '**Experiment 880 ("Experiment 880")** — explains 70% of the change' in view.report_markdown
+    assert {kw["metric"] for c, kw in box.calls if c == "attribution"} == {
+        "revenue",
+        "fallback_rate",
+        "error_rate",
+    }
+    assert '**Experiment 880 ("Experiment 880")** — explains 70% of the revenue change' in (
+        view.report_markdown
     )
+
+
+def test_a_significant_contributor_to_a_scanned_metric_is_suspect_first(harness):
+    # A fallback spike in 885 barely moves revenue, but owns the fallback rate's change.
+    box = FakeToolbox(
+        {"fallback@experiment:885": fail("fallback", "Test arm falls back.", experiment="885")},
+        attribution={
+            "revenue": [("879", 0.5, 0.3), ("880", 0.3, 0.4), ("881", 0.2, 0.5)],
+            "fallback_rate": [("885", 0.98, 1e-12), ("879", 0.01, 0.6)],
+        },
+    )
+    h = harness(box)
+    view = h.investigator().investigate(alert(experiment=None))
+    assert (view.root_causes[0].cause, view.root_causes[0].experiment) == ("model_fallback", "885")
+    assert "explains 98% of the fallback_rate change" in view.report_markdown
+    assert [(m.action, m.target) for m in view.mitigations] == [("kill_experiment", "885")]
 
 
 def test_owner_approval_executes_exactly_once_and_verifies(harness):

@@ -21,7 +21,7 @@ def ab_world(
     experiments: list[dict[str, Any]] | None = None,
     minutes: int = 60,
     rpm: int = 4000,
-    seed: int = 9,
+    seed: int = 5,
     models: list[dict[str, Any]] | None = None,
     **world: Any,
 ) -> Scenario:

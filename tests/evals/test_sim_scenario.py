@@ -30,7 +30,8 @@ EXAMPLE = ROOT / "evals" / "scenarios" / "fallback-spike-879.yaml"
 
 
 def _example() -> dict[str, Any]:
-    return yaml.safe_load(EXAMPLE.read_text())
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    return data
 
 
 # --- errors name the field ------------------------------------------------------------------
@@ -122,8 +123,12 @@ def test_severity_ranges_per_kind() -> None:
 
 def test_stale_model_needs_a_refreshing_model() -> None:
     data = _example()
-    data["faults"][0] = {"kind": "stale_model", "model": "ctr_v41", "start_minute": 100,
-                         "severity": 0.5}
+    data["faults"][0] = {
+        "kind": "stale_model",
+        "model": "ctr_v41",
+        "start_minute": 100,
+        "severity": 0.5,
+    }
     with pytest.raises(ConfigError, match="refresh_minutes") as err:
         parse_scenario(data)
     assert err.value.field == "faults[0].kind"
@@ -145,7 +150,10 @@ def test_design_example_loads() -> None:
     assert scenario.name == "fallback-spike-879"
     fault = scenario.faults[0]
     assert (fault.kind, fault.experiment, fault.arm, fault.severity) == (
-        "model_fallback", "879", "test", 0.35
+        "model_fallback",
+        "879",
+        "test",
+        0.35,
     )
     assert fault.where == {"platform": "android"}
     assert scenario.expect.root_cause == "model_fallback"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tools.checks._engine import Finding, Judgement, SubjectFrame, localize
+from tools.checks._engine import Finding, Judgement, SubjectFrame, localize, refine
 from tools.metrics import metric_values
 from tools.result import CheckResult, Effect, Evidence, Scalar, Verdict
 from tools.telemetry import to_datetime
@@ -174,6 +174,27 @@ def to_result(
             params=params,
         )
     where = localize(frame, f)
+    verdict = judgement.verdict
+    shown = frame
+    if where and judgement.scope in ("arm", "subject"):
+        # Inside its slice the fault is undiluted: a sharper onset and effect, maybe a fail.
+        refined = refine(frame, f, where, frame.dim_values())
+        if refined is not None and refined.culprit is not None:
+            family = max(len(judgement.findings), 1)
+            refined = replace(refined, adjusted_p=min(1.0, refined.p_value * family))
+            alpha = float(params.get("alpha_fail", 0.0))
+            if refined.significant(alpha, f.test.fail_effect):
+                verdict = "fail"
+            if refined.adjusted_p <= f.adjusted_p or verdict == "fail":
+                f, shown = refined, frame.slice(where)
+                c = f.comparison
+                effect = Effect(
+                    name=words.effect_name,
+                    estimate=float(c.estimate * words.scale),
+                    ci_low=float(c.ci_low * words.scale),
+                    ci_high=float(c.ci_high * words.scale),
+                    unit=words.unit,
+                )
     if judgement.scope == "all_arms":
         size = f"{f.comparison.estimate * words.scale:.3g}{' ' + words.unit if words.unit else ''}"
         sentence = (
@@ -181,13 +202,13 @@ def to_result(
             f"(arm {f.comparand.test} vs its baseline: {size}), a shared cause rather than one arm"
         )
     else:
-        sentence = words.describe(f, frame) if words.describe else f.test.name
+        sentence = words.describe(f, shown) if words.describe else f.test.name
     if where:
         sentence += " on " + ", ".join(f"{k}={v}" for k, v in where.items())
     sentence += f" since {fmt_time(f.onset)} UTC ({fmt_p(f.adjusted_p)})."
     return CheckResult(
         check=check,
-        verdict=as_verdict(judgement.verdict),
+        verdict=as_verdict(verdict),
         summary=sentence[0].upper() + sentence[1:],
         effect=effect,
         p_value=f.adjusted_p,

@@ -5,8 +5,7 @@ A check compares a *test* group with a *reference*: an arm with its control over
 
 1. scans a grid of time segments of the window and keeps the most significant one, Bonferroni-
    corrected by the number of segments (a short fault is not diluted by a long window);
-2. locates the onset with an epidemic change-point model on the test group's own rate (adjusted by
-   the reference's rate over time, so a shared daily curve is not mistaken for a fault);
+2. locates the onset with an epidemic change-point model on the test group's own rate;
 3. judges the scope across arms (one arm, the control, every arm at once) with Holm over the family;
 4. drills into dimensions to say *where* the fault lives.
 """
@@ -32,6 +31,7 @@ __all__ = [
     "assess",
     "judge",
     "localize",
+    "refine",
 ]
 
 
@@ -81,6 +81,18 @@ class SubjectFrame:
     def arms(self) -> list[str]:
         """Arms present in the data, sorted."""
         return sorted(str(a) for a in self.cube["arm"].unique())
+
+    def slice(self, where: Mapping[str, str]) -> SubjectFrame:
+        """The same subject restricted to rows with the given dimension values."""
+        mask = np.ones(len(self.cube), dtype=bool)
+        for dim, value in where.items():
+            mask &= (self.cube[dim] == value).to_numpy()
+        cube = self.cube[mask].drop(columns=["n_served"])
+        return SubjectFrame(cube, self.window, self.subject, self.dims, self.control)
+
+    def dim_values(self) -> int:
+        """How many (dimension, value) slices the cube holds."""
+        return int(sum(self.cube[d].nunique() for d in self.dims))
 
     def comparands(self, expected: Mapping[str, float] | None = None) -> list[Comparand]:
         """Experiments: every other arm vs control, and every arm vs its own baseline.
@@ -337,28 +349,18 @@ def _ref_span(
 def _onset_segment(
     frame: SubjectFrame, comparand: Comparand, test: RateTest
 ) -> tuple[int, int] | None:
+    # The test group's own rate: adjusting by the reference's per-minute rate would add the
+    # reference's noise (clicks are sparse), and rates do not follow the traffic's daily curve.
     tm = frame.minute_sums(comparand.test)
     events = tm[test.events].to_numpy(float)
     exposure = tm[test.exposure].to_numpy(float)
-    if comparand.concurrent:
-        # Scale exposure by the reference's smoothed relative rate: a curve both arms share
-        # (a daily cycle) then cancels and only the test arm's own departure remains.
-        rm = frame.minute_sums(comparand.ref)
-        re, rx = rm[test.events].to_numpy(float), rm[test.exposure].to_numpy(float)
-        overall = re.sum() / rx.sum() if rx.sum() > 0 else 0.0
-        if overall > 0:
-            kernel = np.ones(15)
-            se = np.convolve(re, kernel, mode="same")
-            sx = np.convolve(rx, kernel, mode="same")
-            rel = (se + 5.0) / (sx + 5.0 / overall) / overall
-            exposure = exposure * np.where(np.isfinite(rel) & (rel > 0), rel, 1.0)
     direction = test.rate_direction
     if comparand.concurrent and test.direction == "both":
         direction = "both"
     into_window = frame.window.start - frame.window.fetch_start
     # Against a baseline, the departure must begin inside the window (the baseline is the
-    # reference); against control, it may have begun earlier.
-    first = 0 if comparand.concurrent else into_window
+    # reference); against control or a known value, it may have begun earlier.
+    first = 0 if comparand.concurrent or comparand.expected is not None else into_window
     seg = epidemic_segment(events, exposure, direction, min_end=into_window + 2, min_start=first)
     if seg is None:
         return None
@@ -401,11 +403,14 @@ def judge(
         if control is None:
             return Judgement(level, top, None, "subject", found)
         arms = {f.comparand.test for f in found if not f.comparand.concurrent}
-        if len(arms) > 1 and _moved_together(found, top) == arms:
+        moved = _moved_together(found, top)
+        if len(arms) > 1 and moved == arms:
             # Every arm moved together: real, but not this experiment's doing (lost logs, a
             # production-model fault, a fault in another layer's experiment). Never a fail here.
             return Judgement("warn", top, None, "all_arms", found)
-        # Some arms moved against their own baseline, yet no arm-control gap: say so, softly.
+        if moved == {top.comparand.test}:
+            # One arm left its expected value or baseline while the others stayed put.
+            return Judgement(level, top, top.comparand.test, "arm", found)
         return Judgement("warn", top, top.comparand.test, "arm", found)
     return Judgement("ok", min(found, key=lambda f: f.adjusted_p), None, "none", found)
 
@@ -463,12 +468,49 @@ def localize(
     for (dim, value, cv, cc), p in zip(results, adj, strict=True):
         if p >= alpha or not _bad(cv.estimate, test.null, way):
             continue
-        size = test.magnitude(cv.estimate)
-        quiet = (
-            not cc.valid
-            or cc.p_value >= alpha
-            or not _bad(cc.estimate, test.null, way)
-            or test.magnitude(cc.estimate) < quiet_share * size
-        )
-        hits.setdefault(dim, []).append((value, quiet))
+        hits.setdefault(dim, []).append((value, _stands_out(test, cv, cc, quiet_share)))
     return {dim: values[0][0] for dim, values in hits.items() if len(values) == 1 and values[0][1]}
+
+
+def _scale(test: RateTest, x: float) -> float:
+    """An estimate on the scale its interval is symmetric on (log for ratios)."""
+    if test.null == 1.0:
+        return float(np.log(x)) if x > 0 else float("-inf")
+    return x
+
+
+def _stands_out(test: RateTest, cv: Comparison, cc: Comparison, quiet_share: float) -> bool:
+    """The value's effect is significantly larger than the rest's, which is small.
+
+    "The rest is not significant" is not enough: the rest may just have less traffic.
+    """
+    if not cc.valid:
+        return True
+    size_v = test.magnitude(cv.estimate)
+    size_c = test.magnitude(cc.estimate) if _same_way(test, cv, cc) else 0.0
+    if size_c >= quiet_share * size_v:
+        return False
+    se_v = (_scale(test, cv.ci_high) - _scale(test, cv.ci_low)) / (2 * 1.959964)
+    se_c = (_scale(test, cc.ci_high) - _scale(test, cc.ci_low)) / (2 * 1.959964)
+    diff = abs(_scale(test, cv.estimate) - _scale(test, cc.estimate))
+    se = float(np.hypot(se_v, se_c))
+    return bool(np.isfinite(se) and se > 0 and diff / se >= 3.0)
+
+
+def _same_way(test: RateTest, a: Comparison, b: Comparison) -> bool:
+    return (a.estimate > test.null) == (b.estimate > test.null)
+
+
+def refine(
+    frame: SubjectFrame, finding: Finding, where: Mapping[str, str], candidates: int
+) -> Finding | None:
+    """Re-assess a localised finding inside its slice: undiluted effect, sharper onset.
+
+    The slice was chosen by looking at the data, so its p-value is Bonferroni-corrected by the
+    number of dimension values that could have been chosen.
+    """
+    sliced = frame.slice(where)
+    again = assess(sliced, finding.comparand, finding.test)
+    if again is None:
+        return None
+    return replace(again, p_value=min(1.0, again.p_value * max(candidates, 1)))

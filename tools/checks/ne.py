@@ -15,6 +15,8 @@ import pandas as pd
 from tools.checks._common import (
     Described,
     arm_table,
+    as_verdict,
+    fmt_p,
     fmt_time,
     params_of,
     series_evidence,
@@ -23,8 +25,10 @@ from tools.checks._common import (
     to_result,
 )
 from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
-from tools.result import CheckResult, Evidence
+from tools.checks._reliability import SlopeFinding, slope_findings
+from tools.result import CheckResult, Effect, Evidence
 from tools.stats import Comparison, Direction, binary_entropy, compare_means
+from tools.telemetry import HistogramSpec, to_datetime
 
 __all__ = ["NEParams", "ne_check", "ne_test", "normalized_entropy"]
 
@@ -41,6 +45,8 @@ class NEParams:
         training_tolerance: Relative gap to ``training_ne`` above which a steady NE still warns.
         min_requests: Fewest requests with a valid prediction per side.
         min_clicks: Fewest clicks per side (the background entropy needs some).
+        slope_drop_fail: Relative drop of the reliability slope (0.15 = 15 %) that may fail.
+        slope_drop_warn: The same, to warn.
     """
 
     alpha_fail: float = 1e-3
@@ -50,6 +56,8 @@ class NEParams:
     training_tolerance: float = 0.15
     min_requests: int = 500
     min_clicks: int = 20
+    slope_drop_fail: float = 0.15
+    slope_drop_warn: float = 0.08
 
 
 def normalized_entropy(sum_ll: float, n: float, clicks: float) -> float:
@@ -140,22 +148,75 @@ def _training_table(
     return table("serving vs training NE (window)", pd.DataFrame(rows)), off
 
 
+def _drop(f: SlopeFinding) -> float:
+    ratio = f.ratio if f.culprit == f.comparand.test else 1 / f.ratio if f.ratio > 0 else 0.0
+    return 1 - ratio if np.isfinite(ratio) else 0.0
+
+
+def _slope_result(
+    findings: list[SlopeFinding], frame: SubjectFrame, p: NEParams
+) -> tuple[str, SlopeFinding | None, str]:
+    """Verdict, finding and scope of the reliability-slope findings (rules as for rates)."""
+    for level, alpha, size in (
+        ("fail", p.alpha_fail, p.slope_drop_fail),
+        ("warn", p.alpha_warn, p.slope_drop_warn),
+    ):
+        hits = [f for f in findings if f.culprit and f.adjusted_p < alpha and _drop(f) >= size]
+        rel = [f for f in hits if f.comparand.concurrent]
+        if rel:
+            return level, min(rel, key=lambda f: f.adjusted_p), "arm"
+        if hits:
+            top = min(hits, key=lambda f: f.adjusted_p)
+            if frame.control is None:
+                return level, top, "subject"
+            arms = {f.comparand.test for f in findings if not f.comparand.concurrent}
+            moved = {f.comparand.test for f in hits}
+            return "warn", top, "all_arms" if len(arms) > 1 and moved == arms else "arm"
+    return "ok", None, "none"
+
+
+def _describe_slope(f: SlopeFinding, frame: SubjectFrame, scope: str) -> str:
+    c = f.comparand
+    culprit = f.culprit or c.test
+    low, high = (f.test, f.ref) if culprit == c.test else (f.ref, f.test)
+    other = (c.ref if culprit == c.test else c.test) if c.concurrent else "its baseline"
+    who = f"arm {culprit} of " if frame.control is not None and scope != "all_arms" else ""
+    text = (
+        f"Predictions of {who}{subject_name(frame)} became over-confident (a noisier model): "
+        f"reliability slope {low.slope:.2f} vs {high.slope:.2f} in {other}"
+    )
+    if scope == "all_arms":
+        text += ", in every arm at once (a shared cause rather than one arm)"
+    return text + f" since {fmt_time(f.onset)} UTC ({fmt_p(f.adjusted_p)})."
+
+
 def ne_check(
     frame: SubjectFrame,
     *,
     training: Mapping[str, float] | None = None,
+    hist: pd.DataFrame | None = None,
+    histogram: HistogramSpec | None = None,
+    block_minutes: int = 1,
     params: NEParams | None = None,
 ) -> CheckResult:
-    """Serving NE per arm vs control (or own baseline) and vs training NE.
+    """Serving NE per arm vs control (or own baseline) and vs training NE, and its sharpness.
+
+    NE itself needs very many clicks to move significantly; its refinement half — the logistic
+    reliability slope fitted on the prediction histogram — sees a noisier model much sooner, so
+    the check also fails when that slope drops materially and significantly.
 
     Args:
         frame: The subject's wide aggregate.
         training: ``training_ne`` of the model each arm serves.
+        hist: The subject's prediction histogram (for the reliability slope), if fetched.
+        histogram: The histogram's bins.
+        block_minutes: The histogram's time block.
         params: Thresholds.
 
     Returns:
-        ``fail`` when an arm's NE rises significantly by at least ``rel_increase_fail`` over its
-        reference; ``warn`` for smaller rises or a serving NE far above the training NE.
+        ``fail`` when an arm's NE rises by at least ``rel_increase_fail`` or its reliability slope
+        falls by at least ``slope_drop_fail`` over its reference, significantly; ``warn`` for
+        smaller changes or a serving NE far above the training NE.
     """
     p = params or NEParams()
     test = ne_test(p)
@@ -170,6 +231,10 @@ def ne_check(
         train_table,
         series_evidence(frame, "ne"),
     ]
+    slopes: list[SlopeFinding] = []
+    if hist is not None and histogram is not None and len(hist):
+        slopes = slope_findings(frame, hist, histogram, block_minutes)
+        evidence.append(_slope_table(slopes))
     result = to_result(
         "ne",
         judgement,
@@ -179,6 +244,27 @@ def ne_check(
         evidence,
         ok_summary=f"NE of {subject_name(frame)} is steady.",
     )
+    rank = {"fail": 2, "warn": 1, "ok": 0, "no_data": -1}
+    level, top, scope = _slope_result(slopes, frame, p)
+    # The slope speaks first at equal verdicts: it is the sharper test and locates the onset.
+    if top is not None and rank[level] >= max(rank[result.verdict], 1):
+        culprit = top.culprit if scope != "all_arms" else None
+        return CheckResult(
+            check="ne",
+            verdict=as_verdict(level),
+            summary=_describe_slope(top, frame, scope),
+            effect=Effect(
+                name="reliability slope ratio (test ÷ reference)",
+                estimate=top.ratio,
+                unit="ratio",
+            ),
+            p_value=top.adjusted_p,
+            onset=to_datetime(top.onset) if top.onset is not None else None,
+            experiment=frame.subject.experiment_id,
+            arm=culprit if frame.control is not None else None,
+            evidence=evidence,
+            params={**params_of(p), "scope": scope},
+        )
     if result.verdict == "ok" and off:
         return result.model_copy(
             update={
@@ -191,3 +277,19 @@ def ne_check(
             }
         )
     return result
+
+
+def _slope_table(slopes: list[SlopeFinding]) -> Evidence:
+    rows = [
+        {
+            "comparison": f.comparand.label,
+            "slope_test": f.test.slope,
+            "slope_ref": f.ref.slope,
+            "ratio": f.ratio,
+            "clicks_test": f.test.clicks,
+            "clicks_ref": f.ref.clicks,
+            "p_value": f.adjusted_p,
+        }
+        for f in slopes
+    ]
+    return table("reliability slope (logistic calibration) per comparison", pd.DataFrame(rows))

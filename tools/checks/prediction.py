@@ -57,6 +57,7 @@ class PredictionParams:
             (predictions are skewed; the normal-theory value 3 would overstate significance).
         mass_fail: Growth of one fine bin's share (a stuck constant) that may fail.
         mass_warn: The same, to warn.
+        mass_ratio: The grown bin must also hold at least this multiple of its reference share.
         ks_max_n: Below this many predictions per side, the shift test is KS; above, PSI.
         psi_warn: PSI at or above which a shift warns (0.2 is the usual "significant shift").
         js_warn: Jensen-Shannon divergence (base 2) at or above which a shift warns.
@@ -70,8 +71,9 @@ class PredictionParams:
     collapse_ratio_fail: float = 0.5
     collapse_ratio_warn: float = 0.75
     kurtosis_floor: float = 10.0
-    mass_fail: float = 0.05
-    mass_warn: float = 0.02
+    mass_fail: float = 0.03
+    mass_warn: float = 0.015
+    mass_ratio: float = 2.0
     ks_max_n: int = 5000
     psi_warn: float = 0.2
     js_warn: float = 0.05
@@ -194,7 +196,10 @@ def _mass_verdict(tests: list[_Blocked], p: PredictionParams) -> tuple[str, _Blo
         hits = [
             b
             for b, a in zip(tests, adj, strict=True)
-            if b.mass is not None and a < alpha and b.mass.share_test - b.mass.share_ref >= size
+            if b.mass is not None
+            and a < alpha
+            and b.mass.share_test - b.mass.share_ref >= size
+            and b.mass.share_test >= p.mass_ratio * b.mass.share_ref
         ]
         if hits:
             return level, max(hits, key=lambda b: b.mass.share_test if b.mass else 0.0)
@@ -266,8 +271,9 @@ def prediction_check(
         alpha_fail=p.alpha_fail,
         alpha_warn=p.alpha_warn,
     )
+    # Spread is compared over time only: two different models legitimately differ in spread.
     j_var = judge(
-        [assess(frame, c, variance) for c in comparands],
+        [assess(frame, c, variance) for c in comparands if not c.concurrent],
         control=frame.control,
         alpha_fail=p.alpha_fail,
         alpha_warn=p.alpha_warn,

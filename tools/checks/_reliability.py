@@ -1,0 +1,140 @@
+"""NE's sharpness half: a drop of the reliability slope, read from the prediction histogram.
+
+NE mixes calibration (``Σ p / Σ y``) and refinement; a model that turned noisier but was
+recalibrated keeps its mean calibration while its predictions become over-confident: the logistic
+reliability slope falls. With ~1 % CTR, NE itself needs ~100k requests to see a 5 % step, while the
+slope, fitted on every bin of the histogram, sees it in a few thousand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tools.changepoint import regression_onset
+from tools.checks._engine import Comparand, SubjectFrame
+from tools.histograms import Reliability, reliability
+from tools.stats import holm, p_from_z, segment_grid
+from tools.telemetry import HistogramSpec
+
+__all__ = ["SlopeFinding", "slope_findings"]
+
+
+@dataclass(frozen=True)
+class SlopeFinding:
+    """The reliability slope of one comparand over its most telling segment."""
+
+    comparand: Comparand
+    test: Reliability
+    ref: Reliability
+    ratio: float
+    z: float
+    p_value: float
+    adjusted_p: float
+    focus: tuple[int, int]
+    onset: int | None
+    culprit: str | None
+
+
+class _Cube:
+    """One arm's histogram as block x bin matrices of n, Σ prediction and Σ label."""
+
+    def __init__(self, hist: pd.DataFrame, arm: str, n_blocks: int, n_bins: int) -> None:
+        rows = hist[(hist["arm"] == arm) & (hist["block"] < n_blocks) & (hist["block"] >= 0)]
+        b = rows["block"].to_numpy(int)
+        k = rows["bin"].to_numpy(int)
+        self.m = {}
+        for col in ("n", "sum_pred", "sum_label"):
+            mat = np.zeros((n_blocks, n_bins))
+            np.add.at(mat, (b, k), rows[col].to_numpy(float))
+            self.m[col] = mat
+
+    def binned(self, blocks: range) -> pd.DataFrame:
+        sl = slice(max(blocks.start, 0), max(blocks.stop, 0))
+        return pd.DataFrame({col: mat[sl].sum(axis=0) for col, mat in self.m.items()})
+
+    def spread(self) -> np.ndarray:
+        """Variance of logit(prediction) in each block (NaN for empty blocks)."""
+        n, s = self.m["n"], self.m["sum_pred"]
+        p = np.clip(np.divide(s, n, out=np.zeros_like(s), where=n > 0), 1e-9, 1 - 1e-9)
+        x = np.log(p / (1 - p))
+        tot = n.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (n * x).sum(axis=1) / tot
+            out: np.ndarray = (n * (x - mean[:, None]) ** 2).sum(axis=1) / tot
+        return out
+
+
+def _blocks(fetch_start: int, span: tuple[int, int], block: int) -> range:
+    return range((span[0] - fetch_start) // block, -(-(span[1] - fetch_start) // block))
+
+
+def slope_findings(
+    frame: SubjectFrame,
+    hist: pd.DataFrame,
+    spec: HistogramSpec,
+    block: int,
+) -> list[SlopeFinding]:
+    """Scan each comparand's segments for the largest drop of the reliability slope.
+
+    Segments are the window's (Bonferroni over them); comparands get Holm over the family.
+    Arm-control gaps are two-sided, the lower slope being the culprit; baselines one-sided.
+    The onset is where the test group's logit spread stepped up, block by block, against its
+    reference (:func:`tools.changepoint.regression_onset`).
+    """
+    w = frame.window
+    n_blocks = -(-(w.end - w.fetch_start) // block)
+    cubes = {arm: _Cube(hist, arm, n_blocks, spec.n_bins) for arm in frame.arms}
+    grid = segment_grid(w.length)
+    raw: list[tuple[Comparand, Reliability, Reliability, float, float, tuple[int, int]]] = []
+    for comp in frame.comparands():
+        test_cube, ref_cube = cubes[comp.test], cubes[comp.ref]
+        base = None
+        if not comp.concurrent:
+            base = reliability(
+                ref_cube.binned(_blocks(w.fetch_start, (w.fetch_start, w.start), block))
+            )
+            if base is None:
+                continue
+        best = None
+        for a, b in grid:
+            span = (w.start + a, w.start + b)
+            blocks = _blocks(w.fetch_start, span, block)
+            t = reliability(test_cube.binned(blocks))
+            r = base or reliability(ref_cube.binned(blocks))
+            if t is None or r is None:
+                continue
+            z = (t.slope - r.slope) / float(np.sqrt(t.slope_se**2 + r.slope_se**2))
+            p = p_from_z(z, "both" if comp.concurrent else "down")
+            if best is None or p < best[3]:
+                best = (t, r, z, p, span)
+        if best is not None:
+            t, r, z, p, span = best
+            raw.append((comp, t, r, z, min(1.0, p * len(grid)), span))
+    adjusted = holm([x[4] for x in raw])
+    out = []
+    for (comp, t, r, z, p, span), adj in zip(raw, adjusted, strict=True):
+        ratio = t.slope / r.slope if r.slope > 0 else float("nan")
+        if comp.concurrent:
+            culprit: str | None = comp.test if t.slope <= r.slope else comp.ref
+        else:
+            culprit = comp.test if z < 0 else None
+        onset = None
+        if culprit is not None:
+            series = cubes[culprit].spread()
+            other = comp.ref if culprit == comp.test else comp.test
+            baseline = cubes[other].spread() if comp.concurrent else None
+            found, _ = regression_onset(
+                series,
+                baseline,
+                direction="increase",
+                z_threshold=3.0,
+                min_duration=max(2, 5 // block),
+            )
+            onset = None if found is None else w.fetch_start + found * block
+        if onset is None or not w.fetch_start <= onset < span[1]:
+            onset = span[0]
+        out.append(SlopeFinding(comp, t, r, ratio, z, p, float(adj), span, onset, culprit))
+    return out
