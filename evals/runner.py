@@ -347,6 +347,15 @@ def eval_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--reasoner") from exc
+    if reasoner == "llm":
+        from evals.harness import make_reasoner
+        from lifecycle.settings import Settings
+        from tools.errors import ConfigError
+
+        try:  # fail before the run, not once per scenario
+            make_reasoner("llm", Settings())
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--reasoner") from exc
     try:
         paths = discover(directory)
     except FileNotFoundError as exc:

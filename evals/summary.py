@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,14 @@ def _reasoner_section(reasoner: str, figures: Mapping[str, Any], command: str) -
     lines = [f"### Reasoner `{reasoner}`", "", f"`{command}`", ""]
     if repeat > 1:
         lines += [f"Mean ± standard deviation over {repeat} runs.", ""]
-    lines += [*_figure_rows(figures), "", "Per kind:", "", *_kind_rows(figures["by_kind"]), ""]
+    lines += [*_figure_rows(figures), ""]
+    answered = Counter(r["got"]["reasoner"] or "–" for r in figures.get("results", []))
+    if set(answered) - {reasoner}:
+        # The graph falls back to the deterministic rules when a reasoner fails or names nothing
+        # admissible (an LLM outage); say how often, since those rows are not this reasoner's.
+        said = ", ".join(f"`{name}` {n}" for name, n in sorted(answered.items()))
+        lines += [f"Rows answered by: {said}.", ""]
+    lines += ["Per kind:", "", *_kind_rows(figures["by_kind"]), ""]
     failures = [r for r in figures.get("results", []) if not r["passed"]]
     if failures:
         lines += ["Failed rows:", ""]

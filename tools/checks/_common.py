@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tools.checks._engine import Finding, Judgement, SubjectFrame, localize, refine
+from tools.checks._engine import Finding, Judgement, SubjectFrame
+from tools.checks._localize import localize, refine
 from tools.metrics import metric_values
 from tools.result import CheckResult, Effect, Evidence, Scalar, Verdict
 from tools.telemetry import to_datetime

@@ -3,8 +3,8 @@
 Per experiment, the contribution to the change of the global per-request metric is the exposed
 share times the (arm − control) effect, in the window minus in the baseline (an experiment whose
 effect did not change did not cause the drop). Per dimension, Adtributor (Bhagwan et al. 2014):
-each value's explanatory power (its share of the mix-adjusted change) and surprise (how much its
-share of the metric moved), dimensions ranked by the surprise of the values that explain ≥ 67 %.
+each value's explanatory power and surprise (:func:`tools.localize.adtributor`), and the slice
+that significantly explains the change (:func:`tools.localize.localize`, a ripple-consistent scan).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import pandas as pd
 from tools.checks._common import fmt_p, fmt_time, no_data, params_of, series_evidence, table
 from tools.checks._engine import SubjectFrame
 from tools.errors import ConfigError
+from tools.localize import Direction as LocalizeDirection
+from tools.localize import RootCause, adtributor
+from tools.localize import localize as localize_scan
 from tools.metrics import metric_spec
 from tools.result import CheckResult, Effect, Evidence
 from tools.stats import compare_means, p_from_z
@@ -47,6 +50,8 @@ class AttributionParams:
         alpha_experiment: Family-wise p-value (Bonferroni over experiments) to name one.
         ep_value: Adtributor: smallest explanatory power of a value to be a candidate.
         ep_dimension: Adtributor: explanatory power the candidates of a dimension must reach.
+            (``where`` comes from :func:`tools.localize.localize`, whose cause must explain at
+            least ``min_share`` of the change.)
         min_requests: Fewest requests in window and baseline.
     """
 
@@ -124,61 +129,48 @@ def _contributions(
     return sorted(out, key=lambda c: -c.share)
 
 
-def _adtributor(
-    frame: SubjectFrame, cols: tuple[str, str], p: AttributionParams
-) -> tuple[list[tuple[str, list[tuple[str, float, float]], float]], Evidence | None]:
-    """Per dimension: the explaining values ``(value, EP, surprise)`` and the dimension's score."""
+def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
+    """One row per combination of dimension values: the metric's sums now and in the baseline."""
     w = frame.window
-    total, _ = cols
-    ranked: list[tuple[str, list[tuple[str, float, float]], float]] = []
-    rows = []
-    for dim in frame.dims:
-        cur = frame.dim_sums("all", w.start, w.end, dim)
-        base = frame.dim_sums("all", w.fetch_start, w.start, dim)
-        both = cur.join(base, lsuffix="_w", rsuffix="_b", how="outer").fillna(0.0)
-        if len(both) < 2 or both[f"{total}_b"].sum() <= 0:
-            continue
-        rate_b = both[f"{total}_b"] / both["n_b"].where(both["n_b"] > 0)
-        forecast = (rate_b.fillna(0.0) * both["n_w"]).to_numpy(float)
-        actual = both[f"{total}_w"].to_numpy(float)
-        change = actual.sum() - forecast.sum()
-        if change == 0 or forecast.sum() <= 0 or actual.sum() <= 0:
-            continue
-        ep = (actual - forecast) / change
-        pf, qa = forecast / forecast.sum(), actual / actual.sum()
-        m = (pf + qa) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            surprise = 0.5 * (
-                np.where(pf > 0, pf * np.log(pf / m), 0.0)
-                + np.where(qa > 0, qa * np.log(qa / m), 0.0)
-            )
-        order = np.argsort(-surprise)
-        picked, cum = [], 0.0
-        for i in order:
-            if ep[i] < p.ep_value:
-                continue
-            picked.append((str(both.index[i]), float(ep[i]), float(surprise[i])))
-            cum += float(ep[i])
-            if cum >= p.ep_dimension:
-                break
-        for i, value in enumerate(both.index):
-            rows.append(
-                {
-                    "dimension": dim,
-                    "value": str(value),
-                    "explanatory_power": float(ep[i]),
-                    "surprise": float(surprise[i]),
-                }
-            )
-        if cum >= p.ep_dimension:
-            ranked.append((dim, picked, float(sum(s for _, _, s in picked))))
-    ranked.sort(key=lambda r: -r[2])
-    evidence = (
-        table("Adtributor: explanatory power and surprise per value", pd.DataFrame(rows))
-        if rows
-        else None
+    c = frame.cube[frame.cube["arm"] == "all"]
+    dims = list(frame.dims)
+    now = c[(c["minute"] >= w.start) & (c["minute"] < w.end)].groupby(dims)[[cols[0], "n"]].sum()
+    base = c[(c["minute"] >= w.fetch_start) & (c["minute"] < w.start)]
+    before = base.groupby(dims)[[cols[0], "n"]].sum()
+    both = now.join(before, lsuffix="_w", rsuffix="_b", how="outer").fillna(0.0).reset_index()
+    return pd.DataFrame(
+        {
+            **{d: both[d].astype(str) for d in dims},
+            "real": both[f"{cols[0]}_w"],
+            "real_den": both["n_w"],
+            "forecast": both[f"{cols[0]}_b"],
+            "forecast_den": both["n_b"],
+        }
     )
-    return ranked, evidence
+
+
+def _dimensions(
+    frame: SubjectFrame, cols: tuple[str, str], direction: str, p: AttributionParams
+) -> tuple[list[RootCause], list[RootCause]]:
+    """Root causes by the ripple-consistent scan and Adtributor's ranked elements."""
+    leaves = _leaves(frame, cols)
+    leaves = leaves[(leaves["real_den"] > 0) & (leaves["forecast_den"] > 0)]
+    if len(leaves) < 2:
+        return [], []
+    way: LocalizeDirection = "decrease" if direction == "down" else "increase"
+    dims = list(frame.dims)
+    scan = localize_scan(
+        leaves, dims, real_den="real_den", forecast_den="forecast_den", direction=way
+    )
+    ranked = adtributor(
+        leaves,
+        dims,
+        real_den="real_den",
+        forecast_den="forecast_den",
+        teep=p.ep_value,
+        tep=p.ep_dimension,
+    )
+    return scan, ranked
 
 
 def attribution_check(
@@ -249,7 +241,7 @@ def attribution_check(
         cols,
         spec.direction,
     )
-    ranked, adtributor = _adtributor(frame, cols, p)
+    causes, ranked = _dimensions(frame, cols, spec.direction, p)
     rows = [
         {
             "kind": "experiment",
@@ -262,19 +254,34 @@ def attribution_check(
     ] + [
         {
             "kind": "dimension",
-            "candidate": f"{dim}={value}",
-            "contribution": ep * delta,
-            "share_of_change": ep,
+            "candidate": cause.key(),
+            "contribution": cause.share * delta,
+            "share_of_change": cause.share,
             "p_value": None,
         }
-        for dim, values, _ in ranked
-        for value, ep, _ in values
+        for cause in causes
     ]
     evidence: list[Evidence] = [
         table("candidates ranked by share of the change", pd.DataFrame(rows), note=span)
     ]
-    if adtributor is not None:
-        evidence.append(adtributor)
+    if ranked:
+        evidence.append(
+            table(
+                "Adtributor: explanatory power and surprise per dimension value",
+                pd.DataFrame(
+                    [
+                        {
+                            "element": cause.key(),
+                            "explanatory_power": cause.share,
+                            "surprise": cause.score,
+                            "real": cause.real,
+                            "forecast": cause.forecast,
+                        }
+                        for cause in ranked
+                    ]
+                ),
+            )
+        )
     evidence.append(
         series_evidence(frame, metric if metric != "revenue" else "revenue_per_request")
     )
@@ -299,7 +306,8 @@ def attribution_check(
         (x for x in contributions if x.share >= p.min_share and x.p * n_tests < p.alpha_experiment),
         None,
     )
-    where = {dim: values[0][0] for dim, values, _ in ranked[:1] if len(values) == 1}
+    top_cause = causes[0] if causes and causes[0].share >= p.min_share else None
+    where = dict(top_cause.elements) if top_cause is not None else {}
     text = (
         f"{metric.replace('_', ' ').capitalize()} changed {100 * rel:+.1f}% "
         f"({m_b:.4g} → {m_w:.4g} per request, {fmt_p(c.p_value)}) in {span}"
@@ -309,9 +317,8 @@ def attribution_check(
     else:
         best = contributions[0].share if contributions else 0.0
         text += f"; no experiment explains it (largest share {best:.0%})"
-    if ranked:
-        dim, values, _ = ranked[0]
-        text += "; by dimension " + ", ".join(f"{dim}={v} {ep:.0%}" for v, ep, _ in values)
+    if top_cause is not None:
+        text += f"; by dimension {top_cause.key()} explains {top_cause.share:.0%}"
     return CheckResult(
         check="attribution",
         verdict=verdict,

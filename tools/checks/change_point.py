@@ -25,7 +25,8 @@ from tools.checks._common import (
     series_evidence,
     subject_name,
 )
-from tools.checks._engine import Comparand, Finding, SubjectFrame, localize
+from tools.checks._engine import Comparand, Finding, SubjectFrame
+from tools.checks._localize import localize
 from tools.checks._tests import metric_test
 from tools.errors import ConfigError
 from tools.metrics import metric_spec, metric_values

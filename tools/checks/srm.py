@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from tools.checks._common import fmt_p, fmt_time, params_of, series_evidence, table
-from tools.checks._engine import Comparand, Finding, RateTest, SubjectFrame, localize
+from tools.checks._engine import Comparand, Finding, RateTest, SubjectFrame
+from tools.checks._localize import localize
 from tools.result import CheckResult, Effect
 from tools.stats import (
     Comparison,
