@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy lifecycle tools agent evals
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest
 

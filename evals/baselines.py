@@ -5,9 +5,9 @@ reasoners (same localisation, same checks, same admissibility rule, same proposa
 between their figures and the deterministic reasoner's is the value of the agent's reasoning.
 
 - :class:`LargestChangeReasoner` blames the experiment whose alert metric moved most, test vs
-  control, in the investigation window against the baseline window before it; it names the cause
-  most associated with the alert metric (:data:`METRIC_CAUSE`), or ``none`` when no experiment
-  moved beyond noise.
+  control, in the window before the alert against the baseline window before that; it names the
+  cause most associated with the alert metric (:data:`METRIC_CAUSE`), or ``none`` when no
+  experiment moved beyond noise.
 - :class:`RandomReasoner` ranks the cause vocabulary in a random order on randomly chosen
   suspects, seeded, so a run is reproducible.
 
@@ -23,6 +23,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -40,6 +41,7 @@ __all__ = [
     "LargestChangeReasoner",
     "RandomReasoner",
     "arm_changes",
+    "windows",
 ]
 
 # The cause a metric's regression is most associated with (the simplest naming rule).
@@ -74,6 +76,8 @@ class ArmChange:
 
 def _diff_series(frame: pd.DataFrame, arm: str, control: str) -> pd.Series:
     wide = frame.pivot_table(index="minute", columns="arm", values="value", aggfunc="mean")
+    # A minute where every arm reads 0 has no traffic (e.g. before the telemetry starts).
+    wide = wide[(wide.fillna(0.0) != 0.0).any(axis=1)]
     if arm not in wide.columns or control not in wide.columns:
         return pd.Series(dtype=float)
     return (wide[arm] - wide[control]).dropna()
@@ -89,25 +93,40 @@ def _z(after: pd.Series, before: pd.Series) -> tuple[float, float]:
     return change, abs(change) / se
 
 
+def windows(given: DiagnosisInput) -> tuple[datetime, datetime, datetime]:
+    """(baseline start, window start, window end) of the comparison.
+
+    The window runs from the localised onset to the alert; when localisation found no onset, it
+    is the playbook's shortest window before the alert (the most recent minutes). The baseline is
+    the playbook's baseline length before the window.
+    """
+    loc = given.localization
+    end = loc.window.end
+    if loc.onset is not None:
+        start = loc.window.start
+    else:
+        start = max(loc.window.start, end - timedelta(minutes=given.playbook.window.min_minutes))
+    return start - timedelta(minutes=given.playbook.window.baseline_minutes), start, end
+
+
 def arm_changes(given: DiagnosisInput, metric: str) -> list[ArmChange]:
     """Every treatment arm's change of ``metric`` against control, largest z first.
 
     The change is the difference-in-differences of the per-minute metric: (test - control) in the
-    investigation window minus (test - control) in the baseline window before it; ``z`` is that
-    change over its standard error.
+    window before the alert minus (test - control) in the baseline window before that (see
+    :func:`windows`); ``z`` is that change over its standard error. Minutes with no traffic are
+    left out.
     """
-    loc = given.localization
     changes: list[ArmChange] = []
     if given.toolbox is None:
         return changes
+    base_start, start, end = windows(given)
     for exp_id, meta in given.experiments.items():
-        frame = given.toolbox.metric_series(
-            metric, loc.baseline.start, loc.window.end, experiment_id=exp_id
-        )
+        frame = given.toolbox.metric_series(metric, base_start, end, experiment_id=exp_id)
         if frame is None or frame.empty:
             continue
         minutes = pd.to_datetime(frame["minute"], utc=True)
-        in_window = (minutes >= pd.Timestamp(loc.window.start)).to_numpy()
+        in_window = (minutes >= pd.Timestamp(start)).to_numpy()
         for arm in sorted(set(frame["arm"].astype(str)) - {meta.control}):
             after = _diff_series(frame[in_window], arm, meta.control)
             before = _diff_series(frame[~in_window], arm, meta.control)

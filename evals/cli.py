@@ -77,6 +77,3 @@ def register(app: typer.Typer) -> None:
     app.command("sim")(sim)
     app.command("eval")(eval_command)
     app.command("bench")(bench)
-    from evals.runner import eval_command
-
-    app.command("eval")(eval_command)

@@ -144,11 +144,11 @@ def _reasoner_section(reasoner: str, figures: Mapping[str, Any], command: str) -
     lines += ["Per kind:", "", *_kind_rows(figures["by_kind"]), ""]
     failures = [r for r in figures.get("results", []) if not r["passed"]]
     if failures:
-        lines += ["Failed rows:", ""]
+        lines += [f"<details><summary>{len(failures)} failed rows</summary>", ""]
         for row in failures:
             run = f" (run {row['run']})" if repeat > 1 else ""
             lines.append(f"- `{row['name']}`{run}: {'; '.join(row['why'])}")
-        lines.append("")
+        lines += ["", "</details>", ""]
     headline = {k: figures.get(k) for k in FIGURE_KEYS}
     lines.append(f"<!-- {_FIGURES_TAG} {json.dumps(headline)} -->")
     return "\n".join(lines)
@@ -219,14 +219,16 @@ def _wrap(key: str, body: str) -> str:
 def update_markdown(path: Path, blocks: Mapping[str, str]) -> str:
     """Write ``blocks`` into the Markdown file at ``path``, keeping everything else in it.
 
-    A block already in the file is replaced in place; a new one is appended. The comparison table
-    (block ``summary``) is then rebuilt from the figures of every reasoner section in the file.
+    A block already in the file is replaced in place. A new one goes where it reads best: the
+    comparison table (``summary``) before every other block, the coverage after it, a reasoner's
+    section after the last reasoner section (else at the end). The comparison table is rebuilt
+    from the figures of every reasoner section in the file.
 
     Returns:
         The file's new text.
     """
     text = path.read_text() if path.exists() else ""
-    for key, body in blocks.items():
+    for key, body in sorted(blocks.items(), key=lambda kv: kv[0] != "coverage"):
         text = _put(text, key, body)
     sections: dict[str, dict[str, Any]] = {}
     for match in _BLOCK.finditer(text):
@@ -234,22 +236,31 @@ def update_markdown(path: Path, blocks: Mapping[str, str]) -> str:
         found = re.search(rf"<!-- {_FIGURES_TAG} (.*?) -->", match.group(0))
         if key.startswith("reasoner.") and found:
             sections[key.removeprefix("reasoner.")] = json.loads(found.group(1))
-    text = _put(text, "summary", _summary_section(sections), first=True)
+    text = _put(text, "summary", _summary_section(sections))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
 
 
-def _put(text: str, key: str, body: str, *, first: bool = False) -> str:
+def _put(text: str, key: str, body: str) -> str:
     block = _wrap(key, body)
-    for match in _BLOCK.finditer(text):
+    found = list(_BLOCK.finditer(text))
+    for match in found:
         if match.group("key") == key:
             return text[: match.start()] + block + text[match.end() :]
-    if first:
-        # Before the first block, so the comparison leads the generated part of the file.
-        found = _BLOCK.search(text)
-        if found:
-            return text[: found.start()] + block + "\n" + text[found.start() :]
+    if key == "summary" and found:
+        at = found[0].start()
+        return text[:at] + block + "\n" + text[at:]
+    if key == "coverage":
+        summary = [m for m in found if m.group("key") == "summary"]
+        if summary:
+            at = summary[0].end()
+            return text[:at] + "\n" + block + text[at:]
+    if key.startswith("reasoner."):
+        reasoners = [m for m in found if m.group("key").startswith("reasoner.")]
+        if reasoners:
+            at = reasoners[-1].end()
+            return text[:at] + "\n" + block + text[at:]
     separator = (
         "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
     )

@@ -63,7 +63,7 @@ class Toolbox:
         self.models = MappingProxyType(dict(models or {}))
         self.production_model = production_model
         self.settings = settings or CheckSettings()
-        self._frames: dict[tuple[Subject, int, int, int], SubjectFrame] = {}
+        self._frames: dict[tuple[Subject, int, int, int, bool], SubjectFrame] = {}
         self._lock = threading.RLock()
 
     # -- checks --------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ class Toolbox:
         if (baseline_start is None) != (baseline_end is None):
             raise ConfigError("baseline_end", baseline_end, "give both baseline bounds or neither")
         if baseline_start is None or baseline_end is None:
-            frame = self._frame(Subject(), start, end)
+            frame = self._frame(Subject(), start, end, lean=True)
             lo = to_datetime(frame.window.fetch_start)
         else:
             frame = self._joined_frame(start, end, baseline_start, baseline_end)
@@ -278,7 +278,8 @@ class Toolbox:
         """
         metric_spec(metric)
         subject = self._subject(experiment_id, None)
-        frame = self._frame(subject, start, end)
+        lean = subject.kind == "all" and metric not in ("ne",)
+        frame = self._frame(subject, start, end, lean=lean)
         seasonal = None
         if subject.kind != "experiment":
             season = timedelta(minutes=self.settings.season_minutes)
@@ -287,6 +288,7 @@ class Toolbox:
                 to_datetime(frame.window.fetch_start) - season,
                 to_datetime(frame.window.end) - season,
                 latency=subject.kind == "all",
+                lean=lean,
             )
             if len(cube):
                 shift = self.settings.season_minutes
@@ -310,7 +312,11 @@ class Toolbox:
         Returns:
             The check's result; ``experiment``/``arm`` are set only when one arm owns the errors.
         """
-        frame = self._frame(Subject(), start, end)
+        frame = self._frame(Subject(), start, end, lean=True)
+        result = infra_check(frame, params=self.settings.infra)
+        if result.verdict not in ("fail", "warn"):
+            return result
+        # Only a finding needs the per-experiment split that says whether an arm owns it.
         experiments = self.reader.experiments(to_datetime(frame.window.fetch_start), end)
         return infra_check(
             frame, experiments=experiments, controls=self._controls(), params=self.settings.infra
@@ -331,7 +337,8 @@ class Toolbox:
             Columns ``minute`` (UTC datetime), ``arm``, ``value``.
         """
         metric_spec(metric)
-        frame = self._frame(self._subject(experiment_id, None), start, end)
+        subject = self._subject(experiment_id, None)
+        frame = self._frame(subject, start, end, lean=subject.kind == "all" and metric != "ne")
         w = frame.window
         parts = []
         for arm in frame.arms:
@@ -372,9 +379,16 @@ class Toolbox:
             raise ConfigError("end", end, f"window end must be after its start {start}")
         return Window(lo - self.settings.baseline_minutes, lo, hi)
 
-    def _frame(self, subject: Subject, start: datetime, end: datetime) -> SubjectFrame:
+    def _frame(
+        self, subject: Subject, start: datetime, end: datetime, *, lean: bool = False
+    ) -> SubjectFrame:
+        """The subject's wide aggregate over the window and its baseline, fetched once.
+
+        ``lean`` (all traffic only): the cheaper cube of infra, attribution and global change
+        points, with the latency ladder and without model keys or log loss.
+        """
         w = self._window(start, end)
-        key = (subject, w.fetch_start, w.start, w.end)
+        key = (subject, w.fetch_start, w.start, w.end, lean)
         with self._lock:
             hit = self._frames.get(key)
             if hit is None:
@@ -384,6 +398,7 @@ class Toolbox:
                     to_datetime(w.fetch_start),
                     to_datetime(w.end),
                     latency=subject.kind == "all",
+                    lean=lean,
                 )
                 control = (
                     self.experiments[subject.experiment_id].control
@@ -403,8 +418,8 @@ class Toolbox:
             raise ConfigError(
                 "baseline_end", baseline_end, "the baseline must end by the window's start"
             )
-        window = self.reader.cube(Subject(), start, end, latency=True)
-        base = self.reader.cube(Subject(), baseline_start, baseline_end, latency=True)
+        window = self.reader.cube(Subject(), start, end, latency=True, lean=True)
+        base = self.reader.cube(Subject(), baseline_start, baseline_end, latency=True, lean=True)
         cube = pd.concat([base, window], ignore_index=True)
         w = Window(lo, w_lo, to_minute(end, ceil=True))
         return SubjectFrame(cube, w, Subject(), self.reader.schema.dimensions)

@@ -38,8 +38,16 @@ from tools.errors import ConfigError, VigilError
 
 __all__ = ["register"]
 
-_out = Console()
-_err = Console(stderr=True)
+
+def _out() -> Console:
+    # Built per use so the terminal width (COLUMNS) is read when printing, not at import.
+    return Console()
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 experiments_app = typer.Typer(help="Validate, create, list and show experiments.")
@@ -56,10 +64,10 @@ def _handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            _err.print(f"[red]invalid:[/red] {exc}", highlight=False)
+            _err().print(f"[red]invalid:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         except VigilError as exc:
-            _err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            _err().print(f"[red]refused:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
 
     return cast(F, wrapper)
@@ -78,7 +86,7 @@ def _time(ts: datetime | None) -> str:
 
 
 def _print_json(value: Any) -> None:
-    _out.print_json(json.dumps(value, default=str))
+    _out().print_json(json.dumps(value, default=str))
 
 
 def _stage(view: ExperimentView) -> str:
@@ -102,10 +110,10 @@ def validate(
         problems = svc.check(parsed)
     if not problems:
         n = len(parsed.experiments)
-        _out.print(f"[green]valid:[/green] {file} ({n} experiment(s))", highlight=False)
+        _out().print(f"[green]valid:[/green] {file} ({n} experiment(s))", highlight=False)
         return
     for problem in problems:
-        _err.print(f"[red]invalid:[/red] {problem}", highlight=False)
+        _err().print(f"[red]invalid:[/red] {problem}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -122,7 +130,7 @@ def create(
     with _service() as svc:
         ids = svc.create(parsed, _actor(actor), start=start, reason=reason)
     state = "started" if start else "created as drafts"
-    _out.print(f"[green]{len(ids)} experiment(s) {state}:[/green] {', '.join(ids)}")
+    _out().print(f"[green]{len(ids)} experiment(s) {state}:[/green] {', '.join(ids)}")
 
 
 @experiments_app.command("list")
@@ -143,7 +151,7 @@ def list_experiments(as_json: bool = _JSON) -> None:
         table.add_row(
             v.id, v.name, v.layer, f"{v.traffic_pct:g} %", status, _stage(v), v.owner, kill
         )
-    _out.print(table)
+    _out().print(table)
 
 
 @experiments_app.command("show")
@@ -155,17 +163,17 @@ def show(experiment_id: str, as_json: bool = _JSON) -> None:
     if as_json:
         _print_json(v.model_dump(mode="json", exclude={"config"}))
         return
-    _out.print(f"[bold]{v.id}[/bold] {v.name}  ({v.status}, stage {_stage(v)})", highlight=False)
+    _out().print(f"[bold]{v.id}[/bold] {v.name}  ({v.status}, stage {_stage(v)})", highlight=False)
     if v.description:
-        _out.print(v.description, highlight=False)
-    _out.print(
+        _out().print(v.description, highlight=False)
+    _out().print(
         f"owner {v.owner} · layer {v.layer} {v.range_start:g}–{v.range_end:g} % "
         f"({v.traffic_pct:g} %) · created {_time(v.created_at)} by {v.created_by}",
         highlight=False,
     )
     if v.blocked_by:
         kills = ", ".join(f"{scope}:{target}" for scope, target in v.blocked_by)
-        _out.print(f"[red]stopped by kill switch {kills}[/red]")
+        _out().print(f"[red]stopped by kill switch {kills}[/red]")
     arms = Table(title="Arms")
     for col in ("arm", "weight", "model", "ad load", "params"):
         arms.add_column(col)
@@ -178,17 +186,17 @@ def show(experiment_id: str, as_json: bool = _JSON) -> None:
             "" if arm.ad_load is None else f"{arm.ad_load:g}",
             json.dumps(arm.params) if arm.params else "",
         )
-    _out.print(arms)
+    _out().print(arms)
     if v.targeting:
         for prop, values in v.targeting.items():
-            _out.print(f"targeting {prop}: {', '.join(values)}", highlight=False)
+            _out().print(f"targeting {prop}: {', '.join(values)}", highlight=False)
     stages = " → ".join(f"{st.percent:g} % ({st.min_minutes} min)" for st in v.rollout.stages)
-    _out.print(f"rollout: {stages}", highlight=False)
+    _out().print(f"rollout: {stages}", highlight=False)
     guards = ", ".join(
         g.metric if g.metric == "srm" else f"{g.metric} (≤{g.max_regression:.1%})"
         for g in v.guardrails
     )
-    _out.print(f"guardrails: {guards}", highlight=False)
+    _out().print(f"guardrails: {guards}", highlight=False)
 
 
 # --- kill switch ---------------------------------------------------------------------------------
@@ -214,9 +222,9 @@ def kill(
         newly = svc.kill(target, _actor(actor), reason, scope=_scope(scope))
     what = "everything" if scope == "global" else f"{scope} {target}"
     if newly:
-        _out.print(f"[red]killed[/red] {what}", highlight=False)
+        _out().print(f"[red]killed[/red] {what}", highlight=False)
     else:
-        _out.print(f"{what} was already killed; nothing recorded", highlight=False)
+        _out().print(f"{what} was already killed; nothing recorded", highlight=False)
 
 
 @_handle_errors
@@ -230,7 +238,7 @@ def release(
     with _service() as svc:
         done = svc.release(target, _actor(actor), reason, scope=_scope(scope))
     what = "everything" if scope == "global" else f"{scope} {target}"
-    _out.print(f"released {what}" if done else f"{what} had no active kill switch")
+    _out().print(f"released {what}" if done else f"{what} had no active kill switch")
 
 
 # --- rollout -------------------------------------------------------------------------------------
@@ -241,16 +249,16 @@ def _print_status(v: ExperimentView) -> None:
     minutes = (now - v.stage_started_at).total_seconds() / 60.0
     stage = v.rollout.stages[min(v.stage, len(v.rollout.stages) - 1)]
     state = RolloutState(v.status, v.stage, v.prior)
-    _out.print(f"[bold]{v.id}[/bold] {v.name}", highlight=False)
-    _out.print(f"status: {v.status}" + (f" (was {v.prior})" if v.prior else ""), highlight=False)
-    _out.print(
+    _out().print(f"[bold]{v.id}[/bold] {v.name}", highlight=False)
+    _out().print(f"status: {v.status}" + (f" (was {v.prior})" if v.prior else ""), highlight=False)
+    _out().print(
         f"stage {_stage(v)}: {minutes:.0f} of at least {stage.min_minutes} minutes "
         f"since {_time(v.stage_started_at)}",
         highlight=False,
     )
     if v.blocked_by:
-        _out.print(f"[red]kill switch: {v.blocked_by}[/red]", highlight=False)
-    _out.print(f"allowed: {', '.join(allowed_actions(state)) or 'nothing'}", highlight=False)
+        _out().print(f"[red]kill switch: {v.blocked_by}[/red]", highlight=False)
+    _out().print(f"allowed: {', '.join(allowed_actions(state)) or 'nothing'}", highlight=False)
 
 
 @rollout_app.command("status")
@@ -299,9 +307,9 @@ def _print_gate(report: GateReport) -> None:
         colour = {"harm": "red", "safe": "green"}.get(g.verdict, "yellow")
         verdict = f"[{colour}]{g.verdict}[/{colour}]"
         table.add_row(g.metric, g.arm, lift, interval, f"{g.max_regression:.1%}", verdict)
-    _out.print(table)
+    _out().print(table)
     for reason in report.reasons:
-        _out.print(f"· {reason}", highlight=False)
+        _out().print(f"· {reason}", highlight=False)
 
 
 @rollout_app.command("advance")
@@ -323,7 +331,7 @@ def rollout_advance(
         )
     if result.gate is not None:
         _print_gate(result.gate)
-    _out.print(f"{result.decision}: {result.before} → {result.after}", highlight=False)
+    _out().print(f"{result.decision}: {result.before} → {result.after}", highlight=False)
 
 
 def _simple(action: str) -> Callable[..., None]:
@@ -338,7 +346,7 @@ def _simple(action: str) -> Callable[..., None]:
             elif action == "ramp-down":
                 done = svc.ramp_down(experiment_id, _actor(actor), reason)
                 if not done:
-                    _out.print(f"{experiment_id} is not serving; nothing to ramp down")
+                    _out().print(f"{experiment_id} is not serving; nothing to ramp down")
                     return
                 view = svc.get(experiment_id)
             else:
@@ -381,7 +389,7 @@ def models_list() -> None:
             "" if m.entry.training_ne is None else f"{m.entry.training_ne:.3f}",
             _time(m.registered_at),
         )
-    _out.print(table)
+    _out().print(table)
 
 
 @models_app.command("rollback")
@@ -395,7 +403,7 @@ def models_rollback(
     """Roll a model back to its previous version."""
     with _service() as svc:
         done = svc.rollback_model(model_id, _actor(actor), reason, version=version)
-    _out.print(f"rolled back {model_id}" if done else f"{model_id}: already rolled back")
+    _out().print(f"rolled back {model_id}" if done else f"{model_id}: already rolled back")
 
 
 def _summary(value: Any) -> str:
@@ -451,7 +459,7 @@ def audit(
         table.add_column(col, overflow="fold")
     for e in entries:
         table.add_row(*_entry_row(e))
-    _out.print(table)
+    _out().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -29,8 +29,16 @@ from tools.errors import ConfigError, VigilError
 
 __all__ = ["alert_from_file", "register", "summary_json"]
 
-_out = Console()
-_err = Console(stderr=True)
+
+def _out() -> Console:
+    # Built per use so the terminal width (COLUMNS) is read when printing, not at import.
+    return Console()
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -40,10 +48,10 @@ def _handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            _err.print(f"[red]invalid:[/red] {exc}", highlight=False)
+            _err().print(f"[red]invalid:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         except VigilError as exc:
-            _err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            _err().print(f"[red]refused:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
 
     return cast(F, wrapper)
@@ -119,19 +127,19 @@ def _investigator(settings: Settings, **kwargs: Any) -> Any:
 def print_view(view: InvestigationView) -> None:
     """Print an investigation's report and where it stands."""
     if view.report_markdown:
-        _out.print(Markdown(view.report_markdown))
+        _out().print(Markdown(view.report_markdown))
     if view.error:
-        _err.print(f"[red]failed:[/red] {view.error}", highlight=False)
-    _out.print(f"[bold]{view.id}[/bold]: {view.status}", highlight=False)
+        _err().print(f"[red]failed:[/red] {view.error}", highlight=False)
+    _out().print(f"[bold]{view.id}[/bold]: {view.status}", highlight=False)
     for m in view.mitigations:
         if m.status == "proposed":
-            _out.print(
+            _out().print(
                 f"  approve with: [cyan]vigil approve {m.id} --as USER[/cyan]  "
                 f"(or reject: vigil reject {m.id} --as USER)",
                 highlight=False,
             )
     if view.report_path:
-        _out.print(f"  report: {view.report_path}", highlight=False)
+        _out().print(f"  report: {view.report_path}", highlight=False)
 
 
 def _scenario_view(path: Path, settings: Settings) -> InvestigationView:
@@ -147,7 +155,7 @@ def _scenario_view(path: Path, settings: Settings) -> InvestigationView:
     scenario = load_scenario(path)
     settings = scenario_settings(settings, scenario)
     if ensure_telemetry(scenario, settings, end_minute=scenario.alert.minute + 1):
-        _err.print(f"simulated {scenario.name} into {settings.telemetry_url}", highlight=False)
+        _err().print(f"simulated {scenario.name} into {settings.telemetry_url}", highlight=False)
     with ExperimentService.from_settings(settings) as service:
         create_experiments(scenario, service)
     inv = _investigator(settings)
@@ -196,7 +204,7 @@ def investigate(
 
 def _print_mitigation(m: MitigationView) -> None:
     recovered = {None: "pending", True: "yes", False: "no"}[m.recovered]
-    _out.print(
+    _out().print(
         f"[bold]{m.id}[/bold]: {m.action} {m.target or ''} -> {m.status} "
         f"(by {m.approved_by or '-'}; recovered: {recovered})",
         highlight=False,
@@ -241,7 +249,7 @@ def investigations(
     finally:
         inv.close()
     if as_json:
-        _out.print_json(json.dumps([summary_json(v) for v in views]))
+        _out().print_json(json.dumps([summary_json(v) for v in views]))
         return
     table = Table("id", "status", "alert", "onset", "top cause", "mitigation")
     for v in views:
@@ -251,7 +259,7 @@ def investigations(
         where = f"{v.alert.metric} {v.alert.experiment or '(global)'}"
         onset = v.onset.strftime("%Y-%m-%d %H:%M") if v.onset else "-"
         table.add_row(v.id, v.status, where, onset, cause, mit)
-    _out.print(table)
+    _out().print(table)
 
 
 @_handle_errors

@@ -44,11 +44,21 @@ def test_sections_are_replaced_in_place_and_intro_is_kept(tmp_path: Path) -> Non
     assert text.count("### What the scenarios cover") == 1
     assert text.count("### Figures by reasoner") == 1
     # the comparison table comes first and has one row per reasoner
-    assert text.index("### Figures by reasoner") < text.index("### What the scenarios cover")
+    order = [
+        text.index(h)
+        for h in (
+            "### Figures by reasoner",
+            "### What the scenarios cover",
+            "### Reasoner `deterministic`",
+            "### Reasoner `random`",
+        )
+    ]
+    assert order == sorted(order)
     assert "| `deterministic` | 2 | 1.000 |" in text
     assert "| `random` | 2 | 0.500 |" in text
     assert "Fallback \\| spike." in text  # a pipe in a description does not break the table
     assert "- `fb`: cause: expected model_fallback, got miscalibration@1" in text
+    assert "<details><summary>1 failed rows</summary>" in text
 
 
 def test_rich_tables_render(tmp_path: Path) -> None:

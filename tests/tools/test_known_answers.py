@@ -30,7 +30,9 @@ M0 = 29_919_240  # 2026-11-20 06:00 UTC in epoch minutes
 DIMS = ("country", "platform", "ad_type")
 
 
-def cube(arms: dict[str, dict[str, float]], minutes: int = 120, **per_minute: float) -> pd.DataFrame:
+def cube(
+    arms: dict[str, dict[str, float]], minutes: int = 120, **per_minute: float
+) -> pd.DataFrame:
     """A cube with the same sums every minute per arm (one dimension combination)."""
     rows = []
     for arm, sums in arms.items():
@@ -39,8 +41,16 @@ def cube(arms: dict[str, dict[str, float]], minutes: int = 120, **per_minute: fl
             row.update(sums)
             row.update(per_minute)
             rows.append(
-                {"minute": M0 + m, "arm": arm, "model_id": "m", "model_version": "1",
-                 "country": "US", "platform": "ios", "ad_type": "feed", **row}
+                {
+                    "minute": M0 + m,
+                    "arm": arm,
+                    "model_id": "m",
+                    "model_version": "1",
+                    "country": "US",
+                    "platform": "ios",
+                    "ad_type": "feed",
+                    **row,
+                }
             )
     frame = pd.DataFrame(rows)
     return frame.astype({c: float for c in CUBE_SUMS})
@@ -57,9 +67,19 @@ def _arm(n: float, clicks: float, pred: float, **extra: float) -> dict[str, floa
     ll = -(clicks * np.log(pred) + (n - clicks) * np.log(1 - pred))
     ll2 = clicks * np.log(pred) ** 2 + (n - clicks) * np.log(1 - pred) ** 2
     sums = {
-        "n": n, "n_pred": n, "sum_pred": n * pred, "sum_pred2": n * pred**2,
-        "sum_label": clicks, "sum_label_v": clicks, "n_ll": n, "sum_ll": ll, "sum_ll2": ll2,
-        "n_latency": n, "sum_latency": 30.0 * n, "sum_revenue": clicks, "sum_revenue2": clicks,
+        "n": n,
+        "n_pred": n,
+        "sum_pred": n * pred,
+        "sum_pred2": n * pred**2,
+        "sum_label": clicks,
+        "sum_label_v": clicks,
+        "n_ll": n,
+        "sum_ll": ll,
+        "sum_ll2": ll2,
+        "n_latency": n,
+        "sum_latency": 30.0 * n,
+        "sum_revenue": clicks,
+        "sum_revenue2": clicks,
     }
     sums.update(extra)
     return sums
@@ -81,8 +101,9 @@ def test_calibration_of_exactly_1_3() -> None:
 
 
 def test_srm_at_a_known_p_value() -> None:
-    units = pd.DataFrame({"arm": ["control", "test"], "units": [5200.0, 4800.0],
-                          "exposures": [52_000.0, 48_000.0]})
+    units = pd.DataFrame(
+        {"arm": ["control", "test"], "units": [5200.0, 4800.0], "exposures": [52_000.0, 48_000.0]}
+    )
     result = srm_check(units, {"control": 1, "test": 1}, experiment_id="e")
     want = sps.chisquare([5200, 4800]).pvalue
     assert result.p_value == pytest.approx(want) and want == pytest.approx(6.334e-5, rel=1e-3)
@@ -113,8 +134,19 @@ def test_ne_fails_on_a_worse_arm_and_not_on_equal_arms() -> None:
 
 
 def test_nan_filled_arm_fails_prediction_only() -> None:
-    nan_arm = _arm(1000, 20, 0.02, n_pred=0.0, n_invalid=1000.0, sum_pred=0.0, sum_pred2=0.0,
-                   sum_label_v=0.0, n_ll=0.0, sum_ll=0.0, sum_ll2=0.0)
+    nan_arm = _arm(
+        1000,
+        20,
+        0.02,
+        n_pred=0.0,
+        n_invalid=1000.0,
+        sum_pred=0.0,
+        sum_pred2=0.0,
+        sum_label_v=0.0,
+        n_ll=0.0,
+        sum_ll=0.0,
+        sum_ll2=0.0,
+    )
     data = cube({"control": _arm(1000, 20, 0.02), "test": nan_arm})
     frame = frame_of(data)
     result = prediction_check(frame)
@@ -130,25 +162,49 @@ def _empty() -> pd.DataFrame:
 
 @pytest.mark.parametrize("tiny", [False, True])
 def test_empty_and_tiny_frames_give_no_data(tiny: bool) -> None:
-    data = cube({"control": _arm(1, 0, 0.02), "test": _arm(1, 0, 0.02)}, minutes=3) if tiny else _empty()
+    data = (
+        cube({"control": _arm(1, 0, 0.02), "test": _arm(1, 0, 0.02)}, minutes=3)
+        if tiny
+        else _empty()
+    )
     frame = frame_of(data)
     model = frame_of(data.assign(arm="all"), control=None)
-    snaps = pd.DataFrame(columns=["model_id", "model_version", "trained_at", "published_at",
-                                  "training_ne", "training_calibration"])
+    snaps = pd.DataFrame(
+        columns=[
+            "model_id",
+            "model_version",
+            "trained_at",
+            "published_at",
+            "training_ne",
+            "training_calibration",
+        ]
+    )
     results = [
         prediction_check(frame),
         calibration_check(frame),
         ne_check(frame),
         fallback_check(frame),
-        staleness_check(frame, snaps.astype({"trained_at": "datetime64[us]",
-                                             "published_at": "datetime64[us]"}), refresh={}),
+        staleness_check(
+            frame,
+            snaps.astype({"trained_at": "datetime64[us]", "published_at": "datetime64[us]"}),
+            refresh={},
+        ),
         change_point_check("ctr", frame),
         infra_check(model),
-        attribution_check("revenue", model, experiments=pd.DataFrame(
-            columns=["experiment_id", "arm", "minute", "n", "sum_revenue", "sum_revenue2"]),
-            controls={}),
-        srm_check(pd.DataFrame({"arm": ["control", "test"], "units": [3.0, 2.0],
-                                "exposures": [3.0, 2.0]}), {"control": 1, "test": 1}),
+        attribution_check(
+            "revenue",
+            model,
+            experiments=pd.DataFrame(
+                columns=["experiment_id", "arm", "minute", "n", "sum_revenue", "sum_revenue2"]
+            ),
+            controls={},
+        ),
+        srm_check(
+            pd.DataFrame(
+                {"arm": ["control", "test"], "units": [3.0, 2.0], "exposures": [3.0, 2.0]}
+            ),
+            {"control": 1, "test": 1},
+        ),
     ]
     for result in results:
         assert result.verdict == "no_data", (result.check, result.summary)

@@ -33,19 +33,23 @@ def _expected(requests: pd.DataFrame, exposures: pd.DataFrame) -> pd.DataFrame:
     pc = p.clip(LOGLOSS_EPS, 1 - LOGLOSS_EPS)
     y = joined["label"]
     ll = -(y * np.log(pc) + (1 - y) * np.log(1 - pc))
-    return pd.DataFrame(
-        {
-            "arm": joined["arm"],
-            "n": 1.0,
-            "n_pred": valid.astype(float),
-            "n_invalid": (~valid & ~joined["error"]).astype(float),
-            "sum_pred": p.where(valid, 0.0),
-            "sum_label": y.astype(float),
-            "sum_ll": ll.where(valid, 0.0),
-            "n_fallback": joined["fallback"].astype(float),
-            "sum_revenue": joined["revenue"],
-        }
-    ).groupby("arm").sum()
+    return (
+        pd.DataFrame(
+            {
+                "arm": joined["arm"],
+                "n": 1.0,
+                "n_pred": valid.astype(float),
+                "n_invalid": (~valid & ~joined["error"]).astype(float),
+                "sum_pred": p.where(valid, 0.0),
+                "sum_label": y.astype(float),
+                "sum_ll": ll.where(valid, 0.0),
+                "n_fallback": joined["fallback"].astype(float),
+                "sum_revenue": joined["revenue"],
+            }
+        )
+        .groupby("arm")
+        .sum()
+    )
 
 
 def test_cube_sums_match_pandas(telemetry) -> None:

@@ -181,6 +181,8 @@ class RateTest:
         min_n: Fewest requests (test and reference each) for a verdict.
         expected_sums: Sums of a virtual, noiseless reference at a known value (for comparands
             with ``expected``); None when the statistic has no absolute reference.
+        rate_sign: +1 when a higher estimate means a higher ``events / exposure`` rate, -1 when
+            it means a lower one (calibration = exposure / events).
     """
 
     name: str
@@ -197,6 +199,7 @@ class RateTest:
     unit: str = ""
     min_n: float = 200.0
     expected_sums: Callable[[float], pd.Series] | None = None
+    rate_sign: int = 1
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,10 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
         return fixed if fixed is not None else frame.sums(comparand.ref, *span)
 
     focus, onset = scan_span, scan_span[0]
-    seg = _onset_segment(frame, comparand, test)
+    # Orient the onset search by the scan's finding: a two-sided search cannot tell a departure
+    # from the stretch before it.
+    up = (scan.estimate > test.null) == (test.rate_sign > 0)
+    seg = _onset_segment(frame, comparand, test, "up" if up else "down")
     if seg is not None and seg[1] > w.start:
         # Report "since the onset" only when the onset segment tells the scan's story: it
         # overlaps the scan's segment and its effect points the same way.
@@ -347,16 +353,13 @@ def _ref_span(
 
 
 def _onset_segment(
-    frame: SubjectFrame, comparand: Comparand, test: RateTest
+    frame: SubjectFrame, comparand: Comparand, test: RateTest, direction: Direction
 ) -> tuple[int, int] | None:
     # The test group's own rate: adjusting by the reference's per-minute rate would add the
     # reference's noise (clicks are sparse), and rates do not follow the traffic's daily curve.
     tm = frame.minute_sums(comparand.test)
     events = tm[test.events].to_numpy(float)
     exposure = tm[test.exposure].to_numpy(float)
-    direction = test.rate_direction
-    if comparand.concurrent and test.direction == "both":
-        direction = "both"
     into_window = frame.window.start - frame.window.fetch_start
     # Against a baseline, the departure must begin inside the window (the baseline is the
     # reference); against control or a known value, it may have begun earlier.
@@ -364,9 +367,6 @@ def _onset_segment(
     seg = epidemic_segment(events, exposure, direction, min_end=into_window + 2, min_start=first)
     if seg is None:
         return None
-    if direction == "both" and seg[0] == 0:
-        # Two-sided, a leading segment and the rest are the same split: the departure is later.
-        seg = (seg[1], len(events))
     fs = frame.window.fetch_start
     return fs + seg[0], fs + seg[1]
 

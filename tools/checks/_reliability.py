@@ -71,6 +71,18 @@ def _blocks(fetch_start: int, span: tuple[int, int], block: int) -> range:
     return range((span[0] - fetch_start) // block, -(-(span[1] - fetch_start) // block))
 
 
+def _spread_onset(
+    cubes: dict[str, _Cube], comp: Comparand, block: int, fetch_start: int
+) -> int | None:
+    """Where the test group's logit spread stepped up (vs its reference arm, if concurrent)."""
+    series = cubes[comp.test].spread()
+    baseline = cubes[comp.ref].spread() if comp.concurrent else None
+    found, _ = regression_onset(
+        series, baseline, direction="increase", z_threshold=3.0, min_duration=max(2, 5 // block)
+    )
+    return None if found is None else fetch_start + found * block
+
+
 def slope_findings(
     frame: SubjectFrame,
     hist: pd.DataFrame,
@@ -91,6 +103,12 @@ def slope_findings(
     raw: list[tuple[Comparand, Reliability, Reliability, float, float, tuple[int, int]]] = []
     for comp in frame.comparands():
         test_cube, ref_cube = cubes[comp.test], cubes[comp.ref]
+        # Also test from where the predictions' spread stepped up: chosen from the predictions
+        # alone, so the slope test (labels given predictions) stays valid for it.
+        spread_at = _spread_onset(cubes, comp, block, w.fetch_start)
+        segments = list(grid)
+        if spread_at is not None and w.start <= spread_at < w.end - 5:
+            segments.append((spread_at - w.start, w.length))
         base = None
         if not comp.concurrent:
             base = reliability(
@@ -99,7 +117,7 @@ def slope_findings(
             if base is None:
                 continue
         best = None
-        for a, b in grid:
+        for a, b in segments:
             span = (w.start + a, w.start + b)
             blocks = _blocks(w.fetch_start, span, block)
             t = reliability(test_cube.binned(blocks))
@@ -112,7 +130,7 @@ def slope_findings(
                 best = (t, r, z, p, span)
         if best is not None:
             t, r, z, p, span = best
-            raw.append((comp, t, r, z, min(1.0, p * len(grid)), span))
+            raw.append((comp, t, r, z, min(1.0, p * len(segments)), span))
     adjusted = holm([x[4] for x in raw])
     out = []
     for (comp, t, r, z, p, span), adj in zip(raw, adjusted, strict=True):
@@ -121,19 +139,7 @@ def slope_findings(
             culprit: str | None = comp.test if t.slope <= r.slope else comp.ref
         else:
             culprit = comp.test if z < 0 else None
-        onset = None
-        if culprit is not None:
-            series = cubes[culprit].spread()
-            other = comp.ref if culprit == comp.test else comp.test
-            baseline = cubes[other].spread() if comp.concurrent else None
-            found, _ = regression_onset(
-                series,
-                baseline,
-                direction="increase",
-                z_threshold=3.0,
-                min_duration=max(2, 5 // block),
-            )
-            onset = None if found is None else w.fetch_start + found * block
+        onset = _spread_onset(cubes, comp, block, w.fetch_start) if culprit else None
         if onset is None or not w.fetch_start <= onset < span[1]:
             onset = span[0]
         out.append(SlopeFinding(comp, t, r, ratio, z, p, float(adj), span, onset, culprit))

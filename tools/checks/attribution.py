@@ -137,7 +137,8 @@ def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
     now = c[(c["minute"] >= w.start) & (c["minute"] < w.end)].groupby(dims)[[cols[0], "n"]].sum()
     base = c[(c["minute"] >= w.fetch_start) & (c["minute"] < w.start)]
     before = base.groupby(dims)[[cols[0], "n"]].sum()
-    both = now.join(before, lsuffix="_w", rsuffix="_b", how="outer").fillna(0.0).reset_index()
+    both = now.merge(before, left_index=True, right_index=True, how="outer", suffixes=("_w", "_b"))
+    both = both.fillna(0.0).reset_index()
     return pd.DataFrame(
         {
             **{d: both[d].astype(str) for d in dims},

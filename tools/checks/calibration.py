@@ -97,6 +97,7 @@ def calibration_test(p: CalibrationParams) -> RateTest:
         unit="ratio",
         min_n=200,
         expected_sums=_expected,
+        rate_sign=-1,
     )
 
 

@@ -171,7 +171,11 @@ def _slope_result(
                 return level, top, "subject"
             arms = {f.comparand.test for f in findings if not f.comparand.concurrent}
             moved = {f.comparand.test for f in hits}
-            return "warn", top, "all_arms" if len(arms) > 1 and moved == arms else "arm"
+            if len(arms) > 1 and moved == arms:
+                return "warn", top, "all_arms"
+            if moved == {top.comparand.test}:
+                return level, top, "arm"
+            return "warn", top, "arm"
     return "ok", None, "none"
 
 

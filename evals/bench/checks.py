@@ -1,0 +1,181 @@
+"""``vigil bench --only checks``: the check battery against one aggregate scan, same table.
+
+A simulated world of at least 10 million requests (``opts.quick``: 1 million) goes into a fresh
+DuckDB file. In one process, after a warm-up, the section times
+
+* ``scan_s``: ``SELECT count(*), sum(prediction), sum(label) FROM requests`` (best of three);
+* ``battery_s``: every check the agent runs for one experiment — prediction, calibration, NE,
+  staleness, fallback, SRM, change point (its arms), infra and attribution (all traffic) — over
+  the whole table (window = all of it but the first hour, which is the baseline), from a cold
+  reader cache, so every aggregate is fetched once;
+* ``window_battery_s``: the same battery over an investigation window (the last two hours and
+  its hour of baseline), which is what an investigation reads.
+
+``ratio = battery_s / scan_s``. ``peak_rss_mb`` is the process's peak resident memory (Linux
+``ru_maxrss``), which stays far below the table because only aggregates leave DuckDB.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from evals.bench import BenchOptions
+from evals.sim import Scenario, minute_to_ts, parse_scenario, simulate
+from tools.telemetry import TelemetryReader
+from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+
+__all__ = ["bench_world", "run"]
+
+
+def bench_world(*, minutes: int, requests_per_minute: int) -> Scenario:
+    """Four experiments in two layers, a refreshing production model, a fallback fault."""
+    arms = {"control": {"model": "ctr_v41"}, "test": {"model": "ctr_v42"}}
+    return parse_scenario(
+        {
+            "name": "bench-checks",
+            "seed": 29,
+            "world": {
+                "start": "2026-11-20T10:00:00Z",
+                "minutes": minutes,
+                "requests_per_minute": requests_per_minute,
+                "diurnal": False,
+                "models": [
+                    {"id": "ctr_v41", "quality": 0.75, "refresh_minutes": 60},
+                    {"id": "ctr_v42", "quality": 0.77, "refresh_minutes": 60},
+                ],
+                "production_model": "ctr_v41",
+                "experiments": [
+                    {
+                        "id": "879",
+                        "name": "Ranker",
+                        "layer": "ranking",
+                        "traffic_pct": 10,
+                        "arms": arms,
+                    },
+                    {
+                        "id": "880",
+                        "name": "Ranker A/A",
+                        "layer": "ranking",
+                        "traffic_pct": 10,
+                        "arms": {"control": {"model": "ctr_v41"}, "test": {"model": "ctr_v41"}},
+                    },
+                    {
+                        "id": "901",
+                        "name": "Ad load",
+                        "layer": "ads_load",
+                        "traffic_pct": 20,
+                        "arms": {"control": {}, "test": {"ad_load": 1.05}},
+                    },
+                    {
+                        "id": "902",
+                        "name": "Ad load 2",
+                        "layer": "ads_load",
+                        "traffic_pct": 20,
+                        "arms": {"control": {}, "test": {"ad_load": 0.95}},
+                    },
+                ],
+            },
+            "faults": [
+                {
+                    "kind": "model_fallback",
+                    "experiment": "879",
+                    "severity": 0.3,
+                    "start_minute": minutes - 60,
+                },
+            ],
+            "alert": {"metric": "revenue", "minute": minutes - 50, "experiment": "879"},
+            "expect": {"root_cause": "model_fallback", "experiment": "879"},
+        }
+    )
+
+
+def _toolbox(scenario: Scenario, url: str) -> Toolbox:
+    experiments = {
+        e.id: ExperimentInfo(
+            id=e.id,
+            name=e.name,
+            layer=e.layer,
+            arms={a: s.weight for a, s in e.arms.items()},
+            control=e.control,
+            arm_models={a: s.model for a, s in e.arms.items()},
+        )
+        for e in scenario.world.experiments
+    }
+    models = {m.id: ModelInfo(m.id, m.refresh_minutes) for m in scenario.world.models}
+    return Toolbox(TelemetryReader(url), experiments, models, scenario.world.production_model)
+
+
+def _battery(box: Toolbox, start: Any, end: Any) -> tuple[float, list[str]]:
+    began = time.perf_counter()
+    results = [
+        getattr(box, check)(start, end, experiment_id="879")
+        for check in ("prediction", "calibration", "ne", "staleness", "fallback")
+    ]
+    results += [
+        box.srm(start, end, "879"),
+        box.change_point("revenue", start, end, experiment_id="879"),
+        box.infra(start, end),
+        box.attribution("revenue", start, end),
+    ]
+    return time.perf_counter() - began, [f"{r.check}:{r.verdict}" for r in results]
+
+
+def _simulate(minutes: int, rpm: int, url: str) -> tuple[int, int, float]:
+    """Run in a child process, so the parent's peak memory is the checks' alone."""
+    began = time.perf_counter()
+    summary = simulate(bench_world(minutes=minutes, requests_per_minute=rpm), url, replace=True)
+    return summary.requests, summary.exposures, time.perf_counter() - began
+
+
+def run(opts: BenchOptions) -> dict[str, Any]:
+    """Simulate the world, then time the scan and the battery (full table and a window)."""
+    rpm = 2_000 if opts.quick else 20_000
+    minutes = 510
+    scenario = bench_world(minutes=minutes, requests_per_minute=rpm)
+    path = Path(opts.workdir) / ("checks-quick.duckdb" if opts.quick else "checks.duckdb")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    url = f"duckdb:///{path}"
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        rows, exposures, simulate_s = pool.submit(_simulate, minutes, rpm, url).result()
+
+    con = duckdb.connect(str(path), read_only=True)
+    scan_sql = "SELECT count(*), sum(prediction), sum(label) FROM requests"
+    con.execute(scan_sql).fetchall()  # warm
+    scans = []
+    for _ in range(3):
+        t = time.perf_counter()
+        con.execute(scan_sql).fetchall()
+        scans.append(time.perf_counter() - t)
+    con.close()
+    scan_s = min(scans)
+
+    # Warm-up on a throwaway toolbox (imports, DuckDB dialect, first-call costs), then cold caches.
+    start_all, end = minute_to_ts(scenario, 60), minute_to_ts(scenario, minutes)
+    _battery(_toolbox(scenario, url), end - timedelta(minutes=30), end)
+    battery_s, verdicts = _battery(_toolbox(scenario, url), start_all, end)
+    window_box = _toolbox(scenario, url)
+    window_s, _ = _battery(window_box, end - timedelta(minutes=120), end)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "rows": rows,
+        "exposures": exposures,
+        "simulate_s": round(simulate_s, 2),
+        "scan_s": round(scan_s, 4),
+        "battery_s": round(battery_s, 3),
+        "ratio": round(battery_s / scan_s, 1),
+        "window_battery_s": round(window_s, 3),
+        "window_ratio": round(window_s / scan_s, 1),
+        "window_minutes": 120,
+        "queries_per_battery": window_box.reader.queries,
+        "peak_rss_mb": round(peak, 1),
+        "verdicts": verdicts,
+    }
