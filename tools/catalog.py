@@ -1,4 +1,4 @@
-"""What the Toolbox is told about the world: experiments, models, and the checks' settings."""
+"""What the Toolbox knows of the world: experiments, models (and what served), check settings."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
 
 from tools.checks import (
     AttributionParams,
@@ -17,9 +20,19 @@ from tools.checks import (
     PredictionParams,
     SRMParams,
     StalenessParams,
+    SubjectFrame,
 )
+from tools.telemetry import TelemetryReader
 
-__all__ = ["CHECKS", "CheckSettings", "ExperimentInfo", "ModelInfo"]
+__all__ = [
+    "CHECKS",
+    "CheckSettings",
+    "ExperimentInfo",
+    "ModelInfo",
+    "cadence",
+    "served_models",
+    "training_values",
+]
 
 CHECKS: tuple[str, ...] = (
     "prediction",
@@ -90,3 +103,48 @@ class CheckSettings:
     attribution: AttributionParams = field(default_factory=AttributionParams)
     change_point: ChangePointParams = field(default_factory=ChangePointParams)
     infra: InfraParams = field(default_factory=InfraParams)
+
+
+def served_models(frame: SubjectFrame) -> dict[str, str]:
+    """Arm -> the model that served most of its window traffic."""
+    w = frame.window
+    c = frame.cube
+    rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
+    by = rows.groupby(["arm", "model_id"])["n"].sum().reset_index()
+    out: dict[str, str] = {}
+    for arm, group in by.groupby("arm"):
+        out[str(arm)] = str(group.sort_values("n").iloc[-1]["model_id"])
+    return out
+
+
+def training_values(reader: TelemetryReader, frame: SubjectFrame, column: str) -> dict[str, float]:
+    """Arm -> ``column`` (``training_ne``, ...) of the snapshot it served most in the window."""
+    w = frame.window
+    c = frame.cube
+    rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
+    by = rows.groupby(["arm", "model_id", "model_version"])["n"].sum().reset_index()
+    if by.empty:
+        return {}
+    snaps = reader.snapshots(sorted(by["model_id"].unique().tolist()))
+    out: dict[str, float] = {}
+    for arm, group in by.groupby("arm"):
+        top = group.sort_values("n").iloc[-1]
+        row = snaps[
+            (snaps["model_id"] == top["model_id"])
+            & (snaps["model_version"] == top["model_version"])
+        ]
+        if len(row) and np.isfinite(row[column].iloc[0]):
+            out[str(arm)] = float(row[column].iloc[0])
+    return out
+
+
+def cadence(models: Mapping[str, ModelInfo], model_id: str, snapshots: pd.DataFrame) -> int | None:
+    """Refresh cadence: configured, else the median gap between published snapshots."""
+    info = models.get(model_id)
+    if info is not None:
+        return info.refresh_minutes
+    published = snapshots.loc[snapshots["model_id"] == model_id, "published_at"].sort_values()
+    if len(published) < 3:
+        return None
+    gaps = published.diff().dropna().dt.total_seconds() / 60
+    return round(float(gaps.median())) if len(gaps) else None

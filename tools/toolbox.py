@@ -14,10 +14,17 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-import numpy as np
 import pandas as pd
 
-from tools.catalog import CHECKS, CheckSettings, ExperimentInfo, ModelInfo
+from tools.catalog import (
+    CHECKS,
+    CheckSettings,
+    ExperimentInfo,
+    ModelInfo,
+    cadence,
+    served_models,
+    training_values,
+)
 from tools.checks import (
     SubjectFrame,
     Window,
@@ -65,6 +72,16 @@ class Toolbox:
         self.settings = settings or CheckSettings()
         self._frames: dict[tuple[Subject, int, int, int, bool], SubjectFrame] = {}
         self._lock = threading.RLock()
+
+    def refresh(self) -> None:
+        """Forget every cached aggregate: the next check reads the telemetry afresh.
+
+        Call it when new telemetry has arrived for a window already read (verifying a
+        mitigation re-reads the minutes after it).
+        """
+        with self._lock:
+            self._frames.clear()
+            self.reader.clear_cache()
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -119,7 +136,7 @@ class Toolbox:
         subject = self._subject(experiment_id, model_id)
         frame = self._frame(subject, start, end)
         hist, block = self._histogram(subject, start, end)
-        training = self._training(frame, "training_calibration")
+        training = training_values(self.reader, frame, "training_calibration")
         return calibration_check(
             frame,
             hist=hist,
@@ -152,7 +169,7 @@ class Toolbox:
         hist, block = self._histogram(subject, start, end)
         return ne_check(
             frame,
-            training=self._training(frame, "training_ne"),
+            training=training_values(self.reader, frame, "training_ne"),
             hist=hist,
             histogram=self.reader.histogram_spec,
             block_minutes=block,
@@ -179,9 +196,9 @@ class Toolbox:
         """
         subject = self._subject(experiment_id, model_id)
         frame = self._frame(subject, start, end)
-        served = self._served_models(frame)
+        served = served_models(frame)
         snapshots = self.reader.snapshots(sorted(set(served.values())))
-        refresh = {arm: self._cadence(model, snapshots) for arm, model in served.items()}
+        refresh = {arm: cadence(self.models, model, snapshots) for arm, model in served.items()}
         return staleness_check(frame, snapshots, refresh=refresh, params=self.settings.staleness)
 
     def fallback(
@@ -454,45 +471,3 @@ class Toolbox:
 
     def _controls(self) -> dict[str, str]:
         return {e.id: e.control for e in self.experiments.values()}
-
-    def _served_models(self, frame: SubjectFrame) -> dict[str, str]:
-        """Arm -> the model that served most of its window traffic."""
-        w = frame.window
-        c = frame.cube
-        rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
-        by = rows.groupby(["arm", "model_id"])["n"].sum().reset_index()
-        out: dict[str, str] = {}
-        for arm, group in by.groupby("arm"):
-            out[str(arm)] = str(group.sort_values("n").iloc[-1]["model_id"])
-        return out
-
-    def _training(self, frame: SubjectFrame, column: str) -> dict[str, float]:
-        """Arm -> the training metric of the snapshot it served most in the window."""
-        w = frame.window
-        c = frame.cube
-        rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
-        by = rows.groupby(["arm", "model_id", "model_version"])["n"].sum().reset_index()
-        if by.empty:
-            return {}
-        snaps = self.reader.snapshots(sorted(by["model_id"].unique().tolist()))
-        out: dict[str, float] = {}
-        for arm, group in by.groupby("arm"):
-            top = group.sort_values("n").iloc[-1]
-            row = snaps[
-                (snaps["model_id"] == top["model_id"])
-                & (snaps["model_version"] == top["model_version"])
-            ]
-            if len(row) and np.isfinite(row[column].iloc[0]):
-                out[str(arm)] = float(row[column].iloc[0])
-        return out
-
-    def _cadence(self, model_id: str, snapshots: pd.DataFrame) -> int | None:
-        """Refresh cadence: configured, else the median gap between published snapshots."""
-        info = self.models.get(model_id)
-        if info is not None:
-            return info.refresh_minutes
-        published = snapshots.loc[snapshots["model_id"] == model_id, "published_at"].sort_values()
-        if len(published) < 3:
-            return None
-        gaps = published.diff().dropna().dt.total_seconds() / 60
-        return round(float(gaps.median())) if len(gaps) else None

@@ -119,9 +119,12 @@ def _check(curve: Curve, box: Toolbox, scenario: Scenario) -> CheckResult:
     if curve.check == "srm":
         return box.srm(start, end, "879")
     method = getattr(box, curve.check)
+    result: CheckResult
     if curve.scope == "model":
-        return method(start, end, model_id="ctr_v41")  # type: ignore[no-any-return]
-    return method(start, end, experiment_id="879")  # type: ignore[no-any-return]
+        result = method(start, end, model_id="ctr_v41")
+    else:
+        result = method(start, end, experiment_id="879")
+    return result
 
 
 def _detected(curve: Curve, result: CheckResult) -> bool:
@@ -135,6 +138,7 @@ def _plot(curves: dict[str, dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(2, 4, figsize=(14, 6.5), sharey=True)
     for ax, (kind, data) in zip(axes.flat, curves.items(), strict=False):
@@ -142,9 +146,12 @@ def _plot(curves: dict[str, dict[str, Any]], path: Path) -> None:
         ax.axhline(data["false_alarm"], color="grey", linestyle=":", label="no fault")
         ax.set_title(f"{kind}\n({data['check']} check)", fontsize=9)
         ax.set_xscale("log" if kind != "miscalibration" else "linear")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(data["severity"], [f"{s:g}" for s in data["severity"]])
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("severity", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.tick_params(axis="x", rotation=30)
     axes[0, 0].set_ylabel("detection rate")
     axes[1, 0].set_ylabel("detection rate")
     axes[0, 0].legend(fontsize=7, loc="lower right")

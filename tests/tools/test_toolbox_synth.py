@@ -130,6 +130,9 @@ def test_each_subject_window_is_fetched_once(toolboxes) -> None:
         getattr(box, name)(at(60), at(120), experiment_id="e1")
     # One wide cube, one histogram and the snapshots: three queries for five checks.
     assert box.reader.queries - before == 3
+    box.refresh()
+    box.fallback(at(60), at(120), experiment_id="e1")
+    assert box.reader.queries - before == 4
 
 
 def test_metric_series_and_errors(toolboxes) -> None:
