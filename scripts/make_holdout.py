@@ -18,8 +18,9 @@ _SUITE = Path(__file__).resolve().parents[1] / "evals" / "scenarios"
 
 
 def _minutes(doc: dict[str, Any]) -> list[int]:
-    found = [f[k] for f in doc.get("faults", []) for k in ("start_minute", "end_minute") if k in f]
-    found += [e[k] for e in doc["world"]["experiments"] for k in ("start_minute", "end_minute") if k in e]
+    keys = ("start_minute", "end_minute")
+    found = [f[k] for f in doc.get("faults", []) for k in keys if k in f]
+    found += [e[k] for e in doc["world"]["experiments"] for k in keys if k in e]
     found.append(doc["alert"]["minute"])
     if "onset_minute" in doc["expect"]:
         found.append(doc["expect"]["onset_minute"])
