@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench eval clean
+.PHONY: setup demo test lint typecheck pytest bench eval holdout figures clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,15 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/vigil bench --json bench.json
+	$(BIN)/python scripts/readme_figures.py --bench bench.json --holdout holdout.json
+
+# The suite's scenarios re-drawn with new seeds, shifted minutes and renamed experiments.
+holdout: $(STAMP)
+	$(BIN)/python scripts/make_holdout.py .vigil/holdout
+	$(BIN)/vigil eval .vigil/holdout --json holdout.json
+
+figures: $(STAMP)
+	$(BIN)/python scripts/readme_figures.py --bench bench.json --holdout holdout.json
 
 eval: $(STAMP)
 	$(BIN)/vigil eval evals/scenarios --json eval.json --markdown eval.md

@@ -1,0 +1,150 @@
+"""Write the README's figures section from ``bench.json`` and the eval summary in docs/evals.md.
+
+The README keeps one generated block between ``<!-- figures:begin -->`` and
+``<!-- figures:end -->``: the benchmark figures of the last ``make bench`` (each against its goal,
+with the command that measured it), the eval comparison table that ``vigil eval --markdown
+docs/evals.md`` maintains, and the held-out figures when a held-out eval JSON is given. A section
+missing from the inputs is left out rather than invented.
+
+Usage: python scripts/readme_figures.py [--bench bench.json] [--evals docs/evals.md]
+       [--holdout holdout.json] [README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+_BLOCK = re.compile(r"<!-- figures:begin -->\n.*?<!-- figures:end -->", re.DOTALL)
+_SUMMARY = re.compile(
+    r"<!-- vigil-eval:begin summary -->\n(?P<body>.*?)<!-- vigil-eval:end summary -->", re.DOTALL
+)
+_FIGURES = ("ac1", "ac3", "experiment_acc", "onset_acc", "mitigation_acc")
+
+
+def _bench_rows(bench: dict[str, Any]) -> list[str]:
+    rows: list[str] = []
+    alloc = bench.get("allocation")
+    if alloc:
+        rows.append(
+            f"| `is_enabled` per call, Vigil vs GrowthBook SDK | {alloc['vigil_ns']:,.0f} ns vs "
+            f"{alloc['growthbook_ns']:,.0f} ns: **{alloc['speedup']}×** faster | ≥ 10× "
+            "| `vigil bench --only allocation` |"
+        )
+        rows.append(
+            f"| bulk allocation (`assign_many`) | **{alloc['bulk_units_per_s'] / 1e6:.1f} M** "
+            "units/s | ≥ 5 M | `vigil bench --only allocation` |"
+        )
+    sim = bench.get("simulation")
+    if sim:
+        rows.append(
+            f"| simulation into DuckDB, end to end | **{sim['requests_per_s'] / 1e6:.2f} M** "
+            f"requests/s ({sim['requests']:,} requests in {sim['seconds']} s) | ≥ 1 M "
+            "| `vigil bench --only simulation` |"
+        )
+    checks = bench.get("checks")
+    if checks:
+        rows.append(
+            f"| check battery vs one aggregate scan, {checks['rows'] / 1e6:.1f} M requests "
+            f"| {checks['battery_s']} s vs {checks['scan_s']} s: ratio **{checks['ratio']}** "
+            f"(investigation window: {checks['window_ratio']}) | ≤ 5 "
+            "| `vigil bench --only checks` |"
+        )
+        rows.append(
+            f"| peak memory of the battery | **{checks['peak_rss_mb']:,.0f} MB** | < 1024 MB "
+            "| `vigil bench --only checks` |"
+        )
+    ext = bench.get("external")
+    if ext and "tcpd_f1" in ext:
+        rows.append(
+            f"| change points on TCPD ({ext['tcpd_series']} series, margin 5) | F1 "
+            f"**{ext['tcpd_f1']:.3f}**, cover {ext['tcpd_cover']:.3f} (no change point: F1 "
+            f"{ext['tcpd_zero_f1']:.3f}) | F1 ≥ 0.80 | `vigil bench --only external` |"
+        )
+    if ext and "rs_f1" in ext:
+        rows.append(
+            f"| dimension attribution on RiskLoc RS ({ext['rs_cases']} cases) | exact-set F1 "
+            f"**{ext['rs_f1']:.3f}** (Adtributor, same run: "
+            f"{ext.get('rs_adtributor_riskloc_settings_f1', float('nan')):.3f}) | — "
+            "| `vigil bench --only external` |"
+        )
+    return rows
+
+
+def _holdout_line(path: Path) -> str:
+    got = json.loads(path.read_text())
+    figures = ", ".join(f"`{k}` {got[k]:.3f}" for k in _FIGURES)
+    return (
+        f"On {got['scenarios']} held-out scenarios (`python scripts/make_holdout.py /tmp/holdout` "
+        "derives them from the suite with new seeds, fault minutes shifted by up to 20 minutes "
+        "and renamed experiments; `vigil eval /tmp/holdout --json holdout.json`), the "
+        f"deterministic reasoner scores {figures}, `false_positive_rate` "
+        f"{got['false_positive_rate']:.3f}, `unsafe_actions` {got['unsafe_actions']}, median "
+        f"{got['median_seconds']:.2f} s."
+    )
+
+
+def render(bench: dict[str, Any] | None, evals_md: str | None, holdout: Path | None) -> str:
+    """The generated block, markers included."""
+    parts = ["<!-- figures:begin -->", "## Figures", ""]
+    if bench:
+        parts += [
+            "### Benchmarks (`make bench`, this 2-core machine; every ratio compares two things "
+            "measured in one run)",
+            "",
+            "| what | measured | goal | command |",
+            "|---|---|---|---|",
+            *_bench_rows(bench),
+            "",
+        ]
+        if bench.get("power"):
+            parts += [
+                "Detection rate against fault severity for each check (fixed seeds, "
+                f"{bench['power']['seeds_per_severity']} worlds per severity; severity 0 is a "
+                "healthy world, so its point is the false-alarm rate), made by "
+                "`vigil bench --only power`:",
+                "",
+                "![power curves](docs/power.png)",
+                "",
+            ]
+    if evals_md:
+        found = _SUMMARY.search(evals_md)
+        if found:
+            body = found.group("body").replace("### Figures by reasoner\n", "").strip()
+            parts += [
+                "### The scenario suite (`vigil eval evals/scenarios --json eval.json "
+                "--markdown docs/evals.md [--reasoner largest-change|random]`)",
+                "",
+                body,
+                "",
+            ]
+    if holdout is not None and holdout.exists():
+        parts += [_holdout_line(holdout), ""]
+    parts += ["Per-scenario rows and per-fault-kind figures: `docs/evals.md`.", ""]
+    parts.append("<!-- figures:end -->")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    """Rewrite the README's figures block in place."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("readme", nargs="?", default="README.md", type=Path)
+    parser.add_argument("--bench", default="bench.json", type=Path)
+    parser.add_argument("--evals", default="docs/evals.md", type=Path)
+    parser.add_argument("--holdout", default=None, type=Path)
+    args = parser.parse_args()
+    bench = json.loads(args.bench.read_text()) if args.bench.exists() else None
+    evals_md = args.evals.read_text() if args.evals.exists() else None
+    text = args.readme.read_text()
+    if not _BLOCK.search(text):
+        raise SystemExit(f"{args.readme}: no <!-- figures:begin --> ... <!-- figures:end --> block")
+    block = render(bench, evals_md, args.holdout)
+    args.readme.write_text(_BLOCK.sub(lambda _: block, text))
+    print(f"{args.readme}: figures updated")
+
+
+if __name__ == "__main__":
+    main()
