@@ -3,16 +3,24 @@
 None of it lives in the checkpointed state; a fresh process rebuilds :class:`Deps` from settings
 (:mod:`agent.runtime`) and resumes a paused investigation from its checkpoint. Tests build one
 from fakes.
+
+Also the :class:`Observer` protocol, through which the agent reports how long each check took
+and each LLM call (the server's ``/metrics`` implements it): :class:`ToolboxCache` times every
+check of the toolboxes it hands out, wherever the check is called from (localization, the check
+fan-out, the LLM's tool calls, verification).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, get_type_hints
 
 from agent.mitigation import ApprovalPolicy, Executor
 from agent.models import Alert
@@ -21,8 +29,25 @@ from agent.playbook import PlaybookSet
 from agent.reasoning import ExperimentMeta, Reasoner
 from agent.store import AgentStore
 from lifecycle.settings import Settings
+from tools.result import CheckResult
 
-__all__ = ["Catalog", "Deps", "ToolboxCache", "ToolboxFactory"]
+__all__ = ["Catalog", "Deps", "Observer", "ToolboxCache", "ToolboxFactory", "timed_checks"]
+
+
+class Observer(Protocol):
+    """Where the agent reports its work as it happens (``agent.server.metrics.ServerMetrics``).
+
+    Calls come from the investigation's threads; an implementation must be thread-safe and fast.
+    """
+
+    def observe_check(self, check: str, seconds: float) -> None:
+        """One diagnostic check ran for ``seconds`` (wall time)."""
+        ...
+
+    def observe_llm_call(self, model: str, *, failed: bool = False, reason: str = "") -> None:
+        """One call to the LLM endpoint (after retries); ``failed`` with why when it failed or
+        its answer was rejected."""
+        ...
 
 
 class Catalog(Protocol):
@@ -41,16 +66,59 @@ ToolboxFactory = Callable[[Alert], Any]
 """Builds the checks (a ``tools.toolbox.Toolbox`` or a fake with its methods) for an alert."""
 
 
+def _timed(check: str, method: Callable[..., Any], observer: Observer) -> Callable[..., Any]:
+    @functools.wraps(method)  # keeps the signature and docstring the LLM's tool schemas read
+    def run(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:  # a check that raises took its time too
+            observer.observe_check(check, time.perf_counter() - began)
+
+    run.__dict__["_vigil_timed"] = True
+    return run
+
+
+def _is_check(function: Callable[..., Any]) -> bool:
+    try:
+        return get_type_hints(function).get("return") is CheckResult
+    except (NameError, TypeError):  # annotations that do not resolve: not a check we can tell
+        return False
+
+
+def timed_checks(toolbox: Any, observer: Observer | None) -> Any:
+    """Report the wall time of every check ``toolbox`` runs to ``observer``.
+
+    A check is a public method annotated ``-> CheckResult`` (what the LLM's tools are made of);
+    each is shadowed on the instance by a wrapper with the same signature, observed under the
+    method's name. The toolbox is returned (changed in place; a toolbox timed already is not
+    timed twice); with no observer, or an instance without a ``__dict__``, it is left as it is.
+    """
+    own = getattr(toolbox, "__dict__", None)
+    if observer is None or own is None:
+        return toolbox
+    for name, function in inspect.getmembers(type(toolbox), inspect.isfunction):
+        if name.startswith("_") or getattr(own.get(name), "_vigil_timed", False):
+            continue
+        if _is_check(function):
+            own[name] = _timed(name, getattr(toolbox, name), observer)
+    return toolbox
+
+
 class ToolboxCache:
     """One toolbox per investigation (its aggregate cache is then shared by all its checks).
 
     Args:
         factory: Builds a toolbox for an alert.
         size: Investigations kept (least recently used are dropped).
+        observer: Told how long each check of the toolboxes handed out takes (None: nobody).
     """
 
-    def __init__(self, factory: ToolboxFactory, size: int = 16) -> None:
+    def __init__(
+        self, factory: ToolboxFactory, size: int = 16, observer: Observer | None = None
+    ) -> None:
         self._factory = factory
+        self._observer = observer
         self._size = size
         self._lock = threading.Lock()
         self._items: OrderedDict[str, Any] = OrderedDict()
@@ -62,7 +130,7 @@ class ToolboxCache:
             if box is not None:
                 self._items.move_to_end(investigation_id)
                 return box
-        box = self._factory(alert)
+        box = timed_checks(self._factory(alert), self._observer)
         with self._lock:
             self._items[investigation_id] = box
             while len(self._items) > self._size:
@@ -71,7 +139,7 @@ class ToolboxCache:
 
     def fresh(self, alert: Alert) -> Any:
         """A new toolbox with empty caches (verification must read telemetry that arrived since)."""
-        return self._factory(alert)
+        return timed_checks(self._factory(alert), self._observer)
 
     def drop(self, investigation_id: str) -> None:
         """Forget an investigation's toolbox (after it finished)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from agent.models import RootCause
 from agent.playbook import CauseRule, Playbook, Signal
@@ -33,7 +34,7 @@ from agent.reasoning import DiagnosisInput
 from agent.state import CheckOutcome, Diagnosis, Suspect
 from tools.result import CheckResult
 
-__all__ = ["DeterministicReasoner", "rank_causes"]
+__all__ = ["DeterministicReasoner", "cause_onset", "rank_causes"]
 
 _FAIL_P = 0.8
 _WARN_P = 0.3
@@ -239,6 +240,48 @@ def rank_causes(
             seen.add(pair)
             ruled_out.append(pair)
     return causes, ruled_out
+
+
+def _subject_key(cause: RootCause) -> str:
+    if cause.experiment is not None:
+        return f"experiment:{cause.experiment}"
+    if cause.model is not None:
+        return f"model:{cause.model}"
+    return "global"
+
+
+def cause_onset(cause: RootCause, outcomes: Sequence[CheckOutcome]) -> datetime | None:
+    """When ``cause`` started: the onset its own evidence dates, primary signal first.
+
+    The onset comes from a failing check the cause cites, on the cause's subject (its experiment,
+    its model, else all traffic) before any other subject, and in the order of ``cause.evidence``
+    (a rule lists its primary signal first). Another subject's failure, or a secondary symptom
+    that surfaced later (NE drifting after a model stopped refreshing), does not date the cause.
+
+    Args:
+        cause: A ranked cause (its ``evidence`` names the checks that support it).
+        outcomes: The check outcomes of the investigation.
+
+    Returns:
+        The onset, or None when no failing evidence carries one.
+    """
+    own = _subject_key(cause)
+    dated = [
+        o
+        for o in outcomes
+        if o.result.check in cause.evidence
+        and o.result.verdict == "fail"
+        and o.result.onset is not None
+        and not o.error
+        and o.subject.key in (own, "global")
+    ]
+    if not dated:
+        return None
+    best = min(
+        dated,
+        key=lambda o: (o.subject.key != own, cause.evidence.index(o.result.check)),
+    )
+    return best.result.onset
 
 
 class DeterministicReasoner:

@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from agent.deps import Observer
 from agent.deterministic import DeterministicReasoner
 from agent.llm_tools import ToolSpec, check_tools, compact_result, quote_data, redact
 from agent.models import Cause, RootCause
@@ -129,6 +130,8 @@ class LLMReasoner:
             step and token budgets, ``redact_fields``.
         client: A ready ``openai.OpenAI`` client (built from settings if None).
         fallback: The reasoner that stands when the LLM cannot (deterministic by default).
+        observer: Told of every call to the endpoint (after its retries) and whether it failed
+            (the endpoint stayed down, or its answer was not a valid diagnosis).
     """
 
     name = "llm"
@@ -139,6 +142,7 @@ class LLMReasoner:
         *,
         client: OpenAI | None = None,
         fallback: Reasoner | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if not settings.llm_base_url or not settings.llm_model:
             raise ConfigError(
@@ -153,6 +157,7 @@ class LLMReasoner:
             max_retries=0,  # tenacity retries, so the policy is one and visible
         )
         self.fallback = fallback or DeterministicReasoner()
+        self.observer = observer
 
     # -- public --------------------------------------------------------------------------------
 
@@ -246,9 +251,15 @@ class LLMReasoner:
         except RetryError as exc:
             last = exc.last_attempt.exception()
             attempts = exc.last_attempt.attempt_number
+            self._observe(failed=True, reason=type(last).__name__)
             raise LLMUnavailable(f"{type(last).__name__} after {attempts} attempts") from last
         except openai.APIError as exc:  # 4xx other than 429, undecodable bodies: terminal
+            self._observe(failed=True, reason=type(exc).__name__)
             raise LLMUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _observe(self, *, failed: bool = False, reason: str = "") -> None:
+        if self.observer is not None:
+            self.observer.observe_llm_call(self.model, failed=failed, reason=reason)
 
     def _converse(
         self, given: DiagnosisInput, baseline: Diagnosis, extra: list[CheckOutcome]
@@ -267,14 +278,17 @@ class LLMReasoner:
             usage = getattr(response, "usage", None)
             spent += int(getattr(usage, "total_tokens", 0) or 0)
             if not getattr(response, "choices", None):
+                self._observe(failed=True, reason="no_choices")
                 raise LLMUnavailable("the endpoint returned no choices")
             message = response.choices[0].message
             calls = list(message.tool_calls or [])
             messages.append(message.model_dump(exclude_none=True))
+            invalid = False
             if not calls:
                 try:
-                    return _parse_content(message.content or "")
+                    answer = _parse_content(message.content or "")
                 except ValidationError as exc:
+                    invalid = True
                     messages.append(
                         {
                             "role": "user",
@@ -282,18 +296,26 @@ class LLMReasoner:
                             f"Call {SUBMIT} with arguments matching its schema.",
                         }
                     )
+                else:
+                    self._observe()
+                    return answer
             for call in calls:
                 name = call.function.name
                 if name == SUBMIT:
                     try:
-                        return LLMDiagnosis.model_validate_json(call.function.arguments or "")
+                        answer = LLMDiagnosis.model_validate_json(call.function.arguments or "")
                     except ValidationError as exc:
+                        invalid = True
                         content = f"Invalid diagnosis: {_brief(exc)}. Submit again."
+                    else:
+                        self._observe()
+                        return answer
                 elif name in tools:
                     content = self._run_tool(tools[name], call.function.arguments, extra, fields)
                 else:
                     content = f"Unknown tool {name!r}. Tools: {sorted(tools)} and {SUBMIT}."
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+            self._observe(failed=invalid, reason="invalid_answer" if invalid else "")
             if spent > self.settings.llm_max_tokens:
                 raise LLMUnavailable(
                     f"token budget spent ({spent} > {self.settings.llm_max_tokens}) "

@@ -1,7 +1,15 @@
 """Localize and plan: when it started, whom to suspect, and which checks to run on whom.
 
 For an alert naming an experiment, the suspect is that experiment. For a global alert, the
-attribution check ranks the experiments by their share of the metric's delta, and the production
+attribution check tests, for every arm of every experiment, whether its effect against its own
+control moved between the baseline and the window (a difference-in-differences, one-sided in the
+metric's bad direction, Holm-adjusted over all arms), on the alert's metric and on the playbook's
+scan metrics (business metrics, and fallback, errors, invalid predictions: symptoms a faulty arm
+owns outright), Bonferroni-adjusted over the metrics scanned. The experiments whose adjusted
+p-value clears the playbook's ``alpha`` are the suspects, most
+significant first; only when the alert's metric itself moved significantly do its largest
+contributors fill the remaining places. Experiments that merely carry noise are not examined, so
+the suspect list stays short and a dozen concurrent experiments do not dilute it. The production
 model is examined too (a fault of the model serving everyone has no control arm to compare with).
 The onset is the change point of the alert's metric. The plan is every playbook check on every
 suspect of a scope the check runs on; the checks then run in parallel (``Send`` in the graph).
@@ -35,7 +43,7 @@ _log = logging.getLogger(__name__)
 
 SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
 # Metrics the attribution check can split by experiment (per-request rates and means).
-ATTRIBUTABLE: tuple[str, ...] = ("revenue", "ctr", "fallback_rate", "error_rate")
+ATTRIBUTABLE: tuple[str, ...] = ("revenue", "ctr", "fallback_rate", "error_rate", "invalid_rate")
 _EXPERIMENT_COLUMNS = ("experiment_id", "experiment")
 _SHARE_COLUMNS = (
     "share_of_change",
@@ -83,17 +91,26 @@ class Attributed:
     experiment: str
     share: float
     p_value: float | None
+    p_adjusted: float | None = None
+
+    @property
+    def evidence(self) -> float:
+        """The p-value to judge it by: the multiplicity-adjusted one when given."""
+        if self.p_adjusted is not None:
+            return self.p_adjusted
+        return self.p_value if self.p_value is not None else 1.0
 
 
 def attributed_experiments(result: CheckResult) -> list[Attributed]:
-    """The experiments an attribution result credits with the change, largest share first.
+    """The experiments an attribution result credits with the change, strongest evidence first.
 
     Reads the first evidence table that names experiments: either an experiment column
     (``experiment_id`` / ``experiment``), or ``kind`` + ``candidate`` rows where kind is
-    ``experiment`` and the candidate is ``EXPERIMENT`` or ``EXPERIMENT/ARM`` (an experiment's
-    share is its largest arm's). The share is the first of ``share_of_change`` / ``share`` /
-    ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present; ``p_value`` is
-    read when present.
+    ``experiment`` and the candidate is ``EXPERIMENT`` or ``EXPERIMENT/ARM`` (an experiment
+    stands for its best-evidenced arm). The share is the first of ``share_of_change`` /
+    ``share`` / ``share_of_delta`` / ``explained_share`` / ``contribution_share`` present;
+    ``p_value`` and ``p_adjusted`` are read when present. Order: adjusted (else raw) p-value,
+    then the larger share.
     """
     for ev in result.evidence:
         cols = [c.lower() for c in ev.columns]
@@ -102,6 +119,7 @@ def attributed_experiments(result: CheckResult) -> list[Attributed]:
         kind_col = cols.index("kind") if "kind" in cols else None
         cand_col = cols.index("candidate") if "candidate" in cols else None
         p_col = cols.index("p_value") if "p_value" in cols else None
+        q_col = cols.index("p_adjusted") if "p_adjusted" in cols else None
         if share_col is None or (exp_col is None and (kind_col is None or cand_col is None)):
             continue
         best: dict[str, Attributed] = {}
@@ -116,12 +134,14 @@ def attributed_experiments(result: CheckResult) -> list[Attributed]:
                 continue
             share = _number(row[share_col])
             p = _number(row[p_col]) if p_col is not None else None
+            q = _number(row[q_col]) if q_col is not None else None
             if share is None:
                 continue
+            found = Attributed(str(exp), share, p, q)
             seen = best.get(str(exp))
-            if seen is None or share > seen.share:
-                best[str(exp)] = Attributed(str(exp), share, p)
-        return sorted(best.values(), key=lambda a: -a.share)
+            if seen is None or (found.evidence, -found.share) < (seen.evidence, -seen.share):
+                best[str(exp)] = found
+        return sorted(best.values(), key=lambda a: (a.evidence, -a.share))
     return []
 
 
@@ -162,7 +182,8 @@ def _pick(
     playbook: Playbook,
     known: set[str],
 ) -> list[Suspect]:
-    """Significant contributors to any attributed change first, then the alert metric's largest."""
+    """Experiments whose arm-vs-control effect moved significantly; then, when the alert's metric
+    itself moved, its largest contributors (see the module docstring)."""
     spec = playbook.suspects
     picked: dict[str, Suspect] = {}
 
@@ -170,16 +191,21 @@ def _pick(
         if len(picked) < spec.max_experiments and exp not in picked and (not known or exp in known):
             picked[exp] = Suspect(scope="experiment", id=exp, reason=reason, share=share)
 
-    significant: list[tuple[float, str, str, float]] = []
+    # Holm within each metric (in the check), Bonferroni across the metrics scanned.
+    family = max(len(found), 1)
+    significant: list[tuple[float, float, str, str]] = []
     for m, outcome in found:
         for a in attributed_experiments(outcome.result):
-            if a.share >= spec.min_share and a.p_value is not None and a.p_value <= spec.alpha:
-                reason = f"explains {a.share:.0%} of the {m} change (p={a.p_value:.2g})"
-                significant.append((a.p_value, a.experiment, reason, a.share))
-    for _, exp, reason, share in sorted(significant, key=lambda t: (t[0], -t[3])):
-        add(exp, reason, share)
+            q = min(1.0, a.evidence * family)
+            if a.p_value is None or q > spec.alpha:
+                continue
+            reason = f"its {m} moved against its control (adjusted p={q:.2g}"
+            reason += f", {a.share:.0%} of the change)" if a.share > 0 else ")"
+            significant.append((q, -a.share, a.experiment, reason))
+    for _q, neg_share, exp, reason in sorted(significant):
+        add(exp, reason, -neg_share)
     for m, outcome in found:
-        if m != metric:
+        if m != metric or outcome.result.verdict not in ("fail", "warn"):
             continue
         for a in attributed_experiments(outcome.result):
             if a.share >= spec.min_share:

@@ -18,7 +18,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import Send, interrupt
 
 from agent.deps import Deps
-from agent.deterministic import DeterministicReasoner
+from agent.deterministic import DeterministicReasoner, cause_onset
 from agent.localize import localize, plan, run_task, utc
 from agent.mitigation import propose_for
 from agent.models import (
@@ -228,16 +228,7 @@ class Nodes:
         onset = state.onset
         top = diagnosis.causes[0] if diagnosis.causes else None
         if top is not None and top.cause != "none":
-            onset = next(
-                (
-                    o.result.onset
-                    for o in outcomes
-                    if o.result.check in top.evidence
-                    and o.result.verdict == "fail"
-                    and o.result.onset is not None
-                ),
-                onset,
-            )
+            onset = cause_onset(top, outcomes) or onset
         onset = utc(onset) if onset is not None else None
         return {"diagnosis": diagnosis, "onset": onset, "outcomes": list(diagnosis.extra)}
 

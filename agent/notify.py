@@ -33,6 +33,10 @@ class Notifier(Protocol):
         """An approved mitigation was executed through the experiment core."""
         ...
 
+    def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
+        """``user`` rejected a proposed mitigation (nothing was executed)."""
+        ...
+
     def recovery_verified(self, mitigation: MitigationView) -> None:
         """Verification judged whether the metric recovered (``mitigation.recovered``)."""
         ...
@@ -48,6 +52,9 @@ class NullNotifier:
         """Do nothing."""
 
     def mitigation_executed(self, mitigation: MitigationView) -> None:
+        """Do nothing."""
+
+    def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
         """Do nothing."""
 
     def recovery_verified(self, mitigation: MitigationView) -> None:
@@ -75,6 +82,11 @@ class FanoutNotifier:
         for n in self._notifiers:
             n.mitigation_executed(mitigation)
 
+    def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
+        """Tell every notifier."""
+        for n in self._notifiers:
+            n.mitigation_rejected(mitigation, user)
+
     def recovery_verified(self, mitigation: MitigationView) -> None:
         """Tell every notifier."""
         for n in self._notifiers:
@@ -87,9 +99,9 @@ class SafeNotifier:
     def __init__(self, inner: Notifier | None) -> None:
         self.inner: Notifier = inner if inner is not None else NullNotifier()
 
-    def _call(self, name: str, arg: InvestigationView | MitigationView) -> None:
+    def _call(self, name: str, arg: InvestigationView | MitigationView, *more: str) -> None:
         try:
-            getattr(self.inner, name)(arg)
+            getattr(self.inner, name)(arg, *more)
         except Exception:  # a notifier (Slack) being down must not fail an investigation
             _log.exception("notifier %s failed for %s", name, arg.id)
 
@@ -104,6 +116,10 @@ class SafeNotifier:
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         """Forward, logging failures."""
         self._call("mitigation_executed", mitigation)
+
+    def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
+        """Forward, logging failures."""
+        self._call("mitigation_rejected", mitigation, user)
 
     def recovery_verified(self, mitigation: MitigationView) -> None:
         """Forward, logging failures."""

@@ -42,7 +42,14 @@ Scope = Literal["experiment", "model", "global"]
 SignalVerdict = Literal["fail", "warn"]
 # Metrics the verify step can read per minute (Toolbox.metric_series).
 SeriesMetric = Literal[
-    "revenue", "ctr", "ne", "calibration", "fallback_rate", "error_rate", "latency_p99"
+    "revenue",
+    "ctr",
+    "ne",
+    "calibration",
+    "fallback_rate",
+    "error_rate",
+    "invalid_rate",
+    "latency_p99",
 ]
 
 
@@ -168,9 +175,9 @@ class SuspectSpec(_Strict):
 
     The alert's metric is attributed to experiments, and so is each ``scan_metrics`` metric (a
     fallback or error spike in one experiment barely moves revenue, but owns the fallback rate's
-    change). Experiments whose contribution is significant (``p <= alpha``) and at least
-    ``min_share`` of a change come first; the largest contributors to the alert metric's change
-    fill the remaining places.
+    change). Experiments whose arm-vs-control shift is significant (Holm-adjusted over every arm,
+    ``p <= alpha``) come first, most significant first; when the alert's metric itself moved
+    significantly, its contributors of at least ``min_share`` fill the remaining places.
     """
 
     max_experiments: int = Field(default=3, ge=0)

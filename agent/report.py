@@ -1,25 +1,25 @@
-"""Reports: self-contained HTML (jinja2, plots as base64 PNG) and Markdown, written to disk.
+"""Reports: self-contained HTML (jinja2, plots as base64 SVG) and Markdown, written to disk.
 
 Three plots, each drawn only when its data exists: the alert metric per minute with the onset
 marked; test vs control for the top cause's failing check (its ``series`` evidence); and the
-attribution breakdown (share of the change per experiment). Matplotlib runs on the Agg backend
-(no display); every text in the HTML is escaped.
+attribution breakdown (evidence per experiment). The charts are small SVG documents written
+directly (:mod:`agent._svg`): matplotlib took longer to draw them than the investigation took to
+run its statistics. Every text in the HTML and in the charts is escaped.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import logging
-import threading
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from agent._svg import bar_chart, line_chart
 from agent.localize import attributed_experiments
 from agent.narrative import ReportModel, render_markdown
 from agent.state import CheckOutcome
@@ -34,25 +34,15 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-# pyplot's state machine is not thread-safe; the investigation pool runs reports on threads.
-_plot_lock = threading.Lock()
 
 
-def _pyplot() -> Any:
-    """pyplot on the Agg backend, imported on first use (the CLI's other commands skip it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _b64(svg: str | None) -> str | None:
+    return base64.b64encode(svg.encode("utf-8")).decode("ascii") if svg else None
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _pyplot().close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def _seconds(t: pd.Series) -> pd.Series:
+    """Naive UTC datetimes as float epoch seconds."""
+    return t.astype("datetime64[ns]").astype("int64") / 1e9
 
 
 def _minutes(values: pd.Series) -> pd.Series:
@@ -71,27 +61,19 @@ def _trimmed(frame: pd.DataFrame) -> pd.DataFrame:
 def alert_series_plot(
     frame: pd.DataFrame | None, metric: str, onset: datetime | None, scope: str = ""
 ) -> str | None:
-    """The alert metric per minute (one line per arm) with the onset marked; base64 PNG."""
+    """The alert metric per minute (one line per arm) with the onset marked; base64 SVG."""
     if frame is None or len(frame) == 0 or "value" not in frame or "minute" not in frame:
         return None
     data = _trimmed(frame.assign(t=_minutes(frame["minute"])))
-    with _plot_lock:
-        fig, ax = _pyplot().subplots(figsize=(8, 3))
-        groups = data.groupby("arm") if "arm" in data else [("all", data)]
-        for arm, part in groups:
-            part = part.sort_values("t")
-            ax.plot(part["t"], part["value"], label=str(arm), linewidth=1)
-        if onset is not None:
-            ax.axvline(
-                pd.Timestamp(onset.replace(tzinfo=None)),
-                color="red",
-                linestyle="--",
-                label="onset",
-            )
-        ax.set_title(f"{metric} per minute{' — ' + scope if scope else ''}")
-        ax.legend(loc="best", fontsize=8)
-        fig.autofmt_xdate()
-        return _png(fig)
+    data = data.assign(x=_seconds(data["t"]), value=pd.to_numeric(data["value"], errors="coerce"))
+    groups = data.groupby("arm", sort=True) if "arm" in data else [("all", data)]
+    lines = []
+    for arm, part in groups:
+        part = part.sort_values("x")
+        lines.append((str(arm), part["x"].tolist(), part["value"].astype(float).tolist()))
+    marker = pd.Timestamp(onset.replace(tzinfo=None)).value / 1e9 if onset is not None else None
+    title = f"{metric} per minute{' — ' + scope if scope else ''} (UTC)"
+    return _b64(line_chart(lines, title, marker=marker))
 
 
 def _series(evidence: Sequence[Evidence]) -> Evidence | None:
@@ -101,7 +83,7 @@ def _series(evidence: Sequence[Evidence]) -> Evidence | None:
 
 
 def check_plot(outcome: CheckOutcome | None) -> str | None:
-    """Test vs control (every line of the failing check's series evidence); base64 PNG."""
+    """Test vs control (every line of the failing check's series evidence); base64 SVG."""
     if outcome is None:
         return None
     ev = _series(outcome.result.evidence)
@@ -109,39 +91,39 @@ def check_plot(outcome: CheckOutcome | None) -> str | None:
         return None
     frame = pd.DataFrame(ev.rows, columns=ev.columns)
     x = frame.columns[0]
+    timed = True
     try:
-        t = pd.to_datetime(frame[x], utc=True).dt.tz_localize(None)
+        xs = _seconds(pd.to_datetime(frame[x], utc=True).dt.tz_localize(None))
     except (ValueError, TypeError):
-        t = frame[x]
-    with _plot_lock:
-        fig, ax = _pyplot().subplots(figsize=(8, 3))
-        for col in frame.columns[1:]:
-            values = pd.to_numeric(frame[col], errors="coerce")
-            if values.notna().any():
-                ax.plot(t, values, label=str(col), linewidth=1)
-        ax.set_title(f"{outcome.result.check}: {ev.name}")
-        ax.legend(loc="best", fontsize=8)
-        fig.autofmt_xdate()
-        return _png(fig)
+        xs, timed = pd.to_numeric(frame[x], errors="coerce"), False
+    lines = []
+    for col in frame.columns[1:]:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        if values.notna().any():
+            lines.append((str(col), xs.astype(float).tolist(), values.astype(float).tolist()))
+    title = f"{outcome.result.check}: {ev.name}"
+    return _b64(line_chart(lines, title, timed=timed))
 
 
 def attribution_plot(outcome: CheckOutcome | None) -> str | None:
-    """Share of the change explained per experiment (horizontal bars); base64 PNG."""
+    """Evidence per experiment, −log10 of its adjusted p-value (horizontal bars); base64 SVG.
+
+    The bars show how strongly each experiment's arm-vs-control effect moved (the ranking the
+    suspects come from); the share of the change each explains is in the label.
+    """
     if outcome is None:
         return None
     rows = attributed_experiments(outcome.result)[:10]
     if not rows:
         return None
-    with _plot_lock:
-        fig, ax = _pyplot().subplots(figsize=(6, 0.4 * len(rows) + 1))
-        ax.barh(
-            [r.experiment for r in reversed(rows)],
-            [r.share for r in reversed(rows)],
-            color="#4472c4",
+    return _b64(
+        bar_chart(
+            [f"{r.experiment} ({r.share:.0%} of change)" for r in rows],
+            [-math.log10(max(r.evidence, 1e-300)) for r in rows],
+            "Attribution by experiment",
+            "−log10 adjusted p of its arm-vs-control shift",
         )
-        ax.set_xlabel("share of the change explained")
-        ax.set_title("Attribution by experiment")
-        return _png(fig)
+    )
 
 
 def render_html(model: ReportModel) -> str:

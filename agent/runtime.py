@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from agent.deps import ToolboxFactory
+from agent.deps import Observer, ToolboxFactory
 from agent.models import Alert
 from agent.reasoning import ExperimentMeta, Reasoner
 from lifecycle.settings import Settings
@@ -158,12 +158,17 @@ def lifecycle_parts(settings: Settings) -> LifecycleParts:
     )
 
 
-def reasoner_from_settings(settings: Settings) -> Reasoner:
-    """The LLM reasoner when ``llm_base_url`` and ``llm_model`` are set, else deterministic."""
+def reasoner_from_settings(settings: Settings, observer: Observer | None = None) -> Reasoner:
+    """The LLM reasoner when ``llm_base_url`` and ``llm_model`` are set, else deterministic.
+
+    Args:
+        settings: The LLM endpoint, model and budget.
+        observer: Told of each LLM call (the server's metrics); None for nobody.
+    """
     if settings.llm_base_url and settings.llm_model:
         from agent.llm import LLMReasoner
 
-        return LLMReasoner(settings)
+        return LLMReasoner(settings, observer=observer)
     from agent.deterministic import DeterministicReasoner
 
     return DeterministicReasoner()

@@ -29,7 +29,7 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
-from agent.deps import Catalog, Deps, ToolboxCache, ToolboxFactory
+from agent.deps import Catalog, Deps, Observer, ToolboxCache, ToolboxFactory
 from agent.graph import build_graph, open_checkpointer
 from agent.mitigation import Actions, ApprovalPolicy, Executor, blast_radius
 from agent.models import Alert, InvestigationView, MitigationAction, MitigationView
@@ -66,6 +66,8 @@ class Investigator:
         catalog: Experiments and the production model; from the state database if None.
         actions: The experiment core's state changes; lifecycle's ``ExperimentService`` if None.
         clock: "Now" on the telemetry's clock (a simulation's clock in the demo); UTC if None.
+        observer: Told how long each check takes and of each LLM call (the server's metrics);
+            the LLM reasoner the settings call for reports to it too.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class Investigator:
         catalog: Catalog | None = None,
         actions: Actions | None = None,
         clock: Callable[[], datetime] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self._owned: Any = None
@@ -101,9 +104,9 @@ class Investigator:
             settings=settings,
             store=self.store,
             playbooks=load_playbooks(settings.playbooks_dir),
-            reasoner=reasoner or reasoner_from_settings(settings),
+            reasoner=reasoner or reasoner_from_settings(settings, observer=observer),
             catalog=catalog,
-            toolboxes=ToolboxCache(toolbox_factory),
+            toolboxes=ToolboxCache(toolbox_factory, observer=observer),
             policy=policy,
             executor=Executor(self.store, actions, policy, clock),
             notifier=SafeNotifier(notifier),
@@ -222,6 +225,8 @@ class Investigator:
             detail={"rejected_by": user},
         )
         if won:
+            # Told once the decision is stored, by the one call that made it (like execution).
+            self.deps.notifier.mitigation_rejected(self.store.get_mitigation(mitigation_id), user)
             self._continue(
                 current, Decision(mitigation_id=mitigation_id, decision="reject", user=user)
             )

@@ -1,35 +1,64 @@
-"""Run one scenario through the real agent in its own folder, and read what it did to the state.
+"""Scenario worlds for the real agent: simulate, create, fire, investigate — and go on after.
 
-The steps are the ones ``vigil investigate --scenario`` takes (and reuse its plumbing in
-:mod:`agent.cli._scenario`): simulate the world up to the alert into the folder's telemetry store,
-create and start the scenario's experiments in the folder's state store, fire the alert and run
-the :class:`~agent.service.Investigator` to its approval interrupt. Nobody approves anything, so
-any execution the state shows is an unsafe action (:func:`count_unsafe`).
+The steps ``vigil investigate --scenario``, ``vigil demo`` and ``vigil eval`` share (one
+implementation, here; the CLI, the composition root, imports it lazily):
+
+1. Simulate the world up to the alert into the settings' telemetry store (once per scenario
+   content and end minute: a marker file beside the stores remembers what was simulated).
+2. Create and start the scenario's experiments in the state store, at full rollout as in the
+   simulated world, and register in lifecycle's model registry the model versions the world
+   published (read from its ``model_snapshots``), so that a rollback has a version to go back to.
+3. Fire the scenario's alert and run the :class:`~agent.service.Investigator` to its approval
+   interrupt, on the scenario's clock.
+
+After an approved action the world may go on (:func:`continue_world`): minutes after it are
+simulated with the kill switches and model rollbacks the state store now holds, so that
+verification reads what the action did. In ``vigil eval`` nobody approves anything, so any
+execution the state shows is an unsafe action (:func:`count_unsafe`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.models import InvestigationView, MitigationView
+from agent.models import Alert, InvestigationView, MitigationView
 from agent.reasoning import Reasoner
+from lifecycle.config import ExperimentFile, ModelEntry, RolloutPlan, RolloutStage
 from lifecycle.settings import Settings
+from tools.errors import ConfigError, NotFoundError
 
 __all__ = [
     "EXECUTED_STATUSES",
     "MITIGATING_AUDIT_ACTIONS",
+    "SCENARIO_ACTOR",
+    "ScenarioWorld",
+    "continue_world",
     "count_unsafe",
+    "create_experiments",
+    "ensure_telemetry",
     "eval_settings",
+    "full_rollout",
     "investigate",
     "make_reasoner",
     "prepare",
+    "published_models",
     "run_scenario",
+    "scenario_alert",
+    "scenario_clock",
+    "scenario_settings",
+    "scenario_world",
     "unsafe_actions",
 ]
 
+SCENARIO_ACTOR = "vigil-scenario"
+_MARKER = "telemetry.scenario.json"
 # Mitigation statuses that mean the action was (or was being) carried out.
 EXECUTED_STATUSES = frozenset({"executing", "executed", "verified", "failed"})
 # Audit-log actions that a mitigation performs, and the mitigation action each one is.
@@ -40,6 +69,9 @@ MITIGATING_AUDIT_ACTIONS = {
     "escalate_infra": "escalate_infra",
     "escalate_data": "escalate_data",
 }
+
+
+# -- settings and reasoners ---------------------------------------------------------------------
 
 
 def eval_settings(folder: Path, base: Settings | None = None) -> Settings:
@@ -72,8 +104,6 @@ def make_reasoner(spec: str, settings: Settings, *, seed: int = 0) -> Reasoner:
     Raises:
         ConfigError: ``llm`` without ``llm_base_url`` and ``llm_model``, or an unknown name.
     """
-    from tools.errors import ConfigError
-
     if spec == "deterministic":
         from agent.deterministic import DeterministicReasoner
 
@@ -97,28 +127,263 @@ def make_reasoner(spec: str, settings: Settings, *, seed: int = 0) -> Reasoner:
     raise ConfigError("reasoner", spec, "choose deterministic, llm, largest-change or random")
 
 
-def prepare(scenario: Any, settings: Settings) -> Settings:
+def scenario_settings(settings: Settings, scenario: Any) -> Settings:
+    """The settings with the scenario's production model."""
+    return settings.model_copy(update={"production_model": scenario.world.production_model})
+
+
+# -- the scenario's alert and clock -------------------------------------------------------------
+
+
+def scenario_clock(scenario: Any, minute: float) -> datetime:
+    """Minute ``minute`` of the scenario as an aware UTC datetime."""
+    from evals.sim import minute_to_ts
+
+    return minute_to_ts(scenario, minute).replace(tzinfo=UTC)
+
+
+def scenario_alert(scenario: Any) -> Alert:
+    """The scenario's alert as the agent receives it."""
+    spec = scenario.alert
+    where = f" in experiment {spec.experiment}" if spec.experiment else ""
+    return Alert(
+        metric=spec.metric,
+        fired_at=scenario_clock(scenario, spec.minute),
+        experiment=spec.experiment,
+        source="scenario",
+        name=f"{scenario.name}: {spec.metric} regression",
+        summary=f"{spec.metric} regressed{where} (scenario {scenario.name}).",
+    )
+
+
+# -- 1. telemetry -------------------------------------------------------------------------------
+
+
+def _key(scenario: Any, end_minute: int) -> str:
+    body = scenario.model_dump_json()
+    return hashlib.sha256(f"{body}|{end_minute}".encode()).hexdigest()[:16]
+
+
+def _write_marker(settings: Settings, scenario: Any, end_minute: int) -> None:
+    marker = Path(settings.home) / _MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "key": _key(scenario, end_minute),
+        "url": settings.telemetry_url,
+        "scenario": scenario.name,
+        "end_minute": end_minute,
+        "spec": scenario.model_dump(mode="json"),
+    }
+    marker.write_text(json.dumps(body))
+
+
+def _read_marker(settings: Settings) -> dict[str, Any]:
+    marker = Path(settings.home) / _MARKER
+    if not marker.exists():
+        return {}
+    try:
+        seen = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(seen, dict) or seen.get("url") != settings.telemetry_url:
+        return {}
+    return seen
+
+
+def ensure_telemetry(scenario: Any, settings: Settings, end_minute: int) -> bool:
+    """Simulate minutes ``[0, end_minute)`` into the telemetry store unless already there.
+
+    Returns:
+        True when it simulated now; False when the store already held this scenario.
+    """
+    from evals.sim import simulate
+
+    if _read_marker(settings).get("key") == _key(scenario, end_minute):
+        return False
+    simulate(scenario, settings.telemetry_url, end_minute=end_minute, replace=True)
+    _write_marker(settings, scenario, end_minute)
+    return True
+
+
+@dataclass(frozen=True)
+class ScenarioWorld:
+    """The simulated world a telemetry store holds (from the marker beside the stores).
+
+    Attributes:
+        scenario: The scenario it was simulated from.
+        end_minute: The minute after the last one simulated: the world's "now".
+    """
+
+    scenario: Any
+    end_minute: int
+
+    def clock(self) -> datetime:
+        """The world's "now" (when an action taken now takes effect)."""
+        return scenario_clock(self.scenario, self.end_minute)
+
+
+def scenario_world(settings: Settings) -> ScenarioWorld | None:
+    """The scenario world in ``settings.telemetry_url``, or None when it holds real telemetry."""
+    from evals.sim import parse_scenario
+
+    seen = _read_marker(settings)
+    if not seen.get("spec") or not isinstance(seen.get("end_minute"), int):
+        return None
+    return ScenarioWorld(parse_scenario(seen["spec"]), int(seen["end_minute"]))
+
+
+def continue_world(settings: Settings, minutes: int) -> ScenarioWorld | None:
+    """Simulate ``minutes`` more of the scenario world, as the state store now stands.
+
+    The experiments blocked by active kill switches serve production; models with a version
+    rolled back lose their ``model:`` faults (DESIGN §5's mitigations, as the world feels them).
+
+    Returns:
+        The world as it now stands, or None when the store holds no scenario world.
+    """
+    from evals.sim import simulate
+    from lifecycle.service import ExperimentService
+
+    world = scenario_world(settings)
+    if world is None:
+        return None
+    with ExperimentService(settings.state_url) as service:
+        switches = [(k.scope, k.target) for k in service.kill_switches(active_only=True)]
+        rolled = sorted({m.id for m in service.models() if m.status == "rolled_back"})
+    end = world.end_minute + minutes
+    simulate(
+        world.scenario,
+        settings.telemetry_url,
+        start_minute=world.end_minute,
+        end_minute=end,
+        kill_switches=switches,
+        rolled_back=rolled,
+    )
+    _write_marker(settings, world.scenario, end)
+    return ScenarioWorld(world.scenario, end)
+
+
+# -- 2. experiments and models ------------------------------------------------------------------
+
+
+def full_rollout(file: ExperimentFile) -> ExperimentFile:
+    """The file with each experiment at full rollout (one stage, 100 %), as simulated."""
+    plan = RolloutPlan(stages=[RolloutStage(percent=100.0, min_minutes=0)])
+    return file.model_copy(
+        update={"experiments": [e.model_copy(update={"rollout": plan}) for e in file.experiments]}
+    )
+
+
+def published_models(scenario: Any, settings: Settings, until: datetime) -> list[ModelEntry]:
+    """The model versions the simulated world published by ``until``, oldest first.
+
+    A model that refreshes publishes a version per refresh (a ``stale_model`` fault stops it); a
+    static one has its one version. Versions are read from the telemetry's ``model_snapshots``;
+    a model with none there keeps the scenario's own entry.
+    """
+    import pandas as pd
+
+    from evals.sim import scenario_to_experiment_file
+    from tools.schema import TelemetrySchema
+    from tools.telemetry import TelemetryReader
+
+    declared = {m.id: m for m in scenario_to_experiment_file(scenario).models}
+    schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    rows = TelemetryReader(settings.telemetry_url, schema).snapshots(list(declared))
+    published = pd.to_datetime(rows["published_at"], utc=True)  # naive times are UTC
+    rows = rows.assign(published=published)[published <= pd.Timestamp(until).tz_convert("UTC")]
+    rows = rows.sort_values(["published", "model_id"])
+    out: list[ModelEntry] = []
+    seen: set[str] = set()
+    ids, versions = rows["model_id"].astype(str), rows["model_version"].astype(str)
+    for model_id, version in zip(ids, versions, strict=True):
+        out.append(declared[model_id].model_copy(update={"version": version}))
+        seen.add(model_id)
+    return out + [m for model_id, m in declared.items() if model_id not in seen]
+
+
+def create_experiments(scenario: Any, service: Any, settings: Settings | None = None) -> list[str]:
+    """Create (and start) the scenario's experiments unless they exist with the same config.
+
+    With ``settings`` (whose telemetry holds the simulated world) the model versions the world
+    published by the alert are registered, oldest first, so the newest serves and a rollback has
+    an earlier one to return to; without, each model's declared version.
+
+    Returns:
+        Ids created now.
+
+    Raises:
+        ConfigError: An experiment id exists with another configuration (use a fresh
+            ``VIGIL_HOME``), or the file does not validate.
+    """
+    from evals.sim import scenario_to_experiment_file
+
+    file = full_rollout(scenario_to_experiment_file(scenario))
+    if settings is not None:
+        until = scenario_clock(scenario, scenario.alert.minute)
+        file = file.model_copy(update={"models": published_models(scenario, settings, until)})
+    fresh = []
+    for i, exp in enumerate(file.experiments):
+        try:
+            stored = service.get(exp.id)
+        except NotFoundError:
+            fresh.append(exp)
+            continue
+        if stored.config.model_dump(exclude={"rollout"}) != exp.model_dump(exclude={"rollout"}):
+            raise ConfigError(
+                f"world.experiments[{i}].id",
+                exp.id,
+                "exists in the state store with another configuration; remove .vigil/ "
+                "or point VIGIL_STATE_URL at a fresh store",
+            )
+    reason = f"scenario {scenario.name}"
+    if not fresh:
+        service.register_models(file.models, SCENARIO_ACTOR, reason)
+        return []
+    todo = file.model_copy(update={"experiments": fresh})
+    return list(service.create(todo, SCENARIO_ACTOR, start=True, reason=reason))
+
+
+# -- 3. the investigation -----------------------------------------------------------------------
+
+
+def prepare(
+    scenario: Any, settings: Settings, on_simulated: Callable[[Settings], None] | None = None
+) -> Settings:
     """Simulate the world up to the alert and create its experiments; returns the settings used.
 
     The telemetry ends at the alert's minute, as it would when the alert fires.
+
+    Args:
+        scenario: The scenario.
+        settings: Where its stores are.
+        on_simulated: Called when the telemetry was simulated now (not found already there).
     """
-    from agent.cli._scenario import create_experiments, ensure_telemetry, scenario_settings
     from lifecycle.service import ExperimentService
 
     settings = scenario_settings(settings, scenario)
-    ensure_telemetry(scenario, settings, end_minute=scenario.alert.minute + 1)
+    simulated = ensure_telemetry(scenario, settings, end_minute=scenario.alert.minute + 1)
+    if simulated and on_simulated is not None:
+        on_simulated(settings)
     with ExperimentService.from_settings(settings) as service:
-        create_experiments(scenario, service)
+        create_experiments(scenario, service, settings)
     return settings
 
 
-def investigate(scenario: Any, settings: Settings, reasoner: Reasoner) -> InvestigationView:
-    """Fire the scenario's alert and investigate it up to the approval (nothing is approved)."""
-    from agent.cli._scenario import scenario_alert, scenario_clock, scenario_settings
+def investigate(
+    scenario: Any, settings: Settings, reasoner: Reasoner | None = None
+) -> InvestigationView:
+    """Fire the scenario's alert and investigate it up to the approval (nothing is approved).
+
+    Args:
+        scenario: The scenario (its world prepared with :func:`prepare`).
+        settings: Its stores.
+        reasoner: Ranks causes; the one the settings call for if None.
+    """
     from agent.service import Investigator
 
     settings = scenario_settings(settings, scenario)
-    clock_at = scenario_clock(scenario, scenario.alert.minute)
+    clock_at = scenario_clock(scenario, scenario.alert.minute + 1)
     inv = Investigator(settings, reasoner=reasoner, clock=lambda: clock_at)
     try:
         return inv.investigate(scenario_alert(scenario))
@@ -134,6 +399,9 @@ def run_scenario(scenario: Any, workdir: Path, reasoner: Reasoner) -> Investigat
     """
     settings = prepare(scenario, eval_settings(workdir))
     return investigate(scenario, settings, reasoner)
+
+
+# -- unsafe actions -----------------------------------------------------------------------------
 
 
 def _audit_target(entry: Any) -> str | None:

@@ -4,7 +4,9 @@ Vigil's monitors and the Alertmanager webhook record every alert here, so that a
 same experiment and metric is not fired twice while one is open (monitors), and a firing episode
 is investigated once however often it is re-sent (Alertmanager) — across restarts and processes.
 At most one open alert per (source, key) is enforced by a partial unique index, and writes take
-the state store's write lock (``lifecycle.store.write``).
+the state store's write lock (``lifecycle.store.write``). The table belongs to the state store's
+schema (``lifecycle.store.alert_ledger``, Alembic migration 0002): opening a ledger migrates the
+store like opening the experiment service does.
 """
 
 from __future__ import annotations
@@ -14,55 +16,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    and_,
-    delete,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from lifecycle.store import open_engine, write
+from lifecycle.store import alert_ledger as _alerts
+from lifecycle.store import migrate, open_engine, write
 
 __all__ = ["AlertLedger", "AlertRecord", "AlertStatus"]
 
 AlertStatus = Literal["open", "resolved"]
-
-_metadata = MetaData()
-_alerts = Table(
-    "alert_ledger",
-    _metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(32), nullable=False),
-    Column("key", String(255), nullable=False),
-    Column("experiment_id", String(64), nullable=True),
-    Column("metric", String(32), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("fired_at", DateTime, nullable=False),
-    Column("resolved_at", DateTime, nullable=True),
-    Column("investigation_id", String(64), nullable=True),
-    Column("detail", Text, nullable=False, default=""),
-)
-# At most one open alert per (source, key): the database, not a read-then-write, enforces it.
-Index(
-    "ix_alert_ledger_open",
-    _alerts.c.source,
-    _alerts.c.key,
-    unique=True,
-    sqlite_where=_alerts.c.status == "open",
-    postgresql_where=_alerts.c.status == "open",
-)
-Index("ix_alert_ledger_key", _alerts.c.source, _alerts.c.key)
 
 
 def _naive_utc(ts: datetime) -> datetime:
@@ -135,12 +98,13 @@ class AlertLedger:
     """Open and resolved alerts, persisted in the state database (table ``alert_ledger``).
 
     Args:
-        state_url: SQLAlchemy URL of the state database (``Settings.state_url``).
+        state_url: SQLAlchemy URL of the state database (``Settings.state_url``); its schema is
+            migrated to the newest revision on open.
     """
 
     def __init__(self, state_url: str) -> None:
         self._engine = open_engine(state_url)
-        _metadata.create_all(self._engine, checkfirst=True)
+        migrate(self._engine)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -42,6 +43,7 @@ from sqlalchemy.pool import StaticPool
 
 __all__ = [
     "VERSION_TABLE",
+    "alert_ledger",
     "arms",
     "audit_log",
     "dump_json",
@@ -172,6 +174,32 @@ audit_log = Table(
 )
 
 
+# Open and resolved alerts (``lifecycle.alerts``), added by migration 0002.
+alert_ledger = Table(
+    "alert_ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("experiment_id", String(64), nullable=True),
+    Column("metric", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("fired_at", DateTime, nullable=False),
+    Column("resolved_at", DateTime, nullable=True),
+    Column("investigation_id", String(64), nullable=True),
+    Column("detail", Text, nullable=False, default=""),
+)
+# At most one open alert per (source, key): the database, not a read-then-write, enforces it.
+Index(
+    "ix_alert_ledger_open",
+    alert_ledger.c.source,
+    alert_ledger.c.key,
+    unique=True,
+    sqlite_where=alert_ledger.c.status == "open",
+    postgresql_where=alert_ledger.c.status == "open",
+)
+Index("ix_alert_ledger_key", alert_ledger.c.source, alert_ledger.c.key)
+
 # --- values ------------------------------------------------------------------------------------
 
 
@@ -263,26 +291,31 @@ def _current_revision(conn: Connection) -> str | None:
     return ctx.get_current_revision()
 
 
-def migrate(engine: Engine) -> str:
-    """Upgrade the schema to the newest migration; a no-op when it is there already.
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """Upgrade the schema to ``revision`` (the newest by default); a no-op when it is there.
+
+    Args:
+        engine: The state store's engine (:func:`open_engine`).
+        revision: The revision to upgrade to; ``head`` except in tests of the migrations.
 
     Returns:
-        The head revision.
+        The revision the schema is at now.
     """
     from alembic import command
     from alembic.script import ScriptDirectory
 
     with engine.connect() as conn:
         cfg = _alembic_config(conn)
-        head = ScriptDirectory.from_config(cfg).get_current_head()
+        scripts = ScriptDirectory.from_config(cfg)
+        target = scripts.get_current_head() if revision == "head" else revision
         current = _current_revision(conn)
-    if current == head and head is not None:
-        return head
+    if current == target and target is not None:
+        return target
     with write(engine) as conn:
         # Checked again under the write lock: another process may have migrated meanwhile.
-        if _current_revision(conn) != head:
-            command.upgrade(_alembic_config(conn), "head")
-    return str(head)
+        if _current_revision(conn) != target:
+            command.upgrade(_alembic_config(conn), str(target))
+    return str(target)
 
 
 def state_version(conn: Connection) -> int:

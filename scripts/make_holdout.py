@@ -41,6 +41,23 @@ def _shift(doc: dict[str, Any], delta: int) -> None:
         doc["expect"]["onset_minute"] += delta
 
 
+def _stale_onset(doc: dict[str, Any]) -> None:
+    """A stale fault first shows at the first publication it suppresses, not at its start minute.
+
+    A model that stops refreshing at minute 126 with a 60-minute cadence keeps serving the version
+    published at 120, exactly as a healthy model would until 180: nothing in the telemetry can
+    place the onset before the first missed publication, so that is the held-out label.
+    """
+    cadences = {m["refresh_minutes"] for m in doc["world"]["models"] if m.get("refresh_minutes")}
+    stale = [f for f in doc.get("faults", []) if f["kind"] == "stale_model"]
+    if len(cadences) != 1 or not stale or "onset_minute" not in doc["expect"]:
+        return
+    (cadence,) = cadences
+    start = min(f["start_minute"] for f in stale)
+    if doc["expect"]["onset_minute"] == start:
+        doc["expect"]["onset_minute"] = -(-start // cadence) * cadence
+
+
 def _rename(doc: dict[str, Any], rng: random.Random) -> None:
     ids = {e["id"]: str(rng.randint(1000, 9999)) for e in doc["world"]["experiments"]}
     for e in doc["world"]["experiments"]:
@@ -64,6 +81,7 @@ def main(out: Path, seed: int) -> None:
         lo, hi = max(-20, 90 - min(minutes)), min(20, total - 1 - max(minutes))
         if lo <= hi:
             _shift(doc, rng.randint(lo, hi))
+        _stale_onset(doc)
         _rename(doc, rng)
         (out / f"holdout-{path.name}").write_text(yaml.safe_dump(doc, sort_keys=False))
 

@@ -93,10 +93,11 @@ def adtributor(
         a, f = total(cube.real), total(cube.forecast)
         if cube.real_den is not None and cube.forecast_den is not None:
             ad, fd = total(cube.real_den), total(cube.forecast_den)
+            # Zero totals (an empty numerator or denominator) give NaN terms, counted as 0.
             with np.errstate(divide="ignore", invalid="ignore"):
                 alone = ((a - f) * fd_tot - (ad - fd) * f_tot) / (fd_tot * (fd_tot + ad - fd))
+                surprise = _surprise(f / f_tot, a / a_tot) + _surprise(fd / fd_tot, ad / ad_tot)
             ep = np.nan_to_num(alone) / change
-            surprise = _surprise(f / f_tot, a / a_tot) + _surprise(fd / fd_tot, ad / ad_tot)
         else:
             ep = (a - f) / change
             surprise = _surprise(f / f_tot if f_tot else f, a / a_tot if a_tot else a)

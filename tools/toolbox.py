@@ -410,12 +410,15 @@ class Toolbox:
             hit = self._frames.get(key)
             if hit is None:
                 # Only all traffic carries the latency ladder (infra); it costs a third of a scan.
+                # A full cube brings the histogram of prediction, calibration and NE along: one
+                # read of the subject's rows (one exposure join) serves every check.
                 cube = self.reader.cube(
                     subject,
                     to_datetime(w.fetch_start),
                     to_datetime(w.end),
                     latency=subject.kind == "all",
                     lean=lean,
+                    histogram_block=None if lean else self._block(w),
                 )
                 control = (
                     self.experiments[subject.experiment_id].control
@@ -463,11 +466,15 @@ class Toolbox:
         self, subject: Subject, start: datetime, end: datetime
     ) -> tuple[pd.DataFrame, int]:
         w = self._window(start, end)
-        block = max(1, math.ceil((w.end - w.fetch_start) / self.settings.max_blocks))
+        block = self._block(w)
         hist = self.reader.histogram(
             subject, to_datetime(w.fetch_start), to_datetime(w.end), block_minutes=block
         )
         return hist, block
+
+    def _block(self, w: Window) -> int:
+        """Minutes per histogram time block: at most ``max_blocks`` blocks over the fetch."""
+        return max(1, math.ceil((w.end - w.fetch_start) / self.settings.max_blocks))
 
     def _controls(self) -> dict[str, str]:
         return {e.id: e.control for e in self.experiments.values()}

@@ -34,16 +34,10 @@ _AFTER_MINUTES = 30
 
 def demo_settings(base: Settings, folder: Path) -> Settings:
     """Settings with every store under ``folder`` (deterministic reasoner, no Slack)."""
-    return base.model_copy(
-        update={
-            "home": folder,
-            "state_url": f"sqlite:///{folder / 'state.db'}",
-            "telemetry_url": f"duckdb:///{folder / 'telemetry.duckdb'}",
-            "checkpoint_url": str(folder / "checkpoints.db"),
-            "reports_dir": folder / "reports",
-            "llm_base_url": None,
-            "slack_bot_token": None,
-        }
+    from evals.harness import eval_settings
+
+    return eval_settings(folder, base).model_copy(
+        update={"llm_base_url": None, "slack_bot_token": None}
     )
 
 
@@ -56,13 +50,13 @@ def _enrolled_unit(allocator: Any, experiment_id: str, arm: str) -> int:
 
 def run_demo(folder: Path, scenario_path: Path | None = None, echo: bool = True) -> dict[str, Any]:
     """Run the demo; returns what happened (ids, statuses, recovery, timings)."""
-    from agent.cli._scenario import (
+    from agent.service import Investigator
+    from evals.harness import (
         create_experiments,
         scenario_alert,
         scenario_clock,
         scenario_settings,
     )
-    from agent.service import Investigator
     from evals.sim import load_scenario, simulate
     from lifecycle.service import ExperimentService
 
@@ -89,7 +83,7 @@ def run_demo(folder: Path, scenario_path: Path | None = None, echo: bool = True)
     acted_minute = scenario.alert.minute + 1
     inv = Investigator(settings, clock=lambda: scenario_clock(scenario, acted_minute))
     try:
-        create_experiments(scenario, service)
+        create_experiments(scenario, service, settings)
         allocator = service.allocator()
         arm = fault.arm or "test"
         unit = _enrolled_unit(allocator, exp_id, arm)

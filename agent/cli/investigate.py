@@ -143,26 +143,14 @@ def print_view(view: InvestigationView) -> None:
 
 
 def _scenario_view(path: Path, settings: Settings) -> InvestigationView:
-    from agent.cli._scenario import (
-        create_experiments,
-        ensure_telemetry,
-        scenario_alert,
-        scenario_settings,
-    )
+    from evals.harness import investigate, prepare
     from evals.sim import load_scenario
-    from lifecycle.service import ExperimentService
+
+    def simulated(used: Settings) -> None:
+        _err().print(f"simulated {scenario.name} into {used.telemetry_url}", highlight=False)
 
     scenario = load_scenario(path)
-    settings = scenario_settings(settings, scenario)
-    if ensure_telemetry(scenario, settings, end_minute=scenario.alert.minute + 1):
-        _err().print(f"simulated {scenario.name} into {settings.telemetry_url}", highlight=False)
-    with ExperimentService.from_settings(settings) as service:
-        create_experiments(scenario, service)
-    inv = _investigator(settings)
-    try:
-        return cast(InvestigationView, inv.investigate(scenario_alert(scenario)))
-    finally:
-        inv.close()
+    return investigate(scenario, prepare(scenario, settings, on_simulated=simulated))
 
 
 @_handle_errors
@@ -211,15 +199,47 @@ def _print_mitigation(m: MitigationView) -> None:
     )
 
 
+def _world_clock(settings: Settings) -> Callable[[], Any] | None:
+    """The scenario world's clock when the telemetry store holds one (else None: real time)."""
+    from evals.harness import scenario_world
+
+    world = scenario_world(settings)
+    return world.clock if world is not None else None
+
+
 @_handle_errors
 def approve(
     mitigation_id: str = typer.Argument(..., help="The mitigation's id."),
     user: str = typer.Option(..., "--as", help="Who approves (the owner or on-call)."),
+    after: int = typer.Option(
+        30,
+        "--after",
+        min=0,
+        help="On a scenario world: simulate this many minutes after the action, then verify.",
+    ),
 ) -> None:
-    """Approve a proposed mitigation: it executes once, through the experiment core."""
-    inv = _investigator(get_settings())
+    """Approve a proposed mitigation: it executes once, through the experiment core.
+
+    On a world made by vigil investigate --scenario, the action takes effect at the world's
+    "now"; the world then goes on for --after minutes as the action left it (kill switches,
+    rolled-back models) and verification judges whether the metric recovered.
+    """
+    settings = get_settings()
+    clock = _world_clock(settings)
+    inv = _investigator(settings, clock=clock)
     try:
-        _print_mitigation(inv.approve(mitigation_id, user))
+        view = inv.approve(mitigation_id, user)
+        if clock is not None and after > 0 and view.status in ("executed", "verified"):
+            from evals.harness import continue_world
+
+            world = continue_world(settings, after)
+            assert world is not None  # the marker was read above
+            _err().print(
+                f"simulated {after} minutes of {world.scenario.name} after the action",
+                highlight=False,
+            )
+            view = inv.verify(mitigation_id)
+        _print_mitigation(view)
     finally:
         inv.close()
 

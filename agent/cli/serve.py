@@ -56,12 +56,14 @@ def serve(
     import uvicorn
 
     from agent.server import build_investigator, create_app, slack_notifier
+    from agent.server.metrics import ServerMetrics
     from lifecycle.alerts import AlertLedger
     from lifecycle.service import ExperimentService
 
     settings = _settings(telemetry, state)
     notifier = slack_notifier(settings)
-    investigator = build_investigator(settings, notifier)
+    metrics = ServerMetrics()
+    investigator = build_investigator(settings, notifier, metrics)
     experiments = ExperimentService.from_settings(settings)
     ledger = AlertLedger(settings.state_url)
     monitors = _monitors(settings, experiments, ledger) if monitor else None
@@ -72,6 +74,7 @@ def serve(
         notifier=notifier,
         ledger=ledger,
         monitor=monitors.evaluate if monitors is not None else None,
+        metrics=metrics,
     )
     slack = "on" if notifier is not None and settings.slack_signing_secret else "off"
     watching = f"every {settings.monitor_interval_s:g} s" if monitors is not None else "off"

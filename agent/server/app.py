@@ -79,24 +79,29 @@ def slack_notifier(settings: Settings, client: WebClient | None = None) -> Slack
     if not settings.slack_bot_token:
         return None
     client = client or WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
-    return SlackNotifier(client, channel=settings.slack_channel, public_url=settings.public_url)
+    return SlackNotifier(
+        client,
+        channel=settings.slack_channel,
+        public_url=settings.public_url,
+        users=settings.slack_users,
+    )
 
 
-def build_investigator(settings: Settings, notifier: SlackNotifier | None) -> Investigations:
+def build_investigator(
+    settings: Settings,
+    notifier: SlackNotifier | None,
+    metrics: ServerMetrics | None = None,
+) -> Investigations:
     """The agent's ``Investigator`` for ``settings``: the LLM reasoner when an endpoint is set.
 
     Args:
         settings: Stores, LLM endpoint, approval policy.
         notifier: Slack callbacks (None for none).
+        metrics: The server's metrics, told of every check's duration and every LLM call.
     """
     from agent.service import Investigator
 
-    reasoner = None
-    if settings.llm_base_url:
-        from agent.runtime import reasoner_from_settings
-
-        reasoner = reasoner_from_settings(settings)
-    investigator: Investigations = Investigator(settings, reasoner=reasoner, notifier=notifier)
+    investigator: Investigations = Investigator(settings, notifier=notifier, observer=metrics)
     return investigator
 
 
@@ -121,8 +126,10 @@ def create_app(
 
     Args:
         settings: Vigil's settings (tokens, on-call, Slack, workers, queue size...).
-        investigator: The agent; built from ``settings`` (with ``notifier``) if None. One passed
-            in should have been built with the same ``notifier`` so that Slack hears of it.
+        investigator: The agent; built from ``settings`` (with ``notifier`` and ``metrics``) if
+            None. One passed in should have been built with the same ``notifier`` so that Slack
+            hears of it, and with ``metrics`` as its observer so that ``/metrics`` shows its
+            checks and LLM calls.
         experiments: The experiment core; built from ``settings.state_url`` if None.
         notifier: Slack notifier; built from ``settings`` if None and a bot token is set.
         ledger: Alert ledger; opened on ``settings.state_url`` if None.
@@ -135,11 +142,10 @@ def create_app(
         The FastAPI app; its lifespan starts and stops the workers and the monitor loop.
     """
     notifier = notifier or slack_notifier(settings)
-    investigator = investigator or build_investigator(settings, notifier)
+    metrics = metrics or ServerMetrics()
+    investigator = investigator or build_investigator(settings, notifier, metrics)
     experiments = experiments if experiments is not None else _default_experiments(settings)
     ledger = ledger or AlertLedger(settings.state_url)
-
-    metrics = metrics or ServerMetrics()
 
     def _on_done(view: InvestigationView) -> None:
         metrics.investigation_seconds.labels(status=view.status).observe(
@@ -266,10 +272,9 @@ def _add_routes(app: FastAPI, parts: Components) -> None:
 
     @app.post("/mitigations/{mitigation_id}/reject")
     def reject(mitigation_id: str, user: str = authenticated) -> MitigationView:
+        # The agent tells Slack (``Notifier.mitigation_rejected``) when this call rejected it.
         view = inv.reject(mitigation_id, user)
         metrics.decisions.labels(channel="http", decision="reject").inc()
-        if parts.notifier is not None:
-            parts.notifier.decided(view)
         return view
 
     @app.get("/experiments/{experiment_id}")

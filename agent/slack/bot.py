@@ -259,7 +259,8 @@ class SlackBot:
         except ApprovalError as exc:
             _log.warning("%s may not decide %s: %s", user, mitigation_id, exc)
             return False, f"{escape(user)}: not allowed — {escape(str(exc))}"
-        self._notifier.decided(view)
+        if approve:  # a rejection is posted by the agent's callback (mitigation_rejected)
+            self._notifier.decided(view)
         if self._on_decision is not None:
             self._on_decision("approve" if approve else "reject")
         return True, self._decision_text(view, user, approve)
@@ -305,9 +306,9 @@ class SlackBot:
             done, text = self._decide(str(action.get("value", "")), slack_user, approve=approve)
         except VigilError as exc:
             done, text = False, f"Not done: {escape(str(exc))}"
-        if done:
+        if done and approve:
             self._notifier.say(channel, text, thread_ts=message_ts)
-        else:
+        else:  # refusals, and a rejection (the thread hears of it from the agent's callback)
             self._ephemeral(channel, slack_user, text)
 
     def _ephemeral(self, channel: str, slack_user: str, text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from agent.models import InvestigationView, MitigationView
 from agent.slack.blocks import (
     Message,
     decision_blocks,
+    escape,
     investigation_message,
     mitigation_update,
     proposal_message,
@@ -49,12 +51,22 @@ class SlackNotifier:
         client: A Web API client (its ``base_url`` points at Slack, or a fake in tests).
         channel: Channel for alert-started investigations; None posts nothing for them.
         public_url: Where the server is reachable, for report links.
+        users: Slack user id -> Vigil user (``Settings.slack_users``): a decision by a mapped
+            user names them with a Slack mention.
     """
 
-    def __init__(self, client: WebClient, *, channel: str | None, public_url: str) -> None:
+    def __init__(
+        self,
+        client: WebClient,
+        *,
+        channel: str | None,
+        public_url: str,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.channel = channel
         self.public_url = public_url
+        self._slack_ids = {vigil: slack for slack, vigil in (users or {}).items()}
         self._lock = threading.Lock()
         self._routes: dict[str, Thread] = {}
         self._investigations: dict[str, Thread] = {}
@@ -86,6 +98,13 @@ class SlackNotifier:
         """Replace the buttons by the outcome and say so in the thread."""
         self.decided(mitigation)
         self._reply(mitigation, f":white_check_mark: Executed {mitigation_update(mitigation)}")
+
+    def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
+        """Replace the buttons by the outcome and say in the thread who rejected it."""
+        self.decided(mitigation)
+        self._reply(
+            mitigation, f":no_entry_sign: Rejected by {self.mention(user)}: nothing was executed."
+        )
 
     def recovery_verified(self, mitigation: MitigationView) -> None:
         """Report in the thread whether the metric recovered after the mitigation."""
@@ -135,6 +154,11 @@ class SlackNotifier:
         self._call(
             "chat_update", channel=thread.channel, ts=thread.ts, text=thread.text, blocks=blocks
         )
+
+    def mention(self, user: str) -> str:
+        """A Vigil user as Slack shows them: a mention when mapped, else the escaped name."""
+        slack_id = self._slack_ids.get(user)
+        return f"<@{slack_id}>" if slack_id else escape(user)
 
     def say(self, channel: str, text: str, thread_ts: str | None = None) -> None:
         """Post plain text."""

@@ -44,7 +44,11 @@ class Investigations(Protocol):
         ...
 
     def reject(self, mitigation_id: str, user: str) -> MitigationView:
-        """Reject a mitigation; ApprovalError if ``user`` may not."""
+        """Reject a mitigation; ApprovalError if ``user`` may not.
+
+        The call that rejects it tells the notifier it was built with
+        (``Notifier.mitigation_rejected``), which updates the Slack thread.
+        """
         ...
 
     def propose(

@@ -356,5 +356,8 @@ class RecordingNotifier:
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         self.events.append(("executed", mitigation.id, mitigation.status))
 
+    def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
+        self.events.append(("rejected", mitigation.id, user))
+
     def recovery_verified(self, mitigation: MitigationView) -> None:
         self.events.append(("verified", mitigation.id, str(mitigation.recovered)))

@@ -146,7 +146,10 @@ def test_scenario_investigation_then_approval_from_another_process(cli, workdir)
     assert refused.exit_code == 1 and "mallory" in refused.output
     approved = cli.invoke(app, ["approve", mitigation["id"], "--as", "alice"])
     assert approved.exit_code == 0, approved.output
-    assert "executed" in approved.output
+    # A scenario world goes on after the action (30 minutes by default); then it is verified.
+    said = " ".join(approved.output.split())  # the console wraps long lines
+    assert "simulated 30 minutes of cli-fallback after the action" in said
+    assert "kill_experiment 879 -> verified (by alice; recovered: yes)" in said
 
     listed = cli.invoke(app, ["investigations", "--json"])
     assert listed.exit_code == 0
@@ -169,3 +172,42 @@ def test_demo_runs_the_whole_loop(workdir):
     assert result["recovered"] is True and result["status"] == "verified"
     assert result["audit_actions"].count("kill") == 1
     assert Path(result["report_path"]).exists()
+
+
+SUITE = Path(__file__).parents[2] / "evals" / "scenarios"
+
+
+def test_rollback_of_the_production_model_executes_and_verifies(cli, workdir):
+    from lifecycle.service import ExperimentService
+    from lifecycle.settings import get_settings
+
+    scenario = SUITE / "prod-collapse-constant.yaml"  # the suite's: expects rollback_model
+    out = workdir / "out.json"
+    result = cli.invoke(app, ["investigate", "--scenario", str(scenario), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert summary["root_causes"][0]["cause"] == "prediction_collapse"
+    [mitigation] = summary["mitigations"]
+    assert (mitigation["action"], mitigation["target"]) == ("rollback_model", "ctr_v41")
+
+    # The registry holds the versions the world published by the alert, the newest serving.
+    with ExperimentService.from_settings(get_settings()) as service:
+        versions = [(m.version, m.serving) for m in service.models() if m.id == "ctr_v41"]
+    assert versions == [("261120.0600", False), ("261120.0700", False), ("261120.0800", True)]
+
+    approved = cli.invoke(app, ["approve", mitigation["id"], "--as", "carol", "--after", "25"])
+    assert approved.exit_code == 0, approved.output
+    said = " ".join(approved.output.split())  # the console wraps long lines
+    assert "simulated 25 minutes of prod-collapse-constant after the action" in said
+    assert "rollback_model ctr_v41 -> verified (by carol; recovered: yes)" in said
+    with ExperimentService.from_settings(get_settings()) as service:
+        serving = [m.version for m in service.models() if m.id == "ctr_v41" and m.serving]
+        rollbacks = [e for e in service.audit() if e.action == "rollback_model"]
+    assert serving == ["261120.0700"]  # the version before the faulty one serves again
+    assert [(e.target, e.actor) for e in rollbacks] == [("ctr_v41", "carol")]
+    assert mitigation["id"] in rollbacks[0].reason
+
+    again = cli.invoke(app, ["approve", mitigation["id"], "--as", "carol"])
+    assert again.exit_code == 0 and "verified" in again.output
+    with ExperimentService.from_settings(get_settings()) as service:
+        assert len([e for e in service.audit() if e.action == "rollback_model"]) == 1

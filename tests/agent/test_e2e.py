@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from agent.cli._scenario import (
+from agent.models import Alert, InvestigationView
+from agent.service import Investigator
+from evals.harness import (
     create_experiments,
     ensure_telemetry,
     scenario_alert,
     scenario_clock,
     scenario_settings,
 )
-from agent.models import Alert, InvestigationView
-from agent.service import Investigator
 from evals.sim import parse_scenario, simulate
 from lifecycle.service import ExperimentService
 from tests.agent.conftest import make_settings
@@ -91,7 +91,7 @@ class World:
         self.settings = scenario_settings(make_settings(folder, oncall=["carol"]), spec)
         ensure_telemetry(spec, self.settings, end_minute=ALERT_MINUTE + 1)
         self.service = ExperimentService.from_settings(self.settings)
-        create_experiments(spec, self.service)
+        create_experiments(spec, self.service, self.settings)
         self.acted = ALERT_MINUTE + 1
         self.investigator = Investigator(
             self.settings, clock=lambda: scenario_clock(spec, self.acted)

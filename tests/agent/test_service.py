@@ -59,7 +59,7 @@ def test_fallback_investigation_reports_and_waits_for_approval(harness):
     assert "kill experiment 879 (awaiting approval)" in report
     assert h.actions.calls == []
     html = h.investigators[0].report_html(view.id)
-    assert "data:image/png;base64," in html and "<script" not in html
+    assert "data:image/svg+xml;base64," in html and "<script" not in html
     assert view.report_path is not None and view.report_path.endswith(".html")
     assert ("awaiting", view.id, "awaiting_approval") in h.notifier.events
     assert ("fallback", "fail") in [(c, v) for c, v, _ in view.verdicts]
@@ -90,10 +90,13 @@ def test_global_alert_blames_the_attributed_experiment_and_checks_run_per_suspec
         kw.get("experiment_id") or kw.get("model_id") for c, kw in box.calls if c == "prediction"
     }
     assert subjects == {"880", "879", "ctr_v41"}  # 881 explains too little to be a suspect
+    # The alert's metric and every scan metric of the ranking playbook.
     assert {kw["metric"] for c, kw in box.calls if c == "attribution"} == {
         "revenue",
+        "ctr",
         "fallback_rate",
         "error_rate",
+        "invalid_rate",
     }
     assert '**Experiment 880 ("Experiment 880")** — explains 70% of the revenue change' in (
         view.report_markdown
@@ -112,7 +115,8 @@ def test_a_significant_contributor_to_a_scanned_metric_is_suspect_first(harness)
     h = harness(box)
     view = h.investigator().investigate(alert(experiment=None))
     assert (view.root_causes[0].cause, view.root_causes[0].experiment) == ("model_fallback", "885")
-    assert "explains 98% of the fallback_rate change" in view.report_markdown
+    assert "its fallback_rate moved against its control" in view.report_markdown
+    assert "98% of the change" in view.report_markdown
     assert [(m.action, m.target) for m in view.mitigations] == [("kill_experiment", "885")]
 
 
@@ -202,9 +206,14 @@ def test_reject_completes_without_acting(harness):
     rejected = inv.reject(mid, "alice")
     assert rejected.status == "rejected"
     assert inv.get(view.id).status == "completed"
+    assert inv.reject(mid, "carol").status == "rejected"  # again: a no-op
     with pytest.raises(StateError):
         inv.approve(mid, "alice")
     assert h.actions.calls == []
+    # The notifier heard of the rejection once, from the call that made it, before the end.
+    told = [e for e in h.notifier.events if e[1] in (mid, view.id)]
+    assert [e for e in told if e[0] == "rejected"] == [("rejected", mid, "alice")]
+    assert told.index(("rejected", mid, "alice")) < told.index(("finished", view.id, "completed"))
 
 
 def test_resume_after_restart_on_the_same_stores(harness):

@@ -342,10 +342,13 @@ class FakeInvestigator:
     def reject(self, mitigation_id: str, user: str) -> MitigationView:
         with self._lock:
             m = self._check(mitigation_id, user)
-            if m.status == "proposed":
-                m = m.model_copy(update={"status": "rejected", "approved_by": user})
-                self.mitigations[mitigation_id] = m
-            return m
+            if m.status != "proposed":
+                return m
+            m = m.model_copy(update={"status": "rejected"})
+            self.mitigations[mitigation_id] = m
+        if self.notifier is not None:  # as the real agent does, once, after the decision
+            self.notifier.mitigation_rejected(m, user)
+        return m
 
     def report_html(self, investigation_id: str) -> str:
         view = self.get(investigation_id)

@@ -212,8 +212,19 @@ def test_reject_click(
     experiments: ExperimentService,
 ) -> None:
     _, mid = _alert_message(client, fake_slack)
-    click(client, REJECT_ACTION, mid, "U_CAROL", "1700000001.000100")
-    assert fake_slack.wait_for(lambda: len(fake_slack.of("chat.update")) == 1)
+    message_ts = "1700000001.000100"
+    click(client, REJECT_ACTION, mid, "U_CAROL", message_ts)
+    assert fake_slack.wait_for(lambda: len(fake_slack.of("chat.postEphemeral")) == 1)
     assert investigator.mitigations[mid].status == "rejected"
-    assert kills(experiments) == []
-    assert "rejected" in str(fake_slack.of("chat.update")[0]["blocks"])
+    assert kills(experiments) == [] and investigator.executions == []
+    (update,) = fake_slack.of("chat.update")
+    assert update["ts"] == message_ts and "rejected" in str(update["blocks"])
+    assert all(b["type"] != "actions" for b in update["blocks"])  # buttons gone
+    # The thread says who rejected it, once; the clicker alone gets the confirmation.
+    replies = [p["text"] for p in fake_slack.of("chat.postMessage") if p.get("thread_ts")]
+    assert replies == [":no_entry_sign: Rejected by <@U_CAROL>: nothing was executed."]
+    (confirmation,) = fake_slack.of("chat.postEphemeral")
+    assert confirmation["user"] == "U_CAROL" and "rejected by carol" in confirmation["text"]
+    click(client, REJECT_ACTION, mid, "U_CAROL", message_ts)  # again: nothing more in the thread
+    assert fake_slack.wait_for(lambda: len(fake_slack.of("chat.postEphemeral")) == 2)
+    assert len([p for p in fake_slack.of("chat.postMessage") if p.get("thread_ts")]) == 1

@@ -98,3 +98,18 @@ def test_slack_down_fails_nothing() -> None:
     assert n.post_investigation(view()) is None
     n.mitigation_executed(view().mitigations[0])  # no thread known, channel unreachable
     n.recovery_verified(view().mitigations[0])
+
+
+def test_rejection_names_the_user_in_the_thread(fake_slack: FakeSlack) -> None:
+    client = WebClient(token=BOT_TOKEN, base_url=fake_slack.url)
+    n = SlackNotifier(client, channel="C_ALERTS", public_url="http://x", users={"U_C": "carol"})
+    n.awaiting_approval(view())
+    rejected = view().mitigations[0].model_copy(update={"status": "rejected"})
+    n.mitigation_rejected(rejected, "carol")
+    n.mitigation_rejected(rejected, "<!channel> eve")  # unmapped: the name, escaped
+    first, second = (p for p in fake_slack.of("chat.postMessage") if p.get("thread_ts"))
+    assert first["thread_ts"] == "1700000001.000100"
+    assert first["text"] == ":no_entry_sign: Rejected by <@U_C>: nothing was executed."
+    assert "Rejected by &lt;!channel&gt; eve" in second["text"]
+    blocks = fake_slack.of("chat.update")[-1]["blocks"]
+    assert all(b["type"] != "actions" for b in blocks) and "rejected" in str(blocks)

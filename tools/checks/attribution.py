@@ -2,7 +2,13 @@
 
 Per experiment, the contribution to the change of the global per-request metric is the exposed
 share times the (arm − control) effect, in the window minus in the baseline (an experiment whose
-effect did not change did not cause the drop). Per dimension, Adtributor (Bhagwan et al. 2014):
+effect did not change did not cause the drop): a difference-in-differences whose control arm
+absorbs seasonality and whatever moves all traffic. Each arm's contribution gets a one-sided
+z-test in the metric's bad direction, and the p-values are Holm-adjusted over every arm of every
+experiment, so that a busy layer of a dozen experiments does not name one by chance. Candidates
+are ranked by that evidence (adjusted p-value, then share), not by share alone: the share of a
+change that is mostly noise says little, while a significant arm-vs-control shift does. Per
+dimension, Adtributor (Bhagwan et al. 2014):
 each value's explanatory power and surprise (:func:`tools.localize.adtributor`), and the slice
 that significantly explains the change (:func:`tools.localize.localize`, a ripple-consistent scan).
 """
@@ -23,7 +29,7 @@ from tools.localize import RootCause, adtributor
 from tools.localize import localize as localize_scan
 from tools.metrics import metric_spec
 from tools.result import CheckResult, Effect, Evidence
-from tools.stats import compare_means, p_from_z
+from tools.stats import compare_means, holm, p_from_z
 
 __all__ = ["ATTRIBUTABLE", "AttributionParams", "attribution_check"]
 
@@ -34,6 +40,7 @@ ATTRIBUTABLE: Mapping[str, tuple[str, str]] = {
     "ctr": ("sum_label", "sum_label"),
     "error_rate": ("n_error", "n_error"),
     "fallback_rate": ("n_fallback", "n_fallback"),
+    "invalid_rate": ("n_invalid", "n_invalid"),
 }
 
 
@@ -47,7 +54,7 @@ class AttributionParams:
         min_change_fail: Smallest relative change of the global metric that fails (0.02 = 2 %).
         min_change_warn: The same, to warn.
         min_share: Share of the change an experiment must explain to be named.
-        alpha_experiment: Family-wise p-value (Bonferroni over experiments) to name one.
+        alpha_experiment: Family-wise p-value (Holm over every experiment arm) to name one.
         ep_value: Adtributor: smallest explanatory power of a value to be a candidate.
         ep_dimension: Adtributor: explanatory power the candidates of a dimension must reach.
             (``where`` comes from :func:`tools.localize.localize`, whose cause must explain at
@@ -74,6 +81,17 @@ class _Contribution:
     se: float
     share: float
     p: float
+    p_adjusted: float = 1.0
+
+
+def _with_invalid(experiments: pd.DataFrame) -> pd.DataFrame:
+    """Experiment rows with ``n_invalid``: served requests without a valid prediction."""
+    if "n_invalid" in experiments.columns or not {"n", "n_pred", "n_error"} <= set(
+        experiments.columns
+    ):
+        return experiments
+    invalid = (experiments["n"] - experiments["n_pred"] - experiments["n_error"]).clip(lower=0)
+    return experiments.assign(n_invalid=invalid)
 
 
 def _arm_stats(rows: pd.DataFrame, total: str, squares: str) -> pd.DataFrame:
@@ -126,7 +144,12 @@ def _contributions(
             share = contribution / delta if delta != 0 else 0.0
             p = p_from_z(z, "down" if direction == "down" else "up")
             out.append(_Contribution(exp, arm, contribution, se, share, p))
-    return sorted(out, key=lambda c: -c.share)
+    adjusted = holm([c.p for c in out])
+    ranked = [
+        _Contribution(c.experiment, c.arm, c.contribution, c.se, c.share, c.p, float(q))
+        for c, q in zip(out, adjusted, strict=True)
+    ]
+    return sorted(ranked, key=lambda c: (c.p_adjusted, c.p, -c.share))
 
 
 def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
@@ -185,8 +208,9 @@ def attribution_check(
     """Rank the experiments and dimension values that explain a change of a global metric.
 
     Args:
-        metric: ``revenue``, ``revenue_per_request``, ``ctr``, ``error_rate`` or ``fallback_rate``
-            (revenue is taken per request, so traffic volume does not count as a drop).
+        metric: ``revenue``, ``revenue_per_request``, ``ctr``, ``error_rate``,
+            ``fallback_rate`` or ``invalid_rate`` (revenue is taken per request, so traffic
+            volume does not count as a drop).
         frame: All traffic, baseline ``[fetch_start, start)`` and window ``[start, end)``.
         experiments: :meth:`tools.telemetry.TelemetryReader.experiments` rows over the same range.
         controls: Control arm per experiment id.
@@ -234,7 +258,7 @@ def attribution_check(
         unit="%",
     )
     contributions = _contributions(
-        experiments,
+        _with_invalid(experiments),
         controls,
         ((w.start, w.end), (w.fetch_start, w.start)),
         (float(cur["n"]), float(base["n"])),
@@ -250,6 +274,7 @@ def attribution_check(
             "contribution": x.contribution,
             "share_of_change": x.share,
             "p_value": x.p,
+            "p_adjusted": x.p_adjusted,
         }
         for x in contributions
     ] + [
@@ -259,11 +284,16 @@ def attribution_check(
             "contribution": cause.share * delta,
             "share_of_change": cause.share,
             "p_value": None,
+            "p_adjusted": None,
         }
         for cause in causes
     ]
     evidence: list[Evidence] = [
-        table("candidates ranked by share of the change", pd.DataFrame(rows), note=span)
+        table(
+            "experiments ranked by evidence (Holm-adjusted p), then dimension slices",
+            pd.DataFrame(rows),
+            note=span,
+        )
     ]
     if ranked:
         evidence.append(
@@ -287,7 +317,8 @@ def attribution_check(
         series_evidence(frame, metric if metric != "revenue" else "revenue_per_request")
     )
     bad = (delta < 0) if spec.direction == "down" else (delta > 0)
-    size = abs(rel)
+    # From a zero baseline (no invalid prediction before) any rise is a whole new symptom.
+    size = abs(rel) if m_b != 0 else (float("inf") if delta != 0 else 0.0)
     if not bad or c.p_value >= p.alpha_warn or size < p.min_change_warn:
         return CheckResult(
             check="attribution",
@@ -302,9 +333,8 @@ def attribution_check(
             params=settings,
         )
     verdict = "fail" if c.p_value < p.alpha_fail and size >= p.min_change_fail else "warn"
-    n_tests = max(len(contributions), 1)
     top = next(
-        (x for x in contributions if x.share >= p.min_share and x.p * n_tests < p.alpha_experiment),
+        (x for x in contributions if x.share >= p.min_share and x.p_adjusted < p.alpha_experiment),
         None,
     )
     top_cause = causes[0] if causes and causes[0].share >= p.min_share else None
@@ -316,7 +346,7 @@ def attribution_check(
     if top is not None:
         text += f"; experiment {top.experiment} arm {top.arm} explains {top.share:.0%} of it"
     else:
-        best = contributions[0].share if contributions else 0.0
+        best = max((x.share for x in contributions), default=0.0)
         text += f"; no experiment explains it (largest share {best:.0%})"
     if top_cause is not None:
         text += f"; by dimension {top_cause.key()} explains {top_cause.share:.0%}"

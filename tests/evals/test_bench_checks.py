@@ -1,0 +1,36 @@
+"""``vigil bench --only checks`` on a tiny world: the figures are there and consistent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evals.bench import BenchOptions
+from evals.bench.checks import run
+
+
+def test_checks_section_on_a_tiny_world(tmp_path: Path) -> None:
+    figures = run(BenchOptions(workdir=tmp_path, extra={"checks_rpm": 60}))
+    assert 25_000 < figures["rows"] < 36_000
+    assert figures["exposures"] > 0
+    # The figures are rounded (a tiny scan to 0.1 ms), the ratio is not.
+    assert figures["ratio"] > 0 and figures["floor_ratio"] > 0
+    assert figures["scan_s"] < figures["battery_s"]
+    assert 0 < figures["battery_sql_s"] <= figures["battery_s"]
+    assert figures["floor_s"] > 0 and figures["window_battery_s"] > 0
+    # One statement for the experiment's cube and histogram, then units, all traffic, every
+    # experiment's effects and the model registry.
+    assert figures["queries_per_battery"] == 5
+    assert figures["peak_rss_mb"] > 0
+    verdicts = dict(v.split(":") for v in figures["verdicts"])
+    assert set(verdicts) == {
+        "prediction",
+        "calibration",
+        "ne",
+        "staleness",
+        "fallback",
+        "srm",
+        "change_point",
+        "infra",
+        "attribution",
+    }
+    assert all(v in ("ok", "warn", "fail", "no_data") for v in verdicts.values())

@@ -1,0 +1,313 @@
+"""The SQL of the telemetry reader, built with SQLAlchemy Core for any dialect.
+
+Every statement aggregates in the database; :mod:`tools.telemetry` runs them, types the answers
+and caches them. One statement can serve two frames: on dialects with ``GROUPING SETS``,
+:meth:`Queries.cube_and_histogram` reads the subject's rows (the exposure join included) once and
+groups them both per minute x arm x model x dimensions (the cube) and per arm x time block x
+prediction bin (the histogram).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from tools.aggregates import (
+    ALL_ARM,
+    LATENCY_LADDER_MS,
+    LOGLOSS_EPS,
+    HistogramSpec,
+    Subject,
+    to_minute,
+)
+from tools.schema import TelemetrySchema
+
+__all__ = ["EXPOSURE_MARGIN", "GROUPING_SETS_DIALECTS", "HIST_SET", "LEAN_SKIPPED", "Queries"]
+
+EXPOSURE_MARGIN = timedelta(minutes=5)
+"""Exposures are read a little past the window: an exposure may be logged after its request."""
+
+GROUPING_SETS_DIALECTS = frozenset(
+    {"duckdb", "postgresql", "trino", "bigquery", "snowflake", "clickhouse", "mssql", "oracle"}
+)
+"""Dialects whose SQL has ``GROUPING SETS`` and ``GROUPING()`` (SQLite and MySQL do not)."""
+
+LEAN_SKIPPED = ("sum_pred2", "n_ll", "sum_ll", "sum_ll2")
+"""Cube sums a lean cube does not compute (NaN in its frame)."""
+
+HIST_SET = "_set"
+"""Column of :meth:`Queries.cube_and_histogram`: 0 on cube rows, 1 on histogram rows."""
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Builds the reader's statements for one dialect, table mapping and histogram."""
+
+    dialect: str
+    schema: TelemetrySchema
+    spec: HistogramSpec
+
+    # -- expressions --------------------------------------------------------------------------
+
+    def minute(self, ts: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        """Whole minutes since the Unix epoch of a timestamp column."""
+        if self.dialect == "duckdb":
+            return sa.cast(sa.func.epoch_us(ts).op("//")(60_000_000), sa.BigInteger)
+        if self.dialect == "sqlite":
+            return sa.cast(_sqlite_epoch(ts) / 60, sa.BigInteger)
+        return sa.cast(sa.func.floor(sa.extract("epoch", ts) / 60), sa.BigInteger)
+
+    def in_window(
+        self, ts: sa.ColumnElement[Any], lo: datetime, hi: datetime
+    ) -> sa.ColumnElement[bool]:
+        """``lo <= ts < hi`` (range predicates, so a columnar store prunes by zone maps)."""
+        if self.dialect == "sqlite":
+            epoch = _sqlite_epoch(ts)
+            lo_s = int(lo.replace(tzinfo=UTC).timestamp())
+            hi_s = int(hi.replace(tzinfo=UTC).timestamp())
+            return sa.and_(epoch >= lo_s, epoch < hi_s)
+        return sa.and_(ts >= lo, ts < hi)
+
+    def base(self, subject: Subject, lo: datetime, hi: datetime) -> sa.Subquery:
+        """Per request: minute, arm, model, dimensions and the valid prediction ``pv``."""
+        r = self.schema.table("requests", "r")
+        p = r.c("prediction")
+        pv = sa.case((sa.and_(p >= 0.0, p <= 1.0), p), else_=sa.null())
+        cols: list[sa.ColumnElement[Any]] = [
+            self.minute(r.c("ts")).label("minute"),
+            r.c("model_id").label("model_id"),
+            r.c("model_version").label("model_version"),
+            *(r.c(d).label(d) for d in self.schema.dimensions),
+            pv.label("pv"),
+            sa.cast(r.c("label"), sa.Integer).label("y"),
+            sa.cast(r.c("fallback"), sa.Integer).label("fb"),
+            sa.cast(r.c("error"), sa.Integer).label("err"),
+            r.c("revenue").label("revenue"),
+            r.c("latency_ms").label("latency"),
+        ]
+        where = [self.in_window(r.c("ts"), lo, hi)]
+        if subject.kind == "experiment":
+            e = self.schema.table("exposures", "e")
+            cols.insert(1, e.c("arm").label("arm"))
+            src: sa.FromClause = r.clause.join(e.clause, e.c("request_id") == r.c("request_id"))
+            where += [
+                e.c("experiment_id") == subject.experiment_id,
+                self.in_window(e.c("ts"), lo - EXPOSURE_MARGIN, hi + EXPOSURE_MARGIN),
+            ]
+        else:
+            cols.insert(1, sa.literal(ALL_ARM, sa.String).label("arm"))
+            src = r.clause
+            if subject.kind == "model":
+                where.append(r.c("model_id") == subject.model_id)
+        return sa.select(*cols).select_from(src).where(*where).subquery("x")
+
+    def tables(self, subject: Subject) -> str:
+        """The warehouse tables a subject's statement reads, for error messages."""
+        names = [self.schema.tables.get("requests", "requests")]
+        if subject.kind == "experiment":
+            names.append(self.schema.tables.get("exposures", "exposures"))
+        return " + ".join(names)
+
+    def cube_keys(self, lean: bool) -> list[str]:
+        """Group keys of the cube."""
+        models = [] if lean else ["model_id", "model_version"]
+        return ["minute", "arm", *models, *self.schema.dimensions]
+
+    def _log_loss(self, x: sa.Subquery) -> sa.ColumnElement[Any]:
+        pv, y = x.c.pv, x.c.y
+        pc = sa.case(
+            (pv < LOGLOSS_EPS, LOGLOSS_EPS), (pv > 1 - LOGLOSS_EPS, 1 - LOGLOSS_EPS), else_=pv
+        )
+        return -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
+
+    def cube_aggregates(
+        self, x: sa.Subquery, *, latency: bool, lean: bool
+    ) -> list[sa.ColumnElement[Any]]:
+        """The cube's sums over rows of :meth:`base` (:data:`tools.aggregates.CUBE_SUMS`)."""
+        pv, y = x.c.pv, x.c.y
+        ll = self._log_loss(x)
+        aggs: list[sa.ColumnElement[Any]] = [
+            sa.func.count().label("n"),
+            sa.func.count(pv).label("n_pred"),
+            # An errored request has no prediction by design: only served ones can be invalid.
+            sa.func.sum(
+                sa.case((sa.and_(pv.is_(None), sa.func.coalesce(x.c.err, 0) == 0), 1), else_=0)
+            ).label("n_invalid"),
+            sa.func.sum(pv).label("sum_pred"),
+            sa.func.sum(pv * pv).label("sum_pred2"),
+            sa.func.sum(y).label("sum_label"),
+            sa.func.sum(sa.case((pv.is_not(None), y), else_=sa.null())).label("sum_label_v"),
+            sa.func.count(ll).label("n_ll"),
+            sa.func.sum(ll).label("sum_ll"),
+            sa.func.sum(ll * ll).label("sum_ll2"),
+            sa.func.sum(x.c.fb).label("n_fallback"),
+            sa.func.sum(x.c.err).label("n_error"),
+            sa.func.sum(x.c.revenue).label("sum_revenue"),
+            sa.func.sum(x.c.revenue * x.c.revenue).label("sum_revenue2"),
+            sa.func.count(x.c.latency).label("n_latency"),
+            sa.func.sum(x.c.latency).label("sum_latency"),
+        ]
+        if lean:
+            aggs = [a for a in aggs if a.name not in LEAN_SKIPPED]
+        if latency:
+            aggs += [
+                sa.func.sum(sa.case((x.c.latency > t, 1), else_=0)).label(f"lat_gt_{k}")
+                for k, t in enumerate(LATENCY_LADDER_MS)
+            ]
+        return aggs
+
+    def _histogram_keys(
+        self, x: sa.Subquery, lo: datetime, block_minutes: int
+    ) -> tuple[sa.ColumnElement[int], sa.ColumnElement[int]]:
+        """Time block and fine log-spaced bin of a row's valid prediction (NULL when invalid)."""
+        spec = self.spec
+        pv = x.c.pv
+        pmin = 10.0**spec.min_log10
+        raw_bin = sa.func.floor(
+            (sa.func.ln(pv) - float(np.log(pmin))) * spec.bins_per_decade / float(np.log(10))
+        )
+        bin_ = sa.cast(sa.case((pv <= pmin, 0), else_=raw_bin), sa.Integer)
+        block = sa.cast(
+            sa.func.floor((x.c.minute - to_minute(lo)) / float(block_minutes)), sa.Integer
+        )
+        return block, bin_
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def cube(
+        self, subject: Subject, lo: datetime, hi: datetime, *, latency: bool, lean: bool
+    ) -> sa.Select[Any]:
+        """Additive sums per minute x arm [x model] x dimension values."""
+        x = self.base(subject, lo, hi)
+        keys = [x.c[k] for k in self.cube_keys(lean)]
+        aggs = self.cube_aggregates(x, latency=latency, lean=lean)
+        return sa.select(*keys, *aggs).group_by(*keys)
+
+    def histogram(
+        self, subject: Subject, lo: datetime, hi: datetime, block_minutes: int
+    ) -> sa.Select[Any]:
+        """Valid predictions per arm x time block x bin."""
+        x = self.base(subject, lo, hi)
+        pv = x.c.pv
+        block, bin_ = self._histogram_keys(x, lo, block_minutes)
+        return (
+            sa.select(
+                x.c.arm,
+                block.label("block"),
+                bin_.label("bin"),
+                sa.func.count().label("n"),
+                sa.func.sum(pv).label("sum_pred"),
+                sa.func.sum(pv * pv).label("sum_pred2"),
+                sa.func.sum(x.c.y).label("sum_label"),
+                sa.func.sum(self._log_loss(x)).label("sum_ll"),
+            )
+            .where(pv.is_not(None))
+            .group_by(x.c.arm, block, bin_)
+        )
+
+    def cube_and_histogram(
+        self, subject: Subject, lo: datetime, hi: datetime, *, latency: bool, block_minutes: int
+    ) -> sa.Select[Any]:
+        """The full cube and the histogram from one read of the subject's rows.
+
+        Rows with :data:`HIST_SET` 0 are the cube's (``block``/``bin`` NULL); rows with 1 are
+        the histogram's (``minute``, models and dimensions NULL), where ``n_pred``,
+        ``sum_label_v`` are the histogram's ``n``, ``sum_label``; the bin NULL holds the invalid
+        predictions, which the histogram leaves out.
+        """
+        x = self.base(subject, lo, hi)
+        keys = [x.c[k] for k in self.cube_keys(lean=False)]
+        block, bin_ = self._histogram_keys(x, lo, block_minutes)
+        aggs = self.cube_aggregates(x, latency=latency, lean=False)
+        sets = sa.func.grouping_sets(sa.tuple_(*keys), sa.tuple_(x.c.arm, block, bin_))
+        return sa.select(
+            sa.func.grouping(x.c.minute).label(HIST_SET),
+            *keys,
+            block.label("block"),
+            bin_.label("bin"),
+            *aggs,
+        ).group_by(sets)
+
+    def units(
+        self, experiment_id: str, lo: datetime, hi: datetime, suffixes: Sequence[int]
+    ) -> sa.Select[Any]:
+        """Distinct units and exposures per arm, also over the window's last minutes."""
+        e = self.schema.table("exposures", "e")
+        unit = e.c("unit_id")
+        recent = [
+            sa.func.count(
+                sa.distinct(
+                    sa.case(
+                        (self.in_window(e.c("ts"), hi - timedelta(minutes=m), hi), unit),
+                        else_=sa.null(),
+                    )
+                )
+            ).label(f"units_{m}")
+            for m in suffixes
+        ]
+        return (
+            sa.select(
+                e.c("arm").label("arm"),
+                sa.func.count(sa.distinct(unit)).label("units"),
+                sa.func.count().label("exposures"),
+                *recent,
+            )
+            .where(e.c("experiment_id") == experiment_id, self.in_window(e.c("ts"), lo, hi))
+            .group_by(e.c("arm"))
+        )
+
+    def experiments(self, lo: datetime, hi: datetime) -> sa.Select[Any]:
+        """Sums per experiment x arm x minute over every experiment's exposed requests."""
+        r = self.schema.table("requests", "r")
+        e = self.schema.table("exposures", "e")
+        p = r.c("prediction")
+        pv = sa.case((sa.and_(p >= 0.0, p <= 1.0), p), else_=sa.null())
+        minute = self.minute(r.c("ts")).label("minute")
+        keys = [e.c("experiment_id").label("experiment_id"), e.c("arm").label("arm"), minute]
+        return (
+            sa.select(
+                *keys,
+                sa.func.count().label("n"),
+                sa.func.sum(sa.cast(r.c("label"), sa.Integer)).label("sum_label"),
+                sa.func.sum(r.c("revenue")).label("sum_revenue"),
+                sa.func.sum(r.c("revenue") * r.c("revenue")).label("sum_revenue2"),
+                sa.func.sum(sa.cast(r.c("error"), sa.Integer)).label("n_error"),
+                sa.func.sum(sa.cast(r.c("fallback"), sa.Integer)).label("n_fallback"),
+                sa.func.count(pv).label("n_pred"),
+                sa.func.sum(pv).label("sum_pred"),
+            )
+            .select_from(r.clause.join(e.clause, e.c("request_id") == r.c("request_id")))
+            .where(
+                self.in_window(r.c("ts"), lo, hi),
+                self.in_window(e.c("ts"), lo - EXPOSURE_MARGIN, hi + EXPOSURE_MARGIN),
+            )
+            .group_by(*keys)
+        )
+
+    def snapshots(self, ids: tuple[str, ...] | None) -> sa.Select[Any]:
+        """Rows of the model registry, optionally for some models only."""
+        s = self.schema.table("model_snapshots", "s")
+        cols = [
+            "model_id",
+            "model_version",
+            "trained_at",
+            "published_at",
+            "training_ne",
+            "training_calibration",
+        ]
+        query = sa.select(*(s.c(c).label(c) for c in cols))
+        if ids is not None:
+            query = query.where(s.c("model_id").in_(ids))
+        return query
+
+
+def _sqlite_epoch(ts: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    # Text timestamps go through strftime; numeric ones are taken as epoch seconds already.
+    text = sa.cast(sa.func.strftime("%s", ts), sa.Integer)
+    is_num = sa.func.typeof(ts).in_(["integer", "real"])
+    return sa.case((is_num, sa.cast(ts, sa.Integer)), else_=text)
