@@ -18,8 +18,9 @@ experiment's exposures (attribution's per-experiment effects) and one GROUP BY m
 over all requests (infra, attribution); ``floor_ratio = floor_s / scan_s``.
 
 ``peak_rss_mb`` is the peak resident memory (Linux ``ru_maxrss``) of the spawned process that runs
-the scan and the battery and nothing else; the world is simulated in another child process. Only aggregates leave DuckDB; what
-remains is DuckDB's own: its cache of the table's column segments and the join's hash table.
+the scan and the battery and nothing else; the world is simulated in another child process. Only
+aggregates leave DuckDB; what remains is DuckDB's own: its cache of the table's column segments
+and the join's hash table.
 """
 
 from __future__ import annotations
