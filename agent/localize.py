@@ -26,6 +26,7 @@ from typing import Any, get_args
 from agent.models import Alert
 from agent.playbook import Playbook, SeriesMetric
 from agent.state import CheckOutcome, CheckTask, Localization, Suspect, Window
+from tools.checks.attribution import ATTRIBUTABLE as _CHECK_ATTRIBUTABLE
 from tools.result import CheckResult
 
 __all__ = [
@@ -42,8 +43,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
-# Metrics the attribution check can split by experiment (per-request rates and means).
-ATTRIBUTABLE: tuple[str, ...] = ("revenue", "ctr", "fallback_rate", "error_rate", "invalid_rate")
+# Alert metrics the attribution check can split by experiment (per-request rates and means).
+ATTRIBUTABLE: tuple[str, ...] = tuple(m for m in _CHECK_ATTRIBUTABLE if m in SERIES_METRICS)
 _EXPERIMENT_COLUMNS = ("experiment_id", "experiment")
 _SHARE_COLUMNS = (
     "share_of_change",

@@ -44,6 +44,12 @@ HIST_SET = "_set"
 """Column of :meth:`Queries.cube_and_histogram`: 0 on cube rows, 1 on histogram rows."""
 
 
+def _invalid(pv: sa.ColumnElement[Any], err: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """Requests served without a valid prediction (``pv`` NULL); an errored request has none
+    by design, so only requests that did not error count."""
+    return sa.func.sum(sa.case((sa.and_(pv.is_(None), sa.func.coalesce(err, 0) == 0), 1), else_=0))
+
+
 @dataclass(frozen=True)
 class Queries:
     """Builds the reader's statements for one dialect, table mapping and histogram."""
@@ -134,10 +140,7 @@ class Queries:
         aggs: list[sa.ColumnElement[Any]] = [
             sa.func.count().label("n"),
             sa.func.count(pv).label("n_pred"),
-            # An errored request has no prediction by design: only served ones can be invalid.
-            sa.func.sum(
-                sa.case((sa.and_(pv.is_(None), sa.func.coalesce(x.c.err, 0) == 0), 1), else_=0)
-            ).label("n_invalid"),
+            _invalid(pv, x.c.err).label("n_invalid"),
             sa.func.sum(pv).label("sum_pred"),
             sa.func.sum(pv * pv).label("sum_pred2"),
             sa.func.sum(y).label("sum_label"),
@@ -279,6 +282,7 @@ class Queries:
                 sa.func.sum(sa.cast(r.c("error"), sa.Integer)).label("n_error"),
                 sa.func.sum(sa.cast(r.c("fallback"), sa.Integer)).label("n_fallback"),
                 sa.func.count(pv).label("n_pred"),
+                _invalid(pv, sa.cast(r.c("error"), sa.Integer)).label("n_invalid"),
                 sa.func.sum(pv).label("sum_pred"),
             )
             .select_from(r.clause.join(e.clause, e.c("request_id") == r.c("request_id")))

@@ -197,7 +197,7 @@ class TelemetryReader:
 
         Returns:
             Columns ``experiment_id, arm, minute, n, sum_label, sum_revenue, sum_revenue2,
-            n_error, n_fallback, n_pred, sum_pred``.
+            n_error, n_fallback, n_pred, n_invalid, sum_pred``.
         """
         lo, hi = _window(start, end)
         return self._cached(("experiments", lo, hi), lambda: self._query_experiments(lo, hi))
@@ -326,6 +326,7 @@ class TelemetryReader:
                 "n_error",
                 "n_fallback",
                 "n_pred",
+                "n_invalid",
                 "sum_pred",
             ],
         )

@@ -7,21 +7,22 @@ configuration and 1 for anything else Vigil refuses.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import typer
 import yaml
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from agent.cli._console import err as _err
+from agent.cli._console import handle_errors as _handle_errors
+from agent.cli._console import out as _out
 from lifecycle import (
     AuditEntry,
     ExperimentService,
@@ -34,21 +35,10 @@ from lifecycle import (
 )
 from lifecycle.rollout import RolloutState, allowed_actions
 from lifecycle.validation import config_errors
-from tools.errors import ConfigError, VigilError
+from tools.errors import ConfigError
 
 __all__ = ["register"]
 
-
-def _out() -> Console:
-    # Built per use so the terminal width (COLUMNS) is read when printing, not at import.
-    return Console()
-
-
-def _err() -> Console:
-    return Console(stderr=True)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 experiments_app = typer.Typer(help="Validate, create, list and show experiments.")
 rollout_app = typer.Typer(help="Rollout state: status, start, advance through the health gate.")
@@ -56,21 +46,6 @@ models_app = typer.Typer(help="The model registry.")
 
 _ACTOR = typer.Option(None, "--actor", help="Who acts (default: $VIGIL_ACTOR or $USER).")
 _JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-
-
-def _handle_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            _err().print(f"[red]invalid:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-        except VigilError as exc:
-            _err().print(f"[red]refused:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return cast(F, wrapper)
 
 
 def _service() -> ExperimentService:

@@ -10,51 +10,25 @@ refusal.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import typer
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
-from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from agent.cli._console import err as _err
+from agent.cli._console import handle_errors as _handle_errors
+from agent.cli._console import out as _out
 from agent.models import Alert, InvestigationView, MitigationView
 from lifecycle.settings import Settings, get_settings
-from tools.errors import ConfigError, VigilError
+from tools.errors import ConfigError
 
 __all__ = ["alert_from_file", "register", "summary_json"]
-
-
-def _out() -> Console:
-    # Built per use so the terminal width (COLUMNS) is read when printing, not at import.
-    return Console()
-
-
-def _err() -> Console:
-    return Console(stderr=True)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _handle_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            _err().print(f"[red]invalid:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
-        except VigilError as exc:
-            _err().print(f"[red]refused:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return cast(F, wrapper)
 
 
 def _field(err: ErrorDetails, prefix: str = "") -> str:

@@ -36,9 +36,8 @@ from typing import Any
 import duckdb
 
 from evals.bench import BenchOptions
-from evals.sim import Scenario, minute_to_ts, parse_scenario, simulate
-from tools.telemetry import TelemetryReader
-from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+from evals.sim import Scenario, minute_to_ts, parse_scenario, scenario_toolbox, simulate
+from tools.toolbox import Toolbox
 
 __all__ = ["bench_world", "run"]
 
@@ -105,22 +104,6 @@ def bench_world(*, minutes: int, requests_per_minute: int) -> Scenario:
     )
 
 
-def _toolbox(scenario: Scenario, url: str) -> Toolbox:
-    experiments = {
-        e.id: ExperimentInfo(
-            id=e.id,
-            name=e.name,
-            layer=e.layer,
-            arms={a: s.weight for a, s in e.arms.items()},
-            control=e.control,
-            arm_models={a: s.model for a, s in e.arms.items()},
-        )
-        for e in scenario.world.experiments
-    }
-    models = {m.id: ModelInfo(m.id, m.refresh_minutes) for m in scenario.world.models}
-    return Toolbox(TelemetryReader(url), experiments, models, scenario.world.production_model)
-
-
 def _battery(box: Toolbox, start: Any, end: Any) -> tuple[float, list[str]]:
     began = time.perf_counter()
     results = [
@@ -185,10 +168,10 @@ def _measure(minutes: int, rpm: int, url: str) -> dict[str, Any]:
     con.close()
 
     # Warm-up on a throwaway toolbox (imports, DuckDB dialect, first-call costs), then cold caches.
-    _battery(_toolbox(scenario, url), end - timedelta(minutes=30), end)
-    box = _toolbox(scenario, url)
+    _battery(scenario_toolbox(scenario, url), end - timedelta(minutes=30), end)
+    box = scenario_toolbox(scenario, url)
     battery_s, verdicts = _battery(box, start_all, end)
-    window_box = _toolbox(scenario, url)
+    window_box = scenario_toolbox(scenario, url)
     window_s, _ = _battery(window_box, end - timedelta(minutes=120), end)
     return {
         "scan_s": min(scans),

@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from evals.bench import BenchOptions
-from evals.sim import Scenario, minute_to_ts, parse_scenario, simulate, ts_to_minute
+from evals.sim import (
+    Scenario,
+    minute_to_ts,
+    parse_scenario,
+    scenario_toolbox,
+    simulate,
+    ts_to_minute,
+)
 from tools.result import CheckResult
-from tools.telemetry import TelemetryReader
-from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+from tools.toolbox import Toolbox
 
 __all__ = ["CURVES", "Curve", "run"]
 
@@ -98,20 +104,6 @@ def _scenario(curve: Curve, severity: float, seed: int) -> Scenario:
     return parse_scenario(data)
 
 
-def _toolbox(scenario: Scenario, url: str) -> Toolbox:
-    e = scenario.world.experiments[0]
-    info = ExperimentInfo(
-        id=e.id,
-        name=e.name,
-        layer=e.layer,
-        arms={a: s.weight for a, s in e.arms.items()},
-        control=e.control,
-        arm_models={a: s.model for a, s in e.arms.items()},
-    )
-    models = {m.id: ModelInfo(m.id, m.refresh_minutes) for m in scenario.world.models}
-    return Toolbox(TelemetryReader(url), {e.id: info}, models, scenario.world.production_model)
-
-
 def _check(curve: Curve, box: Toolbox, scenario: Scenario) -> CheckResult:
     start, end = minute_to_ts(scenario, ALERT - 60), minute_to_ts(scenario, ALERT)
     if curve.check == "infra":
@@ -183,7 +175,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
                 scenario = _scenario(curve, severity, seed)
                 url = f"duckdb:///{workdir / f'{scenario.name}-{seed}.duckdb'}"
                 simulate(scenario, url, replace=True)
-                result = _check(curve, _toolbox(scenario, url), scenario)
+                result = _check(curve, scenario_toolbox(scenario, url), scenario)
                 hit = _detected(curve, result)
                 if severity == 0.0:
                     false_alarms += result.verdict == "fail"

@@ -7,7 +7,12 @@ experiments to the lifecycle as configuration; ``minute_to_ts`` / ``ts_to_minute
 scenario minutes and telemetry timestamps.
 """
 
-from evals.sim.bridge import minute_to_ts, scenario_to_experiment_file, ts_to_minute
+from evals.sim.bridge import (
+    minute_to_ts,
+    scenario_to_experiment_file,
+    scenario_toolbox,
+    ts_to_minute,
+)
 from evals.sim.runner import SimSummary, simulate
 from evals.sim.scenario import (
     DIMENSIONS,
@@ -38,6 +43,7 @@ __all__ = [
     "minute_to_ts",
     "parse_scenario",
     "scenario_to_experiment_file",
+    "scenario_toolbox",
     "simulate",
     "ts_to_minute",
 ]

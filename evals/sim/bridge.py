@@ -21,10 +21,13 @@ import numpy.typing as npt
 from evals.sim.scenario import Scenario
 from lifecycle.allocation import ConfigSnapshot, KillScope, assign_many, build_snapshot
 from lifecycle.config import Arm, Experiment, ExperimentFile, Layer, ModelEntry
+from tools.telemetry import TelemetryReader
+from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
 
 __all__ = [
     "minute_to_ts",
     "scenario_to_experiment_file",
+    "scenario_toolbox",
     "ts_to_minute",
     "unit_arms",
     "world_snapshot",
@@ -120,3 +123,25 @@ def unit_arms(
     their unit's arm up; this is :func:`lifecycle.allocation.assign_many`, the production path.
     """
     return {exp_id: assign_many(snapshot, unit_ids, exp_id) for exp_id in experiment_ids}
+
+
+def scenario_toolbox(scenario: Scenario, telemetry_url: str) -> Toolbox:
+    """The checks over a simulated world's telemetry, its experiments and models taken as given.
+
+    The agent reads experiments from lifecycle instead (``agent.runtime.toolbox_factory``); this
+    is for benchmarks and tests that run the checks on a world without a state store.
+    """
+    experiments = {
+        e.id: ExperimentInfo(
+            id=e.id,
+            name=e.name,
+            layer=e.layer,
+            arms={arm: spec.weight for arm, spec in e.arms.items()},
+            control=e.control,
+            arm_models={arm: spec.model for arm, spec in e.arms.items()},
+        )
+        for e in scenario.world.experiments
+    }
+    models = {m.id: ModelInfo(m.id, m.refresh_minutes) for m in scenario.world.models}
+    reader = TelemetryReader(telemetry_url)
+    return Toolbox(reader, experiments, models, scenario.world.production_model)

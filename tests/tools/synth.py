@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from tools.telemetry import TelemetryReader
+from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+
 T0 = datetime(2026, 11, 20, 6, 0)
 COUNTRIES = {"US": 0.4, "BR": 0.2, "IN": 0.2, "DE": 0.2}
 PLATFORMS = {"ios": 0.45, "android": 0.45, "web": 0.1}
@@ -174,3 +177,20 @@ def write(
 def at(minute: float) -> datetime:
     """The timestamp of a world minute."""
     return T0 + timedelta(minutes=minute)
+
+
+EXPERIMENT = ExperimentInfo(
+    id="e1",
+    name="synthetic",
+    layer="ranking",
+    arms={"control": 1.0, "test": 1.0},
+    control="control",
+    arm_models={"control": "m_prod", "test": "m_test"},
+)
+"""The one experiment of every synthetic world: control serves ``m_prod``, test ``m_test``."""
+
+
+def toolbox(reader: TelemetryReader) -> Toolbox:
+    """The checks over a synthetic world's telemetry (experiment ``e1``, production ``m_prod``)."""
+    models = {"m_prod": ModelInfo("m_prod", None), "m_test": ModelInfo("m_test", None)}
+    return Toolbox(reader, {"e1": EXPERIMENT}, models, "m_prod")

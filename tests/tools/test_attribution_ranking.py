@@ -49,6 +49,7 @@ def _world(
                         "n_error": 0.0,
                         "n_fallback": 0.0,
                         "n_pred": float(N_ARM),
+                        "n_invalid": 0.0,
                         "sum_pred": N_ARM * CTR,
                     }
                 )
@@ -138,6 +139,7 @@ def test_invalid_rate_is_attributable_from_experiment_rows() -> None:
     bad = (experiments["experiment_id"] == "904") & (experiments["arm"] == "test")
     late = experiments["minute"] >= M0 + 60
     experiments.loc[bad & late, "n_pred"] = N_ARM * 0.8  # a fifth of predictions are NaN
+    experiments.loc[bad & late, "n_invalid"] = N_ARM * 0.2
     result = attribution_check("invalid_rate", frame, experiments=experiments, controls=_controls())
     rows = _experiment_rows(result)
     assert rows.loc[0, "candidate"] == "904/test"

@@ -9,20 +9,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tests.tools.synth import Fault, World, at, build, write
+from tests.tools.synth import Fault, World, at, build, toolbox, write
 from tools.result import CheckResult
 from tools.telemetry import Subject, TelemetryReader
-from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+from tools.toolbox import Toolbox
 
-EXPERIMENT = ExperimentInfo(
-    id="e1",
-    name="synthetic",
-    layer="ranking",
-    arms={"control": 1.0, "test": 1.0},
-    control="control",
-    arm_models={"control": "m_prod", "test": "m_test"},
-)
-MODELS = {"m_prod": ModelInfo("m_prod", None), "m_test": ModelInfo("m_test", None)}
 WORLD = World(
     seed=21,
     rpm=1200,
@@ -96,10 +87,8 @@ def test_cube_and_histogram_frames_match_separate_statements(engine: sa.Engine) 
 
 
 def test_single_pass_battery_gives_the_same_results(engine: sa.Engine) -> None:
-    single = Toolbox(TelemetryReader(engine), {"e1": EXPERIMENT}, MODELS, "m_prod")
-    separate = Toolbox(
-        TelemetryReader(engine, grouping_sets=False), {"e1": EXPERIMENT}, MODELS, "m_prod"
-    )
+    single = toolbox(TelemetryReader(engine))
+    separate = toolbox(TelemetryReader(engine, grouping_sets=False))
     got, want = _battery(single), _battery(separate)
     assert single.reader.queries < separate.reader.queries
     for a, b in zip(got, want, strict=True):

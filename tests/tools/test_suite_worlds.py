@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from evals.sim import load_scenario, minute_to_ts, simulate, ts_to_minute
+from evals.sim import load_scenario, minute_to_ts, scenario_toolbox, simulate, ts_to_minute
 from evals.sim.scenario import Scenario
 from tools.result import CheckResult
-from tools.telemetry import TelemetryReader
-from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+from tools.toolbox import Toolbox
 
 SUITE = Path(__file__).resolve().parents[2] / "evals" / "scenarios"
 MATCHING = {
@@ -44,22 +43,6 @@ FAULTY = [
 HEALTHY = ["healthy-noise", "healthy-better-model", "healthy-diurnal-trough", "busy-healthy"]
 
 
-def _toolbox(scenario: Scenario, url: str) -> Toolbox:
-    experiments = {
-        e.id: ExperimentInfo(
-            id=e.id,
-            name=e.name,
-            layer=e.layer,
-            arms={arm: spec.weight for arm, spec in e.arms.items()},
-            control=e.control,
-            arm_models={arm: spec.model for arm, spec in e.arms.items()},
-        )
-        for e in scenario.world.experiments
-    }
-    models = {m.id: ModelInfo(m.id, m.refresh_minutes) for m in scenario.world.models}
-    return Toolbox(TelemetryReader(url), experiments, models, scenario.world.production_model)
-
-
 def _window(scenario: Scenario, box: Toolbox) -> tuple[datetime, datetime]:
     end = minute_to_ts(scenario, scenario.alert.minute)
     search = end - timedelta(minutes=120)
@@ -78,7 +61,7 @@ def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Scenario
         scenario = load_scenario(SUITE / f"{name}.yaml")
         url = f"duckdb:///{base / name}.duckdb"
         simulate(scenario, url, end_minute=scenario.alert.minute, replace=True)
-        out[name] = (scenario, _toolbox(scenario, url))
+        out[name] = (scenario, scenario_toolbox(scenario, url))
     return out
 
 

@@ -63,6 +63,23 @@ def test_cube_sums_match_pandas(telemetry) -> None:
     assert got.loc["control", "n_invalid"] == 0
 
 
+def test_experiment_sums_match_pandas_and_the_cube(telemetry) -> None:
+    reader, requests, exposures = telemetry
+    rows = reader.experiments(at(0), at(30))
+    assert set(rows["experiment_id"]) == set(exposures["experiment_id"])
+    want = _expected(requests, exposures[exposures["experiment_id"] == "e1"])
+    cols = ["n", "n_pred", "n_invalid", "sum_pred", "sum_label", "n_fallback", "sum_revenue"]
+    got = rows[rows["experiment_id"] == "e1"].groupby("arm")[cols].sum()
+    pd.testing.assert_frame_equal(
+        got.sort_index(), want[cols].sort_index(), rtol=1e-9, check_names=False
+    )
+    # Attribution's invalid rate and the checks' count invalid predictions the same way.
+    cube = reader.cube(Subject(experiment_id="e1"), at(0), at(30)).groupby("arm")["n_invalid"]
+    pd.testing.assert_series_equal(
+        got["n_invalid"].sort_index(), cube.sum().sort_index(), check_names=False
+    )
+
+
 def test_histogram_sums_equal_valid_cube_sums(telemetry) -> None:
     reader, _, _ = telemetry
     subject = Subject(experiment_id="e1")

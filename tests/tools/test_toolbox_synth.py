@@ -9,20 +9,12 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from tests.tools.synth import Fault, World, at, build, write
+from tests.tools.synth import Fault, World, at, build, toolbox, write
 from tools.errors import ConfigError, NotFoundError
 from tools.result import CheckResult
 from tools.telemetry import TelemetryReader, to_minute
-from tools.toolbox import CHECKS, ExperimentInfo, ModelInfo, Toolbox
+from tools.toolbox import CHECKS, Toolbox
 
-EXPERIMENT = ExperimentInfo(
-    id="e1",
-    name="synthetic",
-    layer="ranking",
-    arms={"control": 1.0, "test": 1.0},
-    control="control",
-    arm_models={"control": "m_prod", "test": "m_test"},
-)
 WORLDS = {
     "healthy": World(seed=11),
     "fallback": World(seed=12, faults=[Fault("fallback", 95, 0.3, where={"platform": "android"})]),
@@ -38,11 +30,10 @@ SQLITE_WORLDS = ("healthy", "fallback")
 
 def _toolboxes(dialect: str, names: tuple[str, ...], base, rpm: int | None = None):
     out = {}
-    models = {"m_prod": ModelInfo("m_prod", None), "m_test": ModelInfo("m_test", None)}
     for name in names:
         world = WORLDS[name] if rpm is None else replace(WORLDS[name], rpm=rpm)
         engine = write(f"{dialect}:///{base / name}", *build(world))
-        out[name] = Toolbox(TelemetryReader(engine), {"e1": EXPERIMENT}, models, "m_prod")
+        out[name] = toolbox(TelemetryReader(engine))
     return out
 
 

@@ -16,7 +16,7 @@ that significantly explains the change (:func:`tools.localize.localize`, a rippl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -84,16 +84,6 @@ class _Contribution:
     p_adjusted: float = 1.0
 
 
-def _with_invalid(experiments: pd.DataFrame) -> pd.DataFrame:
-    """Experiment rows with ``n_invalid``: served requests without a valid prediction."""
-    if "n_invalid" in experiments.columns or not {"n", "n_pred", "n_error"} <= set(
-        experiments.columns
-    ):
-        return experiments
-    invalid = (experiments["n"] - experiments["n_pred"] - experiments["n_error"]).clip(lower=0)
-    return experiments.assign(n_invalid=invalid)
-
-
 def _arm_stats(rows: pd.DataFrame, total: str, squares: str) -> pd.DataFrame:
     g = rows.groupby(["experiment_id", "arm"])[list(dict.fromkeys(["n", total, squares]))].sum()
     g["mean"] = g[total] / g["n"].where(g["n"] > 0)
@@ -145,10 +135,7 @@ def _contributions(
             p = p_from_z(z, "down" if direction == "down" else "up")
             out.append(_Contribution(exp, arm, contribution, se, share, p))
     adjusted = holm([c.p for c in out])
-    ranked = [
-        _Contribution(c.experiment, c.arm, c.contribution, c.se, c.share, c.p, float(q))
-        for c, q in zip(out, adjusted, strict=True)
-    ]
+    ranked = [replace(c, p_adjusted=float(q)) for c, q in zip(out, adjusted, strict=True)]
     return sorted(ranked, key=lambda c: (c.p_adjusted, c.p, -c.share))
 
 
@@ -258,7 +245,7 @@ def attribution_check(
         unit="%",
     )
     contributions = _contributions(
-        _with_invalid(experiments),
+        experiments,
         controls,
         ((w.start, w.end), (w.fetch_start, w.start)),
         (float(cur["n"]), float(base["n"])),
