@@ -105,6 +105,8 @@ def _target(cause: RootCause, action: MitigationAction) -> str | None:
         return cause.experiment
     if kind == "model":
         return cause.model
+    if action == "escalate_data":
+        return cause.model  # whose data or training pipeline to look at, when a model is named
     return None
 
 
@@ -130,6 +132,11 @@ def _expected(action: MitigationAction, target: str | None, cause: RootCause, ou
         return f"Model {target} reverts to its previous version{finding}."
     if action == "escalate_infra":
         return "Infrastructure on-call is paged; no experiment changes."
+    if action == "escalate_data" and cause.cause == "stale_model":
+        return (
+            f"The owners of model {target}'s training pipeline are alerted to restore its "
+            "refreshes; no experiment or model changes until a fresh version is published."
+        )
     if action == "escalate_data":
         return "The data / logging owners are alerted; no experiment changes."
     return "Nothing changes."

@@ -145,7 +145,8 @@ def _mitigation_text(m: MitigationView) -> str:
         "ramp_down": f"ramp experiment {m.target} down one stage",
         "rollback_model": f"roll model {m.target} back",
         "escalate_infra": "escalate to infrastructure on-call",
-        "escalate_data": "escalate to the data / logging owners",
+        "escalate_data": "escalate to the data / logging owners"
+        + (f" of model {m.target}" if m.target else ""),
         "none": "no action",
     }[m.action]
     status = _STATUS_WORDS.get(m.status, m.status)
