@@ -1,11 +1,13 @@
 """The agent's tables in the state database: investigations, their reports, and mitigations.
 
-The agent owns two tables (``agent_investigations``, ``agent_mitigations``), created with
-``metadata.create_all`` next to the experiment core's own (migrated by lifecycle's Alembic, which
-this module never touches). A mitigation's status moves only by compare-and-set
-(:meth:`AgentStore.transition`): an ``UPDATE ... WHERE status IN (...)`` that one caller wins, so
-a second approval or a retried call can never execute an action twice, across threads and
-processes.
+The agent owns two tables (``agent_investigations``, ``agent_mitigations``) in the state database,
+next to the experiment core's. Each package migrates its own: the agent's Alembic chain
+(``agent/migrations``, version table ``agent_alembic_version``) runs when a store is opened,
+through the same migration runner as lifecycle's, and never touches lifecycle's tables.
+
+A mitigation's status moves only by compare-and-set (:meth:`AgentStore.transition`): an
+``UPDATE ... WHERE status IN (...)`` that one caller wins, so a second approval or a retried call
+can never execute an action twice, across threads and processes.
 """
 
 from __future__ import annotations
@@ -26,20 +28,24 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine, RowMapping, make_url
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from agent.models import InvestigationView, MitigationStatus, MitigationView
+from lifecycle.store import migrate, open_engine
 from tools.errors import NotFoundError
 
-__all__ = ["AgentStore", "utcnow"]
+__all__ = ["VERSION_TABLE", "AgentStore", "metadata", "utcnow"]
 
-_metadata = MetaData()
+VERSION_TABLE = "agent_alembic_version"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = MetaData()
+_metadata = metadata
 _investigations = Table(
     "agent_investigations",
     _metadata,
@@ -91,15 +97,6 @@ def _aware(ts: datetime | None) -> datetime | None:
     return None if ts is None else ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
-def _engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        return create_engine(url, connect_args={"timeout": 30})
-    return create_engine(url, pool_pre_ping=True)
-
-
 class AgentStore:
     """Investigations and mitigations in the state database.
 
@@ -108,8 +105,8 @@ class AgentStore:
     """
 
     def __init__(self, url: str) -> None:
-        self.engine = _engine(url)
-        _metadata.create_all(self.engine)
+        self.engine = open_engine(url)
+        migrate(self.engine, scripts=_MIGRATIONS, version_table=VERSION_TABLE)
 
     # -- investigations ------------------------------------------------------------------------
 

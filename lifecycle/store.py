@@ -57,6 +57,7 @@ __all__ = [
     "models",
     "open_engine",
     "rollout_state",
+    "run_migrations",
     "state_version",
     "to_db_time",
     "write",
@@ -275,28 +276,59 @@ def write(engine: Engine) -> Iterator[Connection]:
 # --- migrations ----------------------------------------------------------------------------------
 
 
-def _alembic_config(conn: Connection) -> Any:
+def _alembic_config(conn: Connection, scripts: Path, version_table: str) -> Any:
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.set_main_option("script_location", str(scripts))
     cfg.attributes["connection"] = conn
+    cfg.attributes["version_table"] = version_table
     return cfg
 
 
-def _current_revision(conn: Connection) -> str | None:
+def _current_revision(conn: Connection, version_table: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    ctx = MigrationContext.configure(conn, opts={"version_table": version_table})
     return ctx.get_current_revision()
 
 
-def migrate(engine: Engine, revision: str = "head") -> str:
+def run_migrations(target: MetaData, default_version_table: str) -> None:
+    """The body of an Alembic ``env.py``: run the chain on the connection :func:`migrate` passes.
+
+    Args:
+        target: The metadata the chain's tables are declared in (for autogenerate).
+        default_version_table: Where the revision is recorded when :func:`migrate` did not say.
+    """
+    from alembic import context
+
+    attributes = context.config.attributes
+    context.configure(
+        connection=attributes["connection"],
+        target_metadata=target,
+        version_table=attributes.get("version_table", default_version_table),
+        render_as_batch=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def migrate(
+    engine: Engine,
+    revision: str = "head",
+    *,
+    scripts: Path = _MIGRATIONS,
+    version_table: str = VERSION_TABLE,
+) -> str:
     """Upgrade the schema to ``revision`` (the newest by default); a no-op when it is there.
 
     Args:
         engine: The state store's engine (:func:`open_engine`).
         revision: The revision to upgrade to; ``head`` except in tests of the migrations.
+        scripts: The Alembic script directory; the experiment core's by default. The agent
+            passes its own, with its own ``version_table``: each package migrates its tables.
+        version_table: Where the chain records its revision.
 
     Returns:
         The revision the schema is at now.
@@ -305,16 +337,16 @@ def migrate(engine: Engine, revision: str = "head") -> str:
     from alembic.script import ScriptDirectory
 
     with engine.connect() as conn:
-        cfg = _alembic_config(conn)
-        scripts = ScriptDirectory.from_config(cfg)
-        target = scripts.get_current_head() if revision == "head" else revision
-        current = _current_revision(conn)
+        cfg = _alembic_config(conn, scripts, version_table)
+        chain = ScriptDirectory.from_config(cfg)
+        target = chain.get_current_head() if revision == "head" else revision
+        current = _current_revision(conn, version_table)
     if current == target and target is not None:
         return target
     with write(engine) as conn:
         # Checked again under the write lock: another process may have migrated meanwhile.
-        if _current_revision(conn) != target:
-            command.upgrade(_alembic_config(conn), str(target))
+        if _current_revision(conn, version_table) != target:
+            command.upgrade(_alembic_config(conn, scripts, version_table), str(target))
     return str(target)
 
 

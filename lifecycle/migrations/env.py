@@ -6,17 +6,6 @@ connection already inside its write transaction, so the whole upgrade is one tra
 
 from __future__ import annotations
 
-from alembic import context
+from lifecycle.store import VERSION_TABLE, metadata, run_migrations
 
-from lifecycle.store import VERSION_TABLE, metadata
-
-connection = context.config.attributes["connection"]
-context.configure(
-    connection=connection,
-    target_metadata=metadata,
-    version_table=VERSION_TABLE,
-    render_as_batch=True,
-    compare_type=True,
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_migrations(metadata, VERSION_TABLE)
