@@ -50,7 +50,8 @@ def _bench_rows(bench: dict[str, Any]) -> list[str]:
         rows.append(
             f"| check battery vs one aggregate scan, {checks['rows'] / 1e6:.1f} M requests "
             f"| {checks['battery_s']} s vs {checks['scan_s']} s: ratio **{checks['ratio']}** "
-            f"(investigation window: {checks['window_ratio']}) | ≤ 5 "
+            f"(investigation window: {checks['window_ratio']}; one experiment's exposure join "
+            f"alone, as `count(*)`: {checks['join_ratio']}) | ≤ 5 "
             "| `vigil bench --only checks` |"
         )
         rows.append(

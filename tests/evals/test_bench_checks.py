@@ -13,7 +13,7 @@ def test_checks_section_on_a_tiny_world(tmp_path: Path) -> None:
     assert 25_000 < figures["rows"] < 36_000
     assert figures["exposures"] > 0
     # The figures are rounded (a tiny scan to 0.1 ms), the ratio is not.
-    assert figures["ratio"] > 0 and figures["floor_ratio"] > 0
+    assert figures["ratio"] > 0 and figures["floor_ratio"] > figures["join_ratio"] > 0
     assert figures["scan_s"] < figures["battery_s"]
     assert 0 < figures["battery_sql_s"] <= figures["battery_s"]
     assert figures["floor_s"] > 0 and figures["window_battery_s"] > 0
