@@ -232,9 +232,15 @@ class ApprovalPolicy:
             raise ApprovalError("an approval needs a user")
         allowed = self.authorised(mitigation)
         if user not in allowed:
+            who = (
+                "the experiment's owner or on-call"
+                if _TARGETED.get(mitigation.action) == "experiment"
+                else "on-call"
+            )
+            listed = ", ".join(allowed) or "nobody: set VIGIL_ONCALL"
             raise ApprovalError(
                 f"{user!r} may not approve {mitigation.action} of {mitigation.target!r}: "
-                f"only the experiment's owner or on-call ({', '.join(allowed) or 'nobody'})"
+                f"only {who} ({listed})"
             )
         if self.require_second_approver and user == mitigation.proposed_by:
             raise ApprovalError(

@@ -202,8 +202,15 @@ def approve(
     clock = _world_clock(settings)
     inv = _investigator(settings, clock=clock)
     try:
+        before = inv.store.get_mitigation(mitigation_id)
         view = inv.approve(mitigation_id, user)
-        if clock is not None and after > 0 and view.status in ("executed", "verified"):
+        if before.status != "proposed":  # decided before: approve changed nothing
+            _err().print(
+                f"already {before.status} (approved by {before.approved_by or '-'}); "
+                "nothing was done again",
+                highlight=False,
+            )
+        elif clock is not None and after > 0 and view.status in ("executed", "verified"):
             from evals.harness import continue_world
 
             world = continue_world(settings, after)

@@ -209,5 +209,6 @@ def test_rollback_of_the_production_model_executes_and_verifies(cli, workdir):
 
     again = cli.invoke(app, ["approve", mitigation["id"], "--as", "carol"])
     assert again.exit_code == 0 and "verified" in again.output
+    assert "nothing was done again" in again.output and "simulated" not in again.output
     with ExperimentService.from_settings(get_settings()) as service:
         assert len([e for e in service.audit() if e.action == "rollback_model"]) == 1

@@ -126,8 +126,11 @@ def test_approval_policy():
     with pytest.raises(ApprovalError):
         policy.check_approver(kill, "")
     rollback = _mitigation("rollback_model", "ctr_v41")
-    with pytest.raises(ApprovalError):
+    with pytest.raises(ApprovalError, match=r"only on-call \(carol\)"):
         policy.check_approver(rollback, "alice")  # owning an experiment is not owning a model
+    nobody = ApprovalPolicy(oncall=(), require_second_approver=False, owner_of=owners.get)
+    with pytest.raises(ApprovalError, match="nobody: set VIGIL_ONCALL"):
+        nobody.check_approver(_mitigation("escalate_data", "ctr_v41"), "alice")
     mine = _mitigation("kill_experiment", "879", proposed_by="alice")
     with pytest.raises(ApprovalError, match="second approver"):
         policy.check_approver(mine, "alice")
