@@ -13,6 +13,8 @@ writes race-free on any dialect.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -252,7 +254,7 @@ def open_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -261,6 +263,25 @@ def open_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _enable_wal(cursor: Any, timeout_s: float = 30.0) -> None:
+    """Put the database file in WAL mode, waiting for other connections to let it.
+
+    WAL is a property of the file: once one connection has switched it, every later one finds it
+    so. The switch needs a moment when no other connection holds a lock, and SQLite answers
+    "database is locked" at once rather than after its busy timeout; two processes opening a new
+    store together (the server and a CLI) hit that, so the switch is retried until it succeeds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
