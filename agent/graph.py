@@ -34,6 +34,7 @@ from agent.deps import Deps
 from agent.models import Alert, InvestigationView, MitigationView, RootCause
 from agent.nodes import Nodes
 from agent.state import CHECKPOINT_TYPES, CheckTask, InvestigationState
+from lifecycle.store import enable_wal
 from tools.errors import ConfigError
 from tools.result import CheckResult, Effect, Evidence
 
@@ -165,6 +166,8 @@ def open_checkpointer(url: str) -> Checkpoints:
     # The saver serialises access with its own lock, so one connection may serve all threads.
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
     stack.callback(conn.close)
+    if path != ":memory:":
+        enable_wal(conn.cursor())  # the saver's own switch fails at once if another holds a lock
     sqlite_saver = SqliteSaver(conn, serde=serializer())
     sqlite_saver.setup()
     return Checkpoints(sqlite_saver, stack)

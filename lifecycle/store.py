@@ -49,6 +49,7 @@ __all__ = [
     "arms",
     "audit_log",
     "dump_json",
+    "enable_wal",
     "experiments",
     "from_db_time",
     "kill_switches",
@@ -254,7 +255,7 @@ def open_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         if not memory:
-            _enable_wal(cursor)
+            enable_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -265,13 +266,17 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
-def _enable_wal(cursor: Any, timeout_s: float = 30.0) -> None:
+def enable_wal(cursor: Any, timeout_s: float = 30.0) -> None:
     """Put the database file in WAL mode, waiting for other connections to let it.
 
     WAL is a property of the file: once one connection has switched it, every later one finds it
     so. The switch needs a moment when no other connection holds a lock, and SQLite answers
     "database is locked" at once rather than after its busy timeout; two processes opening a new
     store together (the server and a CLI) hit that, so the switch is retried until it succeeds.
+
+    Args:
+        cursor: A DB-API cursor of a ``sqlite3`` connection to a file.
+        timeout_s: How long to keep trying before the error is raised.
     """
     deadline = time.monotonic() + timeout_s
     while True:

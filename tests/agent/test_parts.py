@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -151,3 +154,27 @@ def test_checkpoint_serializer_revives_only_allowed_classes(tmp_path):
     cp = open_checkpointer(str(tmp_path / "cp.db"))
     cp.close()
     assert (tmp_path / "cp.db").exists()
+
+
+def test_a_new_checkpoint_file_opens_while_another_process_holds_its_lock(tmp_path):
+    # The saver switches the file to WAL; SQLite refuses that at once while another connection
+    # holds a lock (two processes starting on a new checkpoint file).
+    path = tmp_path / "cp.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other VALUES (1)")
+    opened = []
+    opener = threading.Thread(target=lambda: opened.append(open_checkpointer(str(path))))
+    opener.start()
+    time.sleep(0.3)
+    assert opener.is_alive()  # waiting for the lock, not failed
+    holder.execute("COMMIT")
+    holder.close()
+    opener.join(timeout=30)
+    assert len(opened) == 1
+    opened[0].close()
+    fresh = sqlite3.connect(path)
+    assert fresh.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert fresh.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
+    fresh.close()
