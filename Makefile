@@ -25,6 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy lifecycle tools agent evals
 
 pytest: $(STAMP)
+	sh scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest

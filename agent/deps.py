@@ -13,14 +13,13 @@ fan-out, the LLM's tool calls, verification).
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, get_type_hints
+from typing import Any, Protocol
 
 from agent.mitigation import ApprovalPolicy, Executor
 from agent.models import Alert
@@ -29,7 +28,7 @@ from agent.playbook import PlaybookSet
 from agent.reasoning import ExperimentMeta, Reasoner
 from agent.store import AgentStore
 from lifecycle.settings import Settings
-from tools.result import CheckResult
+from tools.registry import CHECKS, Checks
 
 __all__ = ["Catalog", "Deps", "Observer", "ToolboxCache", "ToolboxFactory", "timed_checks"]
 
@@ -62,12 +61,12 @@ class Catalog(Protocol):
         ...
 
 
-ToolboxFactory = Callable[[Alert], Any]
-"""Builds the checks (a ``tools.toolbox.Toolbox`` or a fake with its methods) for an alert."""
+ToolboxFactory = Callable[[Alert], Checks]
+"""Builds the checks (a ``tools.toolbox.Toolbox`` or a fake) for an alert."""
 
 
 def _timed(check: str, method: Callable[..., Any], observer: Observer) -> Callable[..., Any]:
-    @functools.wraps(method)  # keeps the signature and docstring the LLM's tool schemas read
+    @functools.wraps(method)  # keeps the signature and docstring of the check
     def run(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         try:
@@ -79,29 +78,22 @@ def _timed(check: str, method: Callable[..., Any], observer: Observer) -> Callab
     return run
 
 
-def _is_check(function: Callable[..., Any]) -> bool:
-    try:
-        return get_type_hints(function).get("return") is CheckResult
-    except (NameError, TypeError):  # annotations that do not resolve: not a check we can tell
-        return False
-
-
-def timed_checks(toolbox: Any, observer: Observer | None) -> Any:
+def timed_checks(toolbox: Checks, observer: Observer | None) -> Checks:
     """Report the wall time of every check ``toolbox`` runs to ``observer``.
 
-    A check is a public method annotated ``-> CheckResult`` (what the LLM's tools are made of);
-    each is shadowed on the instance by a wrapper with the same signature, observed under the
-    method's name. The toolbox is returned (changed in place; a toolbox timed already is not
-    timed twice); with no observer, or an instance without a ``__dict__``, it is left as it is.
+    Every check of the registry (:data:`tools.registry.CHECKS`) is shadowed on the instance by a
+    wrapper with the same signature, observed under the check's name. The toolbox is returned
+    (changed in place; a toolbox timed already is not timed twice); with no observer, or an
+    instance without a ``__dict__``, it is left as it is.
     """
     own = getattr(toolbox, "__dict__", None)
     if observer is None or own is None:
         return toolbox
-    for name, function in inspect.getmembers(type(toolbox), inspect.isfunction):
-        if name.startswith("_") or getattr(own.get(name), "_vigil_timed", False):
+    for name in CHECKS:
+        method = getattr(toolbox, name, None)
+        if method is None or getattr(own.get(name), "_vigil_timed", False):
             continue
-        if _is_check(function):
-            own[name] = _timed(name, getattr(toolbox, name), observer)
+        own[name] = _timed(name, method, observer)
     return toolbox
 
 
@@ -121,9 +113,9 @@ class ToolboxCache:
         self._observer = observer
         self._size = size
         self._lock = threading.Lock()
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: OrderedDict[str, Checks] = OrderedDict()
 
-    def get(self, investigation_id: str, alert: Alert) -> Any:
+    def get(self, investigation_id: str, alert: Alert) -> Checks:
         """The investigation's toolbox, built on first use."""
         with self._lock:
             box = self._items.get(investigation_id)
@@ -137,7 +129,7 @@ class ToolboxCache:
                 self._items.popitem(last=False)
         return box
 
-    def fresh(self, alert: Alert) -> Any:
+    def fresh(self, alert: Alert) -> Checks:
         """A new toolbox with empty caches (verification must read telemetry that arrived since)."""
         return timed_checks(self._factory(alert), self._observer)
 

@@ -12,9 +12,14 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    traffic rules out blaming an experiment; it is reported as ruled out, not ranked.
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
    supported on the same subject (a fallback to a weak model also worsens NE); it ranks after.
-5. Order: supported, then explained, then ``none`` unless something is supported, then causes
-   matched only by secondary failures. Ties: the score (signal weights, a fail counting twice a
-   warning), then the strength of the evidence (smallest p-value), then the suspect's rank.
+5. A cause is a *candidate* when its primary signal only warned, on the alerted experiment, in
+   the check of the alert's own metric (an SRM alert whose SRM check says "possible issue"):
+   evidence that matches the alert is not noise, so it ranks before ``none``, with the lower
+   confidence of a warning.
+6. Order: supported, then explained, then candidates, then ``none`` unless something ranks
+   above, then causes matched only by secondary failures. Ties: the score (signal weights, a
+   fail counting twice a warning), then the strength of the evidence (smallest p-value), then
+   the suspect's rank.
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
 discounted when explained, made non-increasing down the ranking. With no failure at all the
@@ -28,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.models import RootCause
+from agent.coverage import ALERT_CHECKS
+from agent.models import Alert, RootCause
 from agent.playbook import CauseRule, Playbook, Signal
 from agent.reasoning import DiagnosisInput
 from agent.state import CheckOutcome, Diagnosis, Suspect
@@ -55,6 +61,7 @@ class _Candidate:
     confidence: float
     ruled_out: str | None = None
     explained_by: str | None = None
+    warned: bool = False
 
     @property
     def tier(self) -> int:
@@ -62,6 +69,8 @@ class _Candidate:
             return 0
         if self.supported:
             return 1
+        if self.warned:
+            return 2
         return 3
 
 
@@ -97,20 +106,37 @@ def _located(sig: Signal, subject: Suspect, result: CheckResult, control: str) -
     return result.arm is not None and result.arm != control
 
 
+def _as_warning(sig: Signal) -> Signal:
+    return sig.model_copy(update={"verdicts": [*sig.verdicts, "warn"]})
+
+
 def _evaluate(
     rule: CauseRule,
     subject: Suspect,
     order: int,
     results: dict[str, CheckOutcome],
     control: str,
+    focus: tuple[str, str] | None = None,
 ) -> _Candidate | None:
     matched: list[CheckOutcome] = []
     supported = False
+    warned = False
     score = 0.0
     miss = 1.0
     for sig in rule.signals:
         outcome = results.get(sig.check)
-        if outcome is None or not sig.matches(outcome.result):
+        if outcome is None:
+            continue
+        # The alert's own check warning on the alerted experiment: the primary signal's finding
+        # at a warning's strength (its other conditions still hold).
+        candidate = (
+            sig.primary
+            and (subject.key, sig.check) == focus
+            and outcome.subject.key == subject.key
+            and outcome.result.verdict == "warn"
+            and _as_warning(sig).matches(outcome.result)
+        )
+        if not candidate and not sig.matches(outcome.result):
             continue
         if outcome.subject.key == subject.key and not _located(
             sig, subject, outcome.result, control
@@ -119,9 +145,10 @@ def _evaluate(
         fail = outcome.result.verdict == "fail"
         matched.append(outcome)
         supported = supported or (sig.primary and fail)
+        warned = warned or candidate
         score += sig.weight * (1.0 if fail else 0.5)
         miss *= 1.0 - sig.weight * (_FAIL_P if fail else _WARN_P)
-    if not matched or not any(o.result.verdict == "fail" for o in matched):
+    if not matched or not (warned or any(o.result.verdict == "fail" for o in matched)):
         return None
     ruled_out = None
     for out in rule.ruled_out_by:
@@ -142,6 +169,7 @@ def _evaluate(
         strength=_strength(matched),
         confidence=min(_MAX_CONFIDENCE, 1.0 - miss),
         ruled_out=ruled_out,
+        warned=warned,
     )
 
 
@@ -175,6 +203,7 @@ def rank_causes(
     suspects: Sequence[Suspect],
     outcomes: Sequence[CheckOutcome],
     controls: Mapping[str, str] | None = None,
+    alert: Alert | None = None,
 ) -> tuple[list[RootCause], list[tuple[str, str]]]:
     """Rank causes by the playbook's rules (see the module docstring).
 
@@ -183,12 +212,17 @@ def rank_causes(
         suspects: The subjects examined, most suspect first.
         outcomes: The check outcomes.
         controls: Experiment id -> its control arm (``control`` when not given).
+        alert: What fired; a warning of its own metric's check on its experiment is a
+            candidate (None: only failures count).
 
     Returns:
         The ranked causes (``none`` first when nothing failed) and the ruled-out
         ``(cause, reason)`` pairs.
     """
     candidates: list[_Candidate] = []
+    focus = None
+    if alert is not None and alert.experiment is not None and alert.metric in ALERT_CHECKS:
+        focus = (f"experiment:{alert.experiment}", ALERT_CHECKS[alert.metric])
     subjects = list(suspects)
     if not any(s.scope == "global" for s in subjects):
         subjects.append(Suspect(scope="global"))
@@ -198,7 +232,7 @@ def rank_causes(
             if subject.scope not in rule.scopes:
                 continue
             control = (controls or {}).get(subject.id or "", "control")
-            found = _evaluate(rule, subject, order, results, control)
+            found = _evaluate(rule, subject, order, results, control, focus)
             if found is not None:
                 candidates.append(found)
     ruled = [c for c in candidates if c.ruled_out is not None]
@@ -218,13 +252,17 @@ def rank_causes(
     head = [c for c in live if c.tier < 3]
     tail = [c for c in live if c.tier == 3]
     causes = [_root_cause(c) for c in head]
-    if not head:
-        doubt = max((c.confidence for c in tail), default=0.0)
+    if not any(c.tier < 2 for c in head):
+        # Only warnings, if anything: noise stays possible (below any candidate of the alert's).
+        doubt = max((c.confidence for c in head + tail), default=0.0)
+        explanation = "No check found a failure: noise or seasonality."
+        if head:
+            explanation = "Only warnings support the causes above: noise remains possible."
         causes.append(
             RootCause(
                 cause="none",
                 confidence=round(max(0.5, 1.0 - doubt), 3),
-                explanation="No check found a failure: noise or seasonality.",
+                explanation=explanation,
             )
         )
     causes += [_root_cause(c) for c in tail]
@@ -292,5 +330,7 @@ class DeterministicReasoner:
     def diagnose(self, given: DiagnosisInput) -> Diagnosis:
         """Rank the causes of ``given`` (see :func:`rank_causes`)."""
         controls = {k: v.control for k, v in given.experiments.items()}
-        causes, ruled_out = rank_causes(given.playbook, _subjects(given), given.outcomes, controls)
+        causes, ruled_out = rank_causes(
+            given.playbook, _subjects(given), given.outcomes, controls, given.alert
+        )
         return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)

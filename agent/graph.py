@@ -29,13 +29,14 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
+from sqlalchemy.engine import make_url
 
 from agent.deps import Deps
 from agent.models import Alert, InvestigationView, MitigationView, RootCause
 from agent.nodes import Nodes
 from agent.state import CHECKPOINT_TYPES, CheckTask, InvestigationState
-from lifecycle.store import enable_wal
-from tools.errors import ConfigError
+from lifecycle.store import enable_wal, redact_url
+from tools.errors import ConfigError, RetryableError
 from tools.result import CheckResult, Effect, Evidence
 
 __all__ = ["NODE_NAMES", "Checkpoints", "build_graph", "open_checkpointer", "serializer"]
@@ -136,30 +137,18 @@ def open_checkpointer(url: str) -> Checkpoints:
 
     Args:
         url: A SQLite file path (or ``sqlite:///path``, or ``:memory:``), or a
-            ``postgresql://`` URL (needs ``langgraph-checkpoint-postgres``).
+            ``postgresql://`` URL (needs the ``postgres`` extra).
 
     Returns:
         The open checkpointer; call :meth:`Checkpoints.close` when done.
 
     Raises:
-        ConfigError: Postgres asked for but not installed.
+        ConfigError: Postgres asked for but its package not installed.
+        RetryableError: The Postgres database cannot be reached (one line, password hidden).
     """
-    stack = ExitStack()
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        try:
-            from langgraph.checkpoint.postgres import PostgresSaver
-        except ImportError as exc:
-            raise ConfigError(
-                "checkpoint_url",
-                url,
-                "a Postgres checkpointer needs `pip install langgraph-checkpoint-postgres`",
-            ) from exc
-        plain = url.replace("postgresql+psycopg://", "postgresql://")
-        cm: AbstractContextManager[Any] = PostgresSaver.from_conn_string(plain)
-        saver = stack.enter_context(cm)
-        saver.serde = serializer()
-        saver.setup()
-        return Checkpoints(saver, stack)
+        return _open_postgres(url)
+    stack = ExitStack()
     path = url.removeprefix("sqlite:///")
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -171,3 +160,33 @@ def open_checkpointer(url: str) -> Checkpoints:
     sqlite_saver = SqliteSaver(conn, serde=serializer())
     sqlite_saver.setup()
     return Checkpoints(sqlite_saver, stack)
+
+
+def _open_postgres(url: str) -> Checkpoints:
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+    except ImportError as exc:
+        raise ConfigError(
+            "checkpoint_url",
+            redact_url(url),
+            "a Postgres checkpointer needs `pip install 'vigil[postgres]'`"
+            " (psycopg and langgraph-checkpoint-postgres)",
+        ) from exc
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    stack = ExitStack()
+    try:
+        cm: AbstractContextManager[Any] = PostgresSaver.from_conn_string(plain)
+        saver = stack.enter_context(cm)
+        saver.serde = serializer()
+        saver.setup()
+    except psycopg.OperationalError as exc:
+        stack.close()
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        password = make_url(plain).password
+        if password:
+            why = why.replace(str(password), "***")
+        raise RetryableError(
+            f"checkpoint database {redact_url(url)} is unreachable: {why}"
+        ) from exc
+    return Checkpoints(saver, stack)

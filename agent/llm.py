@@ -37,9 +37,16 @@ from agent.models import Cause, RootCause
 from agent.reasoning import DiagnosisInput, Reasoner
 from agent.state import CheckOutcome, Diagnosis, Suspect
 from lifecycle.settings import Settings
-from tools.errors import ConfigError, RetryableError, TerminalError
+from tools.errors import ConfigError, RetryableError, TerminalError, VigilError
 
-__all__ = ["LLMCause", "LLMDiagnosis", "LLMReasoner", "LLMUnavailable"]
+__all__ = [
+    "LLMCause",
+    "LLMDiagnosis",
+    "LLMOutage",
+    "LLMReasoner",
+    "LLMRefused",
+    "LLMUnavailable",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -90,8 +97,21 @@ class LLMDiagnosis(BaseModel):
     summary: str = Field(default="", max_length=4000, description="A short narrative.")
 
 
-class LLMUnavailable(RetryableError):
-    """The endpoint failed or the budget ran out; the deterministic result stands."""
+class LLMUnavailable(VigilError):
+    """The LLM gave no usable diagnosis; the deterministic result stands.
+
+    Raised as one of its two kinds: :class:`LLMOutage` (retryable: the endpoint was down, timed
+    out or rate-limited through every retry) or :class:`LLMRefused` (terminal: a 4xx answer, an
+    empty reply, or a spent token or step budget; the same request fails again).
+    """
+
+
+class LLMOutage(LLMUnavailable, RetryableError):
+    """The endpoint stayed unreachable, timed out or rate-limited through every retry."""
+
+
+class LLMRefused(LLMUnavailable, TerminalError):
+    """The endpoint refused the request (4xx, no answer) or the budget was spent."""
 
 
 def _submit_tool() -> dict[str, Any]:
@@ -252,10 +272,10 @@ class LLMReasoner:
             last = exc.last_attempt.exception()
             attempts = exc.last_attempt.attempt_number
             self._observe(failed=True, reason=type(last).__name__)
-            raise LLMUnavailable(f"{type(last).__name__} after {attempts} attempts") from last
+            raise LLMOutage(f"{type(last).__name__} after {attempts} attempts") from last
         except openai.APIError as exc:  # 4xx other than 429, undecodable bodies: terminal
             self._observe(failed=True, reason=type(exc).__name__)
-            raise LLMUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise LLMRefused(f"{type(exc).__name__}: {exc}") from exc
 
     def _observe(self, *, failed: bool = False, reason: str = "") -> None:
         if self.observer is not None:
@@ -279,7 +299,7 @@ class LLMReasoner:
             spent += int(getattr(usage, "total_tokens", 0) or 0)
             if not getattr(response, "choices", None):
                 self._observe(failed=True, reason="no_choices")
-                raise LLMUnavailable("the endpoint returned no choices")
+                raise LLMRefused("the endpoint returned no choices")
             message = response.choices[0].message
             calls = list(message.tool_calls or [])
             messages.append(message.model_dump(exclude_none=True))
@@ -317,11 +337,11 @@ class LLMReasoner:
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
             self._observe(failed=invalid, reason="invalid_answer" if invalid else "")
             if spent > self.settings.llm_max_tokens:
-                raise LLMUnavailable(
+                raise LLMRefused(
                     f"token budget spent ({spent} > {self.settings.llm_max_tokens}) "
                     "without a valid diagnosis"
                 )
-        raise LLMUnavailable(
+        raise LLMRefused(
             f"no valid diagnosis within {self.settings.llm_max_steps} steps (the step budget)"
         )
 

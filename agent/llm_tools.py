@@ -1,10 +1,10 @@
-"""Tools for the LLM, declared once: JSON schemas generated from the Toolbox's typed methods.
+"""Tools for the LLM, declared once: JSON schemas generated from the check registry.
 
-A check is a public method of the toolbox whose return annotation is ``CheckResult``; its
-parameters (names, types, defaults) come from ``inspect.signature`` and its descriptions from the
-Google docstring, through a pydantic model built with ``create_model`` (``extra="forbid"``), whose
-JSON schema is the tool's ``parameters``. The same model validates the LLM's arguments before a
-check runs. Nothing here is a hand-written parameter dict.
+A tool is a check registered in :mod:`tools.registry`; its parameters (names, types, defaults)
+come from the declaration's ``inspect.signature`` and its descriptions from the Google docstring,
+through a pydantic model built with ``create_model`` (``extra="forbid"``), whose JSON schema is the
+tool's ``parameters``. The same model validates the LLM's arguments before the toolbox's own
+method runs. Nothing here is a hand-written parameter dict.
 
 Also here: what crosses the boundary to the endpoint — redaction of configured fields (``unit_id``,
 ``user_id``...) and the quoting of untrusted text as data.
@@ -21,6 +21,7 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from tools.registry import Checks, registry
 from tools.result import CheckResult
 
 __all__ = [
@@ -130,30 +131,24 @@ def _model_for(name: str, method: Callable[..., Any]) -> type[BaseModel]:
     return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def check_tools(toolbox: Any, only: Iterable[str] | None = None) -> dict[str, ToolSpec]:
-    """Every check of ``toolbox`` as a tool, by name.
+def check_tools(toolbox: Checks, only: Iterable[str] | None = None) -> dict[str, ToolSpec]:
+    """Every registered check of ``toolbox`` as a tool, by name.
 
     Args:
-        toolbox: A ``Toolbox`` (or anything whose check methods are annotated ``-> CheckResult``).
+        toolbox: The checks to call (a ``Toolbox`` or any :class:`~tools.registry.Checks`).
         only: Restrict to these names (e.g. the playbook's checks plus localization's).
 
     Returns:
-        Tool specs in name order.
+        Tool specs in name order; schemas and descriptions come from the registry's declaration.
     """
     wanted = set(only) if only is not None else None
     specs: dict[str, ToolSpec] = {}
-    for name, _ in sorted(inspect.getmembers(type(toolbox), inspect.isfunction)):
-        if name.startswith("_") or (wanted is not None and name not in wanted):
+    for name, entry in sorted(registry().items()):
+        if wanted is not None and name not in wanted:
             continue
-        method = getattr(toolbox, name)
-        try:
-            returns = get_type_hints(method).get("return")
-        except (NameError, TypeError):
-            continue
-        if returns is not CheckResult:
-            continue
-        summary, _ = docstring_args(method.__doc__)
-        specs[name] = ToolSpec(name, summary or name, _model_for(name, method), method)
+        summary, _ = docstring_args(entry.function.__doc__)
+        method: Callable[..., CheckResult] = getattr(toolbox, name)
+        specs[name] = ToolSpec(name, summary or name, _model_for(name, entry.function), method)
     return specs
 
 

@@ -18,16 +18,20 @@ suspect of a scope the check runs on; the checks then run in parallel (``Send`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, get_args
+from datetime import datetime, timedelta
+from functools import partial
+from typing import get_args
 
 from agent.models import Alert
 from agent.playbook import Playbook, SeriesMetric
 from agent.state import CheckOutcome, CheckTask, Localization, Suspect, Window
 from tools.checks.attribution import ATTRIBUTABLE as _CHECK_ATTRIBUTABLE
+from tools.registry import Checks, run_check
 from tools.result import CheckResult
+from tools.vocabulary import MetricName, is_metric
+from tools.vocabulary import as_utc as utc
 
 __all__ = [
     "ATTRIBUTABLE",
@@ -53,11 +57,6 @@ _SHARE_COLUMNS = (
     "explained_share",
     "contribution_share",
 )
-
-
-def utc(ts: datetime) -> datetime:
-    """``ts`` as an aware UTC datetime (naive input is taken to be UTC)."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _search_window(alert: Alert, playbook: Playbook) -> Window:
@@ -146,31 +145,37 @@ def attributed_experiments(result: CheckResult) -> list[Attributed]:
     return []
 
 
-def _safe(run: Any, check: str, **kwargs: Any) -> CheckOutcome | None:
+def _safe(run: Callable[[], CheckResult], check: str) -> CheckOutcome | None:
     subject = Suspect(scope="global")
     try:
-        result = run(**kwargs)
+        result = run()
     except Exception as exc:  # a check failing must not fail the investigation; it is reported
-        _log.warning("localize check %s failed: %s", check, exc, exc_info=True)
+        _log.warning("localize check %s failed: %s", check, exc)
+        _log.debug("localize check %s traceback", check, exc_info=True)
         return None
     return CheckOutcome(key=f"{check}@localize", subject=subject, result=result)
 
 
 def _attribute(
-    toolbox: Any, metric: str, recent: Window, playbook: Playbook
+    toolbox: Checks, metric: str, recent: Window, playbook: Playbook
 ) -> list[tuple[str, CheckOutcome]]:
     """Attribution of the alert metric (when attributable) and of each scan metric."""
-    metrics = [m for m in [metric, *playbook.suspects.scan_metrics] if m in ATTRIBUTABLE]
+    metrics: list[MetricName] = [
+        m for m in [metric, *playbook.suspects.scan_metrics] if m in ATTRIBUTABLE and is_metric(m)
+    ]
     out: list[tuple[str, CheckOutcome]] = []
+    baseline_start = recent.start - timedelta(minutes=playbook.window.baseline_minutes)
     for m in dict.fromkeys(metrics):
         found = _safe(
-            toolbox.attribution,
+            partial(
+                toolbox.attribution,
+                metric=m,
+                start=recent.start,
+                end=recent.end,
+                baseline_start=baseline_start,
+                baseline_end=recent.start,
+            ),
             "attribution",
-            metric=m,
-            start=recent.start,
-            end=recent.end,
-            baseline_start=recent.start - timedelta(minutes=playbook.window.baseline_minutes),
-            baseline_end=recent.start,
         )
         if found is not None:
             out.append((m, found.model_copy(update={"key": f"attribution:{m}@localize"})))
@@ -217,7 +222,7 @@ def _pick(
 def localize(
     alert: Alert,
     playbook: Playbook,
-    toolbox: Any,
+    toolbox: Checks,
     production_model: str | None = None,
     known_experiments: Sequence[str] = (),
 ) -> Localization:
@@ -237,14 +242,16 @@ def localize(
     metric = playbook.onset_metric or alert.metric
     results: list[CheckOutcome] = []
     onset: datetime | None = None
-    if metric in SERIES_METRICS:
+    if metric in SERIES_METRICS and is_metric(metric):
         found = _safe(
-            toolbox.change_point,
+            partial(
+                toolbox.change_point,
+                metric=metric,
+                start=search.start,
+                end=search.end,
+                experiment_id=alert.experiment,
+            ),
             "change_point",
-            metric=metric,
-            start=search.start,
-            end=search.end,
-            experiment_id=alert.experiment,
         )
         if found is not None:
             results.append(found)
@@ -306,26 +313,21 @@ def plan(playbook: Playbook, localization: Localization) -> list[CheckTask]:
     return tasks
 
 
-def _kwargs(task: CheckTask) -> Mapping[str, Any]:
-    kwargs: dict[str, Any] = {"start": task.window.start, "end": task.window.end}
-    if task.subject.scope == "experiment":
-        kwargs["experiment_id"] = task.subject.id
-    elif task.subject.scope == "model" and task.check != "srm":
-        kwargs["model_id"] = task.subject.id
-    return kwargs
-
-
-def run_task(toolbox: Any, task: CheckTask) -> CheckOutcome:
+def run_task(toolbox: Checks, task: CheckTask) -> CheckOutcome:
     """Run one planned check; a check that raises becomes a ``no_data`` outcome with its error."""
+    subject = task.subject
     try:
-        result = getattr(toolbox, task.check)(**_kwargs(task))
+        result = run_check(
+            toolbox, task.check, task.window.start, task.window.end, subject.scope, subject.id
+        )
     except Exception as exc:  # reported in the outcome and the report, never swallowed silently
-        _log.warning("check %s failed: %s", task.key, exc, exc_info=True)
+        _log.warning("check %s failed: %s", task.key, exc)
+        _log.debug("check %s traceback", task.key, exc_info=True)
         result = CheckResult(
             check=task.check,
             verdict="no_data",
             summary=f"The {task.check} check could not run: {exc}",
-            experiment=task.subject.id if task.subject.scope == "experiment" else None,
+            experiment=subject.id if subject.scope == "experiment" else None,
         )
-        return CheckOutcome(key=task.key, subject=task.subject, result=result, error=str(exc))
-    return CheckOutcome(key=task.key, subject=task.subject, result=result)
+        return CheckOutcome(key=task.key, subject=subject, result=result, error=str(exc))
+    return CheckOutcome(key=task.key, subject=subject, result=result)

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, assert_never
+from typing import Any
 
+from agent.actions import Actions, spec
 from agent.models import MitigationAction, MitigationView, RootCause
+from agent.notify import Notifier, SafeNotifier
 from agent.playbook import Playbook
 from agent.reasoning import ExperimentMeta, subject_of
 from agent.state import CheckOutcome
-from agent.store import AgentStore, utcnow
-from tools.errors import ApprovalError, ConfigError, StateError
+from agent.store import AgentStore, is_contention, utcnow
+from tools.errors import ApprovalError, ConfigError, RetryableError, StateError, StoreBusy
 
 __all__ = [
     "AGENT_USER",
@@ -37,27 +40,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 AGENT_USER = "vigil"
-_TARGETED = {"kill_experiment": "experiment", "ramp_down": "experiment", "rollback_model": "model"}
-
-
-class Actions(Protocol):
-    """The state changes the agent may ask of the experiment core (``ExperimentService``)."""
-
-    def kill(self, experiment_id: str, actor: str, reason: str, key: str) -> Any:
-        """Activate the experiment's kill switch (``key``: idempotency key, the mitigation id)."""
-        ...
-
-    def ramp_down(self, experiment_id: str, actor: str, reason: str, key: str) -> Any:
-        """Move the experiment back one rollout stage."""
-        ...
-
-    def rollback_model(self, model_id: str, actor: str, reason: str, key: str) -> Any:
-        """Revert a production model to its previous version."""
-        ...
-
-    def record(self, action: str, target: str | None, actor: str, reason: str, key: str) -> Any:
-        """Record an action with no state change (escalations) in the audit log."""
-        ...
 
 
 def mitigation_id(investigation_id: str | None, action: str, target: str | None) -> str:
@@ -80,12 +62,13 @@ def blast_radius(
     of it; rolling a model back changes the traffic it serves (all traffic outside experiments
     for the production model, plus experiment arms serving it). Escalations change nothing.
     """
-    if action in ("escalate_infra", "escalate_data", "none") or target is None:
+    kind = spec(action)
+    if kind.share == 0.0 or target is None:
         return 0.0
-    if action in ("kill_experiment", "ramp_down"):
+    if kind.target == "experiment":
         meta = experiments.get(target)
         share = meta.traffic_share if meta is not None and meta.traffic_share is not None else 0.0
-        return round(min(1.0, share * (1.0 if action == "kill_experiment" else 0.5)), 4)
+        return round(min(1.0, share * kind.share), 4)
     total = 0.0
     enrolled = 0.0
     for meta in experiments.values():
@@ -100,13 +83,11 @@ def blast_radius(
 
 
 def _target(cause: RootCause, action: MitigationAction) -> str | None:
-    kind = _TARGETED.get(action)
+    kind = spec(action).target
     if kind == "experiment":
         return cause.experiment
     if kind == "model":
         return cause.model
-    if action == "escalate_data":
-        return cause.model  # whose data or training pipeline to look at, when a model is named
     return None
 
 
@@ -117,29 +98,6 @@ def _effect_text(outcome: CheckOutcome | None) -> str:
     unit = "" if effect.unit in ("", "ratio") else f" {effect.unit}"
     sign = "" if effect.unit == "ratio" else "+" if effect.estimate > 0 else ""
     return f"{effect.name} {sign}{effect.estimate:.3g}{unit}"
-
-
-def _expected(action: MitigationAction, target: str | None, cause: RootCause, outcome: str) -> str:
-    finding = f" ({outcome})" if outcome else ""
-    if action == "kill_experiment":
-        return (
-            f"Units of experiment {target} return to the production model; the "
-            f"{cause.cause.replace('_', ' ')} it causes{finding} should stop within minutes."
-        )
-    if action == "ramp_down":
-        return f"Experiment {target} goes back one rollout stage, halving the traffic exposed."
-    if action == "rollback_model":
-        return f"Model {target} reverts to its previous version{finding}."
-    if action == "escalate_infra":
-        return "Infrastructure on-call is paged; no experiment changes."
-    if action == "escalate_data" and cause.cause == "stale_model":
-        return (
-            f"The owners of model {target}'s training pipeline are alerted to restore its "
-            "refreshes; no experiment or model changes until a fresh version is published."
-        )
-    if action == "escalate_data":
-        return "The data / logging owners are alerted; no experiment changes."
-    return "Nothing changes."
 
 
 def propose_for(
@@ -174,7 +132,7 @@ def propose_for(
     if action is None or action == "none":
         return []
     target = _target(top, action)
-    if action in _TARGETED and target is None:
+    if spec(action).required_target and target is None:
         return []
     primary = next(
         (
@@ -196,7 +154,7 @@ def propose_for(
             target=target,
             status="proposed",
             blast_radius=blast_radius(action, target, experiments, production_model),
-            expected_effect=_expected(action, target, top, failing),
+            expected_effect=spec(action).expected(target, top, failing),
             reason=f"{rule.label}{place} (confidence {top.confidence:.0%})",
             proposed_by=AGENT_USER,
         )
@@ -220,7 +178,7 @@ class ApprovalPolicy:
     def authorised(self, mitigation: MitigationView) -> list[str]:
         """Users who may decide ``mitigation`` (on-call, plus the experiment's owner)."""
         users = list(self.oncall)
-        if mitigation.target is not None and _TARGETED.get(mitigation.action) == "experiment":
+        if mitigation.target is not None and spec(mitigation.action).approvers == "owner_or_oncall":
             owner = self.owner_of(mitigation.target)
             if owner and owner not in users:
                 users.append(owner)
@@ -230,11 +188,12 @@ class ApprovalPolicy:
         """Raise :class:`ApprovalError` unless ``user`` may approve ``mitigation``."""
         if not user or not user.strip():
             raise ApprovalError("an approval needs a user")
+        _not_the_agent(user)
         allowed = self.authorised(mitigation)
         if user not in allowed:
             who = (
                 "the experiment's owner or on-call"
-                if _TARGETED.get(mitigation.action) == "experiment"
+                if spec(mitigation.action).approvers == "owner_or_oncall"
                 else "on-call"
             )
             listed = ", ".join(allowed) or "nobody: set VIGIL_ONCALL"
@@ -249,10 +208,19 @@ class ApprovalPolicy:
 
     def check_rejecter(self, mitigation: MitigationView, user: str) -> None:
         """Raise :class:`ApprovalError` unless ``user`` may reject (the proposer may withdraw)."""
-        if user and user == mitigation.proposed_by:
-            return
+        if not user or not user.strip():
+            raise ApprovalError("a rejection needs a user")
+        _not_the_agent(user)
+        if user == mitigation.proposed_by:
+            return  # a human withdrawing their own proposal
         if user not in self.authorised(mitigation):
             raise ApprovalError(f"{user!r} may not reject {mitigation.id}")
+
+
+def _not_the_agent(user: str) -> None:
+    """The agent's own identity proposes; no human may decide under it."""
+    if user.strip().lower() == AGENT_USER:
+        raise ApprovalError(f"{user!r} is the agent's own identity; decisions need a named human")
 
 
 class Executor:
@@ -263,6 +231,7 @@ class Executor:
         actions: Lifecycle's ``ExperimentService`` (or anything with its methods).
         policy: Re-checked on the approver before acting (defence in depth).
         clock: "Now" on the telemetry's clock (when the action takes effect).
+        notifier: Told once, by the call that recorded it, that a mitigation executed.
     """
 
     def __init__(
@@ -271,39 +240,67 @@ class Executor:
         actions: Actions,
         policy: ApprovalPolicy,
         clock: Callable[[], datetime],
+        notifier: Notifier | None = None,
     ) -> None:
         self._store = store
         self._actions = actions
         self._policy = policy
         self._clock = clock
+        self._notifier = SafeNotifier(notifier)
 
-    def execute(self, mitigation_id: str) -> tuple[MitigationView, bool]:
+    def execute(
+        self, mitigation_id: str, *, resume_after_s: float | None = None
+    ) -> tuple[MitigationView, bool]:
         """Execute an approved mitigation unless someone already did.
 
+        The decision to act is durable before the act: ``approved -> executing`` is stored
+        (with when it began) before lifecycle is called, and ``executing -> executed`` after.
+        A process that dies between the two leaves the mitigation ``executing``; a later call
+        with ``resume_after_s`` acts again with the same idempotency key (the mitigation id),
+        which lifecycle records at most once, so the action takes effect exactly once.
+
+        Args:
+            mitigation_id: The mitigation.
+            resume_after_s: Also resume a mitigation left ``executing`` for at least this many
+                seconds (0: at once; None: never, the default for a live decision).
+
         Returns:
-            The mitigation as it stands and whether this call acted.
+            The mitigation as it stands and whether this call completed the execution.
 
         Raises:
             ApprovalError: It is not approved, or its approver is not authorised.
             StateError: The experiment core refused the action (the mitigation is ``failed``).
+            RetryableError: A passing failure (a busy store); the mitigation stays
+                ``executing`` and a later resume completes it.
         """
         current = self._store.get_mitigation(mitigation_id)
-        if current.status in ("executing", "executed", "verified", "failed"):
+        if current.status in ("executed", "verified", "failed"):
             return current, False
-        if current.status != "approved" or current.approved_by is None:
+        if current.status == "executing":
+            if resume_after_s is None or not self.stale(mitigation_id, resume_after_s):
+                return current, False
+        elif current.status != "approved" or current.approved_by is None:
             raise ApprovalError(f"mitigation {mitigation_id} is {current.status}, not approved")
+        if current.approved_by is None:
+            raise ApprovalError(f"mitigation {mitigation_id} has no recorded approver")
         self._policy.check_approver(current, current.approved_by)
-        if not self._store.transition(mitigation_id, ["approved"], "executing"):
+        if current.status == "approved" and not self._store.transition(
+            mitigation_id, ["approved"], "executing", detail={"executing_since": time.time()}
+        ):
             return self._store.get_mitigation(mitigation_id), False
         reason = f"vigil mitigation {mitigation_id}: {current.reason}"
         try:
             outcome = self._act(current, reason)
+        except RetryableError:
+            raise  # stays executing; the recovery sweep resumes it
         except Exception as exc:
+            if is_contention(exc):
+                raise StoreBusy(f"{current.action} of {current.target!r}: {exc}") from exc
             self._store.transition(
                 mitigation_id, ["executing"], "failed", detail={"error": str(exc)}
             )
             raise StateError(f"{current.action} of {current.target!r} failed: {exc}") from exc
-        self._store.transition(
+        won = self._store.transition(
             mitigation_id,
             ["executing"],
             "executed",
@@ -311,19 +308,16 @@ class Executor:
             acted_at=self._clock(),
             detail={"outcome": repr(outcome)},
         )
-        return self._store.get_mitigation(mitigation_id), True
+        view = self._store.get_mitigation(mitigation_id)
+        if won:
+            self._notifier.mitigation_executed(view)
+        return view, won
+
+    def stale(self, mitigation_id: str, after_s: float) -> bool:
+        """True when a mitigation has been ``executing`` for at least ``after_s`` seconds."""
+        since = self._store.detail(mitigation_id).get("executing_since")
+        return since is None or time.time() - float(since) >= after_s
 
     def _act(self, m: MitigationView, reason: str) -> Any:
         actor = m.approved_by or AGENT_USER
-        act = self._actions
-        match m.action:
-            case "kill_experiment":
-                return act.kill(str(m.target), actor=actor, reason=reason, key=m.id)
-            case "ramp_down":
-                return act.ramp_down(str(m.target), actor=actor, reason=reason, key=m.id)
-            case "rollback_model":
-                return act.rollback_model(str(m.target), actor=actor, reason=reason, key=m.id)
-            case "escalate_infra" | "escalate_data" | "none":
-                return act.record(m.action, m.target, actor=actor, reason=reason, key=m.id)
-            case _:
-                assert_never(m.action)
+        return spec(m.action).run(self._actions, m.target, actor, reason, m.id)

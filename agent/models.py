@@ -53,7 +53,11 @@ AlertMetric = Literal[
     "latency_p99",
     "srm",
 ]
-InvestigationStatus = Literal["running", "awaiting_approval", "completed", "failed"]
+InvestigationStatus = Literal[
+    "running", "awaiting_approval", "watching", "inconclusive", "completed", "failed"
+]
+"""DESIGN §5: ``watching`` (inconclusive, re-checked on fresh data), ``inconclusive`` (gave up,
+says why), ``failed`` (could not run, says why); missing data is never ``completed``."""
 MitigationStatus = Literal[
     "proposed", "approved", "rejected", "executing", "executed", "failed", "verified"
 ]
@@ -115,6 +119,10 @@ class MitigationView(BaseModel):
     decided_at: datetime | None = None
     executed_at: datetime | None = None
     recovered: bool | None = None
+    verification_pending: str | None = Field(
+        default=None,
+        description="Why recovery could not be judged yet (retried); None once judged.",
+    )
 
 
 class InvestigationView(BaseModel):

@@ -16,6 +16,7 @@ from agent.models import Alert, MitigationView, RootCause
 from agent.playbook import Playbook
 from agent.reasoning import ExperimentMeta
 from agent.state import CheckOutcome, Diagnosis, Localization, Suspect
+from tools.vocabulary import VERDICT_MARKS
 
 __all__ = [
     "METRIC_LABELS",
@@ -37,7 +38,7 @@ METRIC_LABELS: Mapping[str, str] = {
     "latency_p99": "p99 latency",
     "srm": "sample ratio",
 }
-_MARKS = {"ok": "✓", "fail": "✗", "warn": "!", "no_data": "·"}
+_MARKS = VERDICT_MARKS
 _STATUS_WORDS = {
     "proposed": "awaiting approval",
     "approved": "approved, executing",
@@ -86,6 +87,7 @@ class ReportModel:
     narrative: str
     footer: str
     plots: dict[str, str] = field(default_factory=dict)
+    conclusion: str = "conclusive"
 
 
 def _when(ts: datetime | None) -> str:
@@ -117,9 +119,13 @@ def check_line(outcome: CheckOutcome, playbook: Playbook) -> CheckLine:
         text = f"Issue identified with {spec.issue if spec is not None else label}"
     elif verdict == "warn":
         text = f"Possible issue with {label}"
+    elif verdict == "inconclusive":
+        text = f"Could not rule out an issue with {label}"
     else:
         text = f"Not enough data to judge {label}"
-    return CheckLine(_MARKS[verdict], verdict, text, outcome.result.summary, outcome.result.check)
+    return CheckLine(
+        _MARKS.get(verdict, "?"), verdict, text, outcome.result.summary, outcome.result.check
+    )
 
 
 def _cause_text(
@@ -201,7 +207,15 @@ def build_report(
         sections.append(SubjectSection("Checks the reasoner ran", "", lines))
     causes = list(diagnosis.causes)
     top = causes[0] if causes else RootCause(cause="none", confidence=0.5)
-    if top.cause == "none":
+    if top.cause == "none" and diagnosis.conclusion != "conclusive":
+        cause = f"No root cause could be established: {diagnosis.reason}."
+        if diagnosis.conclusion == "failed":
+            cause += " The investigation could not run; this is not an all-clear."
+        else:
+            cause += " This is not an all-clear: the checks could not see enough."
+    elif top.cause == "none" and "could not rule out" in top.explanation:
+        cause = f"No root cause found: {top.explanation[:1].lower()}{top.explanation[1:]}"
+    elif top.cause == "none":
         cause = (
             "No root cause: no check found a failure, so the alert is most likely noise or "
             "seasonality."
@@ -226,7 +240,9 @@ def build_report(
     others = [_cause_text(c, playbook, experiments) for c in causes[1:]]
     ruled_out = [f"{cause_name}: {reason}" for cause_name, reason in diagnosis.ruled_out]
     mitigation_lines = [_mitigation_text(m) for m in mitigations]
-    if not mitigation_lines:
+    if not mitigation_lines and diagnosis.conclusion != "conclusive":
+        mitigation_lines = ["none — no cause was established to act on."]
+    elif not mitigation_lines:
         mitigation_lines = ["none — nothing to mitigate."]
     window = localization.window
     footer = (
@@ -248,6 +264,7 @@ def build_report(
         notes=list(diagnosis.notes),
         narrative=diagnosis.narrative,
         footer=footer,
+        conclusion=diagnosis.conclusion,
     )
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Send, interrupt
 
+from agent.coverage import blind_spot, not_ruled_out, unknown_experiment, with_coverage
 from agent.deps import Deps
 from agent.deterministic import DeterministicReasoner, cause_onset
 from agent.localize import localize, plan, run_task, utc
@@ -31,8 +33,9 @@ from agent.models import (
 from agent.narrative import build_report
 from agent.reasoning import DiagnosisInput, admissible
 from agent.report import alert_series_plot, attribution_plot, check_plot, write_report
-from agent.state import CheckTask, Decision, Diagnosis, InvestigationState
+from agent.state import CheckTask, Decision, Diagnosis, InvestigationState, Localization, Window
 from agent.verify import measure_recovery
+from tools.errors import RetryableError
 
 __all__ = ["Nodes", "view_of"]
 
@@ -50,6 +53,13 @@ def _verdicts(state: InvestigationState) -> list[tuple[str, str, str]]:
         name = o.result.check if o.subject.key in own else f"{o.result.check}@{o.subject.key}"
         out.append((name, o.result.verdict, o.result.summary))
     return out
+
+
+def _settled(state: InvestigationState) -> InvestigationStatus:
+    """How an investigation ends: ``completed``, unless its checks could not see (DESIGN §5)."""
+    if state.diagnosis is not None and state.diagnosis.conclusion != "conclusive":
+        return state.diagnosis.conclusion
+    return "completed"
 
 
 def view_of(
@@ -183,8 +193,17 @@ class Nodes:
         return {"playbook": self.deps.playbooks.for_metric(state.alert.metric).name}
 
     def localize(self, state: InvestigationState) -> dict[str, Any]:
-        """Onset, window, suspects and where."""
+        """Onset, window, suspects and where (nobody to suspect for an unknown experiment)."""
         catalog = self.deps.catalog
+        if unknown_experiment(state.alert, catalog.experiments()) is not None:
+            window = self.deps.playbooks.get(state.playbook).window
+            end = utc(state.alert.fired_at)
+            start = end - timedelta(minutes=window.lookback_minutes)
+            base = start - timedelta(minutes=window.baseline_minutes)
+            empty = Localization(
+                window=Window(start=start, end=end), baseline=Window(start=base, end=start)
+            )
+            return {"localization": empty, "onset": None}
         loc = localize(
             state.alert,
             self.deps.playbooks.get(state.playbook),
@@ -224,13 +243,24 @@ class Nodes:
             toolbox=self._toolbox(state),
         )
         diagnosis = self._diagnose(given)
+        blind = unknown_experiment(state.alert, given.experiments) or blind_spot(
+            state.alert, state.localization, state.outcomes, given.toolbox, self.deps.clock()
+        )
+        diagnosis = with_coverage(diagnosis, blind, not_ruled_out(state.alert, state.outcomes))
         outcomes = list(state.outcomes) + list(diagnosis.extra)
         onset = state.onset
         top = diagnosis.causes[0] if diagnosis.causes else None
         if top is not None and top.cause != "none":
             onset = cause_onset(top, outcomes) or onset
         onset = utc(onset) if onset is not None else None
-        return {"diagnosis": diagnosis, "onset": onset, "outcomes": list(diagnosis.extra)}
+        update: dict[str, Any] = {
+            "diagnosis": diagnosis,
+            "onset": onset,
+            "outcomes": list(diagnosis.extra),
+        }
+        if diagnosis.conclusion == "failed":
+            update["error"] = diagnosis.reason
+        return update
 
     def _diagnose(self, given: DiagnosisInput) -> Diagnosis:
         reasoner = self.deps.reasoner
@@ -242,6 +272,8 @@ class Nodes:
             note = f"The {getattr(reasoner, 'name', 'configured')} reasoner failed ({exc}); "
             note += "these causes come from the deterministic rules."
             return fallback.model_copy(update={"notes": [*fallback.notes, note]})
+        if isinstance(reasoner, DeterministicReasoner):
+            return diagnosis  # its playbook rules are the admissibility rules (warned candidates)
         outcomes = list(given.outcomes) + list(diagnosis.extra)
         kept: list[RootCause] = []
         rejected: list[str] = []
@@ -278,7 +310,7 @@ class Nodes:
             updated = state.model_copy(update={"mitigation_ids": ids})
             self.deps.notifier.awaiting_approval(self._save(updated, status))
         else:
-            status = "completed"
+            status = _settled(state)
         return {"mitigation_ids": ids, "status": status}
 
     @staticmethod
@@ -300,26 +332,35 @@ class Nodes:
         statuses = [self.deps.store.get_mitigation(i).status for i in state.mitigation_ids]
         if "proposed" in statuses:
             return "approval"
-        if "approved" in statuses:
-            return "execute"
+        if "approved" in statuses or "executing" in statuses:
+            return "execute"  # executing: a crash came between deciding to act and recording it
         return "finish"
 
     def execute(self, state: InvestigationState) -> dict[str, Any]:
-        """Execute each approved mitigation exactly once, through the experiment core."""
+        """Execute each approved mitigation exactly once, through the experiment core.
+
+        A mitigation left ``executing`` (this node crashed after the decision to act was stored)
+        is resumed with the same idempotency key, which lifecycle records at most once. A
+        retryable failure (a busy store) propagates: the graph stays before this node and the
+        recovery sweep runs it again; a terminal one marks the mitigation failed.
+        """
         done: list[str] = []
         errors: list[str] = []
         for mid in state.mitigation_ids:
-            if self.deps.store.get_mitigation(mid).status != "approved":
+            if self.deps.store.get_mitigation(mid).status not in ("approved", "executing"):
                 continue
             try:
-                view, acted = self.deps.executor.execute(mid)
+                view, acted = self.deps.executor.execute(mid, resume_after_s=0.0)
+            except RetryableError:
+                raise
             except Exception as exc:  # recorded on the mitigation and the investigation
-                _log.exception("mitigation %s failed", mid)
+                _log.warning("mitigation %s failed: %s", mid, exc)
                 errors.append(f"mitigation {mid}: {exc}")
                 continue
-            if acted:
+            if acted:  # the executor told the notifier
                 done.append(mid)
-                self.deps.notifier.mitigation_executed(view)
+            elif view.status in ("executed", "verified") and mid not in state.executed:
+                done.append(mid)  # completed by another process; still verified here
         update: dict[str, Any] = {"executed": [*state.executed, *done]}
         if errors:
             update["error"] = "; ".join(errors)
@@ -349,9 +390,21 @@ class Nodes:
         onset = state.onset or (state.localization.window.start if state.localization else None)
         if onset is None:
             return current
-        box = self.deps.toolboxes.fresh(state.alert)
-        found = measure_recovery(box, rule.verify_metric, onset, acted_at, playbook.window)
-        detail: dict[str, Any] = {"verification": found.as_dict()}
+        try:
+            box = self.deps.toolboxes.fresh(state.alert)
+            found = measure_recovery(box, rule.verify_metric, onset, acted_at, playbook.window)
+        except Exception as exc:  # acting and verifying are separate outcomes: retried later
+            _log.warning("verification of %s pending: %s", mitigation_id, exc)
+            attempts = int(store.detail(mitigation_id).get("verification_attempts") or 0) + 1
+            store.merge_detail(
+                mitigation_id,
+                {
+                    "verification_pending": f"{type(exc).__name__}: {exc}",
+                    "verification_attempts": attempts,
+                },
+            )
+            return store.get_mitigation(mitigation_id)
+        detail: dict[str, Any] = {"verification": found.as_dict(), "verification_pending": None}
         if state.alert.metric != rule.verify_metric and state.alert.metric != "srm":
             try:
                 also = measure_recovery(box, state.alert.metric, onset, acted_at, playbook.window)
@@ -370,8 +423,8 @@ class Nodes:
     def finish(self, state: InvestigationState) -> dict[str, Any]:
         """Re-render the report with where each mitigation stands; the investigation is done."""
         mitigations = self.deps.store.mitigations_of(state.investigation_id)
-        done = state.model_copy(update={"status": "completed"})
+        done = state.model_copy(update={"status": _settled(state)})
         path = self._render(done, mitigations) if state.diagnosis else state.report_path
         final = done.model_copy(update={"report_path": path})
-        self.deps.notifier.investigation_finished(self._save(final, "completed"))
-        return {"status": "completed", "report_path": path}
+        self.deps.notifier.investigation_finished(self._save(final, done.status))
+        return {"status": done.status, "report_path": path}

@@ -29,6 +29,10 @@ class Notifier(Protocol):
         """The investigation proposed mitigations and waits for a human decision."""
         ...
 
+    def mitigation_approved(self, mitigation: MitigationView, user: str) -> None:
+        """``user``'s approval was stored (told once, by the call that recorded it)."""
+        ...
+
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         """An approved mitigation was executed through the experiment core."""
         ...
@@ -49,6 +53,9 @@ class NullNotifier:
         """Do nothing."""
 
     def awaiting_approval(self, view: InvestigationView) -> None:
+        """Do nothing."""
+
+    def mitigation_approved(self, mitigation: MitigationView, user: str) -> None:
         """Do nothing."""
 
     def mitigation_executed(self, mitigation: MitigationView) -> None:
@@ -77,6 +84,11 @@ class FanoutNotifier:
         for n in self._notifiers:
             n.awaiting_approval(view)
 
+    def mitigation_approved(self, mitigation: MitigationView, user: str) -> None:
+        """Tell every notifier."""
+        for n in self._notifiers:
+            n.mitigation_approved(mitigation, user)
+
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         """Tell every notifier."""
         for n in self._notifiers:
@@ -100,8 +112,11 @@ class SafeNotifier:
         self.inner: Notifier = inner if inner is not None else NullNotifier()
 
     def _call(self, name: str, arg: InvestigationView | MitigationView, *more: str) -> None:
+        method = getattr(self.inner, name, None)
+        if method is None:  # a notifier written before this callback existed
+            return
         try:
-            getattr(self.inner, name)(arg, *more)
+            method(arg, *more)
         except Exception:  # a notifier (Slack) being down must not fail an investigation
             _log.exception("notifier %s failed for %s", name, arg.id)
 
@@ -112,6 +127,10 @@ class SafeNotifier:
     def awaiting_approval(self, view: InvestigationView) -> None:
         """Forward, logging failures."""
         self._call("awaiting_approval", view)
+
+    def mitigation_approved(self, mitigation: MitigationView, user: str) -> None:
+        """Forward, logging failures."""
+        self._call("mitigation_approved", mitigation, user)
 
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         """Forward, logging failures."""

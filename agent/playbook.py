@@ -2,7 +2,9 @@
 for, and what rules a cause out.
 
 Playbooks are data (``playbooks/*.yaml``), validated when loaded: unknown keys, unknown checks,
-causes or mitigations are errors naming the file and the field. Every alert metric must be
+causes or mitigations are errors naming the file and the field. The check vocabulary is the
+check registry's (:mod:`tools.registry`): a check must be registered and may run only on the
+scopes registered for it. Every alert metric must be
 covered by exactly one playbook, so an alert can never arrive with no plan.
 """
 
@@ -18,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.models import AlertMetric, Cause, MitigationAction
 from tools.errors import ConfigError
+from tools.registry import CheckName, Scope, check_entry, registry
 from tools.result import CheckResult
+from tools.vocabulary import SeriesMetric
 
 __all__ = [
     "CHECK_NAMES",
@@ -36,21 +40,9 @@ __all__ = [
     "load_playbooks",
 ]
 
-CheckName = Literal["prediction", "calibration", "ne", "staleness", "fallback", "srm", "infra"]
-CHECK_NAMES: tuple[str, ...] = get_args(CheckName)
-Scope = Literal["experiment", "model", "global"]
+CHECK_NAMES: tuple[str, ...] = tuple(name for name, e in registry().items() if e.scopes)
+"""The registered checks a playbook may plan (the others need a metric; localization runs them)."""
 SignalVerdict = Literal["fail", "warn"]
-# Metrics the verify step can read per minute (Toolbox.metric_series).
-SeriesMetric = Literal[
-    "revenue",
-    "ctr",
-    "ne",
-    "calibration",
-    "fallback_rate",
-    "error_rate",
-    "invalid_rate",
-    "latency_p99",
-]
 
 
 class _Strict(BaseModel):
@@ -64,6 +56,15 @@ class CheckSpec(_Strict):
     scopes: list[Scope] = Field(min_length=1, description="Which subjects it runs on.")
     label: str = Field(min_length=1, description='What was checked: "model fallback".')
     issue: str = Field(min_length=1, description='What a failure is: "increased model fallback".')
+
+    @model_validator(mode="after")
+    def _registered(self) -> CheckSpec:
+        runs_on = check_entry(self.check).scopes
+        wrong = [s for s in self.scopes if s not in runs_on]
+        if wrong:
+            where = f"only on {list(runs_on)}" if runs_on else "on no subject a playbook plans"
+            raise ValueError(f"scopes: the {self.check} check runs {where}, not on {wrong}")
+        return self
 
 
 def _only_fail() -> list[SignalVerdict]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from agent.models import Alert, RootCause
 from agent.playbook import Playbook
 from agent.state import CheckOutcome, Diagnosis, Localization, Suspect
+from tools.registry import Checks
 
 __all__ = [
     "DiagnosisInput",
@@ -65,7 +66,7 @@ class DiagnosisInput:
     localization: Localization
     outcomes: Sequence[CheckOutcome]
     experiments: dict[str, ExperimentMeta] = field(default_factory=dict)
-    toolbox: Any | None = None
+    toolbox: Checks | None = None
 
 
 @runtime_checkable

@@ -9,7 +9,6 @@ when an endpoint is configured, else the deterministic one.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,6 @@ __all__ = [
     "reasoner_from_settings",
     "toolbox_factory",
 ]
-
-_log = logging.getLogger(__name__)
 
 
 class ServiceCatalog:
@@ -63,7 +60,7 @@ class ServiceCatalog:
 
 
 class ServiceActions:
-    """The executor's :class:`~agent.mitigation.Actions` over lifecycle's ``ExperimentService``.
+    """The executor's :class:`~agent.actions.Actions` over lifecycle's ``ExperimentService``.
 
     Each call passes the mitigation id as the idempotency key, so the experiment core itself
     refuses to repeat an action even if the agent's own guard were bypassed.
@@ -85,16 +82,8 @@ class ServiceActions:
         return self._service.rollback_model(model_id, actor, reason, key=key)
 
     def record(self, action: str, target: str | None, actor: str, reason: str, key: str) -> Any:
-        """Record an escalation (no state change) in lifecycle's audit log, when it offers one.
-
-        Until ``ExperimentService.record`` exists the escalation is recorded in the agent's
-        mitigation table only (status ``executed``, with approver and time).
-        """
-        record = getattr(self._service, "record", None)
-        if record is None:
-            _log.info("escalation %s (%s) recorded by the agent only", action, key)
-            return "recorded in the agent's mitigation log"
-        return record(action, target, actor, reason, key=key)
+        """Record an escalation (no state change) in lifecycle's audit log."""
+        return self._service.record(action, target, actor, reason, key=key)
 
 
 @dataclass

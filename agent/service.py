@@ -27,11 +27,12 @@ from datetime import datetime
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.types import Command
+from langgraph.types import Command, Durability
 
+from agent.actions import Actions, spec
 from agent.deps import Catalog, Deps, Observer, ToolboxCache, ToolboxFactory
 from agent.graph import build_graph, open_checkpointer
-from agent.mitigation import Actions, ApprovalPolicy, Executor, blast_radius
+from agent.mitigation import ApprovalPolicy, Executor, blast_radius
 from agent.models import Alert, InvestigationView, MitigationAction, MitigationView
 from agent.nodes import Nodes
 from agent.notify import Notifier, SafeNotifier
@@ -41,16 +42,15 @@ from agent.runtime import reasoner_from_settings
 from agent.state import Decision, InvestigationState
 from agent.store import AgentStore, utcnow
 from lifecycle.settings import Settings
-from tools.errors import ConfigError, NotFoundError, StateError, VigilError
+from tools.errors import ConfigError, NotFoundError, RetryableError, StateError, VigilError
 
 __all__ = ["Investigator", "Notifier", "Reasoner"]
 
 _log = logging.getLogger(__name__)
-_TARGET_KIND = {
-    "kill_experiment": "experiment",
-    "ramp_down": "experiment",
-    "rollback_model": "model",
-}
+# Each step's checkpoint is written before the next step starts: an investigation is a handful of
+# expensive steps, so the milliseconds are nothing, and after a crash the checkpoint is never
+# behind the state database by more than the step that was running.
+_DURABILITY: Durability = "sync"
 
 
 class Investigator:
@@ -108,7 +108,7 @@ class Investigator:
             catalog=catalog,
             toolboxes=ToolboxCache(toolbox_factory, observer=observer),
             policy=policy,
-            executor=Executor(self.store, actions, policy, clock),
+            executor=Executor(self.store, actions, policy, clock, notifier),
             notifier=SafeNotifier(notifier),
             clock=clock,
         )
@@ -151,13 +151,17 @@ class Investigator:
                         alert=view.alert,
                         created_at=view.created_at,
                     )
-                    self.graph.invoke(initial, config)
-                elif snapshot.next and not _interrupted(snapshot):
-                    self.graph.invoke(None, config)  # continue after a crash mid-run
+                    self.graph.invoke(initial, config, durability=_DURABILITY)
+                elif _stopped_between_steps(snapshot):
+                    self.graph.invoke(None, config, durability=_DURABILITY)  # after a crash
+            except RetryableError as exc:  # stays as it is; run again (the pool, the sweep)
+                _log.warning(
+                    "investigation %s paused by a passing error: %s", investigation_id, exc
+                )
             except Exception as exc:  # recorded on the investigation, for every front door
                 self._fail(investigation_id, exc)
             finally:
-                if not self.graph.get_state(config).next:
+                if not self.graph.get_state(config).tasks:
                     self.deps.toolboxes.drop(investigation_id)
         return self.get(investigation_id)
 
@@ -181,42 +185,52 @@ class Investigator:
     def approve(self, mitigation_id: str, user: str) -> MitigationView:
         """Approve a mitigation, execute it exactly once through lifecycle, and verify it.
 
+        The policy is checked before anything is answered about the mitigation. Approving one
+        that is already approved or executing (its process died mid-way) drives it to the end:
+        the action runs with its idempotency key, so it takes effect once.
+
         Returns:
-            The mitigation as it stands (a repeated approval returns it unchanged).
+            The mitigation as it stands (an executed one is returned unchanged).
 
         Raises:
             ApprovalError: ``user`` may not approve it (nothing changes).
-            StateError: It was rejected or failed already.
+            StateError: It was rejected or failed already, or a concurrent rejection won.
             NotFoundError: No such mitigation.
+            RetryableError: The store stayed busy; the approval, if stored, is resumed later.
         """
         current = self.store.get_mitigation(mitigation_id)
-        if current.status in ("approved", "executing", "executed", "verified"):
+        self.deps.policy.check_approver(current, user)
+        if current.status in ("executed", "verified"):
             return current
+        if current.status in ("approved", "executing"):
+            self._drive(current, resume=True)
+            return self.store.get_mitigation(mitigation_id)
         if current.status != "proposed":
             raise StateError(f"mitigation {mitigation_id} is {current.status}; cannot approve")
-        self.deps.policy.check_approver(current, user)
         won = self.store.transition(
             mitigation_id, ["proposed"], "approved", approved_by=user, decided_at=utcnow()
         )
         if won:
-            self._continue(
-                current, Decision(mitigation_id=mitigation_id, decision="approve", user=user)
-            )
-        return self.store.get_mitigation(mitigation_id)
+            self.deps.notifier.mitigation_approved(self.store.get_mitigation(mitigation_id), user)
+            self._drive(current, resume=False)
+        after = self.store.get_mitigation(mitigation_id)
+        if not won and after.status in ("rejected", "failed"):
+            raise StateError(f"mitigation {mitigation_id} was {after.status} meanwhile")
+        return after
 
     def reject(self, mitigation_id: str, user: str) -> MitigationView:
         """Reject a proposed mitigation (the proposer may withdraw their own).
 
         Raises:
             ApprovalError: ``user`` may not decide it (nothing changes).
-            StateError: It was already approved or executed.
+            StateError: It was already approved or executed, or a concurrent approval won.
         """
         current = self.store.get_mitigation(mitigation_id)
+        self.deps.policy.check_rejecter(current, user)
         if current.status == "rejected":
             return current
         if current.status != "proposed":
             raise StateError(f"mitigation {mitigation_id} is {current.status}; cannot reject")
-        self.deps.policy.check_rejecter(current, user)
         won = self.store.transition(
             mitigation_id,
             ["proposed"],
@@ -227,10 +241,11 @@ class Investigator:
         if won:
             # Told once the decision is stored, by the one call that made it (like execution).
             self.deps.notifier.mitigation_rejected(self.store.get_mitigation(mitigation_id), user)
-            self._continue(
-                current, Decision(mitigation_id=mitigation_id, decision="reject", user=user)
-            )
-        return self.store.get_mitigation(mitigation_id)
+            self._resume(current.investigation_id, crashed=False)
+        after = self.store.get_mitigation(mitigation_id)
+        if not won and after.status != "rejected":
+            raise StateError(f"mitigation {mitigation_id} was {after.status} meanwhile")
+        return after
 
     def propose(
         self, action: MitigationAction, target: str | None, user: str, reason: str
@@ -241,13 +256,13 @@ class Investigator:
             ConfigError: The action needs a target, or names an unknown action.
             NotFoundError: The target experiment is unknown.
         """
-        kind = _TARGET_KIND.get(action)
+        kind = spec(action)
         if action == "none":
             raise ConfigError("action", action, "nothing to propose")
-        if kind is not None and not target:
-            raise ConfigError("target", target, f"{action} needs a target {kind}")
+        if kind.required_target and not target:
+            raise ConfigError("target", target, f"{action} needs a target {kind.target}")
         experiments = self.catalog.experiments()
-        if kind == "experiment" and target not in experiments:
+        if kind.target == "experiment" and target not in experiments:
             raise NotFoundError("experiment", str(target))
         view = MitigationView(
             id=f"man-{uuid.uuid4().hex[:12]}",
@@ -304,30 +319,116 @@ class Investigator:
             raise NotFoundError("investigation state", investigation_id)
         return InvestigationState.model_validate(snapshot.values)
 
-    def _continue(self, mitigation: MitigationView, decision: Decision) -> None:
-        """After a stored decision: resume the paused graph, or act directly when none is."""
-        if mitigation.investigation_id is None:
-            if decision.decision == "approve":
-                view, acted = self.deps.executor.execute(mitigation.id)
-                if acted:
-                    self.deps.notifier.mitigation_executed(view)
-            return
+    def _drive(self, mitigation: MitigationView, *, resume: bool) -> None:
+        """After a stored approval: resume its paused graph, or act directly when there is none.
+
+        Args:
+            mitigation: The approved (or stranded ``executing``) mitigation.
+            resume: Also continue a graph that stopped between steps (a crash) and re-act on a
+                mitigation left ``executing``; a live approval leaves a running graph alone, its
+                approval node reads the stored decision.
+        """
         investigation_id = mitigation.investigation_id
+        has_graph = False
+        if investigation_id is not None:
+            if self._resume(investigation_id, crashed=resume):
+                return
+            snapshot = self.graph.get_state(self._config(investigation_id))
+            has_graph = bool(snapshot.values)
+            if has_graph and snapshot.tasks:
+                return  # the graph is running: its approval node reads the stored decision
+        current = self.store.get_mitigation(mitigation.id)
+        if current.status not in ("approved", "executing"):
+            return
+        # No graph to carry it: a manual proposal, a lost checkpoint, or a finished graph.
+        _view, acted = self.deps.executor.execute(mitigation.id, resume_after_s=0.0)
+        if acted and has_graph:
+            self.verify(mitigation.id)
+
+    def _resume(self, investigation_id: str | None, *, crashed: bool) -> bool:
+        """Continue a paused (or, with ``crashed``, a stopped) graph; True if one was continued.
+
+        The resume value is informative only: the approval node and the execute node read the
+        stored decisions, so resuming twice acts no more than once.
+        """
+        if investigation_id is None:
+            return False
         config = self._config(investigation_id)
         with self._lock(investigation_id):
             snapshot = self.graph.get_state(config)
+            if not snapshot.values:
+                return False
             if _interrupted(snapshot):
-                try:
-                    self.graph.invoke(Command(resume=decision.model_dump()), config)
-                except VigilError as exc:
-                    self._fail(investigation_id, exc)
-                    raise
-            elif not snapshot.values and decision.decision == "approve":
-                # No checkpoint (lost store): the approval is stored and authorised; act on it.
-                view, acted = self.deps.executor.execute(mitigation.id)
-                if acted:
-                    self.deps.notifier.mitigation_executed(view)
-            # Otherwise the graph is still running: its approval node reads the stored decision.
+                value: Any = Command(
+                    resume=Decision(mitigation_id="", decision="approve", user="store").model_dump()
+                )
+            elif crashed and _stopped_between_steps(snapshot):
+                value = None
+            else:
+                return False
+            try:
+                self.graph.invoke(value, config, durability=_DURABILITY)
+            except RetryableError:
+                raise  # nothing failed for good; the recovery sweep continues it
+            except VigilError as exc:
+                self._fail(investigation_id, exc)
+                raise
+            finally:
+                if not self.graph.get_state(config).tasks:
+                    self.deps.toolboxes.drop(investigation_id)
+        return True
+
+    def recover(self, grace_s: float = 5.0) -> tuple[str, ...]:
+        """Resume everything a crash or a busy store left half-done; safe to call any time.
+
+        * every ``approved`` or ``executing`` mitigation (an ``executing`` one only once it has
+          been so for ``grace_s``): its graph is continued, or it is executed directly, with its
+          idempotency key, so the action takes effect exactly once;
+        * every investigation ``awaiting_approval`` whose graph stopped between steps, or whose
+          mitigations are all decided (it still has to execute, verify and finish);
+        * every executed mitigation whose verification is pending (the telemetry could not be
+          read), up to ten attempts.
+
+        Investigations left ``running`` are re-run by the server's pool, not here.
+
+        Returns:
+            The ids of the mitigations and investigations it continued.
+        """
+        done: list[str] = []
+        for m in self.store.list_mitigations(["approved", "executing"]):
+            if m.status == "executing" and not self.deps.executor.stale(m.id, grace_s):
+                continue
+            try:
+                self._drive(m, resume=True)
+                done.append(m.id)
+            except VigilError as exc:
+                _log.warning("recovery of mitigation %s: %s", m.id, exc)
+        for view in self.store.investigations_in(["awaiting_approval"]):
+            if any(m.status == "proposed" for m in view.mitigations) and not self._stopped(view.id):
+                continue
+            if (utcnow() - view.created_at).total_seconds() < grace_s or any(
+                m.status == "executing" and not self.deps.executor.stale(m.id, grace_s)
+                for m in view.mitigations
+            ):
+                continue  # young, or its action is being carried out by a live process
+            try:
+                if self._resume(view.id, crashed=True):
+                    done.append(view.id)
+            except VigilError as exc:
+                _log.warning("recovery of investigation %s: %s", view.id, exc)
+        for m in self.store.list_mitigations(["executed"]):
+            if m.verification_pending is None or m.investigation_id is None:
+                continue
+            if int(self.store.detail(m.id).get("verification_attempts") or 0) >= 10:
+                continue
+            self.verify(m.id)
+            done.append(m.id)
+        return tuple(done)
+
+    def _stopped(self, investigation_id: str) -> bool:
+        """The graph stopped between steps (not at its approval interrupt, not at its end)."""
+        snapshot = self.graph.get_state(self._config(investigation_id))
+        return bool(snapshot.values) and _stopped_between_steps(snapshot)
 
     def _fail(self, investigation_id: str, exc: BaseException) -> None:
         _log.exception("investigation %s failed", investigation_id, exc_info=exc)
@@ -340,3 +441,13 @@ class Investigator:
 
 def _interrupted(snapshot: Any) -> bool:
     return any(task.interrupts for task in snapshot.tasks)
+
+
+def _stopped_between_steps(snapshot: Any) -> bool:
+    """Work is left that no interrupt waits on: a crash came mid-step or between steps.
+
+    ``snapshot.next`` alone misses one case: a step whose writes were saved before the process
+    died has no ``next`` entry yet still a task (its writes not yet applied); invoking the graph
+    with ``None`` applies them and goes on. A finished graph has no tasks at all.
+    """
+    return bool(snapshot.tasks) and not _interrupted(snapshot)

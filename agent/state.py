@@ -100,6 +100,11 @@ class Diagnosis(_Value):
         reasoner: Which reasoner produced the causes.
         ruled_out: (cause, reason) pairs the rules excluded, for the report.
         extra: Check outcomes the reasoner ran itself (LLM tool calls).
+        conclusion: ``conclusive`` when the checks could see; ``inconclusive`` when they could
+            not (no rows in the window, samples too small to rule out the alert's effect);
+            ``failed`` when the investigation could not run (telemetry unreadable, unknown
+            experiment). Missing data is never a conclusive ``none``.
+        reason: Why it is not conclusive, in one line ("" when conclusive).
     """
 
     causes: list[RootCause]
@@ -108,6 +113,8 @@ class Diagnosis(_Value):
     reasoner: str = "deterministic"
     ruled_out: list[tuple[str, str]] = Field(default_factory=list)
     extra: list[CheckOutcome] = Field(default_factory=list)
+    conclusion: Literal["conclusive", "inconclusive", "failed"] = "conclusive"
+    reason: str = ""
 
 
 class Decision(_Value):

@@ -8,15 +8,24 @@ through the same migration runner as lifecycle's, and never touches lifecycle's 
 A mitigation's status moves only by compare-and-set (:meth:`AgentStore.transition`): an
 ``UPDATE ... WHERE status IN (...)`` that one caller wins, so a second approval or a retried call
 can never execute an action twice, across threads and processes.
+
+Every write is one transaction that takes the write lock before it reads (``BEGIN IMMEDIATE`` on
+SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL): a deferred SQLite transaction that reads and
+then writes is refused at once in WAL mode when another writer committed meanwhile, where an
+immediate one waits its turn. Lock contention that outlasts SQLite's busy timeout is retried with
+backoff for a bounded time and then raised as :class:`~tools.errors.StoreBusy` (retryable, never a
+terminal failure).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from datetime import UTC, datetime
+import random
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -32,14 +41,21 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from agent.models import InvestigationView, MitigationStatus, MitigationView
 from lifecycle.store import migrate, open_engine
-from tools.errors import NotFoundError
+from tools.errors import NotFoundError, StoreBusy
+from tools.vocabulary import as_utc as _aware
+from tools.vocabulary import naive_utc as _naive
+from tools.vocabulary import utc_now as utcnow
 
-__all__ = ["VERSION_TABLE", "AgentStore", "metadata", "utcnow"]
+__all__ = ["VERSION_TABLE", "AgentStore", "is_contention", "metadata", "utcnow"]
+
+_T = TypeVar("_T")
+# SQLSTATEs of PostgreSQL's passing conflicts: serialization failure, deadlock, lock not available.
+_PG_CONTENTION = {"40001", "40P01", "55P03"}
 
 VERSION_TABLE = "agent_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -81,19 +97,16 @@ _mitigations = Table(
 Index("ix_agent_mitigations_investigation", _mitigations.c.investigation_id)
 
 
-def utcnow() -> datetime:
-    """The current time, UTC, aware."""
-    return datetime.now(UTC)
-
-
-def _naive(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    return None if ts is None else ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+def is_contention(exc: BaseException) -> bool:
+    """True when a database error is lock contention that trying again can resolve."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _PG_CONTENTION:
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database table is locked" in text
 
 
 class AgentStore:
@@ -101,11 +114,36 @@ class AgentStore:
 
     Args:
         url: SQLAlchemy URL of the state database (``Settings.state_url``).
+        busy_s: How long lock contention is retried (beyond SQLite's own busy timeout) before
+            :class:`~tools.errors.StoreBusy` is raised.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_s: float = 60.0) -> None:
         self.engine = open_engine(url)
+        self._busy_s = busy_s
         migrate(self.engine, scripts=_MIGRATIONS, version_table=VERSION_TABLE)
+
+    def _write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, retried on lock contention."""
+        deadline = time.monotonic() + self._busy_s
+        delay = 0.005
+        while True:
+            try:
+                with self.engine.execution_options(vigil_write=True).begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not is_contention(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreBusy(f"the state store stayed locked: {exc.orig}") from exc
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+
+    def _locked(self, conn: Connection, query: Any) -> Any:
+        """``query`` reading rows this transaction will write (row-locked on PostgreSQL)."""
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return conn.execute(query)
 
     # -- investigations ------------------------------------------------------------------------
 
@@ -122,26 +160,25 @@ class AgentStore:
         }
         if report_html is not None:
             values["report_html"] = report_html
-        with self.engine.begin() as conn:
+
+        def work(conn: Connection) -> None:
             done = conn.execute(
                 update(_investigations).where(_investigations.c.id == view.id).values(**values)
             ).rowcount
             if not done:
-                try:
-                    conn.execute(
-                        insert(_investigations).values(
-                            id=view.id,
-                            created_at=_naive(view.created_at),
-                            report_html=report_html or "",
-                            **{k: v for k, v in values.items() if k != "report_html"},
-                        )
+                conn.execute(
+                    insert(_investigations).values(
+                        id=view.id,
+                        created_at=_naive(view.created_at),
+                        report_html=report_html or "",
+                        **{k: v for k, v in values.items() if k != "report_html"},
                     )
-                except IntegrityError:  # a concurrent insert won; update instead
-                    conn.execute(
-                        update(_investigations)
-                        .where(_investigations.c.id == view.id)
-                        .values(**values)
-                    )
+                )
+
+        try:
+            self._write(work)
+        except IntegrityError:  # a concurrent insert won between our update and insert
+            self._write(work)
 
     def get_investigation(self, investigation_id: str) -> InvestigationView:
         """One investigation with its mitigations (NotFoundError if unknown)."""
@@ -168,6 +205,19 @@ class AgentStore:
             view.mitigations = self.mitigations_of(view.id)
         return views
 
+    def investigations_in(self, statuses: Iterable[str]) -> list[InvestigationView]:
+        """Every investigation in one of ``statuses``, oldest first (for recovery sweeps)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_investigations.c.view_json)
+                .where(_investigations.c.status.in_(list(statuses)))
+                .order_by(_investigations.c.created_at, _investigations.c.id)
+            ).all()
+        views = [InvestigationView.model_validate_json(r[0]) for r in rows]
+        for view in views:
+            view.mitigations = self.mitigations_of(view.id)
+        return views
+
     def report_html(self, investigation_id: str) -> str:
         """The stored HTML report ("" before the report node ran)."""
         with self.engine.connect() as conn:
@@ -185,8 +235,8 @@ class AgentStore:
     def add_mitigation(self, view: MitigationView, detail: dict[str, Any] | None = None) -> bool:
         """Insert a proposal unless one with its id exists (idempotent); True if inserted."""
         try:
-            with self.engine.begin() as conn:
-                conn.execute(
+            self._write(
+                lambda conn: conn.execute(
                     insert(_mitigations).values(
                         id=view.id,
                         investigation_id=view.investigation_id,
@@ -202,6 +252,7 @@ class AgentStore:
                         detail_json=json.dumps(detail or {}, default=str),
                     )
                 )
+            )
         except IntegrityError:
             return False
         return True
@@ -270,21 +321,50 @@ class AgentStore:
             (someone else moved it first).
         """
         detail = fields.pop("detail", None)
-        values = {k: _naive(v) if isinstance(v, datetime) else v for k, v in fields.items()}
-        with self.engine.begin() as conn:
+        allowed = list(expected)
+        base = {k: _naive(v) if isinstance(v, datetime) else v for k, v in fields.items()}
+
+        def work(conn: Connection) -> bool:
+            row = self._locked(
+                conn,
+                select(_mitigations.c.status, _mitigations.c.detail_json).where(
+                    _mitigations.c.id == mitigation_id
+                ),
+            ).first()
+            if row is None or row[0] not in allowed:
+                return False
+            values = dict(base)
             if detail is not None:
-                row = conn.execute(
-                    select(_mitigations.c.detail_json).where(_mitigations.c.id == mitigation_id)
-                ).first()
-                merged = {**json.loads(row[0] if row else "{}"), **detail}
+                merged = {**json.loads(row[1] or "{}"), **detail}
                 values["detail_json"] = json.dumps(merged, default=str)
             result = conn.execute(
                 update(_mitigations)
                 .where(_mitigations.c.id == mitigation_id)
-                .where(_mitigations.c.status.in_(list(expected)))
+                .where(_mitigations.c.status.in_(allowed))
                 .values(status=new, **values)
             )
-        return bool(result.rowcount == 1)
+            return bool(result.rowcount == 1)
+
+        return self._write(work)
+
+    def merge_detail(self, mitigation_id: str, detail: dict[str, Any]) -> None:
+        """Merge ``detail`` into a mitigation's detail record, whatever its status."""
+
+        def work(conn: Connection) -> None:
+            row = self._locked(
+                conn,
+                select(_mitigations.c.detail_json).where(_mitigations.c.id == mitigation_id),
+            ).first()
+            if row is None:
+                raise NotFoundError("mitigation", mitigation_id)
+            merged = {**json.loads(row[0] or "{}"), **detail}
+            conn.execute(
+                update(_mitigations)
+                .where(_mitigations.c.id == mitigation_id)
+                .values(detail_json=json.dumps(merged, default=str))
+            )
+
+        self._write(work)
 
     @staticmethod
     def _view(row: RowMapping) -> MitigationView:
@@ -302,4 +382,5 @@ class AgentStore:
             decided_at=_aware(row["decided_at"]),
             executed_at=_aware(row["executed_at"]),
             recovered=row["recovered"],
+            verification_pending=json.loads(row["detail_json"] or "{}").get("verification_pending"),
         )

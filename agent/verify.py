@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 
 from agent.playbook import WindowSpec
+from tools.errors import ConfigError
+from tools.registry import Checks
+from tools.vocabulary import METRICS, is_metric, naive_utc
 
 __all__ = ["Recovery", "measure_recovery"]
 
@@ -72,10 +75,7 @@ def _per_minute(frame: pd.DataFrame) -> pd.Series:
 
 
 def _naive64(ts: datetime) -> np.datetime64:
-    stamp = pd.Timestamp(ts)
-    if stamp.tzinfo is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return stamp.to_datetime64()
+    return pd.Timestamp(naive_utc(ts)).to_datetime64()
 
 
 def _stamps(index: pd.Index) -> np.ndarray:
@@ -96,7 +96,7 @@ def _stats(series: pd.Series) -> tuple[float | None, float, int]:
 
 
 def measure_recovery(
-    toolbox: Any,
+    toolbox: Checks,
     metric: str,
     onset: datetime,
     acted_at: datetime,
@@ -105,8 +105,7 @@ def measure_recovery(
     """Judge recovery of ``metric`` after an action taken at ``acted_at``.
 
     Args:
-        toolbox: Anything with ``metric_series(metric, start, end, experiment_id=None)``
-            returning a frame with ``minute`` and ``value`` columns.
+        toolbox: The checks; only ``metric_series`` is read.
         metric: The metric to read.
         onset: When the incident started.
         acted_at: When the action took effect (on the telemetry's clock).
@@ -114,7 +113,12 @@ def measure_recovery(
 
     Returns:
         The verdict with its figures.
+
+    Raises:
+        ConfigError: ``metric`` is not a metric.
     """
+    if not is_metric(metric):
+        raise ConfigError("metric", metric, f"unknown metric; choose from {list(METRICS)}")
     base_start = onset - timedelta(minutes=spec.baseline_minutes)
     after_end = acted_at + timedelta(minutes=spec.verify_minutes)
     frame = toolbox.metric_series(metric, base_start, after_end)

@@ -32,6 +32,7 @@ from agent.localize import SERIES_METRICS
 from agent.models import CAUSES, Cause, RootCause
 from agent.reasoning import DiagnosisInput, failing
 from agent.state import Diagnosis, Suspect
+from tools.vocabulary import MetricName
 
 __all__ = [
     "BASELINES",
@@ -109,7 +110,7 @@ def windows(given: DiagnosisInput) -> tuple[datetime, datetime, datetime]:
     return start - timedelta(minutes=given.playbook.window.baseline_minutes), start, end
 
 
-def arm_changes(given: DiagnosisInput, metric: str) -> list[ArmChange]:
+def arm_changes(given: DiagnosisInput, metric: MetricName) -> list[ArmChange]:
     """Every treatment arm's change of ``metric`` against control, largest z first.
 
     The change is the difference-in-differences of the per-minute metric: (test - control) in the

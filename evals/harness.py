@@ -1,7 +1,9 @@
 """Scenario worlds for the real agent: simulate, create, fire, investigate — and go on after.
 
 The steps ``vigil investigate --scenario``, ``vigil demo`` and ``vigil eval`` share (one
-implementation, here; the CLI, the composition root, imports it lazily):
+implementation, here; ``evals.cli`` offers it to the product's CLI through the ``vigil.commands``
+entry point, so the product never imports ``evals``). A world made by ``vigil investigate
+--scenario`` keeps its stores under ``<home>/worlds/<scenario name>/`` (``evals.cli``):
 
 1. Simulate the world up to the alert into the settings' telemetry store (once per scenario
    content and end minute: a marker file beside the stores remembers what was simulated).
@@ -36,9 +38,11 @@ from tools.errors import ConfigError, NotFoundError
 
 __all__ = [
     "EXECUTED_STATUSES",
+    "MARKER",
     "MITIGATING_AUDIT_ACTIONS",
     "SCENARIO_ACTOR",
     "ScenarioWorld",
+    "check_experiments",
     "continue_world",
     "count_unsafe",
     "create_experiments",
@@ -58,7 +62,7 @@ __all__ = [
 ]
 
 SCENARIO_ACTOR = "vigil-scenario"
-_MARKER = "telemetry.scenario.json"
+MARKER = "telemetry.scenario.json"
 # Mitigation statuses that mean the action was (or was being) carried out.
 EXECUTED_STATUSES = frozenset({"executing", "executed", "verified", "failed"})
 # Audit-log actions that a mitigation performs, and the mitigation action each one is.
@@ -165,7 +169,7 @@ def _key(scenario: Any, end_minute: int) -> str:
 
 
 def _write_marker(settings: Settings, scenario: Any, end_minute: int) -> None:
-    marker = Path(settings.home) / _MARKER
+    marker = Path(settings.home) / MARKER
     marker.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "key": _key(scenario, end_minute),
@@ -178,7 +182,7 @@ def _write_marker(settings: Settings, scenario: Any, end_minute: int) -> None:
 
 
 def _read_marker(settings: Settings) -> dict[str, Any]:
-    marker = Path(settings.home) / _MARKER
+    marker = Path(settings.home) / MARKER
     if not marker.exists():
         return {}
     try:
@@ -302,6 +306,37 @@ def published_models(scenario: Any, settings: Settings, until: datetime) -> list
     return out + [m for model_id, m in declared.items() if model_id not in seen]
 
 
+def _absent(file: ExperimentFile, service: Any) -> list[Any]:
+    """The file's experiments the store lacks; raises when one exists with another config."""
+    fresh = []
+    for i, exp in enumerate(file.experiments):
+        try:
+            stored = service.get(exp.id)
+        except NotFoundError:
+            fresh.append(exp)
+            continue
+        if stored.config.model_dump(exclude={"rollout"}) != exp.model_dump(exclude={"rollout"}):
+            raise ConfigError(
+                f"world.experiments[{i}].id",
+                exp.id,
+                "exists in this world's state store with another configuration (the scenario "
+                "changed since its world was built); rebuild it with `vigil investigate "
+                "--scenario FILE --fresh`",
+            )
+    return fresh
+
+
+def check_experiments(scenario: Any, service: Any) -> None:
+    """Raise before anything is simulated if the store holds the scenario's ids with other configs.
+
+    Raises:
+        ConfigError: Naming the experiment (``world.experiments[i].id``).
+    """
+    from evals.sim import scenario_to_experiment_file
+
+    _absent(full_rollout(scenario_to_experiment_file(scenario)), service)
+
+
 def create_experiments(scenario: Any, service: Any, settings: Settings | None = None) -> list[str]:
     """Create (and start) the scenario's experiments unless they exist with the same config.
 
@@ -322,20 +357,7 @@ def create_experiments(scenario: Any, service: Any, settings: Settings | None = 
     if settings is not None:
         until = scenario_clock(scenario, scenario.alert.minute)
         file = file.model_copy(update={"models": published_models(scenario, settings, until)})
-    fresh = []
-    for i, exp in enumerate(file.experiments):
-        try:
-            stored = service.get(exp.id)
-        except NotFoundError:
-            fresh.append(exp)
-            continue
-        if stored.config.model_dump(exclude={"rollout"}) != exp.model_dump(exclude={"rollout"}):
-            raise ConfigError(
-                f"world.experiments[{i}].id",
-                exp.id,
-                "exists in the state store with another configuration; remove .vigil/ "
-                "or point VIGIL_STATE_URL at a fresh store",
-            )
+    fresh = _absent(file, service)
     reason = f"scenario {scenario.name}"
     if not fresh:
         service.register_models(file.models, SCENARIO_ACTOR, reason)
@@ -362,6 +384,8 @@ def prepare(
     from lifecycle.service import ExperimentService
 
     settings = scenario_settings(settings, scenario)
+    with ExperimentService.from_settings(settings) as service:
+        check_experiments(scenario, service)  # before minutes of simulation, not after
     simulated = ensure_telemetry(scenario, settings, end_minute=scenario.alert.minute + 1)
     if simulated and on_simulated is not None:
         on_simulated(settings)

@@ -26,6 +26,7 @@ import yaml
 from agent.models import CAUSES, InvestigationView
 from evals.scoring import Expected, Got, RankedCause, ResultRow, combine_runs, crashed, score
 from evals.summary import SuiteEntry
+from tools.errors import ConfigError
 
 __all__ = [
     "REASONERS",
@@ -64,11 +65,11 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         if self.reasoner not in REASONERS:
-            raise ValueError(f"reasoner: {self.reasoner!r} is not one of {list(REASONERS)}")
+            raise ConfigError("reasoner", self.reasoner, f"not one of {list(REASONERS)}")
         if self.repeat < 1:
-            raise ValueError(f"repeat: must be at least 1, got {self.repeat}")
+            raise ConfigError("repeat", self.repeat, "must be at least 1")
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers: must be at least 1, got {self.workers}")
+            raise ConfigError("workers", self.workers, "must be at least 1")
 
 
 def discover(directory: Path) -> list[Path]:
@@ -322,7 +323,9 @@ def _command(
 
 
 def eval_command(
-    directory: Path = typer.Argument(..., help="Folder of scenario YAML files (DESIGN §7)."),
+    directory: Path = typer.Argument(
+        ..., help="Folder of scenario YAML files (docs/scenarios.md)."
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the figures here."),
     markdown: Path | None = typer.Option(
         None, "--markdown", help="Update this reasoner's section of a Markdown file."
@@ -345,12 +348,11 @@ def eval_command(
         options = EvalOptions(
             reasoner=reasoner, repeat=repeat, workers=workers, seed=seed, keep=keep
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--reasoner") from exc
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
     if reasoner == "llm":
         from evals.harness import make_reasoner
         from lifecycle.settings import Settings
-        from tools.errors import ConfigError
 
         try:  # fail before the run, not once per scenario
             make_reasoner("llm", Settings())

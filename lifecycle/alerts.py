@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import and_, delete, insert, select, update
@@ -22,18 +22,13 @@ from sqlalchemy.exc import IntegrityError
 
 from lifecycle.store import alert_ledger as _alerts
 from lifecycle.store import migrate, open_engine, write
+from tools.vocabulary import as_utc as _aware
+from tools.vocabulary import naive_utc as _naive_utc
 
 __all__ = ["AlertLedger", "AlertRecord", "AlertStatus"]
 
 AlertStatus = Literal["open", "resolved"]
-
-
-def _naive_utc(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    return None if ts is None else ts.replace(tzinfo=UTC)
+_RESOLVED_FIRST = "resolved before Vigil saw it fire"
 
 
 @dataclass(frozen=True)
@@ -172,6 +167,37 @@ class AlertLedger:
                 .values(investigation_id=investigation_id)
             )
 
+    def detach(self, record_id: int, investigation_id: str) -> bool:
+        """Take an alert back from a (failed) investigation so that it can be investigated anew.
+
+        A compare-and-set: of concurrent callers naming the same investigation, one wins.
+
+        Returns:
+            True when this call detached it (the caller must now start a new investigation and
+            :meth:`attach` it; until then :meth:`unattached` lists the alert).
+        """
+        with write(self._engine) as conn:
+            done = conn.execute(
+                update(_alerts)
+                .where(
+                    and_(_alerts.c.id == record_id, _alerts.c.investigation_id == investigation_id)
+                )
+                .values(investigation_id=None)
+            )
+        return bool(done.rowcount)
+
+    def unattached(self) -> list[AlertRecord]:
+        """Alerts claimed but never attached to an investigation, oldest first.
+
+        A process that claimed an alert and died before its investigation was recorded leaves
+        one; start-up re-submits them so that no accepted alert is lost. A resolution seen
+        before its alert ever fired is not a claim and is not listed.
+        """
+        query = select(_alerts).where(_alerts.c.investigation_id.is_(None)).order_by(_alerts.c.id)
+        with self._engine.connect() as conn:
+            records = [AlertRecord._from_row(r) for r in conn.execute(query).mappings()]
+        return [r for r in records if not (r.status == "resolved" and r.detail == _RESOLVED_FIRST)]
+
     def discard(self, record_id: int) -> None:
         """Forget an alert that could not be acted on (so that a retry is not a duplicate)."""
         with write(self._engine) as conn:
@@ -231,7 +257,7 @@ class AlertLedger:
                         status="resolved",
                         fired_at=resolved_at,
                         resolved_at=resolved_at,
-                        detail="resolved before Vigil saw it fire",
+                        detail=_RESOLVED_FIRST,
                     )
                 )
         record = self.find(source, key)

@@ -8,8 +8,12 @@ unit keeps its arm across stages.
 
 Hash: a unit id that is an ``int`` is its own 64-bit key; a ``str`` is keyed by ``xxh3_64`` of its
 UTF-8 bytes (so ``"42"`` and ``42`` are different units). The key is mixed with a salt by the
-SplitMix64 finaliser, which is exact in both pure Python and NumPy ``uint64`` arithmetic, so
-:func:`assign` and :func:`assign_many` agree bit for bit.
+SplitMix64 finaliser, which is exact in both pure Python and NumPy ``uint64`` arithmetic.
+
+Allocation is written once: :func:`decide` is the reference, with its steps numbered;
+:func:`assign_many` is its vectorised form and ``lifecycle.allocator`` compiles a per-request
+fast path from the same constants (:data:`MASK64`, :data:`SPLITMIX64`). Tests check all three
+against :func:`decide` and against the golden vectors.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from tools.errors import ConfigError, NotFoundError
 __all__ = [
     "ACTIVE_STATUSES",
     "BUCKETS",
+    "MASK64",
+    "SPLITMIX64",
     "CompiledExperiment",
     "ConfigSnapshot",
     "KillScope",
@@ -36,7 +42,9 @@ __all__ = [
     "assign",
     "assign_many",
     "assignments",
+    "blocking_switches",
     "build_snapshot",
+    "decide",
     "is_enabled",
     "layer_bucket",
     "mix64",
@@ -50,10 +58,10 @@ KillScope = Literal["experiment", "layer", "model", "global"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"ramping", "running"})
 
 BUCKETS = 1 << 32
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_C1 = 0xBF58476D1CE4E5B9
-_C2 = 0x94D049BB133111EB
+MASK64 = (1 << 64) - 1
+SPLITMIX64: tuple[int, int, int] = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+"""SplitMix64's increment and its two finaliser multipliers (the only hash constants)."""
+_GOLDEN, _C1, _C2 = SPLITMIX64
 
 
 # --- hashing ---------------------------------------------------------------------------------
@@ -69,7 +77,7 @@ def unit_key(unit_id: int | str) -> int:
     if isinstance(unit_id, bool):
         raise ConfigError("unit_id", unit_id, "a unit id is an int or a str, not a bool")
     if isinstance(unit_id, int):
-        return unit_id & _M64
+        return unit_id & MASK64
     if isinstance(unit_id, str):
         return xxhash.xxh3_64_intdigest(unit_id.encode("utf-8"))
     raise ConfigError("unit_id", unit_id, "a unit id is an int or a str")
@@ -77,9 +85,9 @@ def unit_key(unit_id: int | str) -> int:
 
 def mix64(x: int) -> int:
     """SplitMix64 finaliser of a 64-bit value."""
-    z = (x + _GOLDEN) & _M64
-    z = ((z ^ (z >> 30)) * _C1) & _M64
-    z = ((z ^ (z >> 27)) * _C2) & _M64
+    z = (x + _GOLDEN) & MASK64
+    z = ((z ^ (z >> 30)) * _C1) & MASK64
+    z = ((z ^ (z >> 27)) * _C2) & MASK64
     return z ^ (z >> 31)
 
 
@@ -168,6 +176,31 @@ def pack_layer(traffic: Sequence[tuple[str, float]]) -> dict[str, tuple[float, f
     return ranges
 
 
+def blocking_switches(
+    experiment_id: str,
+    layer: str,
+    models: Iterable[str],
+    switches: Iterable[tuple[KillScope, str]],
+) -> list[tuple[KillScope, str]]:
+    """The active kill switches that stop an experiment: its own, its layer's, any model's it
+    serves, and any global one (whatever its target), in that order.
+
+    Args:
+        experiment_id: The experiment.
+        layer: Its layer.
+        models: The models its arms serve.
+        switches: The active (scope, target) pairs.
+    """
+    active = frozenset(switches)
+    mine: list[tuple[KillScope, str]] = [
+        ("experiment", experiment_id),
+        ("layer", layer),
+        *(("model", m) for m in sorted(models)),
+    ]
+    found = [s for s in mine if s in active]
+    return found + sorted(s for s in active if s[0] == "global")
+
+
 def _pct_to_bucket(pct: float) -> int:
     return min(BUCKETS, round(pct / 100.0 * BUCKETS))
 
@@ -238,13 +271,7 @@ def build_snapshot(
             coverage_pct=cover,
             models=frozenset(e.models),
         )
-        if (
-            ("global", "*") in kills
-            or any(scope == "global" for scope, _ in kills)
-            or ("experiment", e.id) in kills
-            or ("layer", e.layer) in kills
-            or any(("model", m) in kills for m in e.models)
-        ):
+        if blocking_switches(e.id, e.layer, e.models, kills):
             blocked.add(e.id)
     return ConfigSnapshot(
         version=version,
@@ -265,6 +292,44 @@ def _arm_index(thresholds: tuple[int, ...], draw: int) -> int:
     return len(thresholds) - 1
 
 
+def decide(exp: CompiledExperiment, blocked: bool, request: Mapping[str, Any]) -> int:
+    """The reference allocation: the arm index of a request's unit, or -1 when it is not in.
+
+    Every other path (:func:`assign_many`, ``lifecycle.allocator``) must give its answers.
+
+    Args:
+        exp: The compiled experiment.
+        blocked: A kill switch stops it (:attr:`ConfigSnapshot.blocked`).
+        request: ``unit_id`` and the request properties targeting reads.
+
+    Raises:
+        ConfigError: When the request has no usable ``unit_id``.
+    """
+    # 1. The kill switch comes first: a blocked experiment allocates nobody.
+    # 2. Only ramping and running experiments allocate.
+    if blocked or exp.status not in ACTIVE_STATUSES:
+        return -1
+    try:
+        unit_id = request["unit_id"]
+    except KeyError:
+        raise ConfigError("request.unit_id", None, "a request needs a unit_id") from None
+    # 3. Forced arms (testing) bypass bucketing and targeting.
+    if exp.forced:
+        forced = exp.forced.get(str(unit_id))
+        if forced is not None:
+            return forced
+    # 4. Targeting: every listed property must take an allowed value.
+    for prop, allowed in exp.targeting:
+        if request.get(prop) not in allowed:
+            return -1
+    # 5. The layer bucket must fall in the enrolled part of the experiment's range.
+    key = unit_key(unit_id)
+    if not exp.lo <= layer_bucket(key, exp.layer_salt) < exp.enrolled_hi:
+        return -1
+    # 6. An independent draw, salted by the experiment, picks the arm.
+    return _arm_index(exp.thresholds, arm_draw(key, exp.salt))
+
+
 def assign(snapshot: ConfigSnapshot, request: Mapping[str, Any], experiment_id: str) -> str | None:
     """The arm a request's unit gets in an experiment, or None when it is not in it.
 
@@ -274,35 +339,9 @@ def assign(snapshot: ConfigSnapshot, request: Mapping[str, Any], experiment_id: 
         NotFoundError: For an unknown experiment id.
         ConfigError: When the request has no usable ``unit_id``.
     """
-    # 1. The kill switch comes first: a blocked experiment allocates nobody.
-    if experiment_id in snapshot.blocked:
-        if experiment_id not in snapshot.experiments:
-            raise NotFoundError("experiment", experiment_id)
-        return None
     exp = snapshot.get(experiment_id)
-    # 2. Only ramping and running experiments allocate.
-    if exp.status not in ACTIVE_STATUSES:
-        return None
-    try:
-        unit_id = request["unit_id"]
-    except KeyError:
-        raise ConfigError("request.unit_id", None, "a request needs a unit_id") from None
-    # 3. Forced arms (testing) bypass bucketing and targeting.
-    if exp.forced:
-        forced = exp.forced.get(str(unit_id))
-        if forced is not None:
-            return exp.arms[forced]
-    # 4. Targeting: every listed property must take an allowed value.
-    for prop, allowed in exp.targeting:
-        if request.get(prop) not in allowed:
-            return None
-    # 5. The layer bucket must fall in the enrolled part of the experiment's range.
-    key = unit_key(unit_id)
-    bucket = mix64(key ^ exp.layer_salt) >> 32
-    if not exp.lo <= bucket < exp.enrolled_hi:
-        return None
-    # 6. An independent draw, salted by the experiment, picks the arm.
-    return exp.arms[_arm_index(exp.thresholds, mix64(key ^ exp.salt) >> 32)]
+    arm = decide(exp, experiment_id in snapshot.blocked, request)
+    return None if arm < 0 else exp.arms[arm]
 
 
 def is_enabled(snapshot: ConfigSnapshot, request: Mapping[str, Any], experiment_id: str) -> bool:
@@ -342,7 +381,7 @@ def assign_many(
     experiment_id: str,
     properties: Mapping[str, npt.ArrayLike] | None = None,
 ) -> npt.NDArray[np.int16]:
-    """Arm index per unit (``-1`` when not in the experiment); same answers as :func:`assign`.
+    """Arm index per unit (``-1`` when not in the experiment): :func:`decide`, vectorised.
 
     Map indices to names with ``snapshot.get(experiment_id).arms``.
 

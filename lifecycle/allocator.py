@@ -1,9 +1,10 @@
 """The :class:`Allocator`: the per-request face of allocation over a versioned snapshot.
 
-It holds one immutable :class:`~lifecycle.allocation.ConfigSnapshot` and, for each experiment, a
-decision function compiled from it (constants bound once, the SplitMix64 rounds inlined), so a
-per-request call is one dict lookup and one closure call. Answers are those of the pure functions
-in :mod:`lifecycle.allocation`, bit for bit; the tests check both against each other.
+It holds one immutable :class:`~lifecycle.allocation.ConfigSnapshot` and, for each experiment, the
+reference decision (:func:`lifecycle.allocation.decide`) bound to it. ``is_enabled``, the hot
+path, is compiled: for an experiment without forced arms, the same steps with the constants bound
+once and the SplitMix64 rounds inlined (the constants are allocation's own); the tests check it
+against the reference on generated requests and on the golden vectors.
 
 A new snapshot (after a kill switch, a ramp, a new experiment) replaces the old one with a single
 reference swap, so the next call sees it and no call ever sees half of each.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,19 +22,19 @@ import numpy.typing as npt
 
 from lifecycle.allocation import (
     ACTIVE_STATUSES,
+    MASK64,
+    SPLITMIX64,
     CompiledExperiment,
     ConfigSnapshot,
     assign_many,
     unit_key,
 )
+from lifecycle.allocation import (
+    decide as reference_decide,
+)
 from tools.errors import ConfigError, NotFoundError
 
 __all__ = ["Allocator"]
-
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_C1 = 0xBF58476D1CE4E5B9
-_C2 = 0x94D049BB133111EB
 
 _Decide = Callable[[Mapping[str, Any]], int]
 """Arm index of a request's unit, or -1 when it is not in the experiment."""
@@ -43,46 +45,9 @@ def _out(_request: Mapping[str, Any]) -> int:
 
 
 def _compile(exp: CompiledExperiment, blocked: bool) -> _Decide:
-    # The decision steps, in order, are those of lifecycle.allocation.assign:
-    # 1. kill switch, 2. status, 3. forced arms, 4. targeting, 5. layer bucket, 6. arm draw.
     if blocked or exp.status not in ACTIVE_STATUSES:
         return _out
-    lo, hi = exp.lo, exp.enrolled_hi
-    layer_salt, salt = exp.layer_salt, exp.salt
-    thresholds = exp.thresholds
-    targeting = exp.targeting
-    forced = dict(exp.forced)
-    m64, golden, c1, c2 = _M64, _GOLDEN, _C1, _C2
-
-    def decide(request: Mapping[str, Any]) -> int:
-        try:
-            unit = request["unit_id"]
-        except KeyError:
-            raise ConfigError("request.unit_id", None, "a request needs a unit_id") from None
-        if forced:
-            arm = forced.get(str(unit))
-            if arm is not None:
-                return arm
-        for prop, allowed in targeting:
-            if request.get(prop) not in allowed:
-                return -1
-        key = unit & m64 if type(unit) is int else unit_key(unit)
-        z = ((key ^ layer_salt) + golden) & m64
-        z = ((z ^ (z >> 30)) * c1) & m64
-        z = ((z ^ (z >> 27)) * c2) & m64
-        bucket = (z ^ (z >> 31)) >> 32
-        if bucket < lo or bucket >= hi:
-            return -1
-        z = ((key ^ salt) + golden) & m64
-        z = ((z ^ (z >> 30)) * c1) & m64
-        z = ((z ^ (z >> 27)) * c2) & m64
-        draw = (z ^ (z >> 31)) >> 32
-        for i, threshold in enumerate(thresholds):
-            if draw < threshold:
-                return i
-        return len(thresholds) - 1
-
-    return decide
+    return partial(reference_decide, exp, False)
 
 
 def _compile_enabled(
@@ -97,7 +62,7 @@ def _compile_enabled(
         return arm >= 0 and arm != control
 
     # Without forced arms the treatment test is a range check on the draw, so the hot path
-    # (no forced arms) gets its own closure with everything inlined.
+    # (no forced arms) gets its own closure: decide's steps 4-6, everything inlined.
     if exp.forced:
         return enabled
     lo, hi = exp.lo, exp.enrolled_hi
@@ -105,7 +70,8 @@ def _compile_enabled(
     c_lo = exp.thresholds[control - 1] if control else 0
     c_hi = exp.thresholds[control]  # the last threshold is BUCKETS, above every draw
     targeting = exp.targeting
-    m64, golden, c1, c2 = _M64, _GOLDEN, _C1, _C2
+    m64 = MASK64
+    golden, c1, c2 = SPLITMIX64
 
     def fast(request: Mapping[str, Any]) -> bool:
         try:

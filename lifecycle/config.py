@@ -22,6 +22,7 @@ __all__ = [
     "GuardrailMetric",
     "Layer",
     "ModelEntry",
+    "OnHarm",
     "RolloutPlan",
     "RolloutStage",
 ]
@@ -37,6 +38,9 @@ GuardrailMetric = Literal[
     "srm",
 ]
 GUARDRAIL_METRICS: tuple[str, ...] = get_args(GuardrailMetric)
+
+OnHarm = Literal["ramp_down", "kill", "pause_and_alert"]
+"""What the rollout controller does when the gate says roll back (SRM or a harmed guardrail)."""
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -105,6 +109,12 @@ class RolloutPlan(_Strict):
 
     stages: list[RolloutStage] = Field(
         default_factory=lambda: [RolloutStage(percent=p) for p in (5.0, 25.0, 50.0, 100.0)]
+    )
+    on_harm: OnHarm = Field(
+        default="pause_and_alert",
+        description="The owner's standing decision when the gate finds harm or an SRM: "
+        "ramp_down (one stage back), kill (the experiment's kill switch), or pause_and_alert "
+        "(change nothing, hold the ramp and fire an alert that opens an investigation).",
     )
 
     @field_validator("stages")

@@ -43,10 +43,12 @@ __all__ = [
     "chi2_sf",
     "confidence_sequence",
     "evaluate_gate",
+    "lift_and_se",
     "mixture_margin",
     "relative_lift",
     "srm_test",
     "tuning_rho2",
+    "unit_ratio_moments",
 ]
 
 Decision = Literal["advance", "hold", "rollback"]
@@ -88,6 +90,37 @@ class ArmSummary(_Frozen):
         mean = total / n
         var = max(0.0, (total_sq - n * mean * mean) / (n - 1)) if n > 1 else 0.0
         return cls(n=n, mean=mean, var=var)
+
+    @classmethod
+    def from_unit_sums(
+        cls,
+        units: int,
+        sum_n: float,
+        sum_n2: float,
+        sum_y: float,
+        sum_y2: float,
+        sum_yn: float,
+    ) -> ArmSummary:
+        """A per-request ratio metric ``sum y / sum n`` with unit-clustered variance.
+
+        Units are the independent observations: unit ``i`` sent ``n_i`` requests whose metric
+        sums to ``y_i``. The delta method (Deng et al. 2018) linearises the ratio ``R`` as
+        ``(y_i - R n_i) / mean(n)``; the summary has ``n = units``, ``mean = R`` and ``var`` =
+        the sample variance of that over units, so many alike requests of one unit no longer
+        shrink the interval as if they were independent.
+
+        Args:
+            units: Number of units.
+            sum_n: Sum over units of their requests.
+            sum_n2: Sum over units of their requests squared.
+            sum_y: Sum over units of the metric's per-unit total.
+            sum_y2: Sum over units of that total squared.
+            sum_yn: Sum over units of the total times the unit's requests.
+        """
+        if units <= 0 or sum_n <= 0:
+            return cls(n=0, mean=0.0, var=0.0)
+        ratio, var = unit_ratio_moments(units, sum_n, sum_n2, sum_y, sum_y2, sum_yn)
+        return cls(n=units, mean=float(ratio), var=float(var))
 
     @classmethod
     def from_values(cls, values: npt.ArrayLike) -> ArmSummary:
@@ -154,6 +187,52 @@ class GateReport(_Frozen):
     min_minutes: float
 
 
+def unit_ratio_moments(
+    units: npt.ArrayLike,
+    sum_n: npt.ArrayLike,
+    sum_n2: npt.ArrayLike,
+    sum_y: npt.ArrayLike,
+    sum_y2: npt.ArrayLike,
+    sum_yn: npt.ArrayLike,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Ratio ``sum y / sum n`` and its per-unit variance (delta method), vectorised.
+
+    See :meth:`ArmSummary.from_unit_sums`; the variance divided by ``units`` is the ratio's
+    variance. Where there are no requests the ratio is 0; with fewer than two units the
+    variance is 0.
+    """
+    k = np.asarray(units, dtype=float)
+    n, n2 = np.asarray(sum_n, dtype=float), np.asarray(sum_n2, dtype=float)
+    y, y2, yn = (np.asarray(v, dtype=float) for v in (sum_y, sum_y2, sum_yn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(n > 0, y / n, 0.0)
+        # sum_i (y_i - R n_i)^2; the linearised values sum to 0 by construction of R.
+        ss = y2 - 2.0 * ratio * yn + ratio * ratio * n2
+        n_bar = n / k
+        var = np.where((k > 1) & (n > 0), np.maximum(ss, 0.0) / (k - 1) / (n_bar * n_bar), 0.0)
+    return ratio, var
+
+
+def lift_and_se(
+    mean_c: npt.ArrayLike,
+    var_c: npt.ArrayLike,
+    n_c: npt.ArrayLike,
+    mean_t: npt.ArrayLike,
+    var_t: npt.ArrayLike,
+    n_t: npt.ArrayLike,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Relative lift of test on control and its standard error (delta method), vectorised.
+
+    The core of :func:`relative_lift` for a non-zero control mean.
+    """
+    m_c, m_t = np.asarray(mean_c, dtype=float), np.asarray(mean_t, dtype=float)
+    v_c = np.asarray(var_c, dtype=float) / np.asarray(n_c, dtype=float)
+    v_t = np.asarray(var_t, dtype=float) / np.asarray(n_t, dtype=float)
+    lift = m_t / m_c - 1.0
+    var = v_t / (m_c * m_c) + (m_t * m_t) * v_c / (m_c**4)
+    return lift, np.sqrt(var)
+
+
 # --- the confidence sequence -----------------------------------------------------------------
 
 
@@ -217,10 +296,8 @@ def relative_lift(control: ArmSummary, test: ArmSummary) -> tuple[float, float, 
     var_t = test.var / test.n
     if abs(control.mean) < 1e-12:
         return test.mean - control.mean, math.sqrt(var_c + var_t), False
-    m_c, m_t = control.mean, test.mean
-    lift = m_t / m_c - 1.0
-    var = var_t / (m_c * m_c) + (m_t * m_t) * var_c / (m_c**4)
-    return lift, math.sqrt(var), True
+    lift, se = lift_and_se(control.mean, control.var, control.n, test.mean, test.var, test.n)
+    return float(lift), float(se), True
 
 
 def chi2_sf(x: float, dof: int) -> float:

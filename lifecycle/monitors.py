@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
 
 import pandas as pd
 
@@ -29,9 +29,13 @@ from lifecycle.gate import ArmSummary, GateConfig, check_guardrail, srm_test
 from lifecycle.views import ExperimentView
 from tools.errors import ConfigError
 from tools.telemetry import LATENCY_LADDER_MS, Subject, TelemetryReader
+from tools.unit_stats import UnitStatsReader
+from tools.vocabulary import as_utc as _aware_utc
+from tools.vocabulary import utc_now
 
 __all__ = [
     "GUARDRAIL_ALERT_METRIC",
+    "UNIT_METRIC",
     "AlertSpec",
     "ExperimentSource",
     "Monitor",
@@ -39,6 +43,7 @@ __all__ = [
     "MonitorVerdict",
     "Monitors",
     "arm_statistics",
+    "unit_statistics",
 ]
 
 
@@ -82,6 +87,14 @@ GUARDRAIL_ALERT_METRIC: Mapping[str, str] = {
     "srm": "srm",
 }
 """Guardrail metric -> the alert metric an investigation starts from."""
+
+UNIT_METRIC: Mapping[str, str] = {
+    "revenue_per_request": "revenue",
+    "ctr": "label",
+    "fallback_rate": "fallback",
+    "error_rate": "error",
+}
+"""Per-request guardrails judged with unit-clustered variance -> their per-unit sum."""
 
 _TAIL = 0.01  # latency_p99 is watched as the share of requests slower than control's p99
 MonitorVerdict = Literal["breach", "safe", "inconclusive", "no_data"]
@@ -246,6 +259,39 @@ def arm_statistics(cube: pd.DataFrame, metric: str, control: str) -> dict[str, A
     return out
 
 
+def unit_statistics(
+    sums: pd.DataFrame | Sequence[Mapping[str, Any]], metric: str
+) -> dict[str, ArmSummary]:
+    """Per-arm statistics of a per-request guardrail with unit-clustered variance.
+
+    Args:
+        sums: :meth:`tools.unit_stats.UnitStatsReader.arm_unit_sums` rows of one experiment
+            (the frame, or its rows as records).
+        metric: A guardrail metric of :data:`UNIT_METRIC`.
+
+    Returns:
+        Arm -> statistics over units (delta method for the per-request ratio); empty when the
+        window holds no traffic.
+    """
+    if metric not in UNIT_METRIC:
+        raise ConfigError(
+            "guardrails.metric", metric, f"no per-unit sums; one of {list(UNIT_METRIC)}"
+        )
+    m = UNIT_METRIC[metric]
+    out: dict[str, ArmSummary] = {}
+    rows = sums.to_dict("records") if isinstance(sums, pd.DataFrame) else sums
+    for r in rows:
+        out[str(r["arm"])] = ArmSummary.from_unit_sums(
+            int(r["units"]),
+            float(r["sum_n"]),
+            float(r["sum_n2"]),
+            float(r[f"sum_{m}"]),
+            float(r[f"sum_{m}2"]),
+            float(r[f"sum_{m}_n"]),
+        )
+    return out
+
+
 class Monitors:
     """Every running experiment's guardrails, onboarded automatically and evaluated together.
 
@@ -256,6 +302,10 @@ class Monitors:
         lookback_minutes: The longest window evaluated; the window starts at the experiment's
             creation when that lies within it (the sequences are valid at every look).
         config: The health gate's thresholds (level, SRM alpha, minimum sample).
+        units: Per-unit sums (one grouped query for every experiment): per-request guardrails
+            (:data:`UNIT_METRIC`) are then judged with unit-clustered variance. Without it they
+            fall back to the cube, which treats requests as independent and alarms too often
+            when units send many alike requests.
     """
 
     def __init__(
@@ -266,6 +316,7 @@ class Monitors:
         *,
         lookback_minutes: int = 24 * 60,
         config: GateConfig | None = None,
+        units: UnitStatsReader | None = None,
     ) -> None:
         if lookback_minutes < 1:
             raise ConfigError("monitor_lookback_minutes", lookback_minutes, "must be at least 1")
@@ -274,6 +325,7 @@ class Monitors:
         self._ledger = ledger
         self._lookback = timedelta(minutes=lookback_minutes)
         self._config = config or GateConfig()
+        self._units = units
 
     def onboard(self) -> list[Monitor]:
         """One monitor per guardrail of every live (ramping or running, not killed) experiment."""
@@ -297,17 +349,28 @@ class Monitors:
         Returns:
             One result per monitor, grouped by experiment.
         """
-        end = _aware_utc(now or datetime.now(UTC))
+        end = _aware_utc(now or utc_now())
         self._reader.clear_cache()  # new telemetry arrived since the last look
         by_experiment: dict[str, list[Monitor]] = {}
         for monitor in self.onboard():
             by_experiment.setdefault(monitor.experiment_id, []).append(monitor)
-        results = []
+        starts: dict[str, datetime] = {}
         for experiment_id, monitors in by_experiment.items():
             start = end - self._lookback
             if start < monitors[0].created_at < end:
                 start = monitors[0].created_at
+            starts[experiment_id] = start
+        unit_sums: pd.DataFrame | None = None
+        if self._units is not None and any(
+            m.guardrail.metric in UNIT_METRIC for ms in by_experiment.values() for m in ms
+        ):
+            unit_sums = self._units.arm_unit_sums(starts, end)
+        results = []
+        for experiment_id, monitors in by_experiment.items():
+            start = starts[experiment_id]
             metrics = {m.guardrail.metric for m in monitors}
+            if unit_sums is not None:
+                metrics -= set(UNIT_METRIC)
             cube = pd.DataFrame()
             if metrics - {"srm"}:
                 cube = self._reader.cube(
@@ -316,8 +379,11 @@ class Monitors:
                     end,
                     latency="latency_p99" in metrics,
                 )
+            own = None
+            if unit_sums is not None:
+                own = unit_sums[unit_sums["experiment_id"] == experiment_id]
             for monitor in monitors:
-                results.append(self._judge(monitor, cube, start, end))
+                results.append(self._judge(monitor, cube, start, end, own))
         return results
 
     def evaluate(self, now: datetime | None = None) -> list[AlertSpec]:
@@ -332,7 +398,7 @@ class Monitors:
         Returns:
             The alerts newly opened, for the caller to investigate.
         """
-        end = _aware_utc(now or datetime.now(UTC))
+        end = _aware_utc(now or utc_now())
         results = self.check(end)
         fired: list[AlertSpec] = []
         for r in results:
@@ -372,7 +438,12 @@ class Monitors:
         return fired
 
     def _judge(
-        self, monitor: Monitor, cube: pd.DataFrame, start: datetime, end: datetime
+        self,
+        monitor: Monitor,
+        cube: pd.DataFrame,
+        start: datetime,
+        end: datetime,
+        unit_sums: pd.DataFrame | None = None,
     ) -> MonitorResult:
         cfg, g = self._config, monitor.guardrail
         if g.metric == "srm":
@@ -385,7 +456,10 @@ class Monitors:
             p = "n/a" if srm.p_value is None else f"{srm.p_value:.2g}"
             summary = f"srm: units per arm {srm.observed} vs weights (chi-square p = {p})"
             return MonitorResult(monitor, verdict, summary, start, labels={"p_value": p})
-        stats = arm_statistics(cube, g.metric, monitor.control)
+        if unit_sums is not None and g.metric in UNIT_METRIC:
+            stats = unit_statistics(unit_sums, g.metric)
+        else:
+            stats = arm_statistics(cube, g.metric, monitor.control)
         control = stats.get(monitor.control)
         checks = [
             check_guardrail(g, arm, control, stats.get(arm), cfg)
@@ -411,7 +485,3 @@ class Monitors:
             verdict = "inconclusive"
         summary = "; ".join(c.summary for c in checks) or f"{g.metric}: no test arm"
         return MonitorResult(monitor, verdict, summary, start)
-
-
-def _aware_utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

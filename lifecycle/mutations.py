@@ -213,7 +213,7 @@ def advance(
             experiment_id,
             "advance" if report.decision == "advance" else "ramp_down",
             record_as=report.decision,
-            extra={"gate": {"decision": report.decision, "reasons": report.reasons}},
+            extra={"gate": report.model_dump(mode="json")},
         )
     return AdvanceResult(
         experiment_id=experiment_id,

@@ -24,7 +24,13 @@ from typing import Literal, get_args
 from lifecycle import audit, killswitch, records
 from lifecycle import mutations as m
 from lifecycle import store as s
-from lifecycle.allocation import ConfigSnapshot, KillScope, Status, build_snapshot
+from lifecycle.allocation import (
+    ConfigSnapshot,
+    KillScope,
+    Status,
+    blocking_switches,
+    build_snapshot,
+)
 from lifecycle.allocator import Allocator
 from lifecycle.config import ExperimentFile, Layer, ModelEntry
 from lifecycle.gate import GateConfig, GateInput
@@ -39,15 +45,12 @@ from lifecycle.views import (
     ModelView,
 )
 from tools.errors import ConfigError
+from tools.vocabulary import utc_now as _utcnow
 
 __all__ = ["ExperimentService", "NoteAction"]
 
 NoteAction = Literal["escalate_infra", "escalate_data", "note"]
 _NOTE_ACTIONS: tuple[str, ...] = get_args(NoteAction)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _required(name: str, value: str | None) -> str:
@@ -178,12 +181,6 @@ class ExperimentService:
         launched: Mapping[str, datetime],
     ) -> ExperimentView:
         exp = stored.config
-        candidates: builtins.list[tuple[KillScope, str]] = [
-            ("experiment", exp.id),
-            ("layer", exp.layer),
-            *(("model", m) for m in sorted(exp.models)),
-            ("global", killswitch.GLOBAL_TARGET),
-        ]
         return ExperimentView(
             id=exp.id,
             name=exp.name,
@@ -203,7 +200,7 @@ class ExperimentService:
             stage_percent=coverage(stored.state, exp.rollout),
             stage_started_at=stored.stage_started_at,
             prior=stored.state.prior,
-            blocked_by=[c for c in candidates if c in switches],
+            blocked_by=blocking_switches(exp.id, exp.layer, exp.models, switches),
             created_at=stored.created_at,
             created_by=stored.created_by,
             launched_at=launched.get(exp.id),

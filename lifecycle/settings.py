@@ -5,12 +5,15 @@ Every URL defaults to an embedded store under ``./.vigil/`` so that Vigil runs w
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "unknown_env_settings"]
 
 _HOME = Path(".vigil")
 
@@ -85,6 +88,31 @@ class Settings(BaseSettings):
     workers: int = 2
     queue_size: int = 32
     monitor_interval_s: float = 60.0
+    rollout_interval_s: float = Field(
+        default=60.0,
+        description="Seconds between two ticks of the rollout controller in `vigil serve` "
+        "(0 turns it off).",
+    )
+    recovery_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the server resumes stranded mitigations."
+    )
+    max_request_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Largest request body the server reads (413)."
+    )
+    max_page_size: int = Field(default=200, ge=1, description="Largest GET /investigations limit.")
+    auth_reads: bool = Field(
+        default=False, description="Reads (investigations, reports, experiments) need a token."
+    )
+    alert_clock_skew_s: float = Field(
+        default=300.0, ge=0, description="How far in the future an alert's startsAt may be."
+    )
+    user_investigations_per_window: int = Field(
+        default=10, ge=1, description="Investigations one user may start per rate window."
+    )
+    user_rate_window_s: float = Field(default=60.0, gt=0, description="The rate window.")
+    slack_unmapped_reads: bool = Field(
+        default=True, description="Unmapped Slack users may use read-only commands (status...)."
+    )
     monitor_lookback_minutes: int = Field(
         default=24 * 60, ge=1, description="Longest window a monitor evaluates."
     )
@@ -102,6 +130,33 @@ class Settings(BaseSettings):
         description="Request property -> allowed targeting values ([] = any), laid over the "
         "defaults (country, platform, ad_type, device_type).",
     )
+
+
+# ``VIGIL_*`` variables read outside the settings model (the CLI's default actor).
+_OTHER_ENV = frozenset({"VIGIL_ACTOR"})
+
+
+def unknown_env_settings(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``VIGIL_*`` environment variables that name no setting, with the nearest valid name.
+
+    A misspelled setting (``VIGIL_TELEMTRY_URL``) would otherwise be ignored without a word.
+
+    Args:
+        environ: The environment to look at; ``os.environ`` if None.
+
+    Returns:
+        ``(variable, nearest valid variable or None)`` for each unknown one, sorted.
+    """
+    env = os.environ if environ is None else environ
+    known = {f"VIGIL_{name.upper()}" for name in Settings.model_fields} | _OTHER_ENV
+    out: list[tuple[str, str | None]] = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith("VIGIL_") or upper in known:
+            continue
+        nearest = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
+        out.append((name, nearest[0] if nearest else None))
+    return out
 
 
 def get_settings() -> Settings:

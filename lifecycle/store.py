@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,12 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
+
+from tools.errors import ConfigError, RetryableError
+from tools.vocabulary import as_utc, naive_utc
 
 __all__ = [
     "VERSION_TABLE",
@@ -59,6 +62,7 @@ __all__ = [
     "migrate",
     "models",
     "open_engine",
+    "redact_url",
     "rollout_state",
     "run_migrations",
     "state_version",
@@ -207,14 +211,10 @@ Index("ix_alert_ledger_key", alert_ledger.c.source, alert_ledger.c.key)
 # --- values ------------------------------------------------------------------------------------
 
 
-def to_db_time(ts: datetime) -> datetime:
-    """UTC, naive: how times are stored (portable across dialects)."""
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
-
-
-def from_db_time(ts: datetime) -> datetime:
-    """A stored time as an aware UTC datetime."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+to_db_time = naive_utc
+"""UTC, naive: how times are stored (portable across dialects)."""
+from_db_time = as_utc
+"""A stored time as an aware UTC datetime."""
 
 
 def dump_json(value: Any) -> str:
@@ -230,15 +230,65 @@ def load_json(raw: str | None) -> Any:
 # --- engine and transactions -------------------------------------------------------------------
 
 
+_EXTRAS = {"postgresql": "postgres", "clickhouse": "clickhouse", "chdb": "clickhouse"}
+"""The ``vigil`` extra that installs the driver of a backend."""
+
+
+def redact_url(url: str | URL) -> str:
+    """A database URL as it may be printed or logged: its password replaced by ``***``.
+
+    Args:
+        url: A SQLAlchemy URL, or a plain ``postgresql://`` connection string.
+
+    Returns:
+        The URL with its password hidden; the text unchanged when it is no URL at all.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return str(url)
+    return parsed.render_as_string(hide_password=True)
+
+
+def _unreachable(what: str, url: URL, exc: BaseException) -> RetryableError:
+    """One line naming the database, password hidden, and the driver's first line of why."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    why = reason[0] if reason else type(exc).__name__
+    if url.password:
+        why = why.replace(str(url.password), "***")
+    return RetryableError(f"{what} {redact_url(url)} is unreachable: {why}")
+
+
 def open_engine(url: str) -> Engine:
     """An engine for the state store; for SQLite, with transactions SQLAlchemy controls.
 
     In-memory SQLite (``sqlite://``) keeps one shared connection so that every caller sees the
-    same database.
+    same database. Any other database is connected to once here, so that a wrong URL fails now.
+
+    Raises:
+        ConfigError: The URL does not parse, or its driver is not installed (names the extra).
+        RetryableError: The database cannot be reached (one line, password hidden).
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError("state_url", redact_url(url), f"not a database URL: {exc}") from exc
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        try:
+            engine = create_engine(parsed, pool_pre_ping=True)
+        except (ImportError, NoSuchModuleError) as exc:
+            extra = _EXTRAS.get(parsed.get_backend_name())
+            hint = f"pip install 'vigil[{extra}]'" if extra else "install its SQLAlchemy driver"
+            raise ConfigError(
+                "state_url", redact_url(parsed), f"no driver for {parsed.drivername}: {hint}"
+            ) from exc
+        try:
+            with engine.connect():
+                pass
+        except DBAPIError as exc:
+            engine.dispose()
+            raise _unreachable("state database", parsed, exc) from exc
+        return engine
     memory = parsed.database in (None, "", ":memory:")
     if not memory and parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -9,16 +9,18 @@ their values). It also loads YAML/JSON files and turns pydantic's errors into
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from lifecycle.config import CONFIG_ERROR_TYPE, Experiment, ExperimentFile, Layer, ModelEntry
-from tools.errors import ConfigError
+from tools.errors import ConfigError, ConfigProblems
 
 __all__ = [
     "DEFAULT_VOCABULARY",
@@ -26,6 +28,8 @@ __all__ = [
     "World",
     "check_file",
     "config_errors",
+    "did_you_mean",
+    "known_keys",
     "load_experiment_file",
     "make_vocabulary",
     "parse_experiment_file",
@@ -77,15 +81,76 @@ def _path(loc: Sequence[int | str], extra: str = "") -> str:
     return out or "<root>"
 
 
-def config_errors(exc: ValidationError, prefix: str = "") -> list[ConfigError]:
+_LONGEST = 60
+
+
+class _Brief:
+    """A long value shown shortened in a message (an unknown key's whole list, say)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        text = repr(self.value)
+        return text[: _LONGEST - 5] + " ...]" if text.startswith("[") else text[:_LONGEST] + "..."
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    """The types an annotation may hold, unwrapped from Optional, Annotated, list and dict."""
+    origin = get_origin(annotation)
+    if origin is None:
+        return [annotation]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if origin in (list, tuple, set, frozenset, Sequence) or str(origin).endswith("Annotated"):
+        return _models_in(args[0]) if args else []
+    if origin in (dict, Mapping):
+        return _models_in(args[-1]) if args else []
+    return [t for a in args for t in _models_in(a)]  # Union
+
+
+def known_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The keys valid in the mapping at ``loc`` (the parent of the bad key) of ``model``."""
+    current: list[Any] = [model]
+    for part in loc:
+        nxt: list[Any] = []
+        for kind in current:
+            if isinstance(part, int):
+                continue  # list items were unwrapped with the field
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found = kind.model_fields.get(part)
+                if found is not None:
+                    nxt.extend(_models_in(found.annotation))
+                    continue
+        # A part no model declares is a dict key (an arm's name): the values' type stays.
+        current = nxt or current
+    keys: list[str] = []
+    for kind in current:
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            keys.extend(kind.model_fields)
+    return keys
+
+
+def did_you_mean(key: str, valid: Iterable[str]) -> str:
+    """`` did you mean `x`?`` for the valid key nearest ``key`` ("" when none is near)."""
+    nearest = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f"; did you mean `{nearest[0]}`?" if nearest else ""
+
+
+def config_errors(
+    exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[ConfigError]:
     """Turn pydantic's errors into ConfigErrors naming the dotted field path and the value.
 
     Args:
         exc: The validation error.
         prefix: Path of the validated object within a larger document.
+        model: The validated model; with it an unknown key names the nearest valid key
+            ("did you mean `traffic_pct`?") and a missing field names a near unknown key.
     """
+    errors = exc.errors()
+    unknown = {tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"}
     out: list[ConfigError] = []
-    for err in exc.errors():
+    for err in errors:
         loc: list[int | str] = [prefix] if prefix else []
         loc.extend(err["loc"])
         ctx = err.get("ctx") or {}
@@ -99,6 +164,17 @@ def config_errors(exc: ValidationError, prefix: str = "") -> list[ConfigError]:
             "missing": "a required field is missing",
             "extra_forbidden": "unknown key",
         }.get(err["type"], err["msg"])
+        if err["type"] == "extra_forbidden" and len(repr(value)) > _LONGEST:
+            value = _Brief(value)
+        here = tuple(err["loc"])
+        if model is not None and here and isinstance(here[-1], str):
+            parent = here[:-1]
+            if err["type"] == "extra_forbidden":
+                message += did_you_mean(here[-1], known_keys(model, parent))
+            elif err["type"] == "missing":
+                near = [str(u[-1]) for u in unknown if u[:-1] == parent]
+                hint = did_you_mean(here[-1], near).replace("did you mean", "is it")
+                message += hint.replace("`?", "`, misspelled?") if hint else ""
         out.append(ConfigError(_path(loc), value, message))
     return out
 
@@ -107,18 +183,16 @@ def parse_experiment_file(data: object, source: str = "<data>") -> ExperimentFil
     """Validate a decoded document as an :class:`ExperimentFile`.
 
     Raises:
-        ConfigError: For the first problem, naming its dotted path (``experiments[1].arms.test
-            .weight``) and value; the message counts the further problems.
+        ConfigError: Naming the dotted path (``experiments[1].arms.test.weight``) and value of
+            the problem; a :class:`~tools.errors.ConfigProblems` holding every one when several.
     """
     if not isinstance(data, Mapping):
         raise ConfigError(source, type(data).__name__, "an experiment file is a mapping")
     try:
         return ExperimentFile.model_validate(data)
     except ValidationError as exc:
-        errors = config_errors(exc)
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(first.field, first.value, first.message + more) from None
+        errors = config_errors(exc, model=ExperimentFile)
+        raise (errors[0] if len(errors) == 1 else ConfigProblems(errors)) from None
 
 
 def load_experiment_file(path: str | Path) -> ExperimentFile:

@@ -72,6 +72,16 @@ def _bench_rows(bench: dict[str, Any]) -> list[str]:
             f"{ext.get('rs_adtributor_riskloc_settings_f1', float('nan')):.3f}) | — "
             "| `vigil bench --only external` |"
         )
+    chaos = bench.get("chaos")
+    if chaos:
+        rows.append(
+            f"| `kill -9` of the real server at random moments ({chaos['trials']} trials: "
+            f"{chaos['alerts_accepted']} alerts accepted, {chaos['approvals']} approvals and "
+            f"{chaos['rejections']} rejections answered, {chaos['mitigations_executed']} "
+            f"mitigations executed) | **{chaos['invariant_violations']}** invariant violations, "
+            f"**{chaos['http_5xx']}** × 5xx (median {chaos['median_recovery_s']} s from restart "
+            "to nothing half-done) | 0 and 0 | `vigil bench --only chaos` |"
+        )
     return rows
 
 

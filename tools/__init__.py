@@ -23,8 +23,9 @@ from tools.result import CheckResult, Effect, Evidence, Verdict
 
 if TYPE_CHECKING:
     from tools.aggregates import HistogramSpec, Subject
-    from tools.catalog import CHECKS, CheckSettings, ExperimentInfo, ModelInfo
+    from tools.catalog import CheckSettings, ExperimentInfo, ModelInfo
     from tools.metrics import METRICS
+    from tools.registry import CHECKS, CheckName, Checks, RoutedChecks
     from tools.schema import TelemetrySchema
     from tools.telemetry import TelemetryReader
     from tools.toolbox import Toolbox
@@ -33,8 +34,10 @@ __all__ = [
     "CHECKS",
     "METRICS",
     "ApprovalError",
+    "CheckName",
     "CheckResult",
     "CheckSettings",
+    "Checks",
     "ConfigError",
     "Effect",
     "Evidence",
@@ -43,6 +46,7 @@ __all__ = [
     "ModelInfo",
     "NotFoundError",
     "RetryableError",
+    "RoutedChecks",
     "StateError",
     "Subject",
     "TelemetryError",
@@ -55,13 +59,16 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CHECKS": "tools.catalog",
+    "CHECKS": "tools.registry",
+    "CheckName": "tools.registry",
+    "Checks": "tools.registry",
+    "RoutedChecks": "tools.registry",
     "CheckSettings": "tools.catalog",
     "ExperimentInfo": "tools.catalog",
     "ModelInfo": "tools.catalog",
     "HistogramSpec": "tools.aggregates",
     "Subject": "tools.aggregates",
-    "METRICS": "tools.metrics",
+    "METRICS": "tools.vocabulary",
     "TelemetrySchema": "tools.schema",
     "TelemetryReader": "tools.telemetry",
     "Toolbox": "tools.toolbox",

@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from tools.vocabulary import naive_utc
+
 __all__ = [
     "ALL_ARM",
     "CUBE_SUMS",
@@ -65,13 +67,6 @@ def to_minute(ts: datetime, *, ceil: bool = False) -> int:
 def to_datetime(minute: int | float) -> datetime:
     """The naive UTC datetime of epoch minute ``minute``."""
     return datetime.fromtimestamp(float(minute) * 60, tz=UTC).replace(tzinfo=None)
-
-
-def naive_utc(ts: datetime) -> datetime:
-    """``ts`` as a naive UTC datetime (aware ones are converted; naive ones are UTC)."""
-    if ts.tzinfo is not None:
-        return ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
 
 
 @dataclass(frozen=True)

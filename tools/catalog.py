@@ -25,7 +25,6 @@ from tools.checks import (
 from tools.telemetry import TelemetryReader
 
 __all__ = [
-    "CHECKS",
     "CheckSettings",
     "ExperimentInfo",
     "ModelInfo",
@@ -33,19 +32,6 @@ __all__ = [
     "served_models",
     "training_values",
 ]
-
-CHECKS: tuple[str, ...] = (
-    "prediction",
-    "calibration",
-    "ne",
-    "staleness",
-    "fallback",
-    "srm",
-    "attribution",
-    "change_point",
-    "infra",
-)
-"""The Toolbox methods that are checks (each returns a CheckResult)."""
 
 
 @dataclass(frozen=True)

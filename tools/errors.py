@@ -12,10 +12,14 @@ from typing import Any
 __all__ = [
     "ApprovalError",
     "ConfigError",
+    "ConfigProblems",
     "NotFoundError",
     "RetryableError",
     "StateError",
+    "StoreBusy",
     "TelemetryError",
+    "TelemetryQueryError",
+    "TelemetryUnavailable",
     "TerminalError",
     "VigilError",
 ]
@@ -33,6 +37,10 @@ class RetryableError(VigilError):
     """A passing condition (timeout, rate limit, busy store); the same call may succeed later."""
 
 
+class StoreBusy(RetryableError):
+    """The state store stayed locked by other writers past the retry budget; try again."""
+
+
 class ConfigError(TerminalError):
     """Bad configuration or input, named by its field path and offending value.
 
@@ -47,6 +55,19 @@ class ConfigError(TerminalError):
         self.value = value
         self.message = message
         super().__init__(f"{field}: {message} (got {value!r})")
+
+
+class ConfigProblems(ConfigError):
+    """Several configuration problems found at once, each a :class:`ConfigError` in ``problems``.
+
+    Its field, value and message are the first problem's; ``str()`` gives one problem a line.
+    """
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.field, first.value, first.message)
+        self.problems = list(problems)
+        self.args = ("\n".join(str(p) for p in self.problems),)
 
 
 class NotFoundError(TerminalError):
@@ -67,4 +88,18 @@ class ApprovalError(TerminalError):
 
 
 class TelemetryError(VigilError):
-    """The telemetry store could not answer (missing table or column, bad mapping)."""
+    """The telemetry store could not answer; raised as one of its two kinds below.
+
+    :class:`TelemetryUnavailable` (retryable) when the store could not be reached or was busy,
+    :class:`TelemetryQueryError` (terminal) when it cannot answer the query as asked.
+    """
+
+
+class TelemetryUnavailable(TelemetryError, RetryableError):
+    """The telemetry store could not be reached, timed out or was locked; the same read may work
+    later."""
+
+
+class TelemetryQueryError(TelemetryError, TerminalError):
+    """The telemetry store cannot answer the query as asked (missing table or column, a bad
+    mapping, data of the wrong shape); asking again fails again."""

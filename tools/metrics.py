@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ import pandas as pd
 from tools.errors import ConfigError
 from tools.stats import Direction
 from tools.telemetry import LATENCY_LADDER_MS
+from tools.vocabulary import METRICS, MetricName
 
 __all__ = [
     "METRICS",
@@ -25,22 +25,6 @@ __all__ = [
     "metric_spec",
     "metric_values",
 ]
-
-MetricName = Literal[
-    "revenue",
-    "revenue_per_request",
-    "ctr",
-    "ne",
-    "calibration",
-    "fallback_rate",
-    "error_rate",
-    "invalid_rate",
-    "latency_p99",
-    "latency_mean",
-    "requests",
-    "srm",
-]
-METRICS: tuple[str, ...] = get_args(MetricName)
 
 
 @dataclass(frozen=True)
@@ -56,7 +40,7 @@ class MetricSpec:
         unit: How to read the value.
     """
 
-    name: str
+    name: MetricName
     direction: Direction
     events: str
     exposure: str

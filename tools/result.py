@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["CheckResult", "Effect", "Evidence", "Verdict"]
 
-Verdict = Literal["ok", "warn", "fail", "no_data"]
+Verdict = Literal["ok", "warn", "fail", "inconclusive", "no_data"]
+"""DESIGN §4: ``ok`` only when the check could have seen an effect of the size in question;
+``inconclusive`` when it had data but too little to rule such an effect out; ``no_data`` when it
+had nothing to look at."""
 
 Scalar = str | int | float | bool | None
 
@@ -56,10 +59,14 @@ class CheckResult(BaseModel):
 
     Attributes:
         check: The check's name (``"fallback"``, ``"calibration"``, ...).
-        verdict: ``ok`` / ``warn`` / ``fail``, or ``no_data`` when the sample is too small to say.
+        verdict: ``ok`` / ``warn`` / ``fail``; ``inconclusive`` when the sample is too small to
+            rule out an effect of the size in question; ``no_data`` when there was nothing to see.
         summary: One sentence a human reads.
         effect: The headline effect with its interval, where one applies.
         p_value: Of the check's test, where one applies.
+        mde: The minimal detectable effect: the smallest change, in the unit of ``effect`` (a
+            ratio such as 1.2 for ratio effects, meaning ±20 %), the check would have flagged
+            with 80 % power at its alpha given its sample (None where no test applies).
         onset: When the problem started (UTC), where a change point applies.
         experiment: The experiment the check looked at (None for all traffic).
         arm: The arm the finding is located in (None when not arm-specific).
@@ -75,6 +82,7 @@ class CheckResult(BaseModel):
     summary: str
     effect: Effect | None = None
     p_value: float | None = None
+    mde: float | None = None
     onset: datetime | None = None
     experiment: str | None = None
     arm: str | None = None

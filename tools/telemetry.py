@@ -27,7 +27,13 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from tools._queries import GROUPING_SETS_DIALECTS, HIST_SET, LEAN_SKIPPED, Queries
+from tools._queries import (
+    GROUPING_SETS_DIALECTS,
+    GROUPING_SETS_SLOWER,
+    HIST_SET,
+    LEAN_SKIPPED,
+    Queries,
+)
 from tools.aggregates import (
     ALL_ARM,
     CUBE_SUMS,
@@ -39,7 +45,7 @@ from tools.aggregates import (
     to_datetime,
     to_minute,
 )
-from tools.errors import ConfigError, TelemetryError
+from tools.errors import ConfigError, TelemetryQueryError, TelemetryUnavailable
 from tools.schema import TelemetrySchema
 
 __all__ = [
@@ -55,6 +61,25 @@ __all__ = [
 ]
 
 
+_PASSING = ("locked", "timeout", "timed out", "could not connect", "connection refused")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a failed read may succeed later: no connection, a timeout, a lock."""
+    if isinstance(
+        exc,
+        sa.exc.DisconnectionError
+        | sa.exc.TimeoutError
+        | duckdb.IOException
+        | duckdb.ConnectionException,
+    ):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, sa.exc.OperationalError) and any(w in text for w in _PASSING)
+
+
 class TelemetryReader:
     """Reads aggregates of the telemetry tables through SQLAlchemy Core (DuckDB, SQLite, ...).
 
@@ -64,7 +89,8 @@ class TelemetryReader:
         histogram: The prediction bins of :meth:`histogram`.
         cache_size: How many query results to keep.
         grouping_sets: Fetch a cube and its histogram in one statement (``GROUPING SETS``);
-            by default wherever the dialect has them. False runs one statement per frame.
+            by default wherever the dialect has them and they were not measured slower
+            (:data:`tools._queries.GROUPING_SETS_SLOWER`). False runs one statement per frame.
     """
 
     def __init__(
@@ -76,12 +102,15 @@ class TelemetryReader:
         cache_size: int = 64,
         grouping_sets: bool | None = None,
     ) -> None:
-        self._engine = sa.create_engine(engine) if isinstance(engine, str) else engine
+        self._engine = _create_engine(engine) if isinstance(engine, str) else engine
         self.schema = schema or TelemetrySchema()
         self.histogram_spec = histogram or HistogramSpec()
         self._sql = Queries(self.dialect, self.schema, self.histogram_spec)
         if grouping_sets is None:
-            grouping_sets = self.dialect in GROUPING_SETS_DIALECTS
+            dialect = self.dialect
+            grouping_sets = (
+                dialect in GROUPING_SETS_DIALECTS and dialect not in GROUPING_SETS_SLOWER
+            )
         self.grouping_sets = grouping_sets
         self._cache: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
         self._cache_size = cache_size
@@ -248,7 +277,8 @@ class TelemetryReader:
                 result = conn.execute(query)
                 return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
         except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
-            raise TelemetryError(f"telemetry query on {tables} failed: {exc}") from exc
+            kind = TelemetryUnavailable if _unavailable(exc) else TelemetryQueryError
+            raise kind(f"telemetry query on {tables} failed: {exc}") from exc
         finally:
             self.query_seconds += time.perf_counter() - began
 
@@ -343,6 +373,31 @@ class TelemetryReader:
         for col in ("trained_at", "published_at"):
             frame[col] = pd.to_datetime(frame[col], utc=True).dt.tz_localize(None)
         return frame
+
+
+_EXTRAS = {"postgresql": "postgres", "chdb": "clickhouse", "clickhouse": "clickhouse"}
+"""The ``vigil`` extra that installs the driver of a backend."""
+
+
+def _create_engine(url: str) -> sa.Engine:
+    """An engine for a telemetry URL; a missing driver is one line naming the extra to install.
+
+    Raises:
+        ConfigError: The URL does not parse or its driver is not installed (password hidden).
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError("telemetry_url", url, f"not a database URL: {exc}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        return sa.create_engine(parsed)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        extra = _EXTRAS.get(parsed.get_backend_name())
+        hint = f"pip install 'vigil[{extra}]'" if extra else "install its SQLAlchemy driver"
+        raise ConfigError(
+            "telemetry_url", shown, f"no driver for {parsed.drivername} ({exc}): {hint}"
+        ) from None
 
 
 def _window(start: datetime, end: datetime) -> tuple[datetime, datetime]:

@@ -1,8 +1,9 @@
 """The Toolbox: the checks bound to a telemetry reader and the experiments and models they judge.
 
-This is what the agent (and an LLM, through tool schemas generated from these signatures and
-docstrings) calls. Every check fetches one wide aggregate per (subject, window) — the window plus
-``baseline_minutes`` before it — through the reader, which caches it; checks never re-scan.
+This is what the agent (and an LLM, through tool schemas generated from the signatures and
+docstrings declared in :mod:`tools.registry`) calls. Every check fetches one wide aggregate per
+(subject, window) — the window plus ``baseline_minutes`` before it — through the reader, which
+caches it; checks never re-scan.
 Times are UTC (naive datetimes are UTC; aware ones are converted).
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import TypedDict
 
 import pandas as pd
 
+from tools.aggregates import HistogramSpec
 from tools.catalog import (
-    CHECKS,
     CheckSettings,
     ExperimentInfo,
     ModelInfo,
@@ -40,14 +43,30 @@ from tools.checks import (
 )
 from tools.errors import ConfigError, NotFoundError
 from tools.metrics import metric_spec, metric_values
+from tools.registry import CHECKS, Checks
 from tools.result import CheckResult
 from tools.telemetry import Subject, TelemetryReader, to_datetime, to_minute
+from tools.vocabulary import MetricName
 
-__all__ = ["CHECKS", "CheckSettings", "ExperimentInfo", "ModelInfo", "Toolbox"]
+__all__ = ["CHECKS", "CheckSettings", "Checks", "ExperimentInfo", "ModelInfo", "Toolbox"]
 
 
-class Toolbox:
+class _HistogramArgs(TypedDict):
+    hist: pd.DataFrame
+    histogram: HistogramSpec
+    block_minutes: int
+
+
+@dataclass(frozen=True)
+class _Scored:
+    frame: SubjectFrame
+    histogram: _HistogramArgs
+
+
+class Toolbox(Checks):
     """Diagnostic checks over one telemetry store, for the agent and its LLM.
+
+    It implements :class:`tools.registry.Checks` (where each check is declared and documented).
 
     Args:
         reader: The telemetry reader (it caches every aggregate it fetches).
@@ -83,7 +102,7 @@ class Toolbox:
             self._frames.clear()
             self.reader.clear_cache()
 
-    # -- checks --------------------------------------------------------------------------------
+    # -- checks (declared, with the docstrings the LLM reads, in tools.registry.Checks) ------
 
     def prediction(
         self,
@@ -92,27 +111,8 @@ class Toolbox:
         experiment_id: str | None = None,
         model_id: str | None = None,
     ) -> CheckResult:
-        """Check predictions: invalid values (NaN, outside [0, 1]), collapse, distribution shift.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result; ``fail`` names the arm, onset and dimension values.
-        """
-        subject = self._subject(experiment_id, model_id)
-        frame = self._frame(subject, start, end)
-        hist, block = self._histogram(subject, start, end)
-        return prediction_check(
-            frame,
-            hist=hist,
-            histogram=self.reader.histogram_spec,
-            block_minutes=block,
-            params=self.settings.prediction,
-        )
+        scored = self._scored(start, end, experiment_id, model_id)
+        return prediction_check(scored.frame, **scored.histogram, params=self.settings.prediction)
 
     def calibration(
         self,
@@ -121,29 +121,10 @@ class Toolbox:
         experiment_id: str | None = None,
         model_id: str | None = None,
     ) -> CheckResult:
-        """Check calibration (sum of predictions / sum of clicks) per arm and by prediction bucket.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result. A shift in every arm at once (params ``scope == "all_arms"``)
-            points at lost click logs rather than one model.
-        """
-        subject = self._subject(experiment_id, model_id)
-        frame = self._frame(subject, start, end)
-        hist, block = self._histogram(subject, start, end)
-        training = training_values(self.reader, frame, "training_calibration")
+        scored = self._scored(start, end, experiment_id, model_id)
+        training = training_values(self.reader, scored.frame, "training_calibration")
         return calibration_check(
-            frame,
-            hist=hist,
-            histogram=self.reader.histogram_spec,
-            block_minutes=block,
-            training=training,
-            params=self.settings.calibration,
+            scored.frame, **scored.histogram, training=training, params=self.settings.calibration
         )
 
     def ne(
@@ -153,27 +134,10 @@ class Toolbox:
         experiment_id: str | None = None,
         model_id: str | None = None,
     ) -> CheckResult:
-        """Check normalized entropy (mean log loss / entropy of the CTR) vs control and training.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result.
-        """
-        subject = self._subject(experiment_id, model_id)
-        frame = self._frame(subject, start, end)
-        hist, block = self._histogram(subject, start, end)
+        scored = self._scored(start, end, experiment_id, model_id)
+        training = training_values(self.reader, scored.frame, "training_ne")
         return ne_check(
-            frame,
-            training=training_values(self.reader, frame, "training_ne"),
-            hist=hist,
-            histogram=self.reader.histogram_spec,
-            block_minutes=block,
-            params=self.settings.ne,
+            scored.frame, **scored.histogram, training=training, params=self.settings.ne
         )
 
     def staleness(
@@ -183,19 +147,7 @@ class Toolbox:
         experiment_id: str | None = None,
         model_id: str | None = None,
     ) -> CheckResult:
-        """Check the age of the served model snapshot against its refresh cadence and control.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Check every arm of this experiment.
-            model_id: Without an experiment: check this model.
-
-        Returns:
-            The check's result; ``onset`` is the first refresh that did not happen.
-        """
-        subject = self._subject(experiment_id, model_id)
-        frame = self._frame(subject, start, end)
+        frame = self._subject_frame(start, end, experiment_id, model_id)
         served = served_models(frame)
         snapshots = self.reader.snapshots(sorted(set(served.values())))
         refresh = {arm: cadence(self.models, model, snapshots) for arm, model in served.items()}
@@ -208,31 +160,10 @@ class Toolbox:
         experiment_id: str | None = None,
         model_id: str | None = None,
     ) -> CheckResult:
-        """Check the share of requests served by the fallback model, per arm vs control.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result; ``fail`` names the arm, onset and dimension values.
-        """
-        subject = self._subject(experiment_id, model_id)
-        return fallback_check(self._frame(subject, start, end), params=self.settings.fallback)
+        frame = self._subject_frame(start, end, experiment_id, model_id)
+        return fallback_check(frame, params=self.settings.fallback)
 
     def srm(self, start: datetime, end: datetime, experiment_id: str) -> CheckResult:
-        """Check sample ratio mismatch: units per arm against the configured weights (chi-square).
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: The experiment.
-
-        Returns:
-            The check's result; ``fail`` at p < 0.001 names the arm short of units.
-        """
         info = self._experiment(experiment_id)
         frame = self._frame(Subject(experiment_id=experiment_id), start, end)
         units = self.reader.units(experiment_id, start, end)
@@ -242,24 +173,12 @@ class Toolbox:
 
     def attribution(
         self,
-        metric: str,
+        metric: MetricName,
         start: datetime,
         end: datetime,
         baseline_start: datetime | None = None,
         baseline_end: datetime | None = None,
     ) -> CheckResult:
-        """Rank the experiments and dimension values that explain a change of a global metric.
-
-        Args:
-            metric: ``revenue``, ``ctr``, ``error_rate`` or ``fallback_rate``.
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            baseline_start: Baseline start; default ``baseline_minutes`` before ``start``.
-            baseline_end: Baseline end; default ``start``.
-
-        Returns:
-            The check's result with every candidate's share of the change in its evidence.
-        """
         if (baseline_start is None) != (baseline_end is None):
             raise ConfigError("baseline_end", baseline_end, "give both baseline bounds or neither")
         if baseline_start is None or baseline_end is None:
@@ -278,21 +197,12 @@ class Toolbox:
         )
 
     def change_point(
-        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+        self,
+        metric: MetricName,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
     ) -> CheckResult:
-        """Find the onset minute of a regression of a metric (arm vs control, or vs baseline).
-
-        Args:
-            metric: ``revenue``, ``ctr``, ``ne``, ``calibration``, ``fallback_rate``,
-                ``error_rate``, ``invalid_rate``, ``latency_p99`` or ``latency_mean``.
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Read each arm of this experiment against its control; None reads all
-                traffic against its seasonal or pre-window level.
-
-        Returns:
-            The check's result with the onset.
-        """
         metric_spec(metric)
         subject = self._subject(experiment_id, None)
         lean = subject.kind == "all" and metric not in ("ne",)
@@ -320,15 +230,6 @@ class Toolbox:
         )
 
     def infra(self, start: datetime, end: datetime) -> CheckResult:
-        """Check error rate and latency p99 of all traffic against its baseline, by dimension.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-
-        Returns:
-            The check's result; ``experiment``/``arm`` are set only when one arm owns the errors.
-        """
         frame = self._frame(Subject(), start, end, lean=True)
         result = infra_check(frame, params=self.settings.infra)
         if result.verdict not in ("fail", "warn"):
@@ -340,19 +241,12 @@ class Toolbox:
         )
 
     def metric_series(
-        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+        self,
+        metric: MetricName,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
     ) -> pd.DataFrame:
-        """Per-minute values of a metric per arm (all traffic: arm ``all``), for plots.
-
-        Args:
-            metric: A metric name (``revenue``, ``ctr``, ``ne``, ``calibration``, ...).
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Per arm of this experiment; None for all traffic.
-
-        Returns:
-            Columns ``minute`` (UTC datetime), ``arm``, ``value``.
-        """
         metric_spec(metric)
         subject = self._subject(experiment_id, None)
         frame = self._frame(subject, start, end, lean=subject.kind == "all" and metric != "ne")
@@ -383,6 +277,24 @@ class Toolbox:
         if info is None:
             raise NotFoundError("experiment", experiment_id)
         return info
+
+    def _subject_frame(
+        self, start: datetime, end: datetime, experiment_id: str | None, model_id: str | None
+    ) -> SubjectFrame:
+        """The preamble of a check on one subject: validate it, read its frame."""
+        return self._frame(self._subject(experiment_id, model_id), start, end)
+
+    def _scored(
+        self, start: datetime, end: datetime, experiment_id: str | None, model_id: str | None
+    ) -> _Scored:
+        """The preamble of a check over scored predictions: the frame and the histogram."""
+        subject = self._subject(experiment_id, model_id)
+        frame = self._frame(subject, start, end)
+        hist, block = self._histogram(subject, start, end)
+        return _Scored(
+            frame,
+            {"hist": hist, "histogram": self.reader.histogram_spec, "block_minutes": block},
+        )
 
     def _subject(self, experiment_id: str | None, model_id: str | None) -> Subject:
         if experiment_id is not None:

@@ -1,18 +1,22 @@
 """The ``vigil`` command line: the composition root of all front doors.
 
-Each command group lives in its own module with a ``register(app)`` function. The CLI is the one
-place allowed to reach into ``evals`` (simulation, evals, benchmarks), and only lazily, so that
-``agent`` itself never depends on ``evals``.
+Each command group of the product lives in its own module with a ``register(app)`` function.
+Plug-ins add theirs through the ``vigil.commands`` entry point group (``evals`` adds ``sim``,
+``eval``, ``bench``, ``demo`` and the scenario worlds this way), so that the product never imports
+``evals``: the arrow points from ``evals`` to ``agent``, never back.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from importlib.metadata import entry_points
 
 import typer
 
-__all__ = ["app", "main"]
+__all__ = ["ENTRY_POINT_GROUP", "app", "main"]
+
+ENTRY_POINT_GROUP = "vigil.commands"
 
 app = typer.Typer(
     name="vigil",
@@ -21,35 +25,48 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# Command modules, in help order. A module missing from a partial install is skipped.
+# The product's command modules, in help order.
 _COMMAND_MODULES = (
     "agent.cli.core",
     "agent.cli.investigate",
-    "agent.cli.demo",
     "agent.cli.serve",
-    "evals.cli",
+    "agent.cli.ops",
 )
+_registered: list[str] = []
 
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail to stderr."),
 ) -> None:
+    from agent.cli._console import err
+    from lifecycle.settings import unknown_env_settings
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if ctx.invoked_subcommand == "doctor":
+        return  # the doctor reports them itself
+    for name, nearest in unknown_env_settings():
+        hint = f"did you mean {nearest}?" if nearest else "see `vigil config show`"
+        err().print(
+            f"[yellow]warning:[/yellow] {name} is not a Vigil setting and is ignored; {hint}",
+            highlight=False,
+        )
 
 
 def _register_all() -> None:
+    """Register the product's commands, then every ``vigil.commands`` plug-in (once)."""
+    if _registered:
+        return
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)
+        _registered.append(name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()(app)
+        _registered.append(ep.value)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``vigil experiments|kill|release|rollout|models|audit``: the experiment core's commands.
+"""``vigil kill|release|rollout|models|audit``: the experiment core's commands.
 
 Every command goes through :class:`lifecycle.ExperimentService` on ``VIGIL_STATE_URL``; errors of
 the one hierarchy are printed as one line naming the field and value, with exit code 2 for bad
@@ -13,14 +13,13 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 import yaml
 from pydantic import ValidationError
 from rich.table import Table
 
-from agent.cli._console import err as _err
 from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
 from lifecycle import (
@@ -31,17 +30,21 @@ from lifecycle import (
     GateReport,
     KillScope,
     get_settings,
-    load_experiment_file,
 )
 from lifecycle.rollout import RolloutState, allowed_actions
 from lifecycle.validation import config_errors
-from tools.errors import ConfigError
+from tools.errors import ConfigError, TelemetryError
+from tools.vocabulary import utc_now
+
+if TYPE_CHECKING:
+    from lifecycle.controller import Look
 
 __all__ = ["register"]
 
 
-experiments_app = typer.Typer(help="Validate, create, list and show experiments.")
-rollout_app = typer.Typer(help="Rollout state: status, start, advance through the health gate.")
+rollout_app = typer.Typer(
+    help="Rollout state: status, start, advance through the health gate, tick the controller."
+)
 models_app = typer.Typer(help="The model registry.")
 
 _ACTOR = typer.Option(None, "--actor", help="Who acts (default: $VIGIL_ACTOR or $USER).")
@@ -71,117 +74,17 @@ def _stage(view: ExperimentView) -> str:
     return f"{view.stage + 1}/{n}"
 
 
-# --- experiments ---------------------------------------------------------------------------------
-
-
-@experiments_app.command("validate")
-@_handle_errors
-def validate(
-    file: Path = typer.Option(..., "--file", "-f", help="YAML or JSON experiment file."),
-) -> None:
-    """Check a file against the stored state; change nothing."""
-    parsed = load_experiment_file(file)
-    with _service() as svc:
-        problems = svc.check(parsed)
-    if not problems:
-        n = len(parsed.experiments)
-        _out().print(f"[green]valid:[/green] {file} ({n} experiment(s))", highlight=False)
-        return
-    for problem in problems:
-        _err().print(f"[red]invalid:[/red] {problem}", highlight=False)
-    raise typer.Exit(2)
-
-
-@experiments_app.command("create")
-@_handle_errors
-def create(
-    file: Path = typer.Option(..., "--file", "-f", help="YAML or JSON experiment file."),
-    start: bool = typer.Option(False, "--start", help="Start each at its first rollout stage."),
-    reason: str = typer.Option("", "--reason", help="Why, for the audit log."),
-    actor: str | None = _ACTOR,
-) -> None:
-    """Validate a file, then store its layers, models and experiments."""
-    parsed = load_experiment_file(file)
-    with _service() as svc:
-        ids = svc.create(parsed, _actor(actor), start=start, reason=reason)
-    state = "started" if start else "created as drafts"
-    _out().print(f"[green]{len(ids)} experiment(s) {state}:[/green] {', '.join(ids)}")
-
-
-@experiments_app.command("list")
-@_handle_errors
-def list_experiments(as_json: bool = _JSON) -> None:
-    """Every experiment with its status and rollout stage."""
-    with _service() as svc:
-        views = svc.list()
-    if as_json:
-        _print_json([v.model_dump(mode="json", exclude={"config"}) for v in views])
-        return
-    table = Table(title="Experiments")
-    for col in ("id", "name", "layer", "traffic", "status", "stage", "owner", "kill switch"):
-        table.add_column(col)
-    for v in views:
-        kill = ", ".join(f"{scope}:{target}" for scope, target in v.blocked_by)
-        status = f"[red]{v.status}[/red]" if v.killed else v.status
-        table.add_row(
-            v.id, v.name, v.layer, f"{v.traffic_pct:g} %", status, _stage(v), v.owner, kill
-        )
-    _out().print(table)
-
-
-@experiments_app.command("show")
-@_handle_errors
-def show(experiment_id: str, as_json: bool = _JSON) -> None:
-    """One experiment in full: arms, targeting, rollout plan, guardrails, kill switches."""
-    with _service() as svc:
-        v = svc.get(experiment_id)
-    if as_json:
-        _print_json(v.model_dump(mode="json", exclude={"config"}))
-        return
-    _out().print(f"[bold]{v.id}[/bold] {v.name}  ({v.status}, stage {_stage(v)})", highlight=False)
-    if v.description:
-        _out().print(v.description, highlight=False)
-    _out().print(
-        f"owner {v.owner} · layer {v.layer} {v.range_start:g}–{v.range_end:g} % "
-        f"({v.traffic_pct:g} %) · created {_time(v.created_at)} by {v.created_by}",
-        highlight=False,
-    )
-    if v.blocked_by:
-        kills = ", ".join(f"{scope}:{target}" for scope, target in v.blocked_by)
-        _out().print(f"[red]stopped by kill switch {kills}[/red]")
-    arms = Table(title="Arms")
-    for col in ("arm", "weight", "model", "ad load", "params"):
-        arms.add_column(col)
-    for name, arm in v.arms.items():
-        label = f"{name} (control)" if name == v.control else name
-        arms.add_row(
-            label,
-            f"{arm.weight:g}",
-            arm.model or "",
-            "" if arm.ad_load is None else f"{arm.ad_load:g}",
-            json.dumps(arm.params) if arm.params else "",
-        )
-    _out().print(arms)
-    if v.targeting:
-        for prop, values in v.targeting.items():
-            _out().print(f"targeting {prop}: {', '.join(values)}", highlight=False)
-    stages = " → ".join(f"{st.percent:g} % ({st.min_minutes} min)" for st in v.rollout.stages)
-    _out().print(f"rollout: {stages}", highlight=False)
-    guards = ", ".join(
-        g.metric if g.metric == "srm" else f"{g.metric} (≤{g.max_regression:.1%})"
-        for g in v.guardrails
-    )
-    _out().print(f"guardrails: {guards}", highlight=False)
-
-
 # --- kill switch ---------------------------------------------------------------------------------
 
 _SCOPE = typer.Option("experiment", "--scope", help="experiment | layer | model | global")
 
 
-def _scope(scope: str) -> KillScope:
+def _scope(scope: str, target: str | None) -> KillScope:
     if scope not in ("experiment", "layer", "model", "global"):
         raise ConfigError("--scope", scope, "one of experiment, layer, model, global")
+    if scope != "global" and not target:
+        article = "an" if scope[0] in "aeiou" else "a"
+        raise ConfigError("TARGET", target, f"{article} {scope} kill switch needs the {scope}'s id")
     return cast(KillScope, scope)
 
 
@@ -194,7 +97,7 @@ def kill(
 ) -> None:
     """The big red button: stop allocation now for an experiment, layer, model or everything."""
     with _service() as svc:
-        newly = svc.kill(target, _actor(actor), reason, scope=_scope(scope))
+        newly = svc.kill(target, _actor(actor), reason, scope=_scope(scope, target))
     what = "everything" if scope == "global" else f"{scope} {target}"
     if newly:
         _out().print(f"[red]killed[/red] {what}", highlight=False)
@@ -211,7 +114,7 @@ def release(
 ) -> None:
     """Release a kill switch (a killed experiment stays paused until resumed)."""
     with _service() as svc:
-        done = svc.release(target, _actor(actor), reason, scope=_scope(scope))
+        done = svc.release(target, _actor(actor), reason, scope=_scope(scope, target))
     what = "everything" if scope == "global" else f"{scope} {target}"
     _out().print(f"released {what}" if done else f"{what} had no active kill switch")
 
@@ -220,7 +123,7 @@ def release(
 
 
 def _print_status(v: ExperimentView) -> None:
-    now = datetime.now(UTC)
+    now = utc_now()
     minutes = (now - v.stage_started_at).total_seconds() / 60.0
     stage = v.rollout.stages[min(v.stage, len(v.rollout.stages) - 1)]
     state = RolloutState(v.status, v.stage, v.prior)
@@ -236,12 +139,53 @@ def _print_status(v: ExperimentView) -> None:
     _out().print(f"allowed: {', '.join(allowed_actions(state)) or 'nothing'}", highlight=False)
 
 
+def _look(experiment_id: str, at: datetime | None) -> tuple[Look | None, str]:
+    """The gate's look at a ramping experiment from the telemetry, or why there is none."""
+    from lifecycle.controller import RolloutController
+
+    controller = RolloutController.from_settings(get_settings())
+    try:
+        looks = controller.evaluate(at, [experiment_id])
+    except TelemetryError as exc:
+        return None, f"telemetry unavailable: {exc}"
+    finally:
+        controller.close()
+    if not looks:
+        return None, "not ramping: the health gate only judges a ramping experiment"
+    return looks[0], ""
+
+
+def _print_look(look: Look) -> None:
+    v, report = look.view, look.report
+    stage = v.rollout.stages[min(v.stage, len(v.rollout.stages) - 1)]
+    _out().print(
+        f"time in stage (telemetry clock, {_time(look.at)}): {report.elapsed_minutes:.0f} of "
+        f"at least {stage.min_minutes} minutes; units since the stage began: "
+        + (", ".join(f"{a} {n}" for a, n in look.stats.units.items()) or "none"),
+        highlight=False,
+    )
+    _print_gate(report)
+    action = {"advance": "advance", "hold": "hold", "rollback": v.rollout.on_harm}
+    _out().print(
+        f"next decision: {report.decision} → {action[report.decision]} "
+        f"(on harm: {v.rollout.on_harm})",
+        highlight=False,
+    )
+
+
 @rollout_app.command("status")
 @_handle_errors
-def rollout_status(experiment_id: str, as_json: bool = _JSON) -> None:
-    """Where an experiment's rollout stands and what it may do next."""
+def rollout_status(
+    experiment_id: str,
+    at: datetime | None = typer.Option(
+        None, "--at", help="Judge as of this UTC time (default: the telemetry's newest request)."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Where an experiment's rollout stands, each guardrail's interval, and the next decision."""
     with _service() as svc:
         v = svc.get(experiment_id)
+    look, why = _look(experiment_id, at) if v.status == "ramping" and not v.killed else (None, "")
     if as_json:
         _print_json(
             {
@@ -252,10 +196,19 @@ def rollout_status(experiment_id: str, as_json: bool = _JSON) -> None:
                 "stage_started_at": v.stage_started_at,
                 "prior": v.prior,
                 "blocked_by": v.blocked_by,
+                "on_harm": v.rollout.on_harm,
+                "gate": None if look is None else look.report.model_dump(mode="json"),
+                "gate_at": None if look is None else look.at,
+                "units": None if look is None else look.stats.units,
+                "gate_unavailable": why or None,
             }
         )
         return
     _print_status(v)
+    if look is not None:
+        _print_look(look)
+    elif why:
+        _out().print(f"health gate: {why}", highlight=False)
 
 
 def _load_stats(path: Path) -> GateInput:
@@ -292,7 +245,10 @@ def _print_gate(report: GateReport) -> None:
 def rollout_advance(
     experiment_id: str,
     stats: Path | None = typer.Option(
-        None, "--stats", help="YAML/JSON: units per arm and per-arm metric statistics."
+        None,
+        "--stats",
+        help="YAML/JSON: units per arm and per-arm metric statistics (default: read from the "
+        "telemetry since the stage began).",
     ),
     force: bool = typer.Option(False, "--force", help="Advance without the gate (audited)."),
     reason: str = typer.Option("", "--reason", help="Why (required with --force)."),
@@ -300,6 +256,12 @@ def rollout_advance(
 ) -> None:
     """Evaluate the stage's health gate: advance, hold, or roll back one stage."""
     gate_input = None if stats is None else _load_stats(stats)
+    if gate_input is None and not force:
+        look, why = _look(experiment_id, None)
+        if look is not None:
+            gate_input = look.stats
+        elif why.startswith("telemetry"):
+            _out().print(f"health gate: {why}", highlight=False)
     with _service() as svc:
         result = svc.advance(
             experiment_id, _actor(actor), stats=gate_input, force=force, reason=reason
@@ -307,6 +269,51 @@ def rollout_advance(
     if result.gate is not None:
         _print_gate(result.gate)
     _out().print(f"{result.decision}: {result.before} → {result.after}", highlight=False)
+
+
+@rollout_app.command("tick")
+@_handle_errors
+def rollout_tick(
+    at: datetime | None = typer.Option(
+        None, "--at", help="Tick as of this UTC time (default: the telemetry's newest request)."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Run the rollout controller once: every ramping experiment's gate, acted on."""
+    from lifecycle.controller import RolloutController
+
+    controller = RolloutController.from_settings(get_settings())
+    try:
+        decisions = controller.tick(None if at is None else at.replace(tzinfo=at.tzinfo or UTC))
+    finally:
+        controller.close()
+    if as_json:
+        _print_json(
+            [
+                {
+                    "experiment": d.experiment_id,
+                    "at": d.at,
+                    "decision": d.decision,
+                    "action": d.action,
+                    "before": d.before,
+                    "after": d.after,
+                    "reasons": d.reasons,
+                    "alert": None if d.alert is None else d.alert.key,
+                }
+                for d in decisions
+            ]
+        )
+        return
+    table = Table(title=f"Rollout controller: {len(decisions)} ramping experiment(s)")
+    for col in ("experiment", "decision", "action", "before", "after"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("why", overflow="fold")
+    for d in decisions:
+        why = "; ".join(d.reasons)
+        if d.alert is not None:
+            why = f"alert {d.alert.key} opened; {why}"
+        table.add_row(d.experiment_id, d.decision, d.action, d.before, d.after, why)
+    _out().print(table)
 
 
 def _simple(action: str) -> Callable[..., None]:
@@ -415,15 +422,34 @@ def _entry_row(e: AuditEntry) -> list[str]:
     ]
 
 
+_SWITCHES = frozenset({"kill", "release"})
+
+
 @_handle_errors
 def audit(
     experiment: str | None = typer.Option(None, "--experiment", "-e", help="One experiment."),
     limit: int | None = typer.Option(None, "--limit", "-n", help="Only the newest N entries."),
     as_json: bool = _JSON,
 ) -> None:
-    """Print the append-only audit log: who changed what, when, why, before and after."""
+    """Print the append-only audit log: who changed what, when, why, before and after.
+
+    With --experiment, the kill switches of its layer, of its models and the global one, which
+    stopped it too, are included; an unknown experiment is an error.
+    """
     with _service() as svc:
-        entries = svc.audit(experiment, limit)
+        if experiment is None:
+            entries = svc.audit(None, limit)
+        else:
+            view = svc.get(experiment)  # NotFoundError: exit 1
+            stoppers = {"global:*", "global", f"layer:{view.layer}"}
+            stoppers |= {f"model:{m}" for m in view.models}
+            entries = [
+                e
+                for e in svc.audit(None)
+                if e.experiment_id == experiment
+                or (e.experiment_id is None and e.action in _SWITCHES and e.target in stoppers)
+            ]
+            entries = entries[-limit:] if limit else entries
     if as_json:
         _print_json([e.model_dump(mode="json") for e in entries])
         return
@@ -438,7 +464,9 @@ def audit(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the experiment core's commands to the ``vigil`` app."""
+    """Add the experiment core's commands to the ``vigil`` app (``experiments``: experiments.py)."""
+    from agent.cli.experiments import experiments_app
+
     app.add_typer(experiments_app, name="experiments")
     app.command("kill")(kill)
     app.command("release")(release)

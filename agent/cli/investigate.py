@@ -1,17 +1,17 @@
-"""``vigil investigate|approve|reject|investigations|report``: the agent on the command line.
+"""``vigil investigate|approve|verify|reject|investigations|report``: the agent on the CLI.
 
-``vigil investigate --scenario FILE`` simulates a scenario (once per content) into the telemetry
-store, creates its experiments, fires its alert, investigates and prints the report; it stops at
-the approval. ``vigil investigate --alert ALERT.json [--telemetry URL]`` investigates real data
-from an Alertmanager v4 payload or Vigil's own Alert JSON. Approvals go through the same policy
-as Slack and HTTP. Errors print one line naming the field; exit code 2 for bad input, 1 for a
-refusal.
+``vigil investigate --scenario FILE`` builds the scenario's simulated world in stores of its own
+(``<VIGIL_HOME>/worlds/<name>/``, offered by the ``evals`` plug-in through :mod:`agent.cli.worlds`),
+fires its alert, investigates and prints the report; it stops at the approval. ``--world NAME``
+on the other commands reads and acts on that world. ``vigil investigate --alert ALERT.json
+[--telemetry URL]`` investigates real data from an Alertmanager v4 payload or Vigil's own Alert
+JSON. Approvals go through the same policy as Slack and HTTP. Errors print one line per problem
+naming the field; exit code 2 for bad input, 1 for a refusal.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
 from agent.models import Alert, InvestigationView, MitigationView
 from lifecycle.settings import Settings, get_settings
-from tools.errors import ConfigError
+from tools.errors import ConfigError, ConfigProblems
 
-__all__ = ["alert_from_file", "register", "summary_json"]
+__all__ = ["alert_from_file", "print_view", "register", "summary_json"]
 
 
 def _field(err: ErrorDetails, prefix: str = "") -> str:
@@ -56,8 +56,7 @@ def alert_from_file(path: Path, settings: Settings) -> Alert:
         try:
             payload = AlertmanagerPayload.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(_field(err), err.get("input"), err["msg"]) from exc
+            raise _problems(exc) from exc
         firing = [m for m in map_payload(payload, settings.alert_labels) if m.status == "firing"]
         if not firing:
             raise ConfigError("alerts", len(payload.alerts), "no firing alert in the payload")
@@ -65,14 +64,19 @@ def alert_from_file(path: Path, settings: Settings) -> Alert:
     try:
         return Alert.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(_field(err), err.get("input"), err["msg"]) from exc
+        raise _problems(exc) from exc
+
+
+def _problems(exc: ValidationError) -> ConfigError:
+    """Every problem of an alert file, each naming its field."""
+    found = [ConfigError(_field(e), e.get("input"), e["msg"]) for e in exc.errors()]
+    return found[0] if len(found) == 1 else ConfigProblems(found)
 
 
 def summary_json(view: InvestigationView) -> dict[str, Any]:
-    """The ``--json`` document of an investigation (causes ranked best first)."""
+    """The ``--json`` document of an investigation (causes ranked best first; ``id`` as the API)."""
     return {
-        "investigation_id": view.id,
+        "id": view.id,
         "status": view.status,
         "onset": view.onset.isoformat() if view.onset else None,
         "root_causes": [
@@ -98,129 +102,195 @@ def _investigator(settings: Settings, **kwargs: Any) -> Any:
     return Investigator(settings, **kwargs)
 
 
-def print_view(view: InvestigationView) -> None:
-    """Print an investigation's report and where it stands."""
-    if view.report_markdown:
-        _out().print(Markdown(view.report_markdown))
+_WORLD = typer.Option(
+    None,
+    "--world",
+    help="A scenario world built by `vigil investigate --scenario` (its name); default: the "
+    "stores of the settings.",
+)
+
+
+def _settings(world: str | None) -> Settings:
+    """The settings of ``--world NAME`` (its own stores), or the environment's."""
+    base = get_settings()
+    if world is None:
+        return base
+    from agent.cli.worlds import worlds
+
+    return worlds("--world", world).settings(world, base)
+
+
+def print_view(view: InvestigationView, *, quiet: bool = False, world: str | None = None) -> None:
+    """Print an investigation's report and where it stands (its ids, what to run next).
+
+    On a terminal the report is rendered. Redirected, standard output is the report's Markdown
+    alone and the status lines go to standard error; with ``quiet`` only the status lines are
+    printed, on standard output.
+    """
+    console = _out()
+    meta = console if quiet or console.is_terminal else _err()
+    if view.report_markdown and not quiet:
+        if console.is_terminal:
+            console.print(Markdown(view.report_markdown))
+        else:  # redirected: the Markdown itself, as the report claims to be
+            typer.echo(view.report_markdown.rstrip("\n") + "\n")
     if view.error:
         _err().print(f"[red]failed:[/red] {view.error}", highlight=False)
-    _out().print(f"[bold]{view.id}[/bold]: {view.status}", highlight=False)
+    meta.print(f"[bold]{view.id}[/bold]: {view.status}", highlight=False)
+    on = f" --world {world}" if world else ""
     for m in view.mitigations:
-        if m.status == "proposed":
-            _out().print(
-                f"  approve with: [cyan]vigil approve {m.id} --as USER[/cyan]  "
-                f"(or reject: vigil reject {m.id} --as USER)",
+        what = f"{m.action} {m.target or ''}".strip()
+        meta.print(f"  mitigation {m.id}: {what} ({m.status})", highlight=False)
+        if m.status == "proposed" and not quiet:
+            meta.print(
+                f"  approve with: [cyan]vigil approve {m.id} --as USER{on}[/cyan]  "
+                f"(or reject: vigil reject {m.id} --as USER{on})",
                 highlight=False,
             )
-    if view.report_path:
-        _out().print(f"  report: {view.report_path}", highlight=False)
-
-
-def _scenario_view(path: Path, settings: Settings) -> InvestigationView:
-    from evals.harness import investigate, prepare
-    from evals.sim import load_scenario
-
-    def simulated(used: Settings) -> None:
-        _err().print(f"simulated {scenario.name} into {used.telemetry_url}", highlight=False)
-
-    scenario = load_scenario(path)
-    return investigate(scenario, prepare(scenario, settings, on_simulated=simulated))
+    if view.report_path and not quiet:
+        meta.print(f"  report: {view.report_path}", highlight=False)
 
 
 @_handle_errors
 def investigate(
-    scenario: Path | None = typer.Option(None, "--scenario", help="Scenario YAML (DESIGN §7)."),
+    scenario: Path | None = typer.Option(
+        None, "--scenario", help="Scenario YAML (docs/scenarios.md): investigate its world."
+    ),
     alert: Path | None = typer.Option(
-        None, "--alert", help="Alertmanager v4 payload or Vigil Alert JSON."
+        None, "--alert", help="Alertmanager v4 payload or Vigil Alert JSON (examples/alert.json)."
     ),
     telemetry: str | None = typer.Option(
         None, "--telemetry", help="Telemetry SQLAlchemy URL (default: VIGIL_TELEMETRY_URL)."
     ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="With --scenario: rebuild the scenario's world from scratch."
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Write a JSON summary here."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the report."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print only the ids and statuses, not the report."
+    ),
 ) -> None:
-    """Investigate an alert (from a scenario or a file) up to the approval of its mitigation."""
+    """Investigate an alert (from a scenario or a file) up to the approval of its mitigation.
+
+    A scenario's world keeps its own stores under VIGIL_HOME/worlds/NAME/; act on it afterwards
+    with --world NAME (approve, reject, investigations, report).
+
+    Exit code: 0 when a cause was established (or none found with enough data to see one), 1 when
+    the investigation failed (unreadable telemetry, unknown experiment), 3 when it is
+    inconclusive (too little data to tell; not an all-clear).
+    """
     if (scenario is None) == (alert is None):
         raise ConfigError("--scenario/--alert", None, "give exactly one of them")
     settings = get_settings()
-    if telemetry:
-        settings = settings.model_copy(update={"telemetry_url": telemetry})
+    world: str | None = None
     if scenario is not None:
-        view = _scenario_view(scenario, settings)
+        if telemetry:
+            raise ConfigError(
+                "--telemetry", telemetry, "a scenario's world has its own telemetry store"
+            )
+        from agent.cli.worlds import worlds
+
+        def say(text: str) -> None:
+            _err().print(text, highlight=False)
+
+        port = worlds("--scenario", str(scenario))
+        world, view = port.investigate(scenario, settings, fresh=fresh, say=say)
     else:
         assert alert is not None
+        if telemetry:
+            settings = settings.model_copy(update={"telemetry_url": telemetry})
         parsed = alert_from_file(alert, settings)
         inv = _investigator(settings)
         try:
             view = inv.investigate(parsed)
         finally:
             inv.close()
-    if not quiet:
-        print_view(view)
+    print_view(view, quiet=quiet, world=world)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary_json(view), indent=2) + "\n")
     if view.status == "failed":
         raise typer.Exit(1)
+    if view.status == "inconclusive":
+        raise typer.Exit(3)  # no answer: not an all-clear, and scripts must be able to tell
 
 
-def _print_mitigation(m: MitigationView) -> None:
-    recovered = {None: "pending", True: "yes", False: "no"}[m.recovered]
-    _out().print(
-        f"[bold]{m.id}[/bold]: {m.action} {m.target or ''} -> {m.status} "
-        f"(by {m.approved_by or '-'}; recovered: {recovered})",
-        highlight=False,
-    )
+def _verification(inv: Any, m: MitigationView) -> str:
+    """What verification says: recovered or not (with its figures), or why it is pending."""
+    detail = inv.store.detail(m.id).get("verification") or {}
+    summary = str(detail.get("summary") or "").strip()
+    if m.recovered is None:
+        reason = m.verification_pending or summary or "no telemetry after the action yet"
+        return f"verification pending: {reason.removesuffix('; verification pending.')}"
+    verdict = "recovered" if m.recovered else "NOT recovered"
+    return f"verification: {verdict}" + (f" — {summary}" if summary else "")
 
 
-def _world_clock(settings: Settings) -> Callable[[], Any] | None:
-    """The scenario world's clock when the telemetry store holds one (else None: real time)."""
-    from evals.harness import scenario_world
-
-    world = scenario_world(settings)
-    return world.clock if world is not None else None
+def _print_decided(inv: Any, m: MitigationView) -> None:
+    what = f"{m.action} {m.target or ''}".strip()
+    executed = m.status in ("executed", "verified")
+    status = "executed" if executed else m.status
+    by = f", approved by {m.approved_by}" if m.approved_by else ""
+    _out().print(f"[bold]{m.id}[/bold]: {what} {status}{by}", highlight=False)
+    if executed:
+        _out().print(_verification(inv, m), highlight=False)
 
 
 @_handle_errors
 def approve(
     mitigation_id: str = typer.Argument(..., help="The mitigation's id."),
     user: str = typer.Option(..., "--as", help="Who approves (the owner or on-call)."),
+    world: str | None = _WORLD,
     after: int = typer.Option(
         30,
         "--after",
         min=0,
-        help="On a scenario world: simulate this many minutes after the action, then verify.",
+        help="With --world: simulate this many minutes after the action, then verify.",
     ),
 ) -> None:
     """Approve a proposed mitigation: it executes once, through the experiment core.
 
-    On a world made by vigil investigate --scenario, the action takes effect at the world's
-    "now"; the world then goes on for --after minutes as the action left it (kill switches,
-    rolled-back models) and verification judges whether the metric recovered.
+    Exit code 0 when the action executed, whether or not its verification could run yet. With
+    --world NAME the action takes effect at the world's "now"; the world then goes on for --after
+    minutes as the action left it (kill switches, rolled-back models), and verification judges
+    whether the metric recovered.
     """
-    settings = get_settings()
-    clock = _world_clock(settings)
-    inv = _investigator(settings, clock=clock)
+    settings = _settings(world)
+    port = None
+    if world is not None:
+        from agent.cli.worlds import worlds
+
+        port = worlds("--world", world)
+    inv = _investigator(settings, clock=port.clock(settings) if port is not None else None)
     try:
         before = inv.store.get_mitigation(mitigation_id)
         view = inv.approve(mitigation_id, user)
         if before.status != "proposed":  # decided before: approve changed nothing
             _err().print(
-                f"already {before.status} (approved by {before.approved_by or '-'}); "
+                f"already {before.status} (approved by {before.approved_by or 'nobody'}); "
                 "nothing was done again",
                 highlight=False,
             )
-        elif clock is not None and after > 0 and view.status in ("executed", "verified"):
-            from evals.harness import continue_world
-
-            world = continue_world(settings, after)
-            assert world is not None  # the marker was read above
-            _err().print(
-                f"simulated {after} minutes of {world.scenario.name} after the action",
-                highlight=False,
-            )
+        elif port is not None and after > 0 and view.status in ("executed", "verified"):
+            _err().print(port.go_on(settings, after), highlight=False)
             view = inv.verify(mitigation_id)
-        _print_mitigation(view)
+        _print_decided(inv, view)
+    finally:
+        inv.close()
+    if view.status == "failed":
+        raise typer.Exit(1)
+
+
+@_handle_errors
+def verify(
+    mitigation_id: str = typer.Argument(..., help="The mitigation's id."),
+    world: str | None = _WORLD,
+) -> None:
+    """Judge again whether the metric recovered after an executed mitigation."""
+    settings = _settings(world)
+    inv = _investigator(settings)
+    try:
+        _print_decided(inv, inv.verify(mitigation_id))
     finally:
         inv.close()
 
@@ -229,34 +299,39 @@ def approve(
 def reject(
     mitigation_id: str = typer.Argument(..., help="The mitigation's id."),
     user: str = typer.Option(..., "--as", help="Who rejects."),
+    world: str | None = _WORLD,
 ) -> None:
     """Reject a proposed mitigation."""
-    inv = _investigator(get_settings())
+    inv = _investigator(_settings(world))
     try:
-        _print_mitigation(inv.reject(mitigation_id, user))
+        m = inv.reject(mitigation_id, user)
+        who = inv.store.detail(m.id).get("rejected_by") or user
     finally:
         inv.close()
+    what = f"{m.action} {m.target or ''}".strip()
+    _out().print(f"[bold]{m.id}[/bold]: {what} rejected by {who}", highlight=False)
 
 
 @_handle_errors
 def investigations(
     limit: int = typer.Option(20, "--limit", min=1, help="How many, newest first."),
+    world: str | None = _WORLD,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List recent investigations."""
-    inv = _investigator(get_settings())
+    inv = _investigator(_settings(world))
     try:
         views = inv.list(limit)
     finally:
         inv.close()
     if as_json:
-        _out().print_json(json.dumps([summary_json(v) for v in views]))
+        typer.echo(json.dumps([summary_json(v) for v in views], indent=2))
         return
     table = Table("id", "status", "alert", "onset", "top cause", "mitigation")
     for v in views:
         top = v.root_causes[0] if v.root_causes else None
         cause = f"{top.cause} {top.experiment or top.model or ''}".strip() if top else "-"
-        mit = ", ".join(f"{m.action}:{m.status}" for m in v.mitigations) or "-"
+        mit = ", ".join(f"{m.id} {m.action}:{m.status}" for m in v.mitigations) or "-"
         where = f"{v.alert.metric} {v.alert.experiment or '(global)'}"
         onset = v.onset.strftime("%Y-%m-%d %H:%M") if v.onset else "-"
         table.add_row(v.id, v.status, where, onset, cause, mit)
@@ -266,15 +341,16 @@ def investigations(
 @_handle_errors
 def report(
     investigation_id: str = typer.Argument(..., help="The investigation's id."),
+    world: str | None = _WORLD,
     html: bool = typer.Option(False, "--html", help="Write the HTML report to stdout."),
 ) -> None:
-    """Print an investigation's report (Markdown, or the self-contained HTML with --html)."""
-    inv = _investigator(get_settings())
+    """Print an investigation's report: Markdown (rendered on a terminal), or HTML with --html."""
+    inv = _investigator(_settings(world))
     try:
         if html:
             typer.echo(inv.report_html(investigation_id))
         else:
-            print_view(inv.get(investigation_id))
+            print_view(inv.get(investigation_id), world=world)
     finally:
         inv.close()
 
@@ -283,6 +359,7 @@ def register(app: typer.Typer) -> None:
     """Attach the agent's commands to the root CLI."""
     app.command("investigate")(investigate)
     app.command("approve")(approve)
+    app.command("verify")(verify)
     app.command("reject")(reject)
     app.command("investigations")(investigations)
     app.command("report")(report)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli._console import handle_errors as _handle_errors
+from agent.cli._console import out as _out
 from lifecycle.settings import Settings, get_settings
+from tools.vocabulary import as_utc, utc_now
 
 __all__ = ["monitor", "register", "serve"]
 
@@ -39,10 +42,19 @@ def _monitors(settings: Settings, experiments: Any, ledger: Any) -> Any:
     from tools.telemetry import TelemetryReader
 
     schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    from tools.unit_stats import UnitStatsReader
+
     reader = TelemetryReader(settings.telemetry_url, schema)
-    return Monitors(experiments, reader, ledger, lookback_minutes=settings.monitor_lookback_minutes)
+    return Monitors(
+        experiments,
+        reader,
+        ledger,
+        lookback_minutes=settings.monitor_lookback_minutes,
+        units=UnitStatsReader(settings.telemetry_url, schema),  # unit-clustered variance
+    )
 
 
+@_handle_errors
 def serve(
     telemetry: str | None = typer.Option(None, "--telemetry", help="Telemetry SQLAlchemy URL."),
     state: str | None = typer.Option(None, "--state", help="State store SQLAlchemy URL."),
@@ -51,8 +63,15 @@ def serve(
     monitor: bool = typer.Option(
         True, "--monitor/--no-monitor", help="Run the monitors every VIGIL_MONITOR_INTERVAL_S."
     ),
+    world: str | None = typer.Option(
+        None, "--world", help="Serve a scenario world: its stores, monitors on its clock."
+    ),
 ) -> None:
-    """Serve the HTTP API, the Alertmanager webhook and the Slack bot (and run the monitors)."""
+    """Serve the HTTP API, the Alertmanager webhook and the Slack bot (and run the monitors).
+
+    Monitors look at the telemetry up to the wall clock; a simulated world's telemetry ends at
+    the world's own "now", so serve it with --world NAME for its monitors to see it.
+    """
     import uvicorn
 
     from agent.server import build_investigator, create_app, slack_notifier
@@ -61,19 +80,44 @@ def serve(
     from lifecycle.service import ExperimentService
 
     settings = _settings(telemetry, state)
+    clock = None
+    if world is not None:
+        from agent.cli.worlds import worlds
+
+        worlds_port = worlds("--world", world)
+        settings = worlds_port.settings(world, settings)
+        clock = worlds_port.clock(settings)
     notifier = slack_notifier(settings)
     metrics = ServerMetrics()
-    investigator = build_investigator(settings, notifier, metrics)
+    if clock is None:
+        investigator = build_investigator(settings, notifier, metrics)
+    else:
+        from agent.service import Investigator
+
+        investigator = Investigator(settings, notifier=notifier, observer=metrics, clock=clock)
     experiments = ExperimentService.from_settings(settings)
     ledger = AlertLedger(settings.state_url)
     monitors = _monitors(settings, experiments, ledger) if monitor else None
+    round_fn = None
+    if monitors is not None:
+        watched = monitors
+
+        def round_fn() -> list[Any]:
+            fired: list[Any] = watched.evaluate(clock() if clock is not None else None)
+            return fired
+
+    from agent.server.monitoring import rollout_round
+    from lifecycle.controller import RolloutController
+
+    rollout = rollout_round(RolloutController.from_settings(settings), clock)
     app = create_app(
         settings,
         investigator=investigator,
         experiments=experiments,
         notifier=notifier,
         ledger=ledger,
-        monitor=monitors.evaluate if monitors is not None else None,
+        monitor=round_fn,
+        rollout=rollout if settings.rollout_interval_s > 0 else None,
         metrics=metrics,
     )
     slack = "on" if notifier is not None and settings.slack_signing_secret else "off"
@@ -85,6 +129,32 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
+def _threshold(result: Any) -> str:
+    guardrail = result.monitor.guardrail
+    if guardrail.metric == "srm":
+        return "chi-square p ≥ 0.001"
+    return f"regression ≤ {guardrail.max_regression:.1%}"
+
+
+def _print_results(results: list[Any]) -> None:
+    """Each monitor's value against its threshold, and its verdict."""
+    table = Table(
+        "experiment", "guardrail", "threshold", "value (since the window's start)", "verdict"
+    )
+    colour = {"breach": "red", "safe": "green"}
+    for r in results:
+        c = colour.get(r.verdict, "yellow")
+        table.add_row(
+            r.monitor.experiment_id,
+            r.monitor.guardrail.metric,
+            _threshold(r),
+            r.summary,
+            f"[{c}]{r.verdict}[/{c}]",
+        )
+    _out().print(table)
+
+
+@_handle_errors
 def monitor(
     telemetry: str | None = typer.Option(None, "--telemetry", help="Telemetry SQLAlchemy URL."),
     state: str | None = typer.Option(None, "--state", help="State store SQLAlchemy URL."),
@@ -95,8 +165,14 @@ def monitor(
     investigate: bool = typer.Option(
         True, "--investigate/--no-investigate", help="Investigate each alert fired."
     ),
+    world: str | None = typer.Option(
+        None, "--world", help="A scenario world: its stores, evaluated at its own clock."
+    ),
 ) -> None:
-    """Evaluate every running experiment's guardrail monitors; investigate what fires."""
+    """Evaluate every running experiment's guardrail monitors; investigate what fires.
+
+    A simulated world's telemetry is not "now": --world NAME (or --at) evaluates at its clock.
+    """
     from agent.server import build_investigator, slack_notifier
     from agent.server.monitoring import to_alert
     from lifecycle.alerts import AlertLedger
@@ -105,12 +181,21 @@ def monitor(
     if at is not None and not once:
         raise typer.BadParameter("--at needs --once", param_hint="--at")
     settings = _settings(telemetry, state)
+    clock = None
+    if world is not None:
+        from agent.cli.worlds import worlds
+
+        port = worlds("--world", world)
+        settings = port.settings(world, settings)
+        clock = port.clock(settings)
     experiments = ExperimentService.from_settings(settings)
     ledger = AlertLedger(settings.state_url)
     monitors = _monitors(settings, experiments, ledger)
     investigator = build_investigator(settings, slack_notifier(settings)) if investigate else None
     while True:
-        now = at.replace(tzinfo=at.tzinfo or UTC) if at is not None else datetime.now(UTC)
+        now = as_utc(at) if at is not None else as_utc(clock()) if clock else utc_now()
+        if once:
+            _print_results(monitors.check(now))
         specs = monitors.evaluate(now)
         table = Table("experiment", "guardrail", "alert", "investigation", "status", "cause")
         for spec in specs:
@@ -122,11 +207,12 @@ def monitor(
                 row[3:] = [view.id, view.status, cause]
             table.add_row(*row)
         watched = len(monitors.onboard())
-        _console.print(
-            f"{watched} monitors at {now:%Y-%m-%d %H:%M} UTC: {len(specs)} alert(s) fired"
+        _out().print(
+            f"{watched} monitors at {now:%Y-%m-%d %H:%M} UTC: {len(specs)} alert(s) fired",
+            highlight=False,
         )
         if specs:
-            _console.print(table)
+            _out().print(table)
         if once:
             return
         time.sleep(max(1.0, settings.monitor_interval_s))

@@ -2,19 +2,25 @@
 
 Used by the Alertmanager webhook and the monitor loop. An alert is first claimed in the ledger
 (atomically: a duplicate cannot slip in between), then submitted; when the pool is full the claim
-is withdrawn, so the sender's retry is treated as new and nothing is lost.
+is withdrawn, so the sender's retry is treated as new and nothing is lost. A claim whose process
+died before its investigation was recorded is re-submitted at start-up (:meth:`recover`), and a
+re-sent alert whose investigation failed starts a new one instead of being a duplicate of it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from pydantic import ValidationError
 
 from agent.models import Alert
 from agent.server.alertmanager import MappedAlert
 from agent.server.metrics import ServerMetrics
 from agent.server.pool import InvestigationPool, PoolFull
-from lifecycle.alerts import AlertLedger
+from lifecycle.alerts import AlertLedger, AlertRecord
+from tools.errors import NotFoundError, VigilError
 
 __all__ = ["AlertIntake", "IntakeResult"]
 
@@ -46,12 +52,21 @@ class AlertIntake:
         pool: Where investigations run.
         ledger: Where alerts are recorded (state database).
         metrics: Counters to bump.
+        status_of: An investigation's status (raises ``NotFoundError`` for an unknown id); a
+            re-sent alert whose investigation ``failed`` or is unknown is investigated anew.
     """
 
-    def __init__(self, pool: InvestigationPool, ledger: AlertLedger, metrics: ServerMetrics):
+    def __init__(
+        self,
+        pool: InvestigationPool,
+        ledger: AlertLedger,
+        metrics: ServerMetrics,
+        status_of: Callable[[str], str] | None = None,
+    ):
         self._pool = pool
         self._ledger = ledger
         self._metrics = metrics
+        self._status_of = status_of
 
     def receive(self, alerts: list[MappedAlert]) -> IntakeResult:
         """Record a webhook's alerts and start an investigation for each new firing one.
@@ -79,13 +94,68 @@ class AlertIntake:
             started = self.fire(alert, source="alertmanager", key=item.key, once=True)
             if started is None:
                 previous = self._ledger.find("alertmanager", item.key)
-                ident = previous.investigation_id if previous is not None else None
-                result.duplicates.append(ident or "")
-            elif started == "":
+                started = self._retry_dead(alert, previous)
+                if started is None:
+                    ident = previous.investigation_id if previous is not None else None
+                    result.duplicates.append(ident or "")
+                    continue
+            if started == "":
                 result.refused += 1
             else:
                 result.investigations.append(started)
         return result
+
+    def _retry_dead(self, alert: Alert, previous: AlertRecord | None) -> str | None:
+        """Investigate a re-sent alert anew when its investigation failed or is gone.
+
+        Returns:
+            As :meth:`submit_claimed`; None when the earlier investigation stands.
+        """
+        if previous is None or not previous.investigation_id or self._status_of is None:
+            return None
+        try:
+            status = self._status_of(previous.investigation_id)
+        except NotFoundError:
+            status = "unknown"
+        if status not in ("failed", "unknown"):
+            return None
+        if not self._ledger.detach(previous.id, previous.investigation_id):
+            return None  # a concurrent re-send took it over
+        _log.info(
+            "re-sent alert: investigation %s %s; starting anew", previous.investigation_id, status
+        )
+        return self.submit_claimed(alert, previous.id, source=previous.source)
+
+    def recover(self) -> list[str]:
+        """Re-submit every alert claimed but never attached to an investigation (a crash).
+
+        Called at start-up, before requests are served. These alerts were accepted, so they are
+        queued even past the pool's capacity.
+
+        Returns:
+            The ids of the investigations started.
+        """
+        started = []
+        for record in self._ledger.unattached():
+            try:
+                alert = Alert.model_validate(
+                    {
+                        "metric": record.metric,
+                        "fired_at": record.fired_at,
+                        "experiment": record.experiment_id,
+                        "source": "monitor" if record.source == "monitor" else "alertmanager",
+                        "summary": record.detail,
+                    }
+                )
+                investigation_id = self._pool.submit(alert, force=True)
+            except (ValidationError, VigilError):  # one bad record must not stop the start-up
+                _log.exception("could not recover %s alert %s", record.source, record.key)
+                continue
+            self._ledger.attach(record.id, investigation_id)
+            self._metrics.alerts.labels(source=record.source, outcome="recovered").inc()
+            _log.warning("recovered %s alert %s as %s", record.source, record.key, investigation_id)
+            started.append(investigation_id)
+        return started
 
     def fire(self, alert: Alert, *, source: str, key: str, once: bool = False) -> str | None:
         """Claim ``key`` in the ledger and start an investigation for ``alert``.

@@ -3,7 +3,9 @@
 ``lifecycle`` must not import the agent, so a monitor returns plain :class:`AlertSpec` data,
 already claimed in the alert ledger; here it becomes an :class:`Alert` and an investigation.
 :class:`MonitorLoop` runs rounds in a background thread of the server; ``vigil monitor --once``
-runs one round through :func:`fire_round`.
+runs one round through :func:`fire_round`. The rollout controller runs in the same kind of loop
+(:func:`rollout_round`): each round is one tick on the telemetry clock, and the alerts its
+``pause_and_alert`` plans open become investigations the same way.
 """
 
 from __future__ import annotations
@@ -11,19 +13,37 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import cast
 
 from agent.models import Alert, AlertMetric
 from agent.server.intake import AlertIntake
+from lifecycle.controller import RolloutController
 from lifecycle.monitors import AlertSpec
 from tools.errors import VigilError
 
-__all__ = ["MonitorLoop", "MonitorRound", "fire_round", "to_alert"]
+__all__ = ["MonitorLoop", "MonitorRound", "fire_round", "rollout_round", "to_alert"]
 
 _log = logging.getLogger(__name__)
 
 MonitorRound = Callable[[], list[AlertSpec]]
 """One evaluation of every monitor: the alerts newly opened in the ledger."""
+
+
+def rollout_round(
+    controller: RolloutController, clock: Callable[[], datetime] | None = None
+) -> MonitorRound:
+    """One tick of the rollout controller as a round: the alerts it opened.
+
+    Args:
+        controller: The controller.
+        clock: "Now" of a served world; by default the telemetry clock (its newest request).
+    """
+
+    def round_() -> list[AlertSpec]:
+        return controller.alerts(controller.tick(clock() if clock is not None else None))
+
+    return round_
 
 
 def to_alert(spec: AlertSpec) -> Alert:
@@ -63,9 +83,18 @@ class MonitorLoop:
         intake: Where the alerts go.
         interval_s: Seconds between the starts of two rounds (a non-positive value disables the
             loop).
+        name: The thread's name (``vigil-rollout`` for the rollout controller's loop).
     """
 
-    def __init__(self, round_fn: MonitorRound, intake: AlertIntake, *, interval_s: float) -> None:
+    def __init__(
+        self,
+        round_fn: MonitorRound,
+        intake: AlertIntake,
+        *,
+        interval_s: float,
+        name: str = "vigil-monitor",
+    ) -> None:
+        self._name = name
         self._round = round_fn
         self._intake = intake
         self._interval = interval_s
@@ -77,7 +106,7 @@ class MonitorLoop:
         """Start the loop (no-op when disabled or already running)."""
         if self._interval <= 0 or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="vigil-monitor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent.models import Alert, InvestigationView
-from tools.errors import RetryableError, VigilError
+from tools.errors import ConfigError, RetryableError, VigilError
 
 __all__ = ["InvestigationPool", "PoolFull", "Runner"]
 
@@ -64,9 +64,9 @@ class InvestigationPool:
         on_done: Callable[[InvestigationView], None] | None = None,
     ) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+            raise ConfigError("workers", workers, "must be at least 1")
         if queue_size < 0:
-            raise ValueError(f"queue_size must be at least 0, got {queue_size}")
+            raise ConfigError("queue_size", queue_size, "must be at least 0")
         self._runner = runner
         self._workers = workers
         self._queue_size = queue_size
@@ -105,13 +105,21 @@ class InvestigationPool:
                 t.start()
                 self._threads.append(t)
 
-    def submit(self, alert: Alert, on_created: Callable[[str], None] | None = None) -> str:
+    def submit(
+        self,
+        alert: Alert,
+        on_created: Callable[[str], None] | None = None,
+        *,
+        force: bool = False,
+    ) -> str:
         """Create an investigation for ``alert`` and queue it.
 
         Args:
             alert: What fired.
             on_created: Called with the new id before the investigation is queued (so that, e.g.,
                 Slack knows where to answer before a worker can finish it).
+            force: Queue it even past capacity (an alert accepted before a crash, recovered at
+                start-up: it was answered 202 and must not be refused now).
 
         Returns:
             The new investigation's id.
@@ -121,7 +129,7 @@ class InvestigationPool:
                 was created.
         """
         with self._lock:
-            if self._outstanding >= self.capacity:
+            if self._outstanding >= self.capacity and not force:
                 raise PoolFull(self.capacity)
             # Reserve the slot before creating, so concurrent submitters cannot overshoot.
             self._outstanding += 1
@@ -134,6 +142,16 @@ class InvestigationPool:
             raise
         self._queue.put(investigation_id)
         return investigation_id
+
+    def resume(self, investigation_id: str) -> None:
+        """Queue an investigation that already exists (left ``running`` by a crash).
+
+        Never refused: the work was accepted before the crash. ``Investigator.run`` continues it
+        from its last checkpoint, or from the start when it has none.
+        """
+        with self._lock:
+            self._outstanding += 1
+        self._queue.put(investigation_id)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is outstanding; True unless ``timeout`` ran out first."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.models import InvestigationView, MitigationView
 from lifecycle.views import ExperimentView, KillSwitchView
+from tools.vocabulary import VERDICT_MARKS
 
 __all__ = [
     "APPROVE_ACTION",
@@ -31,7 +32,7 @@ Block = dict[str, Any]
 Message = tuple[str, list[Block]]
 """Fallback text (notifications, screen readers) and the blocks."""
 
-_MARK = {"ok": "✓", "fail": "✗", "warn": "⚠", "no_data": "–"}
+_MARK = VERDICT_MARKS
 _SECTION_LIMIT = 2900  # Slack caps a section's text at 3000 characters
 
 

@@ -5,6 +5,10 @@ secret, and a timestamp no older than five minutes) before any listener runs. On
 :meth:`SlackBot.handle_text`, answers both the slash command and mentions; the parser is pure
 (:mod:`agent.slack.commands`). Buttons apply the approval policy to the Vigil user the clicking
 Slack user maps to (``Settings.slack_users``); an unmapped or unauthorised user changes nothing.
+Only mapped users may act or start work (investigate, kill, approve, reject, questions that start
+an investigation); read-only commands stay open to everyone unless
+``Settings.slack_unmapped_reads`` is off. Starting investigations is rate-limited per user.
+Decisions are announced in the thread by the agent's notifier, never by the bot itself.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from slack_bolt import Ack, App, BoltRequest, BoltResponse
 from slack_sdk.errors import SlackApiError
 
 from agent.models import Alert, MitigationView
+from agent.ports import Experiments, Investigations
+from agent.ratelimit import RateLimited, RateLimiter
 from agent.slack.blocks import APPROVE_ACTION, REJECT_ACTION, escape, status_message
 from agent.slack.commands import (
     HELP_TEXT,
@@ -35,9 +41,9 @@ from agent.slack.commands import (
     question_hints,
 )
 from agent.slack.notifier import SlackNotifier
-from agent.slack.ports import Experiments, Investigations
 from lifecycle.settings import Settings
-from tools.errors import ApprovalError, NotFoundError, RetryableError, VigilError
+from tools.errors import ApprovalError, ConfigError, NotFoundError, RetryableError, VigilError
+from tools.vocabulary import VERDICT_MARKS, utc_now
 
 __all__ = ["Reply", "SlackBot"]
 
@@ -66,6 +72,8 @@ class SlackBot:
             queue is full).
         clock: The current time (UTC); injectable for tests.
         on_decision: Called with ``approve`` or ``reject`` after each decision taken (metrics).
+        limiter: Per-user rate of starting investigations (shared with the HTTP app); from the
+            settings if None.
     """
 
     def __init__(
@@ -76,11 +84,12 @@ class SlackBot:
         experiments: Experiments | None,
         notifier: SlackNotifier,
         submit: Callable[[Alert, Callable[[str], None]], str],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
         on_decision: Callable[[str], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         if not settings.slack_signing_secret:
-            raise ValueError("slack_signing_secret is required to serve Slack")
+            raise ConfigError("slack_signing_secret", None, "required to serve Slack")
         self._settings = settings
         self._investigator = investigator
         self._experiments = experiments
@@ -88,6 +97,11 @@ class SlackBot:
         self._submit = submit
         self._clock = clock
         self._on_decision = on_decision
+        self._limiter = limiter or RateLimiter(
+            settings.user_investigations_per_window,
+            settings.user_rate_window_s,
+            what="investigations",
+        )
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-slack")
         self.app = App(
             name="vigil",
@@ -134,6 +148,8 @@ class SlackBot:
             return self._handle(command, slack_user, channel, thread_ts)
         except NotFoundError as exc:
             return Reply(f"Sorry: {escape(str(exc))}.")
+        except RateLimited as exc:
+            return Reply(f"Not now: {escape(str(exc))}.")
         except RetryableError as exc:
             return Reply(f"Vigil is busy, please try again shortly ({escape(str(exc))}).")
         except VigilError as exc:  # refused by policy, state or configuration: say why
@@ -146,6 +162,9 @@ class SlackBot:
         channel: str,
         thread_ts: str | None,
     ) -> Reply:
+        refusal = self._refusal(command, slack_user)
+        if refusal is not None:
+            return refusal
         match command:
             case Help():
                 return Reply(HELP_TEXT)
@@ -163,6 +182,26 @@ class SlackBot:
                 return Reply(self._decide(ident, slack_user, approve=approve)[1])
             case Question(text=text):
                 return self._question(text, slack_user, channel, thread_ts)
+
+    def _refusal(
+        self,
+        command: Investigate | Status | Report | Kill | Decide | Help | Invalid | Question,
+        slack_user: str,
+    ) -> Reply | None:
+        """Why an unmapped Slack user may not run ``command`` (None when they may)."""
+        if self.user(slack_user) is not None:
+            return None
+        read_only = isinstance(command, Status | Report | Help | Invalid)
+        if read_only and self._settings.slack_unmapped_reads:
+            return None
+        if isinstance(command, Question) and not self._settings.llm_base_url:
+            return None  # answered with the help text; starts nothing
+        _log.warning("unmapped Slack user %s refused: %s", slack_user, type(command).__name__)
+        return Reply(
+            "You are not mapped to a Vigil user (VIGIL_SLACK_USERS), so you can only read here."
+            if self._settings.slack_unmapped_reads
+            else "You are not mapped to a Vigil user (VIGIL_SLACK_USERS)."
+        )
 
     def _investigate(
         self,
@@ -182,9 +221,15 @@ class SlackBot:
             summary=question,
             labels={"slack_user": slack_user, "requested_by": self.user(slack_user) or ""},
         )
-        investigation_id = self._submit(
-            alert, lambda ident: self._notifier.route(ident, channel, thread_ts)
-        )
+        user = self.user(slack_user) or f"slack:{slack_user}"
+        self._limiter.acquire(user)
+        try:
+            investigation_id = self._submit(
+                alert, lambda ident: self._notifier.route(ident, channel, thread_ts)
+            )
+        except RetryableError:
+            self._limiter.release(user)  # refused work does not count against the user
+            raise
         where = f"experiment {command.experiment}" if command.experiment else "all traffic"
         since = f" since {command.since:%Y-%m-%d %H:%M} UTC" if command.since else ""
         return Reply(
@@ -211,7 +256,7 @@ class SlackBot:
     def _report(self, investigation_id: str) -> Reply:
         view = self._investigator.get(investigation_id)
         url = f"{self._settings.public_url.rstrip('/')}/investigations/{view.id}/report"
-        marks = {"ok": "✓", "fail": "✗", "warn": "⚠", "no_data": "–"}
+        marks = VERDICT_MARKS
         lines = [f"*Investigation `{view.id}`* ({view.status}) — <{url}|full report>"]
         lines += [f"{marks.get(v, '?')} {escape(c)} — {escape(s)}" for c, v, s in view.verdicts]
         if view.root_causes:
@@ -259,8 +304,8 @@ class SlackBot:
         except ApprovalError as exc:
             _log.warning("%s may not decide %s: %s", user, mitigation_id, exc)
             return False, f"{escape(user)}: not allowed — {escape(str(exc))}"
-        if approve:  # a rejection is posted by the agent's callback (mitigation_rejected)
-            self._notifier.decided(view)
+        # The thread hears of the decision from the agent's notifier (mitigation_approved,
+        # mitigation_rejected), told once by the call that stored it: not from here.
         if self._on_decision is not None:
             self._on_decision("approve" if approve else "reject")
         return True, self._decision_text(view, user, approve)
@@ -301,15 +346,13 @@ class SlackBot:
     def _on_button(self, body: dict[str, Any], action: dict[str, Any], *, approve: bool) -> None:
         slack_user = str(body.get("user", {}).get("id", ""))
         channel = str(body.get("channel", {}).get("id") or self._notifier.channel or "")
-        message_ts = body.get("message", {}).get("ts")
         try:
-            done, text = self._decide(str(action.get("value", "")), slack_user, approve=approve)
+            _, text = self._decide(str(action.get("value", "")), slack_user, approve=approve)
         except VigilError as exc:
-            done, text = False, f"Not done: {escape(str(exc))}"
-        if done and approve:
-            self._notifier.say(channel, text, thread_ts=message_ts)
-        else:  # refusals, and a rejection (the thread hears of it from the agent's callback)
-            self._ephemeral(channel, slack_user, text)
+            text = f"Not done: {escape(str(exc))}"
+        # Only the clicker hears the outcome here; the thread hears of a decision from the
+        # agent's notifier, so that a decision taken over HTTP or the CLI reads the same.
+        self._ephemeral(channel, slack_user, text)
 
     def _ephemeral(self, channel: str, slack_user: str, text: str) -> None:
         if not channel or not slack_user:

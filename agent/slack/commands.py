@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import cast, get_args
 
 from agent.models import AlertMetric
+from tools.vocabulary import METRIC_ALIASES
 
 __all__ = [
     "HELP_TEXT",
@@ -54,18 +55,13 @@ HELP_TEXT = (
 _METRICS: tuple[str, ...] = get_args(AlertMetric)
 _METRIC_WORDS = {
     **{m: m for m in _METRICS},
-    "revenue_per_request": "revenue",
-    "rpr": "revenue",
+    **METRIC_ALIASES,
     "money": "revenue",
     "clicks": "ctr",
     "click-through": "ctr",
     "entropy": "ne",
-    "fallback": "fallback_rate",
     "fallbacks": "fallback_rate",
-    "errors": "error_rate",
     "error": "error_rate",
-    "latency": "latency_p99",
-    "p99": "latency_p99",
     "calibrated": "calibration",
 }
 _MENTION = re.compile(r"<@[^>\s]+>")

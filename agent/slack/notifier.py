@@ -94,6 +94,19 @@ class SlackNotifier:
         """Post the investigation with Approve / Reject buttons on its proposals."""
         self.post_investigation(view)
 
+    def mitigation_approved(self, mitigation: MitigationView, user: str) -> None:
+        """Replace the buttons by where it stands and say in the thread who approved it."""
+        self.decided(mitigation)
+        target = (
+            f"{mitigation.action} {mitigation.target}" if mitigation.target else mitigation.action
+        )
+        who = escape(user) + (f" ({self.mention(user)})" if user in self._slack_ids else "")
+        self._reply(
+            mitigation,
+            f":ballot_box_with_check: `{escape(target)}` approved by {who}: "
+            f"now *{mitigation.status}*.",
+        )
+
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         """Replace the buttons by the outcome and say so in the thread."""
         self.decided(mitigation)

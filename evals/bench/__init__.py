@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("allocation", "simulation", "checks", "external", "power")
+SECTIONS = ("allocation", "simulation", "checks", "external", "power", "chaos")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The scenario format (DESIGN §7): pydantic models with ``extra="forbid"`` and the YAML loader.
+"""The scenario format (``docs/scenarios.md``): pydantic models (``extra="forbid"``), the loader.
 
 A scenario is a world (traffic, models, experiments), zero or more injected faults, the alert that
 fired and what an investigation should conclude. Unknown keys are errors naming the key; every
@@ -29,9 +29,10 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from agent.models import AlertMetric, Cause, MitigationAction
-from tools.errors import ConfigError, NotFoundError
+from tools.errors import ConfigError, ConfigProblems, NotFoundError
 
 __all__ = [
     "DEFAULT_DIMENSIONS",
@@ -375,7 +376,8 @@ def parse_scenario(data: Any, *, source: str = "scenario") -> Scenario:
     """Validate already-parsed YAML/JSON data as a :class:`Scenario`.
 
     Raises:
-        ConfigError: Naming the first bad field (an unknown key is named as such).
+        ConfigError: Naming the bad field (an unknown key with the nearest valid one); a
+            :class:`~tools.errors.ConfigProblems` holding every problem when there are several.
     """
     if not isinstance(data, dict):
         raise ConfigError(source, type(data).__name__, "a scenario is a mapping")
@@ -383,18 +385,31 @@ def parse_scenario(data: Any, *, source: str = "scenario") -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        first = errors[0]
-        field = _loc(tuple(first["loc"]))
-        if first["type"] == "extra_forbidden":
-            message = f"unknown key {str(first['loc'][-1])!r}"
-        elif tuple(first["loc"])[-1:] == ("[key]",):
-            message = f"unknown key: {first['msg']}"
-        else:
-            message = first["msg"]
-        if len(errors) > 1:
-            rest = "; ".join(f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in errors[1:4])
-            message += f" (and {len(errors) - 1} more: {rest})"
-        raise ConfigError(field, first.get("input"), message) from None
+        unknown = {tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"}
+        problems = [_problem(e, unknown) for e in errors]
+        raise (problems[0] if len(problems) == 1 else ConfigProblems(problems)) from None
+
+
+def _problem(err: ErrorDetails, unknown: set[tuple[int | str, ...]]) -> ConfigError:
+    """One pydantic error as a ConfigError in the style of ``vigil experiments validate``."""
+    from lifecycle.validation import did_you_mean, known_keys
+
+    loc = tuple(err["loc"])
+    field = _loc(loc)
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        message = "unknown key" + did_you_mean(key, known_keys(Scenario, loc[:-1]))
+    elif loc[-1:] == ("[key]",):
+        message = f"unknown key: {err['msg']}"
+    elif err["type"] == "missing":
+        value, message = None, "a required field is missing"
+        near = [str(u[-1]) for u in unknown if u[:-1] == loc[:-1]]
+        hint = did_you_mean(str(loc[-1]), near)
+        message += hint.replace("did you mean", "is it").replace("`?", "`, misspelled?")
+    else:
+        message = err["msg"]
+    return ConfigError(field, value, message)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -1,4 +1,4 @@
-"""Fakes that script and record: a toolbox with the real Toolbox's signatures, the experiment
+"""Fakes that script and record: a toolbox with the registry's check signatures, the experiment
 core's actions, a catalog, and a notifier. Used by the graph's unit tests (the end-to-end tests run
 the real toolbox on simulated telemetry)."""
 
@@ -13,7 +13,9 @@ import pandas as pd
 
 from agent.models import InvestigationView, MitigationView
 from agent.reasoning import ExperimentMeta
+from tools.registry import RoutedChecks
 from tools.result import CheckResult, Effect, Evidence
+from tools.vocabulary import MetricName
 
 T0 = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
 
@@ -68,10 +70,12 @@ def fail(
     )
 
 
-class FakeToolbox:
+class FakeToolbox(RoutedChecks):
     """Scripted checks, keyed ``check@experiment:ID`` / ``check@model:ID`` / ``check@global``.
 
-    Unscripted checks are healthy. Every call is recorded in ``calls``.
+    Unscripted checks are healthy. Every call is recorded in ``calls``. The check methods, with the
+    real signatures, come from the check registry (:class:`tools.registry.RoutedChecks`); only
+    :meth:`route` answers them.
     """
 
     def __init__(
@@ -89,133 +93,25 @@ class FakeToolbox:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
 
-    def _get(self, check: str, experiment_id: str | None, model_id: str | None, **kw: Any):
+    def route(self, name: str, arguments: Mapping[str, Any]) -> CheckResult:
+        if name == "change_point":
+            return self._change_point(arguments["metric"], arguments["experiment_id"])
+        if name == "attribution":
+            return self._attribution(arguments["metric"])
+        experiment_id = arguments.get("experiment_id")
+        model_id = arguments.get("model_id")
         with self._lock:
-            self.calls.append((check, {"experiment_id": experiment_id, "model_id": model_id, **kw}))
+            self.calls.append((name, {"experiment_id": experiment_id, "model_id": model_id}))
         key = (
-            f"{check}@experiment:{experiment_id}"
+            f"{name}@experiment:{experiment_id}"
             if experiment_id
-            else f"{check}@model:{model_id}"
+            else f"{name}@model:{model_id}"
             if model_id
-            else f"{check}@global"
+            else f"{name}@global"
         )
-        return self.results.get(key) or ok(check, experiment_id)
+        return self.results.get(key) or ok(name, experiment_id)
 
-    def prediction(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Share of invalid predictions, collapse and distribution shift.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: Compare this experiment's arms with its control.
-            model_id: Compare this model with its own baseline.
-        """
-        return self._get("prediction", experiment_id, model_id)
-
-    def calibration(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Sum of predictions over sum of labels.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: Compare this experiment's arms with its control.
-            model_id: Compare this model with its own baseline.
-        """
-        return self._get("calibration", experiment_id, model_id)
-
-    def ne(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Normalized entropy.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: Compare this experiment's arms with its control.
-            model_id: Compare this model with its own baseline.
-        """
-        return self._get("ne", experiment_id, model_id)
-
-    def staleness(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Age of the served snapshot.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: Compare this experiment's arms with its control.
-            model_id: Compare this model with its own baseline.
-        """
-        return self._get("staleness", experiment_id, model_id)
-
-    def fallback(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Fallback rate vs control.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: Compare this experiment's arms with its control.
-            model_id: Compare this model with its own baseline.
-        """
-        return self._get("fallback", experiment_id, model_id)
-
-    def srm(self, start: datetime, end: datetime, experiment_id: str) -> CheckResult:
-        """Sample ratio mismatch.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: The experiment.
-        """
-        return self._get("srm", experiment_id, None)
-
-    def infra(self, start: datetime, end: datetime) -> CheckResult:
-        """Errors and latency on all traffic.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC).
-        """
-        return self._get("infra", None, None)
-
-    def change_point(
-        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
-    ) -> CheckResult:
-        """Onset of a regression in a metric.
-
-        Args:
-            metric: The metric.
-            start: Window start (UTC).
-            end: Window end (UTC).
-            experiment_id: Only this experiment's traffic.
-        """
+    def _change_point(self, metric: str, experiment_id: str | None) -> CheckResult:
         with self._lock:
             self.calls.append(("change_point", {"metric": metric, "experiment_id": experiment_id}))
         if self.onset is None:
@@ -227,23 +123,7 @@ class FakeToolbox:
             summary=f"{metric} shifted at {self.onset:%H:%M}.",
         )
 
-    def attribution(
-        self,
-        metric: str,
-        start: datetime,
-        end: datetime,
-        baseline_start: datetime | None = None,
-        baseline_end: datetime | None = None,
-    ) -> CheckResult:
-        """Which experiment explains a global metric delta.
-
-        Args:
-            metric: The metric.
-            start: Window start (UTC).
-            end: Window end (UTC).
-            baseline_start: Baseline start.
-            baseline_end: Baseline end.
-        """
+    def _attribution(self, metric: str) -> CheckResult:
         with self._lock:
             self.calls.append(("attribution", {"metric": metric}))
         rows: list[list[Any]] = [
@@ -265,7 +145,11 @@ class FakeToolbox:
         )
 
     def metric_series(
-        self, metric: str, start: datetime, end: datetime, experiment_id: str | None = None
+        self,
+        metric: MetricName,
+        start: datetime,
+        end: datetime,
+        experiment_id: str | None = None,
     ) -> pd.DataFrame:
         """Per-minute values of a metric (scripted frames; empty otherwise)."""
         frame = self.series.get(metric)

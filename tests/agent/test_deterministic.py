@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from agent.deterministic import rank_causes
+from agent.models import Alert
 from agent.playbook import load_playbooks
 from agent.reasoning import admissible
 from agent.state import CheckOutcome, Suspect
-from tests.agent.fakes import fail, ok
+from tests.agent.fakes import at, fail, ok
 from tools.result import CheckResult
 
 EXP = Suspect(scope="experiment", id="879")
@@ -194,3 +195,23 @@ def test_admissible_rejects_causes_without_a_failing_check():
         is not None
     )
     assert admissible(RootCause(cause="none", confidence=0.9), found) is None
+
+
+def _alert(metric: str) -> Alert:
+    return Alert(metric=metric, fired_at=at(158), experiment="879")  # type: ignore[arg-type]
+
+
+def test_a_warning_of_the_alerts_own_check_is_a_candidate_not_noise(ranking):
+    possible = warn("srm", "Possible issue: units 46.9 % vs a configured 50 %")
+    found = outcomes(EXP, srm=possible)
+    causes, _ = rank_causes(ranking, [EXP, ALL], found, alert=_alert("srm"))
+    assert [c.cause for c in causes][:2] == ["allocation_bug", "none"]
+    assert causes[0].experiment == "879" and causes[0].evidence == ["srm"]
+    # A warning is weaker evidence than a failure.
+    failed, _ = rank_causes(
+        ranking, [EXP, ALL], outcomes(EXP, srm=fail("srm", "off")), alert=_alert("srm")
+    )
+    assert causes[0].confidence < failed[0].confidence
+    # The same warning behind an alert on another metric is not what the alert is about.
+    other, _ = rank_causes(ranking, [EXP, ALL], found, alert=_alert("revenue"))
+    assert [c.cause for c in other] == ["none"]

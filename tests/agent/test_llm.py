@@ -20,6 +20,7 @@ from tests.agent.fake_llm import (
     tool_call,
 )
 from tests.agent.fakes import FakeToolbox, at, fail
+from tools.registry import Checks
 
 FALLBACK = {
     "cause": "model_fallback",
@@ -81,9 +82,12 @@ def test_tool_schemas_come_from_the_toolbox_signatures():
     assert params["additionalProperties"] is False
     assert params["properties"]["experiment_id"]["description"] == "The experiment."
     assert params["properties"]["start"]["format"] == "date-time"
-    summary, args = docstring_args(FakeToolbox.attribution.__doc__)
-    assert summary.startswith("Which experiment explains")
-    assert args["baseline_start"] == "Baseline start."
+    summary, args = docstring_args(Checks.attribution.__doc__)
+    assert tools["attribution"].description == summary
+    assert summary.startswith("Rank the experiments and dimension values")
+    assert args["baseline_start"].startswith("Baseline start;")
+    metric = tools["attribution"].schema()["function"]["parameters"]["properties"]["metric"]
+    assert "revenue" in metric["enum"] and "bogus" not in metric["enum"]
 
 
 def test_tool_calls_then_a_diagnosis(harness, llm):

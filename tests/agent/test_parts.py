@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 
 import pandas as pd
 import pytest
@@ -139,10 +140,14 @@ def test_approval_policy():
     policy.check_rejecter(mine, "alice")  # the proposer may withdraw
 
 
-def test_postgres_checkpointer_needs_its_package():
+def test_postgres_checkpointer_needs_its_package(monkeypatch):
+    # As without the `postgres` extra: the import fails before any connection is tried.
+    monkeypatch.setitem(sys.modules, "langgraph.checkpoint.postgres", None)
     with pytest.raises(ConfigError) as err:
-        open_checkpointer("postgresql://vigil@localhost/vigil")
+        open_checkpointer("postgresql://vigil:s3cret@127.0.0.1:9/vigil")
     assert err.value.field == "checkpoint_url"
+    assert "vigil[postgres]" in str(err.value)
+    assert "s3cret" not in str(err.value)
 
 
 def test_checkpoint_serializer_revives_only_allowed_classes(tmp_path):

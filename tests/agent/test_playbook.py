@@ -100,3 +100,22 @@ def test_a_cause_without_a_primary_signal_is_refused(tmp_path):
     _write(tmp_path, "allocation.yaml", books["allocation.yaml"])
     with pytest.raises(ConfigError, match="primary signal"):
         load_playbooks(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("check", "scopes", "says"),
+    [
+        ("srm", ["experiment", "model"], "srm check runs only on ['experiment'], not on ['model']"),
+        ("attribution", ["global"], "attribution check runs on no subject a playbook plans"),
+        ("vibes", ["global"], "vibes"),
+    ],
+)
+def test_a_check_is_validated_against_the_check_registry(tmp_path, check, scopes, says):
+    books = _copy_shipped(tmp_path)
+    spec = {"check": check, "scopes": scopes, "label": "x", "issue": "y"}
+    books["infra.yaml"]["checks"].append(spec)
+    _write(tmp_path, "infra.yaml", books["infra.yaml"])
+    with pytest.raises(ConfigError) as err:
+        load_playbooks(tmp_path)
+    assert err.value.field.startswith("infra.yaml:checks.4")
+    assert says in str(err.value)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from evals import harness
 from evals.runner import EvalOptions, discover, run_scenario_file, run_suite
+from tools.errors import ConfigError
 
 FALLBACK = """
 name: tiny-fallback
@@ -184,7 +185,7 @@ def test_discover_lists_only_yaml(suite: Path) -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(ValueError, match="reasoner"):
+    with pytest.raises(ConfigError, match="reasoner"):
         EvalOptions(reasoner="oracle")
-    with pytest.raises(ValueError, match="repeat"):
+    with pytest.raises(ConfigError, match="repeat"):
         EvalOptions(repeat=0)

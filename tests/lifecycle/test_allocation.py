@@ -213,3 +213,74 @@ def test_model_kill_switch_blocks_experiments_serving_the_model() -> None:
     other = _exp("o", "ad_load", 100)
     snap = build_snapshot(LAYERS, [served, other], kill_switches=[("model", "ctr_v42")])
     assert snap.blocked == frozenset({"m"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 5), min_size=2, max_size=4),
+    control=st.integers(0, 3),
+    pct=st.floats(1, 100),
+    coverage=st.floats(0, 100),
+    targeted=st.booleans(),
+    units=st.lists(
+        st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=8)), min_size=1, max_size=40
+    ),
+    countries=st.lists(st.sampled_from(["US", "BR", "DE"]), min_size=40, max_size=40),
+)
+def test_the_fast_paths_agree_with_the_reference_decision(
+    weights: list[int],
+    control: int,
+    pct: float,
+    coverage: float,
+    targeted: bool,
+    units: list[int | str],
+    countries: list[str],
+) -> None:
+    """Allocator (compiled is_enabled, bound assign) and assign_many give decide's answers."""
+    from lifecycle.allocation import decide
+
+    arms = {f"arm{i}": Arm(weight=w) for i, w in enumerate(weights)}
+    names = list(arms)
+    exp = Experiment(
+        id="e",
+        name="e",
+        owner="o",
+        layer="ranking",
+        traffic_pct=pct,
+        arms=arms,
+        control=names[control % len(names)],
+        targeting={"country": ["US", "BR"]} if targeted else {},
+    )
+    snap = build_snapshot(LAYERS, [exp], coverage_pct={"e": coverage})
+    compiled = snap.get("e")
+    allocator = Allocator(snap)
+    requests = [{"unit_id": u, "country": c} for u, c in zip(units, countries, strict=False)]
+    expected = [decide(compiled, False, r) for r in requests]
+    for request, arm in zip(requests, expected, strict=True):
+        assert allocator.assign(request, "e") == (names[arm] if arm >= 0 else None)
+        assert allocator.is_enabled(request, "e") == (arm >= 0 and arm != compiled.control)
+    if all(isinstance(u, int) and -(2**63) <= u < 2**63 for u in units):
+        many = assign_many(
+            snap,
+            np.asarray(units, dtype=np.int64),
+            "e",
+            {"country": np.asarray(countries[: len(units)])},
+        )
+        assert many.tolist() == expected
+
+
+def test_blocking_switches_are_one_rule_for_allocation_and_views() -> None:
+    from lifecycle.allocation import blocking_switches
+
+    switches: list[tuple[KillScope, str]] = [
+        ("global", "*"),
+        ("model", "ctr_v42"),
+        ("layer", "ad_load"),
+        ("experiment", "879"),
+    ]
+    assert blocking_switches("879", "ranking", {"ctr_v42", "ctr_v41"}, switches) == [
+        ("experiment", "879"),
+        ("model", "ctr_v42"),
+        ("global", "*"),
+    ]
+    assert blocking_switches("880", "ranking", {"ctr_v41"}, switches[1:]) == []

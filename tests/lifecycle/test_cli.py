@@ -101,14 +101,17 @@ def test_kill_release_rollout_and_audit(cli: Callable[..., str], tmp_path: Path)
     )
     assert "cannot advance from paused" in cli("rollout", "advance", "879", code=1)
     entries = json.loads(cli("audit", "--experiment", "879", "--json"))
-    assert [e["action"] for e in entries] == [
-        "create",
-        "submit",
-        "start",
-        "kill",
-        "release",
-        "resume",
-        "rollback",
+    # The global kill stopped 879 too, so its audit trail shows it.
+    assert [(e["action"], e["target"]) for e in entries] == [
+        ("create", None),
+        ("submit", None),
+        ("start", None),
+        ("kill", "experiment:879"),
+        ("kill", "global:*"),
+        ("release", "global:*"),
+        ("release", "experiment:879"),
+        ("resume", None),
+        ("rollback", None),
     ]
     assert entries[3]["actor"] == "tester" and entries[3]["reason"] == "fallback spike"
     table = cli("audit", "-n", "3")

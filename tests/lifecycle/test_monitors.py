@@ -22,6 +22,7 @@ from lifecycle.gate import GateConfig
 from lifecycle.monitors import Monitors, arm_statistics
 from lifecycle.views import ExperimentView
 from tools.telemetry import Subject, TelemetryReader
+from tools.unit_stats import UnitStatsReader
 
 T0 = datetime(2026, 11, 20, 6, 0)
 NOW = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -283,3 +284,96 @@ def test_healthy_experiments_across_seeds_stay_quiet(tmp_path: Path) -> None:
         results = Monitors(source, TelemetryReader(url), ledger, config=GateConfig()).check(NOW)
         breaches += sum(r.verdict == "breach" for r in results)
     assert breaches == 0
+
+
+def test_unit_sums_keep_the_fault_breaches_and_the_healthy_experiment_quiet(
+    telemetry: str, source: Source, ledger: AlertLedger
+) -> None:
+    units = UnitStatsReader(telemetry)
+    results = Monitors(source, TelemetryReader(telemetry), ledger, units=units).check(NOW)
+    assert units.queries == 1  # one grouped statement for every experiment
+    by_key = {r.monitor.key: r for r in results}
+    for guardrail in ("revenue_per_request", "fallback_rate", "error_rate"):
+        assert by_key[f"879:{guardrail}"].verdict == "breach", by_key[f"879:{guardrail}"].summary
+        assert by_key[f"880:{guardrail}"].verdict != "breach", by_key[f"880:{guardrail}"].summary
+    assert by_key["879:ctr"].verdict != "breach"
+
+
+def _aa_clustered(path: Path, experiments: int, seed: int = 13) -> str:
+    """A/A experiments whose units send many alike requests (per-unit CTR and cost per click)."""
+    rng = np.random.default_rng(seed)
+    frames, next_id, next_unit = [], 0, 0
+    for e in range(experiments):
+        for arm in ("control", "test"):
+            k = 300
+            rate = rng.lognormal(-0.5, 1.0, k)  # requests per minute
+            n = rng.poisson(rate * MINUTES)
+            unit = np.repeat(np.arange(next_unit, next_unit + k), n)
+            next_unit += k
+            ctr = np.repeat(np.clip(0.05 * rng.lognormal(-0.3, 0.8, k), 0, 0.9), n)
+            cpc = np.repeat(rng.lognormal(0.0, 0.7, k), n)
+            size = int(n.sum())
+            minute = rng.integers(0, MINUTES, size)
+            label = (rng.uniform(size=size) < ctr).astype(int)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "ts": pd.to_datetime(T0) + pd.to_timedelta(minute * 60 + 1, unit="s"),
+                        "request_id": np.arange(next_id, next_id + size, dtype=np.int64),
+                        "unit_id": unit,
+                        "revenue": label * cpc,
+                        "label": label,
+                        "experiment_id": f"aa{e}",
+                        "arm": arm,
+                    }
+                )
+            )
+            next_id += size
+    rows = pd.concat(frames, ignore_index=True)
+    requests = rows.assign(  # noqa: F841 - read by DuckDB
+        country="US",
+        platform="ios",
+        ad_type="feed",
+        model_id="ctr_v41",
+        model_version="1",
+        prediction=0.05,
+        fallback=False,
+        latency_ms=40.0,
+        error=False,
+    ).drop(columns=["experiment_id", "arm"])
+    exposures = rows[["ts", "request_id", "unit_id", "experiment_id", "arm"]]  # noqa: F841
+    db = path / "aa.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE requests AS SELECT * FROM requests")
+        con.execute("CREATE TABLE exposures AS SELECT * FROM exposures")
+    return f"duckdb:///{db}"
+
+
+def test_aa_alarms_with_request_variance_and_not_with_unit_clustered_variance(
+    tmp_path: Path, ledger: AlertLedger
+) -> None:
+    """The healthy alarm rate of the monitors, before and after unit-clustered variance.
+
+    Twenty A/A experiments whose units send many alike requests, judged with no tolerance
+    (``max_regression`` 0): a sequence wholly below 0 is a breach, wholly above 0 is "safe";
+    either excludes the true lift 0. Treating requests as independent excludes it for a large
+    share; over units, the sequences hold their 5 % level.
+    """
+    url = _aa_clustered(tmp_path, 20)
+    views = []
+    for e in range(20):
+        v = view(f"aa{e}", ["control", "test"])
+        exp = v.config.model_copy(
+            update={"guardrails": [Guardrail(metric="revenue_per_request", max_regression=0.0)]}
+        )
+        views.append(v.model_copy(update={"guardrails": exp.guardrails, "config": exp}))
+    source = Source(views)
+    cfg = GateConfig(tuning_n=2_000)
+    before = Monitors(source, TelemetryReader(url), ledger, config=cfg).check(NOW)
+    after = Monitors(
+        source, TelemetryReader(url), ledger, config=cfg, units=UnitStatsReader(url)
+    ).check(NOW)
+    excluded_before = sum(r.verdict in ("breach", "safe") for r in before)
+    excluded_after = sum(r.verdict in ("breach", "safe") for r in after)
+    assert excluded_before >= 5, [r.summary for r in before]
+    assert excluded_after <= 1, [r.summary for r in after if r.verdict != "inconclusive"]

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tools.checks._engine import Finding, Judgement, SubjectFrame
+from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame
 from tools.checks._localize import localize, refine
+from tools.checks._power import DEFAULT_POWER, Power, check_power, settle_text
 from tools.metrics import metric_values
 from tools.result import CheckResult, Effect, Evidence, Scalar, Verdict
 from tools.telemetry import to_datetime
@@ -26,6 +27,7 @@ __all__ = [
     "series_evidence",
     "subject_name",
     "to_result",
+    "too_little",
 ]
 
 
@@ -44,6 +46,8 @@ def as_verdict(value: str) -> Verdict:
         return "warn"
     if value == "fail":
         return "fail"
+    if value == "inconclusive":
+        return "inconclusive"
     return "no_data"
 
 
@@ -128,6 +132,69 @@ def arm_table(
     return table(name, pd.DataFrame(rows), note)
 
 
+def too_little(check: str, frame: SubjectFrame, params: dict[str, Any]) -> CheckResult:
+    """No comparison could be tested: ``no_data`` without rows, else ``inconclusive``.
+
+    A subject with some traffic in the window but too little to test could still hide a fault:
+    that is not "nothing to look at", and never a ✓.
+    """
+    w = frame.window
+    counts = {str(arm): float(frame.sums(arm, w.start, w.end)["n"]) for arm in frame.arms}
+    span = f"{fmt_time(w.start)}-{fmt_time(w.end)} UTC"
+    if sum(counts.values()) <= 0:
+        return no_data(check, frame, f"No telemetry for {subject_name(frame)} in {span}.", params)
+    arm, fewest = min(counts.items(), key=lambda kv: kv[1])
+    need = float(params.get("min_requests", 200))
+    more = w.length * (need / max(fewest, 1.0) - 1.0) if fewest < need else None
+    where = f"arm {arm} of " if len(counts) > 1 else ""
+    summary = (
+        f"Too little traffic to test {check} ({fewest:.0f} requests in {where}"
+        f"{subject_name(frame)}, {span}): a fault could hide here"
+    )
+    summary += f"; {settle_text(more)} would settle it." if more is not None else "."
+    return CheckResult(
+        check=check,
+        verdict="inconclusive",
+        summary=summary,
+        experiment=frame.subject.experiment_id,
+        params={**params, "requests_in_window": counts},
+    )
+
+
+def _in_unit(size: float, test: RateTest, words: Described) -> float:
+    """A magnitude on the test's scale in the effect's unit (a ratio for ratio effects)."""
+    if test.null == 1.0:
+        return float(np.exp(size))
+    return float(size * words.scale)
+
+
+def _fmt_size(size: float, test: RateTest, words: Described) -> str:
+    if not np.isfinite(size):
+        return "any size"
+    if test.null == 1.0:
+        return f"±{np.expm1(size):.0%} ({words.effect_name.split(' (')[0]})"
+    value = size * words.scale
+    unit = f" {words.unit}" if words.unit else ""
+    return f"{value:.2g}{unit}"
+
+
+def _power_params(power: Power, test: RateTest, words: Described) -> dict[str, Any]:
+    return {
+        "mde_alpha": float(power.alpha),
+        "mde_power": DEFAULT_POWER,
+        "mde_statistical": (
+            _in_unit(power.statistical, test, words) if np.isfinite(power.statistical) else None
+        ),
+        "question_effect_size": _in_unit(power.question, test, words),
+        "mde_comparison": power.comparand.label,
+        "minutes_to_settle": (
+            round(float(power.minutes_to_settle), 1)
+            if np.isfinite(power.minutes_to_settle)
+            else None
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class Described:
     """How a check words its findings."""
@@ -152,9 +219,7 @@ def to_result(
     f = judgement.finding
     experiment = frame.subject.experiment_id
     if judgement.verdict == "no_data" or f is None:
-        return no_data(
-            check, frame, f"Too little traffic for {subject_name(frame)} to test ({check}).", params
-        )
+        return too_little(check, frame, params)
     c = f.comparison
     effect = Effect(
         name=words.effect_name,
@@ -164,18 +229,43 @@ def to_result(
         unit=words.unit,
     )
     if judgement.verdict == "ok":
+        power = check_power(
+            frame, judgement, float(params.get("alpha_warn", 0.01)), params.get("question_effect")
+        )
+        verdict: Verdict = "ok"
+        summary = ok_summary
+        mde: float | None = None
+        if power is not None:
+            mde = _in_unit(power.mde, f.test, words) if np.isfinite(power.mde) else None
+            params = {**params, **_power_params(power, f.test, words)}
+            if power.enough:
+                seen = _fmt_size(power.mde, f.test, words)
+                summary = f"{ok_summary.rstrip('.')}: a change of {seen} or more would have shown."
+            else:
+                verdict = "inconclusive"
+                shows = (
+                    f"only {_fmt_size(power.mde, f.test, words)} or more would show"
+                    if np.isfinite(power.mde)
+                    else f"too few events to compare {power.comparand.label}"
+                )
+                summary = (
+                    f"{f.test.name[:1].upper()}{f.test.name[1:]} of {subject_name(frame)} could "
+                    f"not rule out a change of {_fmt_size(power.question, f.test, words)}: with "
+                    f"this traffic {shows}; {settle_text(power.minutes_to_settle)} would settle it."
+                )
         return CheckResult(
             check=check,
-            verdict="ok",
-            summary=ok_summary,
+            verdict=verdict,
+            summary=summary,
             effect=effect,
             p_value=f.adjusted_p,
+            mde=mde,
             experiment=experiment,
             evidence=evidence,
             params=params,
         )
     where = localize(frame, f)
-    verdict = judgement.verdict
+    level = judgement.verdict
     shown = frame
     if where and judgement.scope in ("arm", "subject"):
         # Inside its slice the fault is undiluted: a sharper onset and effect, maybe a fail.
@@ -185,8 +275,8 @@ def to_result(
             refined = replace(refined, adjusted_p=min(1.0, refined.p_value * family))
             alpha = float(params.get("alpha_fail", 0.0))
             if refined.significant(alpha, f.test.fail_effect):
-                verdict = "fail"
-            if refined.adjusted_p <= f.adjusted_p or verdict == "fail":
+                level = "fail"
+            if refined.adjusted_p <= f.adjusted_p or level == "fail":
                 f, shown = refined, frame.slice(where)
                 c = f.comparison
                 effect = Effect(
@@ -209,7 +299,7 @@ def to_result(
     sentence += f" since {fmt_time(f.onset)} UTC ({fmt_p(f.adjusted_p)})."
     return CheckResult(
         check=check,
-        verdict=as_verdict(verdict),
+        verdict=as_verdict(level),
         summary=sentence[0].upper() + sentence[1:],
         effect=effect,
         p_value=f.adjusted_p,

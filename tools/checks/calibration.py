@@ -43,6 +43,9 @@ class CalibrationParams:
         training_tolerance: Allowed |serving ÷ training calibration − 1| before a warn.
         min_clicks: Fewest clicks per side for a verdict.
         buckets: Equal-count prediction buckets in the evidence.
+        question_ratio: The calibration change in question (±25 %: predictions that far off
+            misprice auctions whatever the alert): ``ok`` only when the sample could have seen a
+            change this large, else ``inconclusive``.
     """
 
     alpha_fail: float = 1e-3
@@ -52,6 +55,7 @@ class CalibrationParams:
     training_tolerance: float = 0.15
     min_clicks: int = 30
     buckets: int = 10
+    question_ratio: float = 1.25
 
 
 def calibration_interval(
@@ -212,7 +216,7 @@ def calibration_check(
         judgement,
         frame,
         Described("calibration ratio (test ÷ reference)", "ratio", 1.0, _describe),
-        params_of(p),
+        params_of(p, question_effect=float(np.log(p.question_ratio))),
         evidence,
         ok_summary=f"Calibration of {subject_name(frame)} is steady.",
     )

@@ -178,7 +178,7 @@ def infra_check(
         series_evidence(frame, "error_rate"),
         series_evidence(frame, "latency_p99"),
     ]
-    rank = {"fail": 2, "warn": 1, "ok": 0, "no_data": -1}
+    rank = {"fail": 2, "warn": 1, "ok": 0, "inconclusive": 0, "no_data": -1}
     use_lat = j_lat is not None and rank[j_lat.verdict] > rank[j_err.verdict]
     judgement = j_lat if use_lat and j_lat is not None else j_err
     target = lat_frame if use_lat else frame

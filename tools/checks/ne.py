@@ -43,6 +43,8 @@ class NEParams:
         rel_increase_fail: Relative NE increase over the reference (0.03 = +3 %) that may fail.
         rel_increase_warn: The same, to warn.
         training_tolerance: Relative gap to ``training_ne`` above which a steady NE still warns.
+        question_increase: The NE rise in question (+20 %, a model no better than a much weaker
+            one): a steady NE is ``ok`` only when the sample could have seen a rise this large.
         min_requests: Fewest requests with a valid prediction per side.
         min_clicks: Fewest clicks per side (the background entropy needs some).
         slope_drop_fail: Relative drop of the reliability slope (0.15 = 15 %) that may fail.
@@ -54,6 +56,7 @@ class NEParams:
     rel_increase_fail: float = 0.03
     rel_increase_warn: float = 0.015
     training_tolerance: float = 0.15
+    question_increase: float = 0.2
     min_requests: int = 500
     min_clicks: int = 20
     slope_drop_fail: float = 0.15
@@ -244,11 +247,11 @@ def ne_check(
         judgement,
         frame,
         Described("relative NE change", "%", 100.0, _describe),
-        params_of(p),
+        params_of(p, question_effect=p.question_increase),
         evidence,
         ok_summary=f"NE of {subject_name(frame)} is steady.",
     )
-    rank = {"fail": 2, "warn": 1, "ok": 0, "no_data": -1}
+    rank = {"fail": 2, "warn": 1, "ok": 0, "inconclusive": 0, "no_data": -1}
     level, top, scope = _slope_result(slopes, frame, p)
     # The slope speaks first at equal verdicts: it is the sharper test and locates the onset.
     if top is not None and rank[level] >= max(rank[result.verdict], 1):

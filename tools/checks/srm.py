@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
+from scipy import stats as sps
 
 from tools.checks._common import fmt_p, fmt_time, params_of, series_evidence, table
 from tools.checks._engine import Comparand, Finding, RateTest, SubjectFrame
@@ -21,7 +23,7 @@ from tools.stats import (
 )
 from tools.telemetry import to_datetime
 
-__all__ = ["SRMParams", "srm_check"]
+__all__ = ["SRMParams", "srm_check", "srm_mde"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,46 @@ class SRMParams:
         alpha_warn: The same, to warn.
         min_units: Fewest units in the experiment for a verdict.
         min_expected: Fewest expected units in every arm (chi-square validity).
+        question_share: The share deficit in question (2 pp: an arm of a 50/50 split losing
+            about 8 % of its units); a matching split is ``ok`` only when the chi-square test
+            could have seen a deficit this large, else ``inconclusive``.
+        power: Probability of detecting a deficit of exactly the minimal detectable size.
     """
 
     alpha_fail: float = 1e-3
     alpha_warn: float = 1e-2
     min_units: int = 100
     min_expected: float = 5.0
+    question_share: float = 0.02
+    power: float = 0.8
+
+
+def srm_mde(total: float, shares: Sequence[float], alpha: float, power: float = 0.8) -> float:
+    """Smallest share deficit of one arm the chi-square test sees with ``power`` at ``alpha``.
+
+    One arm's share falls from ``q`` to ``q - d`` and the others gain in proportion; Pearson's
+    statistic is then noncentral chi-square with ``k - 1`` degrees of freedom and noncentrality
+    ``total * d**2 / (q * (1 - q))``. The deficit returned is the largest over the arms (every arm
+    must be visible).
+
+    Args:
+        total: Units tested.
+        shares: Configured share of each arm (summing to 1).
+        alpha: Level of the test.
+        power: Probability of rejecting at that deficit.
+
+    Returns:
+        The deficit as a fraction (0.012 = 1.2 pp); infinite without units or arms.
+    """
+    k = len(shares)
+    if total <= 0 or k < 2:
+        return float("inf")
+    df = k - 1
+    crit = float(sps.chi2.isf(alpha, df))
+    lam = float(
+        optimize.brentq(lambda x: float(sps.ncx2.sf(crit, df, x)) - power, 1e-9, 1e6, xtol=1e-9)
+    )
+    return max(float(np.sqrt(lam * q * (1 - q) / total)) for q in shares if 0 < q < 1)
 
 
 def _share_test(q: float, deff: float) -> RateTest:
@@ -169,12 +205,27 @@ def srm_check(
     if unknown and verdict == "ok":
         verdict = "warn"
     if verdict == "ok":
+        whole = max(t[1].sum() for t in tests)
+        mde = srm_mde(whole, list(w / w.sum()), p.alpha_warn / len(tests), p.power)
+        settings.update(mde_alpha=p.alpha_warn / len(tests), mde_power=p.power)
+        summary = f"Units per arm match the configured weights ({fmt_p(p_value)})"
+        if mde <= p.question_share:
+            summary += f": a share deficit of {100 * mde:.2g} pp or more would have shown."
+        else:
+            more = (mde / p.question_share) ** 2 - 1.0
+            summary = (
+                f"Units per arm of experiment {experiment_id} match the configured weights "
+                f"({fmt_p(p_value)}), but {whole:.0f} units could not rule out a share deficit "
+                f"of {100 * p.question_share:.2g} pp (only {100 * mde:.2g} pp or more would "
+                f"show); about {more:.1f} times the window's traffic again would settle it."
+            )
         return CheckResult(
             check="srm",
-            verdict="ok",
-            summary=f"Units per arm match the configured weights ({fmt_p(p_value)}).",
+            verdict="ok" if mde <= p.question_share else "inconclusive",
+            summary=summary,
             effect=effect,
             p_value=p_value,
+            mde=100 * mde if np.isfinite(mde) else None,
             experiment=experiment_id,
             evidence=evidence,
             params=settings,

@@ -1,0 +1,190 @@
+"""``vigil config show|docs`` and ``vigil assign``: what an operator checks first.
+
+``config show`` prints the effective settings with where each came from (environment, ``.env``,
+default) and every secret redacted; ``config docs`` prints ``docs/settings.md`` from the settings
+model itself, so the page cannot drift from the code. ``assign`` answers "which arm is this unit
+in, and why" through the real allocator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from agent.cli._console import handle_errors as _handle_errors
+from agent.cli._console import out as _out
+from lifecycle.settings import Settings, get_settings
+
+__all__ = ["hide_password", "redacted", "register", "settings_markdown"]
+
+config_app = typer.Typer(help="The effective settings (secrets redacted) and their reference.")
+
+_SECRETS = frozenset({"llm_api_key", "slack_bot_token", "slack_signing_secret"})
+_URLS = frozenset({"state_url", "telemetry_url", "checkpoint_url", "llm_base_url"})
+_HIDDEN = "***"
+
+# What the settings model's own descriptions leave unsaid, for docs/settings.md.
+_NOTES = {
+    "reports_dir": "Folder of the HTML reports.",
+    "llm_base_url": "OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, llama.cpp); unset: "
+    "the deterministic reasoner, no network.",
+    "llm_model": "Model name at that endpoint.",
+    "llm_api_key": "API key of the endpoint (secret).",
+    "llm_timeout_s": "Timeout of one LLM call, seconds.",
+    "llm_max_retries": "Retries of a failed LLM call before falling back to the deterministic "
+    "reasoner.",
+    "llm_max_steps": "Tool-call rounds the LLM may take in one investigation.",
+    "llm_max_tokens": "Token budget of one investigation.",
+    "redact_fields": "Fields removed from anything sent to the LLM.",
+    "slack_bot_token": "Slack bot token (xoxb-…, secret); unset: Slack off.",
+    "slack_signing_secret": "Slack signing secret (secret): requests are verified with it.",
+    "slack_channel": "Channel where investigations started by alerts are posted.",
+    "slack_api_url": "Slack Web API base URL.",
+    "public_url": "URL of this server as Slack users reach it (links in messages).",
+    "workers": "Investigations run at once by `vigil serve`.",
+    "queue_size": "Alerts waiting for a worker before the server answers 503.",
+    "monitor_interval_s": "Seconds between two evaluations of the monitors by `vigil serve`.",
+}
+
+
+def _source(env_name: str) -> str:
+    if env_name in os.environ:
+        return "environment"
+    dotenv = Path(".env")
+    if dotenv.is_file():
+        for line in dotenv.read_text(encoding="utf-8").splitlines():
+            if line.strip().removeprefix("export ").split("=", 1)[0].strip() == env_name:
+                return ".env"
+    return "default"
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (as given when it is not a URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON values, secrets replaced by ``***`` (API tokens keep their users)."""
+    out: dict[str, Any] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if name in _SECRETS and value:
+            value = _HIDDEN
+        elif name == "api_tokens":
+            value = {f"{_HIDDEN}{i + 1}": user for i, user in enumerate(value.values())}
+        elif name in _URLS and isinstance(value, str):
+            value = hide_password(value)
+        out[name] = value
+    return out
+
+
+@config_app.command("show")
+@_handle_errors
+def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The effective settings, where each came from, secrets redacted."""
+    settings = get_settings()
+    values = redacted(settings)
+    if as_json:
+        typer.echo(json.dumps(values, indent=2))
+        return
+    table = Table("variable", "value", "from")
+    for name, value in values.items():
+        env = f"VIGIL_{name.upper()}"
+        text = value if isinstance(value, str) else json.dumps(value)
+        table.add_row(env, "" if value is None else text, _source(env))
+    _out().print(table)
+
+
+def settings_markdown() -> str:
+    """``docs/settings.md``: every setting with its variable, default and meaning."""
+    lines = [
+        "# Settings",
+        "",
+        "Every setting is an environment variable `VIGIL_<NAME>` or a `VIGIL_<NAME>=value` line in",
+        "a `.env` file in the working directory. Mappings and lists are JSON",
+        "(`VIGIL_ONCALL='[\"bob\"]'`). `vigil config show` prints the effective values (secrets",
+        "redacted) and where each came from; a `VIGIL_*` variable that names no setting is warned",
+        "about with the nearest valid name. Every URL defaults to an embedded store under",
+        "`./.vigil/` (relative to the working directory; `VIGIL_HOME` moves the folder of scenario",
+        "worlds and the demo, not the URLs: set those explicitly).",
+        "",
+        "This page is printed by `vigil config docs` from the settings model itself.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else f"`{json.dumps(default, default=str)}`"
+        meaning = (field.description or _NOTES.get(name, "")).replace("|", "\\|")
+        lines.append(f"| `VIGIL_{name.upper()}` | {shown} | {meaning} |")
+    lines += [
+        "",
+        "Besides these, `VIGIL_ACTOR` names who acts on the command line (default: `$USER`).",
+        "Telemetry tables and columns: `docs/telemetry.md`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@config_app.command("docs")
+def docs() -> None:
+    """Print the settings reference (docs/settings.md) from the settings model."""
+    typer.echo(settings_markdown(), nl=False)
+
+
+@_handle_errors
+def assign(
+    unit: str = typer.Argument(..., help="The unit id (user, device ...)."),
+    experiment: str = typer.Argument(..., help="The experiment id."),
+    prop: list[str] = typer.Option(
+        [], "--prop", "-p", help="A request property for targeting, NAME=VALUE (repeatable)."
+    ),
+) -> None:
+    """Which arm UNIT gets in EXPERIMENT, and is_enabled, through the real allocator."""
+    from lifecycle import ExperimentService
+    from tools.errors import ConfigError
+
+    request: dict[str, Any] = {"unit_id": int(unit) if unit.isdigit() else unit}
+    for item in prop:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--prop", item, "write NAME=VALUE, e.g. --prop country=US")
+        request[key] = value
+    with ExperimentService.from_settings(get_settings()) as svc:
+        view = svc.get(experiment)
+        allocator = svc.allocator()
+        arm = allocator.assign(request, experiment)
+        enabled = allocator.is_enabled(request, experiment)
+    if arm is not None:
+        why = "control" if arm == view.control else "a treatment arm"
+        _out().print(f"unit {unit} in {experiment}: arm {arm} ({why})", highlight=False)
+    else:
+        if view.blocked_by:
+            kills = ", ".join(f"{scope}:{target}" for scope, target in view.blocked_by)
+            why = f"stopped by kill switch {kills}"
+        elif view.status not in ("ramping", "running"):
+            why = f"the experiment is {view.status}"
+        else:
+            why = "outside its traffic or targeting"
+        _out().print(f"unit {unit} in {experiment}: not in it ({why})", highlight=False)
+    _out().print(f"is_enabled → {enabled}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``config`` and ``assign`` (and ``doctor``)."""
+    from agent.cli.doctor import doctor
+
+    app.command("doctor")(doctor)
+    app.add_typer(config_app, name="config")
+    app.command("assign")(assign)

@@ -1,0 +1,153 @@
+"""No data is not health: investigations that cannot see end inconclusive or failed, with a reason.
+
+Each test runs a whole investigation through the :class:`Investigator` (the graph, the reasoner,
+the report) over real telemetry readers where the point is the telemetry, fakes elsewhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from agent.models import Alert
+from agent.reasoning import ExperimentMeta
+from tests.agent.conftest import alert
+from tests.agent.fakes import FakeCatalog, FakeToolbox, at
+from tests.tools import synth
+from tools.telemetry import TelemetryReader
+
+_E1 = ExperimentMeta(
+    id="e1",
+    name="synthetic",
+    owner="alice",
+    traffic_share=0.5,
+    models={"control": "m_prod", "test": "m_test"},
+)
+
+
+def _synthetic_box(url: str) -> object:
+    """The real checks over the telemetry at ``url`` (written by the caller, or missing)."""
+    return synth.toolbox(TelemetryReader(sa.create_engine(url)))
+
+
+def _not_an_all_clear(view, status: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    assert view.status == status, (view.status, view.error)
+    top = view.root_causes[0]
+    assert top.cause == "none" and top.confidence == 0.0
+    assert top.explanation.startswith("No root cause could be established:")
+    assert words in top.explanation
+    assert "No root cause could be established" in view.report_markdown
+    assert "noise or seasonality" not in view.report_markdown
+    assert view.mitigations == []
+
+
+def test_an_unknown_experiment_fails_with_its_name(harness) -> None:
+    h = harness(FakeToolbox())
+    view = h.investigator().investigate(alert(experiment="999"))
+    _not_an_all_clear(view, "failed", "experiment 999 is not known to the state store")
+    assert view.error is not None and "999" in view.error
+    assert h.toolbox.calls == [] or all(c[0] == "metric_series" for c in h.toolbox.calls)
+    assert ("finished", view.id, "failed") in h.notifier.events
+
+
+def test_a_missing_duckdb_file_fails_rather_than_clearing(
+    harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "nowhere.duckdb"
+    box = _synthetic_box(f"duckdb:///{missing}")
+    h = harness(box)  # type: ignore[arg-type]
+    h.catalog = FakeCatalog({"e1": _E1}, production_model="m_prod")
+    with caplog.at_level("WARNING"):
+        view = h.investigator().investigate(alert(experiment="e1", metric="calibration"))
+    _not_an_all_clear(view, "failed", "the telemetry cannot be read")
+    # One line per failing check at WARNING; tracebacks only at DEBUG.
+    assert not any(r.exc_info for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_a_global_alert_on_a_missing_file_fails(harness, tmp_path: Path) -> None:
+    box = _synthetic_box(f"duckdb:///{tmp_path / 'nowhere.duckdb'}")
+    h = harness(box)  # type: ignore[arg-type]
+    h.catalog = FakeCatalog({"e1": _E1}, production_model="m_prod")
+    view = h.investigator().investigate(alert(experiment=None))
+    _not_an_all_clear(view, "failed", "the telemetry cannot be read")
+
+
+@pytest.fixture(scope="module")
+def healthy_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"duckdb:///{tmp_path_factory.mktemp('cov') / 'healthy.duckdb'}"
+    synth.write(url, *synth.build(synth.World(minutes=120, rpm=1500)))
+    return url
+
+
+def _real(harness, url: str):  # type: ignore[no-untyped-def]
+    h = harness(_synthetic_box(url))
+    h.catalog = FakeCatalog({"e1": _E1}, production_model="m_prod")
+    return h
+
+
+def test_an_alert_dated_after_the_telemetry_is_inconclusive(harness, healthy_url: str) -> None:
+    h = _real(harness, healthy_url)
+    future = Alert(metric="revenue", fired_at=datetime(2030, 1, 1, tzinfo=UTC), experiment="e1")
+    view = h.investigator().investigate(future)
+    _not_an_all_clear(view, "inconclusive", "no telemetry rows for experiment e1")
+    assert "after the telemetry" in view.root_causes[0].explanation
+
+
+def test_an_alert_at_year_9999_is_not_an_all_clear(harness, healthy_url: str) -> None:
+    h = _real(harness, healthy_url)
+    far = Alert(metric="revenue", fired_at=datetime(9999, 12, 31, tzinfo=UTC), experiment="e1")
+    view = h.investigator().investigate(far)
+    assert view.status in ("inconclusive", "failed"), view.status
+    assert view.root_causes[0].cause == "none"
+    assert view.root_causes[0].explanation.startswith("No root cause could be established:")
+
+
+def test_the_same_world_with_data_completes(harness, healthy_url: str) -> None:
+    h = _real(harness, healthy_url)
+    view = h.investigator().investigate(
+        Alert(metric="revenue", fired_at=synth.at(119).replace(tzinfo=UTC), experiment="e1")
+    )
+    assert view.status == "completed", (view.status, view.root_causes[0].explanation)
+    assert view.root_causes[0].cause == "none" and view.root_causes[0].confidence > 0
+
+
+def test_a_scripted_blind_check_of_the_alert_metric_is_inconclusive(harness) -> None:
+    from tools.result import CheckResult
+
+    blind = CheckResult(
+        check="calibration",
+        verdict="inconclusive",
+        summary="Calibration of experiment 879 could not rule out a change of ±25%.",
+        experiment="879",
+    )
+    h = harness(FakeToolbox({"calibration@experiment:879": blind}, onset=at(150)))
+    view = h.investigator().investigate(alert(metric="calibration"))
+    _not_an_all_clear(view, "inconclusive", "could not rule out a change of ±25%")
+    # The same blind calibration check behind a revenue alert leaves the others to answer, but
+    # the report names what could not be ruled out instead of calling it noise.
+    other = h.investigator().investigate(alert(metric="revenue"))
+    assert other.status == "completed"
+    assert "calibration could not rule out" in other.root_causes[0].explanation
+    assert "noise or seasonality" not in other.report_markdown
+
+
+def test_an_srm_alert_with_a_warning_srm_check_ranks_the_allocation_bug(harness) -> None:
+    from tools.result import CheckResult
+
+    possible = CheckResult(
+        check="srm",
+        verdict="warn",
+        summary="Sample ratio mismatch in experiment 879: arm test has 46.9 % of units (p=2e-4).",
+        p_value=2e-4,
+        experiment="879",
+        arm="test",
+    )
+    h = harness(FakeToolbox({"srm@experiment:879": possible}, onset=at(150)))
+    view = h.investigator().investigate(alert(metric="srm"))
+    assert view.root_causes[0].cause == "allocation_bug"
+    assert view.root_causes[0].confidence < 0.5  # a warning's strength, not a failure's
+    assert "noise or seasonality" not in view.report_markdown
+    assert view.status == "awaiting_approval"
