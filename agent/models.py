@@ -123,6 +123,10 @@ class MitigationView(BaseModel):
         default=None,
         description="Why recovery could not be judged yet (retried); None once judged.",
     )
+    verification: str | None = Field(
+        default=None,
+        description="What verification measured (after the action vs before the onset).",
+    )
 
 
 class InvestigationView(BaseModel):

@@ -160,11 +160,14 @@ def _mitigation_text(m: MitigationView) -> str:
         status += f" by {m.approved_by}"
     if m.recovered is not None:
         status += ", metric recovered" if m.recovered else ", metric has NOT recovered"
+    elif m.verification_pending:
+        status += f", verification pending: {m.verification_pending}"
     elif m.status == "executed":
         status += ", recovery pending"
+    measured = f" Verification: {m.verification}" if m.verification else ""
     return (
         f"{verb} ({status}) — blast radius {m.blast_radius:.1%} of traffic. "
-        f"Expected effect: {m.expected_effect} [id `{m.id}`]"
+        f"Expected effect: {m.expected_effect}{measured} [id `{m.id}`]"
     )
 
 

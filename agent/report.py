@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 from agent._svg import bar_chart, line_chart
 from agent.localize import attributed_experiments
@@ -34,6 +36,18 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def inline_markdown(text: object) -> Markup:
+    """The report's inline Markdown (``code``, **bold**) as HTML, everything else escaped."""
+    safe = str(escape(str(text)))
+    safe = _CODE.sub(r"<code>\1</code>", safe)
+    return Markup(_BOLD.sub(r"<strong>\1</strong>", safe))
+
+
+_env.filters["md"] = inline_markdown
 
 
 def _b64(svg: str | None) -> str | None:

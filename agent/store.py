@@ -368,6 +368,8 @@ class AgentStore:
 
     @staticmethod
     def _view(row: RowMapping) -> MitigationView:
+        detail = json.loads(row["detail_json"] or "{}")
+        measured = detail.get("verification") or {}
         return MitigationView(
             id=row["id"],
             investigation_id=row["investigation_id"],
@@ -382,5 +384,6 @@ class AgentStore:
             decided_at=_aware(row["decided_at"]),
             executed_at=_aware(row["executed_at"]),
             recovered=row["recovered"],
-            verification_pending=json.loads(row["detail_json"] or "{}").get("verification_pending"),
+            verification_pending=detail.get("verification_pending"),
+            verification=measured.get("summary") if isinstance(measured, dict) else None,
         )

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from lifecycle import audit, killswitch, records
 from lifecycle import store as s
 from lifecycle.allocation import KillScope
-from lifecycle.config import ExperimentFile, ModelEntry, RolloutPlan
+from lifecycle.config import Experiment, ExperimentFile, ModelEntry, RolloutPlan
 from lifecycle.gate import GateConfig, GateInput, evaluate_gate
 from lifecycle.rollout import Action, RolloutState, coverage, transition
 from lifecycle.validation import check_file, plan_ranges
@@ -79,6 +79,54 @@ def describe(state: RolloutState) -> str:
 
 
 # --- configuration -------------------------------------------------------------------------------
+
+# Fields an owner may edit on a stored experiment: none of them moves a unit between arms. Every
+# other field (layer, traffic, arms, control, targeting, rollout, forced) decides allocation and
+# is changed through the lifecycle (rollout, complete and a new id), never by edit.
+EDITABLE = ("name", "description", "owner", "guardrails")
+
+
+def edit(ctx: Context, new: Experiment) -> list[str]:
+    """Bring a stored experiment's editable fields to ``new``; the fields changed (audited).
+
+    Raises:
+        NotFoundError: No experiment ``new.id``.
+        ConfigError: ``new`` differs in a field that decides allocation (named).
+    """
+    stored = records.load_experiments(ctx.conn, new.id)
+    if not stored:
+        raise NotFoundError("experiment", new.id)
+    old = stored[0].config.model_dump(mode="json")
+    fresh = new.model_dump(mode="json")
+    changed = [key for key in fresh if fresh[key] != old.get(key)]
+    fixed = [key for key in changed if key not in EDITABLE]
+    if fixed:
+        raise ConfigError(
+            f"experiments[{new.id}].{fixed[0]}",
+            fresh[fixed[0]],
+            f"{', '.join(fixed)} decide(s) allocation and cannot be edited on a stored "
+            f"experiment (stored: {old.get(fixed[0])!r}); complete it and create a new id",
+        )
+    if not changed:
+        return []
+    ctx.conn.execute(
+        update(s.experiments)
+        .where(s.experiments.c.id == new.id)
+        .values(
+            name=new.name,
+            description=new.description,
+            owner=new.owner,
+            guardrails=s.dump_json([g.model_dump(mode="json") for g in new.guardrails]),
+        )
+    )
+    ctx.record(
+        "edit",
+        experiment_id=new.id,
+        target=f"experiment:{new.id}",
+        before={k: old.get(k) for k in changed},
+        after={k: fresh[k] for k in changed},
+    )
+    return changed
 
 
 def register(
@@ -244,7 +292,8 @@ def _kill_target(conn: Connection, scope: KillScope, target: str | None) -> str:
     if scope == "global":
         return killswitch.GLOBAL_TARGET
     if target is None or not target.strip():
-        raise ConfigError("target", target, f"a {scope} kill switch needs a target id")
+        article = "an" if scope[0] in "aeiou" else "a"
+        raise ConfigError("target", target, f"{article} {scope} kill switch needs a target id")
     column = {"experiment": s.experiments.c.id, "layer": s.layers.c.id, "model": s.models.c.id}[
         scope
     ]

@@ -32,7 +32,7 @@ from lifecycle.allocation import (
     build_snapshot,
 )
 from lifecycle.allocator import Allocator
-from lifecycle.config import ExperimentFile, Layer, ModelEntry
+from lifecycle.config import Experiment, ExperimentFile, Layer, ModelEntry
 from lifecycle.gate import GateConfig, GateInput
 from lifecycle.rollout import Action, coverage
 from lifecycle.settings import Settings
@@ -152,6 +152,18 @@ class ExperimentService:
         """
         with self._acting(actor, reason) as ctx:
             return m.create(ctx, file, self._vocabulary, start)
+
+    def edit(self, experiment: Experiment, actor: str, reason: str = "") -> builtins.list[str]:
+        """Edit a stored experiment's name, description, owner or guardrails (audited).
+
+        Fields that decide allocation are refused, naming the field: they change through the
+        lifecycle, not by edit.
+
+        Returns:
+            The fields changed (empty when the store already matches).
+        """
+        with self._acting(actor, reason) as ctx:
+            return m.edit(ctx, experiment)
 
     def register_models(
         self, models: Iterable[ModelEntry], actor: str, reason: str = ""

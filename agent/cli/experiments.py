@@ -79,23 +79,29 @@ def apply(
     reason: str = typer.Option("", "--reason", help="Why, for the audit log."),
     actor: str | None = _ACTOR,
 ) -> None:
-    """Make the store match a file: create what is missing; a second run changes nothing.
+    """Make the store match a file: create what is missing, edit what changed; idempotent.
 
-    An experiment stored with another configuration is refused, naming the fields that differ:
-    a stored experiment is changed through its lifecycle (rollout, kill, complete), not by edit.
+    A stored experiment's name, description, owner and guardrails are edited to match (audited);
+    a change to a field that decides allocation (layer, traffic, arms, control, targeting,
+    rollout, forced) is refused, naming the field: such changes go through the lifecycle
+    (rollout, complete and a new id), not by edit. A second run changes nothing and says so.
     """
+    from lifecycle.mutations import EDITABLE
+
     parsed = load_experiment_file(file)
     with _service() as svc:
         stored = {v.id: v for v in svc.list()}
+        edits = [e for e in parsed.experiments if e.id in stored and not _same(e, stored[e.id])]
         differ = [
             ConfigError(
                 f"experiments[{i}]",
                 exp.id,
-                f"stored with other {', '.join(_changes(exp, stored[exp.id]))}; complete it and "
-                "use a new id to change it",
+                f"stored with other {', '.join(fixed)}, which decide(s) allocation; complete it "
+                "and use a new id to change it",
             )
             for i, exp in enumerate(parsed.experiments)
-            if exp.id in stored and not _same(exp, stored[exp.id])
+            if exp in edits
+            and (fixed := [k for k in _changes(exp, stored[exp.id]) if k not in EDITABLE])
         ]
         if differ:
             raise differ[0] if len(differ) == 1 else ConfigProblems(differ)
@@ -105,16 +111,20 @@ def apply(
         ids = svc.create(todo, _actor(actor), start=start, reason=reason) if fresh else []
         if not fresh and (parsed.layers or parsed.models):
             svc.register_models(parsed.models, _actor(actor), reason)
+        edited = {e.id: svc.edit(e, _actor(actor), reason or "apply") for e in edits}
         changed = svc.version() != before
     if not changed:
         _out().print(f"nothing changed: the store already matches {file}", highlight=False)
         return
-    state = "started" if start else "created as drafts"
-    _out().print(
-        f"[green]{len(ids)} experiment(s) {state}[/green]{': ' + ', '.join(ids) if ids else ''}"
-        f"; {len(parsed.experiments) - len(ids)} unchanged",
-        highlight=False,
-    )
+    if ids:
+        state = "started" if start else "created as drafts"
+        _out().print(
+            f"[green]{len(ids)} experiment(s) {state}[/green]: {', '.join(ids)}", highlight=False
+        )
+    for exp_id, fields in edited.items():
+        _out().print(f"[green]{exp_id} edited[/green]: {', '.join(fields)}", highlight=False)
+    kept = len(parsed.experiments) - len(ids) - len(edited)
+    _out().print(f"{kept} unchanged", highlight=False)
 
 
 @experiments_app.command("create")

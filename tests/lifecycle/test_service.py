@@ -317,3 +317,27 @@ def test_in_memory_store(clock: Clock) -> None:
     svc.create(parse_experiment_file(world()), "alice", start=True)
     assert svc.get("879").status == "ramping"
     svc.close()
+
+
+def test_edit_changes_metadata_only_and_audits_it(started):
+    from lifecycle.config import Guardrail
+
+    stored = started.get("879").config
+    before = len(started.audit())
+    renamed = stored.model_copy(
+        update={"name": "Renamed", "owner": "dana", "guardrails": [Guardrail(metric="srm")]}
+    )
+    assert started.edit(renamed, "alice", "ownership moved") == ["name", "owner", "guardrails"]
+    now = started.get("879").config
+    assert (now.name, now.owner, [g.metric for g in now.guardrails]) == ("Renamed", "dana", ["srm"])
+    entries = started.audit()[before:]
+    assert [e.action for e in entries] == ["edit"]
+    assert started.edit(renamed, "alice") == []  # already matches: nothing recorded
+    assert len(started.audit()) == before + 1
+
+    moved = renamed.model_copy(update={"traffic_pct": 75.0})
+    with pytest.raises(ConfigError, match="traffic_pct"):
+        started.edit(moved, "alice")
+    assert started.get("879").config.traffic_pct == stored.traffic_pct
+    with pytest.raises(NotFoundError):
+        started.edit(renamed.model_copy(update={"id": "nope"}), "alice")

@@ -176,13 +176,30 @@ def test_apply_creates_then_changes_nothing(
     assert "nothing changed" in second.output
     assert json.loads(cli.invoke(app, ["audit", "--json"]).output) == audit_before
 
+    # Metadata is edited to match the file, audited, and a rerun changes nothing again.
     data = yaml.safe_load(EXAMPLE.read_text())
+    first_id = str(data["experiments"][0]["id"])
     data["experiments"][0]["name"] = "Renamed"
+    data["experiments"][0]["owner"] = "dana"
     changed = home / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    edited = cli.invoke(app, ["experiments", "apply", "-f", str(changed)])
+    assert edited.exit_code == 0, edited.output
+    assert f"{first_id} edited" in edited.output and "name, owner" in edited.output
+    shown = json.loads(cli.invoke(app, ["experiments", "show", first_id, "--json"]).output)
+    assert shown["name"] == "Renamed" and shown["owner"] == "dana"
+    trail = json.loads(cli.invoke(app, ["audit", "--json"]).output)
+    assert [e["action"] for e in trail[len(audit_before) :]] == ["edit"]
+    again = cli.invoke(app, ["experiments", "apply", "-f", str(changed)])
+    assert "nothing changed" in again.output
+
+    # A field that decides allocation is refused, naming it; nothing changes.
+    data["experiments"][0]["traffic_pct"] = 42
     changed.write_text(yaml.safe_dump(data))
     refused = cli.invoke(app, ["experiments", "apply", "-f", str(changed)])
     assert refused.exit_code == 2
-    assert "experiments[0]" in refused.output and "name" in refused.output
+    assert "experiments[0]" in refused.output and "traffic_pct" in refused.output
+    assert json.loads(cli.invoke(app, ["audit", "--json"]).output) == trail
 
 
 def test_audit_of_an_experiment_includes_the_kills_that_stopped_it(
