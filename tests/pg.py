@@ -80,7 +80,25 @@ class PgServer:
         )
         log = str(self.folder / "server.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", opts, "-w", "-t", "60", "start")
+        self._watch(os.getpid())
         return self
+
+    def _watch(self, owner: int) -> None:
+        """Stop the server when ``owner`` dies, even by SIGKILL (no teardown runs then)."""
+        stop = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        if self._as_root:
+            stop = ["runuser", "-u", "postgres", "--", *stop]
+        script = (
+            f"while kill -0 {owner} 2>/dev/null; do sleep 2; done; "
+            f"{' '.join(stop)} >/dev/null 2>&1; rm -rf {self.folder}"
+        )
+        subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         """Stop the server at once and delete its folder."""
