@@ -19,6 +19,7 @@ from rich.console import Console
 from agent.cli.worlds import provide
 from agent.models import InvestigationView
 from lifecycle.settings import Settings
+from lifecycle.store import redact_url
 from tools.errors import ConfigError
 
 __all__ = ["ScenarioWorlds", "register", "world_home", "world_settings"]
@@ -124,9 +125,10 @@ def sim(
         held = 0 if (replace or append) else _stored_requests(url)
         if held:
             Console(stderr=True).print(
-                f"[red]refused:[/red] {url} already holds {'' if held == 1 else f'{held:,} '}"
-                "requests; simulating again would add as many again. Pass --replace to start the "
-                "store over, or --append to add these minutes to it.",
+                f"[red]refused:[/red] {redact_url(url)} already holds "
+                f"{'' if held == 1 else f'{held:,} '}requests; simulating again would add as "
+                "many again. Pass --replace to start the store over, or --append to add these "
+                "minutes to it.",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -147,7 +149,7 @@ def sim(
     kinds = ", ".join(f.kind for f in world.faults) or "none"
     _console.print(
         f"[bold]{summary.scenario}[/bold]: minutes {summary.start_minute}-{summary.end_minute} "
-        f"-> {url}\n"
+        f"-> {redact_url(url)}\n"
         f"  requests {summary.requests:,}  exposures {summary.exposures:,}  "
         f"model snapshots {summary.snapshots:,}\n"
         f"  experiments {summary.experiments}  faults {summary.faults} ({kinds})\n"
@@ -204,7 +206,7 @@ class ScenarioWorlds:
         settings = world_settings(spec.name, base, must_exist=False)
 
         def simulated(used: Settings) -> None:
-            say(f"simulated {spec.name} into {used.telemetry_url}")
+            say(f"simulated {spec.name} into {redact_url(used.telemetry_url)}")
 
         return spec.name, investigate(spec, prepare(spec, settings, on_simulated=simulated))
 
