@@ -12,7 +12,8 @@
 The graph is compiled with a checkpointer (:func:`open_checkpointer`: SQLite by default,
 PostgreSQL when given a ``postgresql://`` URL and ``langgraph-checkpoint-postgres`` is installed);
 the thread id is the investigation id, so an investigation paused at ``approval`` resumes in any
-process with ``Command(resume=Decision(...).model_dump())``. The checkpoint serialiser revives
+process with ``Command(resume=RESUME)`` (a wake-up only: the approval node reads the decisions from
+the state database). The checkpoint serialiser revives
 only an explicit allow-list of Vigil's own state classes, not arbitrary pickled objects.
 """
 
@@ -39,7 +40,10 @@ from lifecycle.store import enable_wal, redact_url
 from tools.errors import ConfigError, RetryableError
 from tools.result import CheckResult, Effect, Evidence
 
-__all__ = ["NODE_NAMES", "Checkpoints", "build_graph", "open_checkpointer", "serializer"]
+__all__ = ["NODE_NAMES", "RESUME", "Checkpoints", "build_graph", "open_checkpointer", "serializer"]
+
+# What wakes a graph paused at its approval interrupt; the decisions themselves are in the store.
+RESUME = {"wake": "decisions stored"}
 
 NODE_NAMES = (
     "intake",

@@ -33,7 +33,7 @@ from agent.models import (
 from agent.narrative import build_report
 from agent.reasoning import DiagnosisInput, admissible
 from agent.report import alert_series_plot, attribution_plot, check_plot, write_report
-from agent.state import CheckTask, Decision, Diagnosis, InvestigationState, Localization, Window
+from agent.state import CheckTask, Diagnosis, InvestigationState, Localization, Window
 from agent.verify import measure_recovery
 from tools.errors import RetryableError
 
@@ -324,8 +324,9 @@ class Nodes:
         pending = [i for i in state.mitigation_ids if store.get_mitigation(i).status == "proposed"]
         if not pending:
             return {}
-        value = interrupt({"investigation_id": state.investigation_id, "mitigations": pending})
-        return {"decision": Decision.model_validate(value)}
+        # The resume value only wakes the graph: after_approval reads the stored decisions.
+        interrupt({"investigation_id": state.investigation_id, "mitigations": pending})
+        return {}
 
     def after_approval(self, state: InvestigationState) -> str:
         """Execute what is approved; wait again while anything is undecided."""

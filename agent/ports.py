@@ -61,6 +61,15 @@ class Investigations(Protocol):
         """The investigation's HTML report."""
         ...
 
+    def running(self) -> Sequence[str]:
+        """Ids of the investigations in status ``running``, oldest first (after a crash: to
+        run again)."""
+        ...
+
+    def recover(self) -> Sequence[str]:
+        """Finish what a crash or a busy store left half-done; the ids it continued."""
+        ...
+
 
 class Experiments(Protocol):
     """The experiment core's ``ExperimentService`` as the front doors use it."""

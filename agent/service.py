@@ -31,7 +31,7 @@ from langgraph.types import Command, Durability
 
 from agent.actions import Actions, spec
 from agent.deps import Catalog, Deps, Observer, ToolboxCache, ToolboxFactory
-from agent.graph import build_graph, open_checkpointer
+from agent.graph import RESUME, build_graph, open_checkpointer
 from agent.mitigation import ApprovalPolicy, Executor, blast_radius
 from agent.models import Alert, InvestigationView, MitigationAction, MitigationView
 from agent.nodes import Nodes
@@ -39,7 +39,7 @@ from agent.notify import Notifier, SafeNotifier
 from agent.playbook import load_playbooks
 from agent.reasoning import Reasoner
 from agent.runtime import reasoner_from_settings
-from agent.state import Decision, InvestigationState
+from agent.state import InvestigationState
 from agent.store import AgentStore, utcnow
 from lifecycle.settings import Settings
 from tools.errors import ConfigError, NotFoundError, RetryableError, StateError, VigilError
@@ -172,6 +172,10 @@ class Investigator:
     def list(self, limit: int = 50) -> list[InvestigationView]:
         """The most recent investigations, newest first."""
         return self.store.list_investigations(limit)
+
+    def running(self) -> tuple[str, ...]:
+        """Ids of the investigations in status ``running``, oldest first."""
+        return tuple(v.id for v in self.store.investigations_in(["running"]))
 
     def report_html(self, investigation_id: str) -> str:
         """The investigation's self-contained HTML report (NotFoundError before it exists)."""
@@ -359,9 +363,7 @@ class Investigator:
             if not snapshot.values:
                 return False
             if _interrupted(snapshot):
-                value: Any = Command(
-                    resume=Decision(mitigation_id="", decision="approve", user="store").model_dump()
-                )
+                value: Any = Command(resume=RESUME)
             elif crashed and _stopped_between_steps(snapshot):
                 value = None
             else:
@@ -421,8 +423,11 @@ class Investigator:
                 continue
             if int(self.store.detail(m.id).get("verification_attempts") or 0) >= 10:
                 continue
-            self.verify(m.id)
-            done.append(m.id)
+            try:
+                self.verify(m.id)
+                done.append(m.id)
+            except VigilError as exc:
+                _log.warning("verification of mitigation %s: %s", m.id, exc)
         return tuple(done)
 
     def _stopped(self, investigation_id: str) -> bool:

@@ -142,7 +142,7 @@ class InvestigationState(BaseModel):
     onset: datetime | None = None
     report_path: str | None = None
     mitigation_ids: list[str] = Field(default_factory=list)
-    decision: Decision | None = None
+    decision: Decision | None = None  # no longer written; kept so older checkpoints still load
     executed: list[str] = Field(default_factory=list)
     error: str | None = None
 

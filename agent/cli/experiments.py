@@ -112,6 +112,7 @@ def apply(
         if not fresh and (parsed.layers or parsed.models):
             svc.register_models(parsed.models, _actor(actor), reason)
         edited = {e.id: svc.edit(e, _actor(actor), reason or "apply") for e in edits}
+        edited = {exp_id: fields for exp_id, fields in edited.items() if fields}
         changed = svc.version() != before
     if not changed:
         _out().print(f"nothing changed: the store already matches {file}", highlight=False)

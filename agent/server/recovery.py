@@ -5,27 +5,23 @@ investigation a crash left ``running`` (``Investigator.run`` continues it from i
 and re-submits every alert claimed in the ledger but never attached to an investigation. Then,
 at start-up and every ``Settings.recovery_interval_s``, a thread calls the agent's
 ``Investigator.recover()`` (it resumes stranded ``approved``/``executing`` mitigations and
-investigations whose action ran); an agent without it is simply not swept.
+investigations whose action ran).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.ports import Investigations
 from agent.server.intake import AlertIntake
 from agent.server.pool import InvestigationPool
 from tools.errors import VigilError
 
-__all__ = ["Recovery", "StartupReport", "running_investigations"]
+__all__ = ["Recovery", "StartupReport"]
 
 _log = logging.getLogger(__name__)
-# Without a status query, look this far back for investigations left running.
-_SCAN_LIMIT = 10_000
 
 
 @dataclass
@@ -39,21 +35,6 @@ class StartupReport:
 
     resumed: list[str] = field(default_factory=list)
     recovered_alerts: list[str] = field(default_factory=list)
-
-
-def running_investigations(investigator: Investigations) -> list[str]:
-    """Ids of every investigation in status ``running``, oldest first.
-
-    Uses the agent store's status query (``investigator.store.investigations_in``) when there is
-    one, else scans the most recent investigations.
-    """
-    query: Callable[[Sequence[str]], Sequence[Any]] | None = getattr(
-        getattr(investigator, "store", None), "investigations_in", None
-    ) or getattr(investigator, "investigations_in", None)
-    if query is not None:
-        return [v.id for v in query(["running"])]
-    views = investigator.list(limit=_SCAN_LIMIT)
-    return [v.id for v in reversed(views) if v.status == "running"]
 
 
 class Recovery:
@@ -100,7 +81,7 @@ class Recovery:
 
     def _startup(self) -> StartupReport:
         report = StartupReport()
-        for investigation_id in running_investigations(self._investigator):
+        for investigation_id in self._investigator.running():
             self._pool.resume(investigation_id)
             report.resumed.append(investigation_id)
         report.recovered_alerts = self._intake.recover()
@@ -113,13 +94,10 @@ class Recovery:
         return report
 
     def sweep(self) -> list[str]:
-        """Call the agent's ``recover()`` once (if it has one); what it resumed."""
-        recover: Callable[[], list[str]] | None = getattr(self._investigator, "recover", None)
+        """Call the agent's ``recover()`` once; what it resumed."""
         self.sweeps += 1
-        if recover is None:
-            return []
         try:
-            resumed = list(recover())
+            resumed = list(self._investigator.recover())
         except VigilError:  # busy store, telemetry down: the next sweep tries again
             _log.exception("recovery sweep failed; retrying in %.0f s", self._interval_s)
             return []

@@ -239,6 +239,13 @@ class FakeInvestigator:
             )
         return ident
 
+    def running(self) -> list[str]:
+        with self._lock:
+            return [i for i, v in self.views.items() if v.status == "running"]
+
+    def recover(self) -> list[str]:
+        return []  # the fake strands nothing: every decision acts at once
+
     def run(self, investigation_id: str) -> InvestigationView:
         if self.gate is not None:
             self.gate.wait(30)

@@ -97,7 +97,7 @@ def test_requeue_ignores_capacity_and_sweeps_periodically(
         sweeps.append(time.monotonic())
         return []
 
-    investigator.recover = recover  # type: ignore[attr-defined]  # the lead's agent has it
+    investigator.recover = recover  # type: ignore[method-assign]
     app = create_app(settings, investigator=investigator, experiments=experiments)
     with TestClient(app):
         pool = app.state.vigil.pool
@@ -114,7 +114,7 @@ def test_requeue_ignores_capacity_and_sweeps_periodically(
     assert len(sweeps) == count  # stopped with the app
 
 
-def test_an_agent_without_recover_is_tolerated(client: TestClient) -> None:
+def test_a_sweep_with_nothing_stranded_resumes_nothing(client: TestClient) -> None:
     recovery = client.app.state.vigil.recovery
     assert recovery.sweep() == []
     assert recovery.sweeps >= 1
