@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench eval holdout figures clean
+.PHONY: setup demo test lint typecheck pytest bench eval holdout figures clean mlserver
 
 setup: $(STAMP)
 
@@ -24,13 +24,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy lifecycle tools agent evals
 
-pytest: $(STAMP)
+pytest: $(STAMP) mlserver
 	sh scripts/ensure_postgres.sh
+	sh scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+# The V2 inference server the tests start on loopback (Seldon MLServer + its scikit-learn
+# runtime) in its own venv: mlserver 1.7.1 needs fastapi<0.116, the project pins a newer one.
+MLSERVER_STAMP := .venv-mlserver/.installed
+mlserver: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP): constraints-mlserver.txt
+	test -x .venv-mlserver/bin/python || $(PY) -m venv .venv-mlserver
+	.venv-mlserver/bin/python -m pip install --quiet -r constraints-mlserver.txt
+	touch $(MLSERVER_STAMP)
+
+bench: $(STAMP) mlserver
 	$(BIN)/vigil bench --json bench.json
 	$(BIN)/python scripts/readme_figures.py --bench bench.json --holdout holdout.json
 

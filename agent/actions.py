@@ -45,6 +45,10 @@ class Actions(Protocol):
         """Record an action with no state change (escalations) in the audit log."""
         ...
 
+    def start(self, experiment_id: str, actor: str, reason: str, key: str) -> Any:
+        """Start a draft at its first rollout stage (a preflight that needed approval)."""
+        ...
+
 
 # (actions, target, actor, reason, key) -> lifecycle's answer
 _Run = Callable[[Actions, str | None, str, str, str], Any]
@@ -159,6 +163,19 @@ ACTIONS: Mapping[MitigationAction, ActionSpec] = {
         share=0.0,
         run=_record("escalate_data"),
         expected=_escalate_data_expected,
+    ),
+    "start_experiment": ActionSpec(
+        name="start_experiment",
+        target="experiment",
+        required_target=True,
+        approvers="oncall",
+        audit="start",
+        share=1.0,
+        run=lambda act, target, actor, reason, key: act.start(str(target), actor, reason, key),
+        expected=lambda target, cause, finding: (
+            f"Experiment {target} starts at its first rollout stage; the rollout's health gate "
+            "watches it from there."
+        ),
     ),
     "none": ActionSpec(
         name="none",

@@ -54,8 +54,10 @@ ALERT_CHECKS: Mapping[str, str] = {
 
 
 def _line(text: str) -> str:
+    from tools.redaction import hide_passwords
+
     first = text.strip().splitlines()[0] if text.strip() else text
-    return first.rstrip(".")
+    return hide_passwords(first.rstrip("."))
 
 
 def unknown_experiment(alert: Alert, known: Mapping[str, Any]) -> Blindness | None:

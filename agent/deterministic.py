@@ -9,11 +9,15 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    experiment, a finding counts only when it is located in a non-control arm: a shift of every
    arm at once (or of the control) is not the experiment's doing.
 3. A cause is *ruled out* when a rule-out finding holds, e.g. an infrastructure outage on all
-   traffic rules out blaming an experiment; it is reported as ruled out, not ranked.
+   traffic rules out blaming a model; it is reported as ruled out, not ranked. A finding on all
+   traffic does not rule out an experiment cause whose primary failure is a gap between a test
+   arm and its control: what hits every arm alike cannot open a gap between them (two faults at
+   once are both ranked).
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
    supported on the same subject (a fallback to a weak model also worsens NE); it ranks after.
-5. A cause is a *candidate* when its primary signal only warned, on the alerted experiment, in
-   the check of the alert's own metric (an SRM alert whose SRM check says "possible issue"):
+5. A cause is a *candidate* when its primary signal only warned, on the alerted experiment (all
+   traffic for a global alert), in the check of the alert's own metric (an SRM alert whose SRM
+   check says "possible issue", an error-rate alert whose infra check warns):
    evidence that matches the alert is not noise, so it ranks before ``none``, with the lower
    confidence of a warning.
 6. Order: supported, then explained, then candidates, then ``none`` unless something ranks
@@ -151,11 +155,23 @@ def _evaluate(
     if not matched or not (warned or any(o.result.verdict == "fail" for o in matched)):
         return None
     ruled_out = None
+    controlled = subject.scope == "experiment" and any(
+        sig.primary
+        and sig.located == "test_arm"
+        and o.result.verdict == "fail"
+        and o.subject.key == subject.key
+        and o.result.check == sig.check
+        and _located(sig, subject, o.result, control)
+        for sig in rule.signals
+        for o in matched
+    )
     for out in rule.ruled_out_by:
         found = results.get(out.check)
         if found is None or not out.matches(found.result):
             continue
         if out.all_traffic and found.result.arm is not None:
+            continue
+        if out.spares_controlled and controlled and found.subject.key != subject.key:
             continue
         ruled_out = out.reason
         break
@@ -221,8 +237,9 @@ def rank_causes(
     """
     candidates: list[_Candidate] = []
     focus = None
-    if alert is not None and alert.experiment is not None and alert.metric in ALERT_CHECKS:
-        focus = (f"experiment:{alert.experiment}", ALERT_CHECKS[alert.metric])
+    if alert is not None and alert.metric in ALERT_CHECKS:
+        scope = "global" if alert.experiment is None else f"experiment:{alert.experiment}"
+        focus = (scope, ALERT_CHECKS[alert.metric])
     subjects = list(suspects)
     if not any(s.scope == "global" for s in subjects):
         subjects.append(Suspect(scope="global"))
@@ -291,7 +308,8 @@ def _subject_key(cause: RootCause) -> str:
 def cause_onset(cause: RootCause, outcomes: Sequence[CheckOutcome]) -> datetime | None:
     """When ``cause`` started: the onset its own evidence dates, primary signal first.
 
-    The onset comes from a failing check the cause cites, on the cause's subject (its experiment,
+    The onset comes from a failing check the cause cites (a warning when none fails), on the
+    cause's subject (its experiment,
     its model, else all traffic) before any other subject, and in the order of ``cause.evidence``
     (a rule lists its primary signal first). Another subject's failure, or a secondary symptom
     that surfaced later (NE drifting after a model stopped refreshing), does not date the cause.
@@ -304,14 +322,17 @@ def cause_onset(cause: RootCause, outcomes: Sequence[CheckOutcome]) -> datetime 
         The onset, or None when no failing evidence carries one.
     """
     own = _subject_key(cause)
-    dated = [
+    cited = [
         o
         for o in outcomes
         if o.result.check in cause.evidence
-        and o.result.verdict == "fail"
         and o.result.onset is not None
         and not o.error
         and o.subject.key in (own, "global")
+    ]
+    # A cause ranked on a warning (the alert's own check) is dated by that warning.
+    dated = [o for o in cited if o.result.verdict == "fail"] or [
+        o for o in cited if o.result.verdict == "warn"
     ]
     if not dated:
         return None

@@ -300,13 +300,17 @@ class Executor:
                 mitigation_id, ["executing"], "failed", detail={"error": str(exc)}
             )
             raise StateError(f"{current.action} of {current.target!r} failed: {exc}") from exc
+        # Lifecycle's idempotent acts answer False when nothing changed: a fresh approval whose
+        # kill (ramp, rollback) was in force already did not act, and must not say it did.
+        fresh = current.status == "approved"
+        effect = "already_in_effect" if outcome is False and fresh else "acted"
         won = self._store.transition(
             mitigation_id,
             ["executing"],
             "executed",
             executed_at=utcnow(),
             acted_at=self._clock(),
-            detail={"outcome": repr(outcome)},
+            detail={"outcome": repr(outcome), "effect": effect},
         )
         view = self._store.get_mitigation(mitigation_id)
         if won:

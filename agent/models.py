@@ -17,9 +17,11 @@ __all__ = [
     "Alert",
     "AlertMetric",
     "Cause",
+    "FollowUp",
     "InvestigationStatus",
     "InvestigationView",
     "MitigationAction",
+    "MitigationEffect",
     "MitigationStatus",
     "MitigationView",
     "RootCause",
@@ -39,7 +41,13 @@ Cause = Literal[
 CAUSES: tuple[str, ...] = get_args(Cause)
 
 MitigationAction = Literal[
-    "kill_experiment", "ramp_down", "rollback_model", "escalate_infra", "escalate_data", "none"
+    "kill_experiment",
+    "ramp_down",
+    "rollback_model",
+    "escalate_infra",
+    "escalate_data",
+    "none",
+    "start_experiment",  # a yellow preflight's start, approved by on-call (issue 18)
 ]
 MITIGATIONS: tuple[str, ...] = get_args(MitigationAction)
 
@@ -61,6 +69,10 @@ says why), ``failed`` (could not run, says why); missing data is never ``complet
 MitigationStatus = Literal[
     "proposed", "approved", "rejected", "executing", "executed", "failed", "verified"
 ]
+MitigationEffect = Literal["acted", "already_in_effect"]
+"""What executing a mitigation did: ``acted`` (the experiment core changed state), or
+``already_in_effect`` (the same kill, ramp or rollback was in force already, e.g. executed by
+another investigation's mitigation; nothing changed)."""
 
 
 class Alert(BaseModel):
@@ -127,6 +139,26 @@ class MitigationView(BaseModel):
         default=None,
         description="What verification measured (after the action vs before the onset).",
     )
+    effect: MitigationEffect | None = Field(
+        default=None,
+        description="Once executed: 'acted', or 'already_in_effect' when the action was in "
+        "force already and this mitigation changed nothing.",
+    )
+
+
+class FollowUp(BaseModel):
+    """One re-run of a watching investigation on fresh data (``n`` 0: the first run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(ge=0, description="0 for the first investigation, then 1, 2, ...")
+    due_at: datetime | None = Field(default=None, description="When it was due (telemetry clock).")
+    ran_at: datetime = Field(description="The telemetry clock when it ran: data up to then.")
+    status: InvestigationStatus | None = Field(
+        default=None, description="How it ended; None while it runs."
+    )
+    cause: Cause | None = Field(default=None, description="Its top cause.")
+    summary: str = Field(default="", description="What it found, and what changed.")
 
 
 class InvestigationView(BaseModel):
@@ -148,3 +180,13 @@ class InvestigationView(BaseModel):
     report_markdown: str = ""
     report_path: str | None = None
     error: str | None = None
+    next_followup_at: datetime | None = Field(
+        default=None, description="While watching: when it is re-run (telemetry clock)."
+    )
+    followups: list[FollowUp] = Field(
+        default_factory=list, description="The first run and each follow-up, oldest first."
+    )
+    joined_alerts: list[Alert] = Field(
+        default_factory=list,
+        description="Alerts for the same scope that joined it while it was open (one incident).",
+    )

@@ -156,6 +156,8 @@ def _mitigation_text(m: MitigationView) -> str:
         "none": "no action",
     }[m.action]
     status = _STATUS_WORDS.get(m.status, m.status)
+    if m.effect == "already_in_effect":
+        status = "already in effect: nothing changed"
     if m.approved_by and m.status != "proposed":
         status += f" by {m.approved_by}"
     if m.recovered is not None:

@@ -21,6 +21,7 @@ from langgraph.types import Send, interrupt
 from agent.coverage import blind_spot, not_ruled_out, unknown_experiment, with_coverage
 from agent.deps import Deps
 from agent.deterministic import DeterministicReasoner, cause_onset
+from agent.followups import settle
 from agent.localize import localize, plan, run_task, utc
 from agent.mitigation import propose_for
 from agent.models import (
@@ -31,7 +32,7 @@ from agent.models import (
     RootCause,
 )
 from agent.narrative import build_report
-from agent.reasoning import DiagnosisInput, admissible
+from agent.reasoning import Baseline, DiagnosisInput, guard
 from agent.report import alert_series_plot, attribution_plot, check_plot, write_report
 from agent.state import CheckTask, Diagnosis, InvestigationState, Localization, Window
 from agent.verify import measure_recovery
@@ -129,7 +130,10 @@ class Nodes:
         )
         model.plots = self._plots(state)
         markdown, html, path = write_report(
-            deps.settings.reports_dir, state.investigation_id, model
+            deps.settings.reports_dir,
+            state.investigation_id,
+            model,
+            history=deps.store.get_investigation(state.investigation_id),
         )
         view = view_of(
             state.model_copy(update={"report_path": str(path)}),
@@ -185,6 +189,10 @@ class Nodes:
             self.deps.catalog.experiments(),
             self.deps.catalog.production_model(),
         )
+
+    def _held(self, state: InvestigationState) -> list[MitigationView]:
+        """The proposals diagnose put in the state (computed here for an older checkpoint)."""
+        return state.proposals if state.proposals is not None else self._proposals(state)
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -257,6 +265,9 @@ class Nodes:
             "diagnosis": diagnosis,
             "onset": onset,
             "outcomes": list(diagnosis.extra),
+            "proposals": self._proposals(
+                state.model_copy(update={"diagnosis": diagnosis, "outcomes": outcomes})
+            ),
         }
         if diagnosis.conclusion == "failed":
             update["error"] = diagnosis.reason
@@ -274,19 +285,14 @@ class Nodes:
             return fallback.model_copy(update={"notes": [*fallback.notes, note]})
         if isinstance(reasoner, DeterministicReasoner):
             return diagnosis  # its playbook rules are the admissibility rules (warned candidates)
-        outcomes = list(given.outcomes) + list(diagnosis.extra)
-        kept: list[RootCause] = []
-        rejected: list[str] = []
-        for cause in diagnosis.causes:
-            why = admissible(cause, outcomes)
-            if why is None:
-                kept.append(cause)
-            else:
-                rejected.append(why)
-        if rejected:
-            notes = [*diagnosis.notes, *(f"Rejected cause {why}" for why in rejected)]
-            diagnosis = diagnosis.model_copy(update={"causes": kept, "notes": notes})
-        if not kept:
+        diagnosis = guard(diagnosis, given)  # grounded causes only; see agent.reasoning
+        if not diagnosis.causes and isinstance(reasoner, Baseline):
+            note = f"The {diagnosis.reasoner} baseline named no admissible cause."
+            none = RootCause(cause="none", confidence=0.5, explanation=note)
+            return diagnosis.model_copy(
+                update={"causes": [none], "notes": [*diagnosis.notes, note]}
+            )
+        if not diagnosis.causes:
             fallback = self._fallback.diagnose(given)
             note = f"The {diagnosis.reasoner} reasoner named no admissible cause; "
             note += "the deterministic result stands."
@@ -297,11 +303,11 @@ class Nodes:
 
     def report(self, state: InvestigationState) -> dict[str, Any]:
         """Write the report (with the proposal it will make) and store it."""
-        return {"report_path": self._render(state, self._proposals(state))}
+        return {"report_path": self._render(state, self._held(state))}
 
     def propose(self, state: InvestigationState) -> dict[str, Any]:
         """Store the proposals (idempotent) and tell the notifier."""
-        proposals = self._proposals(state)
+        proposals = self._held(state)
         for m in proposals:
             self.deps.store.add_mitigation(m)
         ids = [m.id for m in proposals]
@@ -424,7 +430,8 @@ class Nodes:
     def finish(self, state: InvestigationState) -> dict[str, Any]:
         """Re-render the report with where each mitigation stands; the investigation is done."""
         mitigations = self.deps.store.mitigations_of(state.investigation_id)
-        done = state.model_copy(update={"status": _settled(state)})
+        # An inconclusive end is watched while follow-ups remain (agent.followups).
+        done = settle(self.deps, state.model_copy(update={"status": _settled(state)}))
         path = self._render(done, mitigations) if state.diagnosis else state.report_path
         final = done.model_copy(update={"report_path": path})
         self.deps.notifier.investigation_finished(self._save(final, done.status))

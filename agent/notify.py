@@ -2,17 +2,21 @@
 
 Callbacks run on the investigation's thread after the state they report is stored. A notifier
 that fails never fails the investigation: :class:`SafeNotifier` logs its errors and goes on.
+
+Two callbacks are optional (:class:`IncidentNotifier`; a notifier written before them simply does
+not get them): a follow-up of a watching investigation finished, and an alert joined an open
+investigation. Slack answers both in the investigation's thread.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from agent.models import InvestigationView, MitigationView
+from agent.models import Alert, FollowUp, InvestigationView, MitigationView
 
-__all__ = ["FanoutNotifier", "Notifier", "NullNotifier", "SafeNotifier"]
+__all__ = ["FanoutNotifier", "IncidentNotifier", "Notifier", "NullNotifier", "SafeNotifier"]
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +47,18 @@ class Notifier(Protocol):
 
     def recovery_verified(self, mitigation: MitigationView) -> None:
         """Verification judged whether the metric recovered (``mitigation.recovered``)."""
+        ...
+
+
+class IncidentNotifier(Protocol):
+    """The optional callbacks of a notifier: follow-ups and joined alerts."""
+
+    def followup_finished(self, view: InvestigationView, entry: FollowUp) -> None:
+        """A follow-up of a watching investigation ran (``entry``: what it found, what changed)."""
+        ...
+
+    def alert_joined(self, view: InvestigationView, alert: Alert) -> None:
+        """``alert`` joined the open investigation ``view`` instead of starting another."""
         ...
 
 
@@ -104,6 +120,20 @@ class FanoutNotifier:
         for n in self._notifiers:
             n.recovery_verified(mitigation)
 
+    def followup_finished(self, view: InvestigationView, entry: FollowUp) -> None:
+        """Tell every notifier that has the callback."""
+        for n in self._notifiers:
+            method = getattr(n, "followup_finished", None)
+            if method is not None:
+                method(view, entry)
+
+    def alert_joined(self, view: InvestigationView, alert: Alert) -> None:
+        """Tell every notifier that has the callback."""
+        for n in self._notifiers:
+            method = getattr(n, "alert_joined", None)
+            if method is not None:
+                method(view, alert)
+
 
 class SafeNotifier:
     """Wraps a notifier so that its failures are logged, never raised into the agent."""
@@ -111,7 +141,7 @@ class SafeNotifier:
     def __init__(self, inner: Notifier | None) -> None:
         self.inner: Notifier = inner if inner is not None else NullNotifier()
 
-    def _call(self, name: str, arg: InvestigationView | MitigationView, *more: str) -> None:
+    def _call(self, name: str, arg: InvestigationView | MitigationView, *more: Any) -> None:
         method = getattr(self.inner, name, None)
         if method is None:  # a notifier written before this callback existed
             return
@@ -143,3 +173,11 @@ class SafeNotifier:
     def recovery_verified(self, mitigation: MitigationView) -> None:
         """Forward, logging failures."""
         self._call("recovery_verified", mitigation)
+
+    def followup_finished(self, view: InvestigationView, entry: FollowUp) -> None:
+        """Forward (when the notifier has the callback), logging failures."""
+        self._call("followup_finished", view, entry)
+
+    def alert_joined(self, view: InvestigationView, alert: Alert) -> None:
+        """Forward (when the notifier has the callback), logging failures."""
+        self._call("alert_joined", view, alert)

@@ -128,6 +128,13 @@ class RuleOut(_Finding):
     all_traffic: bool = Field(
         default=True, description="Only when the finding is not located in one arm."
     )
+    spares_controlled: bool = Field(
+        default=True,
+        description=(
+            "Not against an experiment cause whose primary finding is located in a non-control "
+            "arm: what hits every arm alike (an outage) cannot explain a gap between the arms."
+        ),
+    )
     reason: str = Field(min_length=1)
 
 

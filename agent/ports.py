@@ -8,9 +8,10 @@ nothing private.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
-from agent.models import Alert, InvestigationView, MitigationAction, MitigationView
+from agent.models import Alert, FollowUp, InvestigationView, MitigationAction, MitigationView
 from lifecycle.views import ExperimentView, KillSwitchView
 
 __all__ = ["Experiments", "Investigations"]
@@ -68,6 +69,14 @@ class Investigations(Protocol):
 
     def recover(self) -> Sequence[str]:
         """Finish what a crash or a busy store left half-done; the ids it continued."""
+        ...
+
+    def join(self, alert: Alert) -> str | None:
+        """Attach ``alert`` to the open investigation of its scope; its id, or None."""
+        ...
+
+    def follow_up(self, now: datetime | None = None) -> Sequence[tuple[str, FollowUp]]:
+        """Re-run the watching investigations whose follow-up is due (each once)."""
         ...
 
 

@@ -2,8 +2,10 @@
 
 :class:`Reasoner` is a public protocol so that evals can plug baselines (``largest-change``,
 ``random``) next to the deterministic and LLM reasoners. Whatever a reasoner says, the graph keeps
-only causes that cite a failing check on their own subject (:func:`admissible`), and no reasoner
-can act: mitigations come from the playbook, and only an approved proposal is executed.
+only causes that cite a failing check on their own subject that supports them (:func:`guard`,
+:func:`ground`): other cited checks are dropped, ``none`` is refused while such a check fails on
+the alerted experiment, and a summary that argued for dropped causes is replaced by a template. No
+reasoner can act: mitigations come from the playbook, and only an approved proposal is executed.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from agent.state import CheckOutcome, Diagnosis, Localization, Suspect
 from tools.registry import Checks
 
 __all__ = [
+    "Baseline",
     "DiagnosisInput",
     "ExperimentMeta",
+    "Grounding",
     "Reasoner",
     "admissible",
     "failing",
+    "failing_on_alerted",
+    "ground",
+    "guard",
     "subject_of",
+    "supporting_checks",
 ]
 
 
@@ -80,6 +88,15 @@ class Reasoner(Protocol):
         ...
 
 
+class Baseline:
+    """A reasoner measured on its own answers (the evals' baselines), not one Vigil relies on.
+
+    The graph guards its causes like any other's, but when none is admissible its answer is
+    ``none`` rather than the deterministic result: a baseline credited with the deterministic
+    reasoner's diagnosis would measure nothing.
+    """
+
+
 def subject_of(cause: RootCause) -> Suspect:
     """The subject a cause is located in: its experiment, else its model, else all traffic."""
     if cause.experiment is not None:
@@ -100,19 +117,180 @@ def failing(
     }
 
 
-def admissible(cause: RootCause, outcomes: Sequence[CheckOutcome]) -> str | None:
-    """Why a cause must be rejected, or None when it stands.
+def supporting_checks(playbook: Playbook) -> dict[str, set[str]]:
+    """The checks whose failure supports each cause of ``playbook`` (its rules' signals)."""
+    return {rule.cause: {s.check for s in rule.signals} for rule in playbook.causes}
 
-    A real cause stands only when it cites at least one check that failed on its own subject (or
-    on all traffic), and every check it cites at least warned there; ``none`` cites nothing.
+
+def failing_on_alerted(
+    outcomes: Sequence[CheckOutcome],
+    alert: Alert,
+    playbook: Playbook,
+    suspects: Sequence[Suspect] = (),
+) -> set[str]:
+    """Checks that support some cause and fail where the alert points.
+
+    While any does, ``none`` (healthy) is no answer: something a playbook calls a cause failed
+    there. An experiment's alert points at that experiment; a global alert at all traffic and at
+    the suspects localization found for it (the production model, the experiments that explain
+    the delta).
+    """
+    signals = set().union(*supporting_checks(playbook).values())
+    if alert.experiment is not None:
+        keys = {f"experiment:{alert.experiment}"}
+    else:
+        keys = {"global", *(s.key for s in suspects)}
+    return {
+        o.result.check
+        for o in outcomes
+        if o.result.verdict == "fail" and o.subject.key in keys and o.result.check in signals
+    }
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What the guard made of one cause.
+
+    Attributes:
+        cause: The cause as it stands, citing only checks that failed on its subject and support
+            it; None when it is rejected.
+        note: Why it was rejected, or which cited checks were dropped; "" when it stood as given.
+    """
+
+    cause: RootCause | None
+    note: str = ""
+
+
+def ground(
+    cause: RootCause,
+    outcomes: Sequence[CheckOutcome],
+    *,
+    playbook: Playbook | None = None,
+    alert: Alert | None = None,
+    suspects: Sequence[Suspect] = (),
+) -> Grounding:
+    """Keep a cause only on the evidence that supports it (DESIGN §6).
+
+    1. ``none`` cites nothing; it is rejected while a check supporting some cause fails on the
+       alerted experiment (when ``alert`` and ``playbook`` are given).
+    2. A real cause keeps the cited checks that failed on its own subject (or on all traffic) and,
+       when ``playbook`` is given, that are signals of that cause in it.
+    3. With at least one such check the cause stands, the other cited checks dropped (the note
+       names them); with none it is rejected.
+
+    Args:
+        cause: The reasoner's cause.
+        outcomes: Every check result of the investigation (planned and the reasoner's own).
+        playbook: The alert's playbook, which says which checks support which cause.
+        alert: What fired, for the rule on ``none``.
+        suspects: Localization's suspects, where a global alert points.
+
+    Returns:
+        The cause as it stands (or None) and the note for the report.
     """
     if cause.cause == "none":
-        return None
+        if alert is not None and playbook is not None:
+            found = failing_on_alerted(outcomes, alert, playbook, suspects)
+            if found:
+                where = (
+                    f"experiment {alert.experiment}"
+                    if alert.experiment
+                    else "all traffic or its suspects"
+                )
+                return Grounding(None, f"none: {sorted(found)} failed on {where}")
+        return Grounding(cause.model_copy(update={"evidence": []}))
     subject = subject_of(cause)
-    if not set(cause.evidence) & failing(outcomes, subject):
-        return f"{cause.cause}: cites no check that failed on {subject.key}"
-    flagged = failing(outcomes, subject, ("fail", "warn"))
-    unsupported = [name for name in cause.evidence if name not in flagged]
-    if unsupported:
-        return f"{cause.cause}: cited checks {unsupported} found nothing on {subject.key}"
-    return None
+    failed = failing(outcomes, subject)
+    if playbook is not None:
+        supports = supporting_checks(playbook).get(cause.cause, set())
+        if not supports:
+            why = f"{cause.cause}: the {playbook.name} playbook has no rule for it"
+            return Grounding(None, why)
+        failed &= supports
+    cited = list(dict.fromkeys(cause.evidence))
+    kept = [name for name in cited if name in failed]
+    if not kept:
+        return Grounding(None, f"{cause.cause}: cites no check that failed on {subject.key}")
+    dropped = [name for name in cited if name not in failed]
+    if not dropped:
+        return Grounding(cause)
+    note = (
+        f"{cause.cause} on {subject.key}: kept on {kept}; cited checks {dropped} dropped "
+        "(they did not fail there, or do not support this cause)"
+    )
+    return Grounding(cause.model_copy(update={"evidence": kept}), note)
+
+
+def admissible(
+    cause: RootCause,
+    outcomes: Sequence[CheckOutcome],
+    *,
+    playbook: Playbook | None = None,
+    alert: Alert | None = None,
+) -> str | None:
+    """Why a cause must be rejected, or None when it stands (perhaps on fewer checks).
+
+    See :func:`ground`: a real cause stands when it cites at least one check that failed on its
+    own subject (or on all traffic) and, with a playbook, supports it.
+    """
+    grounded = ground(cause, outcomes, playbook=playbook, alert=alert)
+    return grounded.note if grounded.cause is None else None
+
+
+def _templated(causes: Sequence[RootCause], playbook: Playbook) -> str:
+    labels = {rule.cause: rule.label for rule in playbook.causes}
+    parts = []
+    for c in causes:
+        if c.cause == "none":
+            parts.append("no check supporting a cause failed (noise or seasonality)")
+            continue
+        subject = subject_of(c)
+        where = "".join(f", {k}={v}" for k, v in sorted(c.where.items()))
+        on = "all traffic" if subject.scope == "global" else f"{subject.scope} {subject.id}"
+        parts.append(
+            f"{labels.get(c.cause, c.cause)} on {on}{where} (failing: {', '.join(c.evidence)})"
+        )
+    return "Causes that stand after Vigil's checks: " + "; ".join(parts) + "."
+
+
+def guard(diagnosis: Diagnosis, given: DiagnosisInput) -> Diagnosis:
+    """A reasoner's diagnosis with every cause grounded (:func:`ground`), notes for the report.
+
+    Causes that cite no supporting failing check are removed ("Rejected cause ..."), cited checks
+    that do not support a kept cause are dropped ("Evidence trimmed ..."). When anything was
+    removed or trimmed, the reasoner's own summary is replaced by a templated one over the causes
+    that stand, so the report never argues for a rejected cause. ``causes`` may come back empty:
+    the caller then falls back.
+    """
+    outcomes = list(given.outcomes) + list(diagnosis.extra)
+    kept: list[RootCause] = []
+    notes: list[str] = []
+    changed = False
+    for cause in diagnosis.causes:
+        grounded = ground(
+            cause,
+            outcomes,
+            playbook=given.playbook,
+            alert=given.alert,
+            suspects=given.localization.suspects,
+        )
+        if grounded.cause is None:
+            notes.append(f"Rejected cause {grounded.note}")
+            changed = True
+            continue
+        if grounded.note:
+            notes.append(f"Evidence trimmed: {grounded.note}")
+            changed = True
+        kept.append(grounded.cause)
+    if not changed:
+        return diagnosis
+    narrative = diagnosis.narrative
+    if kept and narrative:
+        narrative = _templated(kept, given.playbook)
+        notes.append(
+            "The model's own summary was replaced by this template because Vigil dropped some "
+            "of what it argued for."
+        )
+    return diagnosis.model_copy(
+        update={"causes": kept, "notes": [*diagnosis.notes, *notes], "narrative": narrative}
+    )

@@ -23,11 +23,20 @@ from markupsafe import Markup, escape
 
 from agent._svg import bar_chart, line_chart
 from agent.localize import attributed_experiments
+from agent.models import Alert, FollowUp, InvestigationView
 from agent.narrative import ReportModel, render_markdown
 from agent.state import CheckOutcome
 from tools.result import Evidence
 
-__all__ = ["alert_series_plot", "attribution_plot", "check_plot", "render_html", "write_report"]
+__all__ = [
+    "alert_series_plot",
+    "attribution_plot",
+    "check_plot",
+    "followup_lines",
+    "joined_lines",
+    "render_html",
+    "write_report",
+]
 
 _log = logging.getLogger(__name__)
 _env = Environment(
@@ -140,19 +149,72 @@ def attribution_plot(outcome: CheckOutcome | None) -> str | None:
     )
 
 
-def render_html(model: ReportModel) -> str:
+def followup_lines(followups: Sequence[FollowUp]) -> list[str]:
+    """The "Follow-ups" history: one line per run (the running one is this report)."""
+    out = []
+    for f in followups:
+        what = "first investigation" if f.n == 0 else f"follow-up {f.n}"
+        due = f" (due {f.due_at:%H:%M})" if f.due_at is not None and f.n else ""
+        found = f"{f.status}: {f.summary}" if f.status is not None else "this report"
+        out.append(f"{what} on data up to {f.ran_at:%Y-%m-%d %H:%M} UTC{due} — {found}")
+    return out
+
+
+def joined_lines(alerts: Sequence[Alert]) -> list[str]:
+    """The alerts that joined the investigation, one line each (their text is untrusted)."""
+    out = []
+    for a in alerts:
+        scope = f"experiment {a.experiment}" if a.experiment else "all traffic"
+        name = f" `{a.name}`" if a.name else ""
+        out.append(f"{a.metric} on {scope}{name} from {a.source}, fired {a.fired_at:%H:%M} UTC")
+    return out
+
+
+def _history_markdown(followups: list[str], joined: list[str]) -> list[str]:
+    out: list[str] = []
+    if joined:
+        out += ["**Alerts that joined this investigation:**", ""]
+        out += [f"- {line}" for line in joined] + [""]
+    if followups:
+        out += ["**Follow-ups:**", ""] + [f"- {line}" for line in followups] + [""]
+    return out
+
+
+def render_html(
+    model: ReportModel, followups: Sequence[str] = (), joined: Sequence[str] = ()
+) -> str:
     """The report as one self-contained HTML page (no external resources)."""
-    return _env.get_template("report.html.j2").render(report=model)
+    return _env.get_template("report.html.j2").render(
+        report=model, followups=list(followups), joined=list(joined)
+    )
 
 
-def write_report(folder: Path, investigation_id: str, model: ReportModel) -> tuple[str, str, Path]:
+def write_report(
+    folder: Path,
+    investigation_id: str,
+    model: ReportModel,
+    history: InvestigationView | None = None,
+) -> tuple[str, str, Path]:
     """Render and write ``<id>.md`` and ``<id>.html`` under ``folder``.
+
+    Args:
+        folder: The reports folder.
+        investigation_id: Names the files.
+        model: The report.
+        history: The investigation as stored: its follow-ups and joined alerts are listed.
 
     Returns:
         The Markdown, the HTML and the HTML file's path.
     """
+    followups = followup_lines(history.followups) if history is not None else []
+    joined = joined_lines(history.joined_alerts) if history is not None else []
     markdown = render_markdown(model)
-    html = render_html(model)
+    extra = _history_markdown(followups, joined)
+    if extra:
+        footer = f"_{model.footer}_"
+        head, sep, tail = markdown.rpartition(footer)
+        markdown = head + "\n".join(extra) + sep + tail if sep else markdown + "\n".join(extra)
+    html = render_html(model, followups, joined)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{investigation_id}.md").write_text(markdown, encoding="utf-8")
     path = folder / f"{investigation_id}.html"

@@ -9,21 +9,31 @@ when an endpoint is configured, else the deterministic one.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from agent.deps import Observer, ToolboxFactory
+from agent.deps import Observer
 from agent.models import Alert
 from agent.reasoning import ExperimentMeta, Reasoner
 from lifecycle.settings import Settings
+from tools.errors import ConfigError
+from tools.vocabulary import as_utc, utc_now
+
+if TYPE_CHECKING:
+    from lifecycle.preflight import ModelCost, Preflight
 
 __all__ = [
     "LifecycleParts",
     "ServiceActions",
     "ServiceCatalog",
+    "TelemetryToolboxes",
     "lifecycle_parts",
+    "preflight_for",
     "reasoner_from_settings",
-    "toolbox_factory",
+    "risk_model_path",
 ]
 
 
@@ -85,6 +95,10 @@ class ServiceActions:
         """Record an escalation (no state change) in lifecycle's audit log."""
         return self._service.record(action, target, actor, reason, key=key)
 
+    def start(self, experiment_id: str, actor: str, reason: str, key: str) -> Any:
+        """Start a draft whose preflight needed on-call's approval."""
+        return self._service.start(experiment_id, actor, reason, key=key)
+
 
 @dataclass
 class LifecycleParts:
@@ -93,23 +107,41 @@ class LifecycleParts:
     service: Any
     catalog: ServiceCatalog
     actions: ServiceActions
-    toolbox_factory: ToolboxFactory
+    toolbox_factory: TelemetryToolboxes
+
+    def close(self) -> None:
+        """Close the experiment service and dispose of the telemetry engine."""
+        self.toolbox_factory.close()
+        self.service.close()
 
 
-def toolbox_factory(settings: Settings, service: Any, catalog: ServiceCatalog) -> ToolboxFactory:
-    """A factory of ``tools.toolbox.Toolbox`` over ``settings.telemetry_url``.
+class TelemetryToolboxes:
+    """Builds a ``tools.toolbox.Toolbox`` per investigation over one telemetry engine.
 
     The experiments and models are read from lifecycle each time a toolbox is built (one per
-    investigation), so a newly created experiment is known to the next investigation.
+    investigation), so a newly created experiment is known to the next investigation. Every
+    toolbox shares one engine (its connection pool) for ``settings.telemetry_url``, opened on
+    first use and disposed by :meth:`close`.
     """
-    from tools.schema import TelemetrySchema
-    from tools.telemetry import TelemetryReader
-    from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
 
-    schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    def __init__(self, settings: Settings, service: Any, catalog: ServiceCatalog) -> None:
+        from tools.schema import TelemetrySchema
 
-    def build(alert: Alert) -> Any:
-        del alert  # one toolbox serves any alert; the checks take their subject as arguments
+        self._settings = settings
+        self._service = service
+        self._catalog = catalog
+        self._schema = TelemetrySchema.from_mappings(
+            settings.telemetry_tables, settings.telemetry_columns
+        )
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, alert: Alert) -> Any:
+        """A toolbox with empty caches (one toolbox serves any alert of the investigation)."""
+        from tools.telemetry import TelemetryReader
+        from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
+
+        del alert  # the checks take their subject as arguments
         experiments = {
             v.id: ExperimentInfo(
                 id=v.id,
@@ -121,16 +153,23 @@ def toolbox_factory(settings: Settings, service: Any, catalog: ServiceCatalog) -
                 owner=v.owner,
                 launched_at=v.created_at,
             )
-            for v in service.list()
+            for v in self._service.list()
         }
         models: dict[str, Any] = {}
-        for m in service.models():
+        for m in self._service.models():
             if m.serving or m.id not in models:
                 models[m.id] = ModelInfo(id=m.id, refresh_minutes=m.entry.refresh_minutes)
-        reader = TelemetryReader(settings.telemetry_url, schema)
-        return Toolbox(reader, experiments, models, catalog.production_model())
+        with self._lock:
+            reader = TelemetryReader(self._engine or self._settings.telemetry_url, self._schema)
+            self._engine = reader.engine
+        return Toolbox(reader, experiments, models, self._catalog.production_model())
 
-    return build
+    def close(self) -> None:
+        """Dispose of the telemetry engine (a later toolbox opens a new one)."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
 
 
 def lifecycle_parts(settings: Settings) -> LifecycleParts:
@@ -143,7 +182,7 @@ def lifecycle_parts(settings: Settings) -> LifecycleParts:
         service=service,
         catalog=catalog,
         actions=ServiceActions(service),
-        toolbox_factory=toolbox_factory(settings, service, catalog),
+        toolbox_factory=TelemetryToolboxes(settings, service, catalog),
     )
 
 
@@ -161,3 +200,80 @@ def reasoner_from_settings(settings: Settings, observer: Observer | None = None)
     from agent.deterministic import DeterministicReasoner
 
     return DeterministicReasoner()
+
+
+def risk_model_path(settings: Settings) -> Path:
+    """Where the risk model is read from and trained into."""
+    return settings.risk_model_path or settings.home / "risk_model.joblib"
+
+
+def preflight_for(settings: Settings, svc: Any, at: datetime | None = None) -> Preflight:
+    """The preflight ("Start experiment?") over the configured stores, V2 server and risk model.
+
+    Args:
+        settings: Stores, the V2 inference endpoint, serving capacity, the risk model's path.
+        svc: lifecycle's ``ExperimentService``.
+        at: The end of the replayed window (None: now).
+    """
+    from agent.preflight_report import InvestigationIncidents
+    from agent.store import AgentStore
+    from lifecycle.inference import OpenInferenceRunner, ShadowLog, numeric_encoder
+    from lifecycle.preflight import Capacity, Preflight
+    from lifecycle.risk import RiskModel
+    from tools.schema import TelemetrySchema
+    from tools.telemetry import TelemetryReader
+
+    runner = None
+    if settings.inference_url:
+        if not settings.inference_features:
+            raise ConfigError(
+                "inference_features", [], "name the logged columns the models take as input"
+            )
+        runner = OpenInferenceRunner(
+            settings.inference_url,
+            numeric_encoder(settings.inference_features),
+            batch_size=settings.inference_batch_size,
+            timeout=settings.inference_timeout_s,
+        )
+    schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    path = risk_model_path(settings)
+    risk = RiskModel.load(path) if path.exists() else None
+    owners = {v.id: (v.owner, v.layer) for v in svc.list()}
+    incidents = InvestigationIncidents(AgentStore(settings.state_url), owners)
+    now = as_utc(at) if at is not None else None
+    return Preflight(
+        svc,
+        runner=runner,
+        requests=TelemetryReader(settings.telemetry_url, schema),
+        production_model=settings.production_model,
+        capacity=Capacity(
+            peak_rps=settings.serving_peak_rps,
+            cores=settings.serving_cores,
+            memory_gb=settings.serving_memory_gb,
+            utilisation=settings.serving_utilisation,
+        ),
+        declared=_declared(settings),
+        risk=risk,
+        incidents=incidents,
+        shadow=ShadowLog(
+            settings.telemetry_url, requests=settings.telemetry_tables.get("requests", "requests")
+        ),
+        window_minutes=settings.preflight_window_minutes,
+        sample=settings.preflight_sample,
+        clock=(lambda: now) if now is not None else utc_now,
+    )
+
+
+def _declared(settings: Settings) -> dict[str, ModelCost]:
+    """``model_costs`` as declared costs, each key named when it is not one we know."""
+    from lifecycle.preflight import ModelCost
+
+    out = {}
+    for model, cost in settings.model_costs.items():
+        unknown = set(cost) - {"ms_per_request", "memory_gb"}
+        if unknown:
+            raise ConfigError(
+                f"model_costs.{model}", sorted(unknown), "use ms_per_request and memory_gb"
+            )
+        out[model] = ModelCost(cost.get("ms_per_request"), cost.get("memory_gb"))
+    return out

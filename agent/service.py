@@ -31,9 +31,10 @@ from langgraph.types import Command, Durability
 
 from agent.actions import Actions, spec
 from agent.deps import Catalog, Deps, Observer, ToolboxCache, ToolboxFactory
+from agent.followups import FollowUpRunner
 from agent.graph import RESUME, build_graph, open_checkpointer
 from agent.mitigation import ApprovalPolicy, Executor, blast_radius
-from agent.models import Alert, InvestigationView, MitigationAction, MitigationView
+from agent.models import Alert, FollowUp, InvestigationView, MitigationAction, MitigationView
 from agent.nodes import Nodes
 from agent.notify import Notifier, SafeNotifier
 from agent.playbook import load_playbooks
@@ -88,7 +89,7 @@ class Investigator:
             from agent.runtime import lifecycle_parts
 
             parts = lifecycle_parts(settings)
-            self._owned = parts.service
+            self._owned = parts
             toolbox_factory = toolbox_factory or parts.toolbox_factory
             catalog = catalog or parts.catalog
             actions = actions or parts.actions
@@ -117,6 +118,9 @@ class Investigator:
         self._nodes = Nodes(self.deps)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._followups = FollowUpRunner(
+            self.deps, self.graph, self._lock, self._fail, _stopped_between_steps
+        )
 
     # -- investigations ------------------------------------------------------------------------
 
@@ -164,6 +168,36 @@ class Investigator:
                 if not self.graph.get_state(config).tasks:
                     self.deps.toolboxes.drop(investigation_id)
         return self.get(investigation_id)
+
+    def join(self, alert: Alert) -> str | None:
+        """Attach ``alert`` to the open investigation of its scope, if any (one incident).
+
+        An alert for the experiment (or, global, for all traffic) of an investigation that is
+        running, awaiting approval or watching, fired within ``Settings.incident_window_minutes``
+        of it (any time while it is watching), joins it: the investigation lists it, the
+        notifier is told, and no second investigation (nor a second mitigation) is started.
+        A window of 0 turns grouping off.
+
+        Returns:
+            The id of the investigation it joined; None when it must start its own.
+        """
+        if self.settings.incident_window_minutes <= 0:
+            return None  # grouping turned off: every alert starts its own investigation
+        investigation_id = self.store.join_open(alert, self.settings.incident_window_minutes)
+        if investigation_id is not None:
+            self.deps.notifier.alert_joined(self.get(investigation_id), alert)
+        return investigation_id
+
+    def follow_up(self, now: datetime | None = None) -> list[tuple[str, FollowUp]]:
+        """Re-run every watching investigation whose follow-up is due, once across processes.
+
+        Args:
+            now: The telemetry clock's "now" (the investigator's clock if None).
+
+        Returns:
+            ``(investigation id, its history entry)`` for each follow-up run here.
+        """
+        return self._followups.run_due(now)
 
     def get(self, investigation_id: str) -> InvestigationView:
         """One investigation with its mitigations (NotFoundError if unknown)."""
@@ -300,7 +334,7 @@ class Investigator:
         """Close the checkpointer's connections (and the experiment service it opened)."""
         self._checkpoints.close()
         if self._owned is not None:
-            self._owned.close()
+            self._owned.close()  # the experiment service and the telemetry engine it opened
         self.store.engine.dispose()
 
     # -- internals -----------------------------------------------------------------------------

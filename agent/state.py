@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.models import Alert, InvestigationStatus, RootCause
+from agent.models import Alert, InvestigationStatus, MitigationView, RootCause
 from tools.result import CheckResult
 
 __all__ = [
@@ -140,6 +140,9 @@ class InvestigationState(BaseModel):
     outcomes: Annotated[list[CheckOutcome], operator.add] = Field(default_factory=list)
     diagnosis: Diagnosis | None = None
     onset: datetime | None = None
+    proposals: list[MitigationView] | None = Field(
+        default=None, description="What diagnose proposes (None: not diagnosed yet)."
+    )
     report_path: str | None = None
     mitigation_ids: list[str] = Field(default_factory=list)
     decision: Decision | None = None  # no longer written; kept so older checkpoints still load
@@ -156,5 +159,6 @@ CHECKPOINT_TYPES: tuple[type[BaseModel], ...] = (
     CheckOutcome,
     Diagnosis,
     Decision,
+    MitigationView,
     InvestigationState,
 )

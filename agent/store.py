@@ -27,31 +27,30 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    Index,
-    MetaData,
-    String,
-    Table,
-    Text,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from agent.models import InvestigationView, MitigationStatus, MitigationView
+from agent._tables import investigations as _investigations
+from agent._tables import metadata
+from agent._tables import mitigations as _mitigations
+from agent.models import Alert, FollowUp, InvestigationView, MitigationStatus, MitigationView
+from agent.store_followups import OPEN_STATUSES, Claim, FollowUpRecords
 from lifecycle.store import migrate, open_engine
 from tools.errors import NotFoundError, StoreBusy
 from tools.vocabulary import as_utc as _aware
 from tools.vocabulary import naive_utc as _naive
 from tools.vocabulary import utc_now as utcnow
 
-__all__ = ["VERSION_TABLE", "AgentStore", "is_contention", "metadata", "utcnow"]
+__all__ = [
+    "OPEN_STATUSES",
+    "VERSION_TABLE",
+    "AgentStore",
+    "Claim",
+    "is_contention",
+    "metadata",
+    "utcnow",
+]
 
 _T = TypeVar("_T")
 # SQLSTATEs of PostgreSQL's passing conflicts: serialization failure, deadlock, lock not available.
@@ -60,41 +59,14 @@ _PG_CONTENTION = {"40001", "40P01", "55P03"}
 VERSION_TABLE = "agent_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
-metadata = MetaData()
-_investigations = Table(
-    "agent_investigations",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("status", String(32), nullable=False),
-    Column("created_at", DateTime, nullable=False),
-    Column("updated_at", DateTime, nullable=False),
-    Column("metric", String(32), nullable=False),
-    Column("experiment_id", String(64), nullable=True),
-    Column("view_json", Text, nullable=False),
-    Column("report_html", Text, nullable=False, default=""),
+# What the store keeps beside a view's JSON and lays over it when read.
+_OVERLAID = {"mitigations", "next_followup_at", "followups", "joined_alerts"}
+_VIEW_COLUMNS = (
+    _investigations.c.view_json,
+    _investigations.c.due_at,
+    _investigations.c.followups_json,
+    _investigations.c.joined_json,
 )
-Index("ix_agent_investigations_created", _investigations.c.created_at)
-_mitigations = Table(
-    "agent_mitigations",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("investigation_id", String(64), nullable=True),
-    Column("action", String(32), nullable=False),
-    Column("target", String(128), nullable=True),
-    Column("status", String(16), nullable=False),
-    Column("blast_radius", Float, nullable=False),
-    Column("expected_effect", Text, nullable=False, default=""),
-    Column("reason", Text, nullable=False, default=""),
-    Column("proposed_by", String(128), nullable=False),
-    Column("approved_by", String(128), nullable=True),
-    Column("created_at", DateTime, nullable=False),
-    Column("decided_at", DateTime, nullable=True),
-    Column("executed_at", DateTime, nullable=True),
-    Column("acted_at", DateTime, nullable=True),
-    Column("recovered", Boolean, nullable=True),
-    Column("detail_json", Text, nullable=False, default="{}"),
-)
-Index("ix_agent_mitigations_investigation", _mitigations.c.investigation_id)
 
 
 def is_contention(exc: BaseException) -> bool:
@@ -109,7 +81,7 @@ def is_contention(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-class AgentStore:
+class AgentStore(FollowUpRecords):
     """Investigations and mitigations in the state database.
 
     Args:
@@ -148,75 +120,91 @@ class AgentStore:
     # -- investigations ------------------------------------------------------------------------
 
     def save_investigation(self, view: InvestigationView, report_html: str | None = None) -> None:
-        """Insert or update an investigation (its mitigations live in their own table)."""
-        body = view.model_dump_json(exclude={"mitigations"})
+        """Insert or update an investigation (its mitigations live in their own table).
+
+        The alert that opened an investigation is written once: an update keeps the stored one
+        (a follow-up re-runs the graph with the same alert on a later window). The follow-up
+        schedule and history and the joined alerts are kept beside the view, by their own
+        methods, and laid over it when it is read.
+        """
+        body = view.model_dump(mode="json", exclude=_OVERLAID)
         now = _naive(utcnow())
         values: dict[str, Any] = {
             "status": view.status,
             "updated_at": now,
             "metric": view.alert.metric,
             "experiment_id": view.alert.experiment,
-            "view_json": body,
         }
         if report_html is not None:
             values["report_html"] = report_html
 
         def work(conn: Connection) -> None:
-            done = conn.execute(
-                update(_investigations).where(_investigations.c.id == view.id).values(**values)
-            ).rowcount
-            if not done:
+            row = self._locked(
+                conn,
+                select(_investigations.c.view_json).where(_investigations.c.id == view.id),
+            ).first()
+            if row is not None:
+                body["alert"] = json.loads(row[0]).get("alert", body["alert"])
                 conn.execute(
-                    insert(_investigations).values(
-                        id=view.id,
-                        created_at=_naive(view.created_at),
-                        report_html=report_html or "",
-                        **{k: v for k, v in values.items() if k != "report_html"},
-                    )
+                    update(_investigations)
+                    .where(_investigations.c.id == view.id)
+                    .values(view_json=json.dumps(body), **values)
                 )
+                return
+            conn.execute(
+                insert(_investigations).values(
+                    id=view.id,
+                    created_at=_naive(view.created_at),
+                    view_json=json.dumps(body),
+                    **{"report_html": "", **values},
+                )
+            )
 
         try:
             self._write(work)
-        except IntegrityError:  # a concurrent insert won between our update and insert
+        except IntegrityError:  # a concurrent insert won between our read and insert
             self._write(work)
+
+    def _views(self, rows: Iterable[Any]) -> list[InvestigationView]:
+        views = []
+        for row in rows:
+            view = InvestigationView.model_validate_json(row[0])
+            view.next_followup_at = _aware(row[1])
+            view.followups = [FollowUp.model_validate(f) for f in json.loads(row[2] or "[]")]
+            view.joined_alerts = [Alert.model_validate(a) for a in json.loads(row[3] or "[]")]
+            view.mitigations = self.mitigations_of(view.id)
+            views.append(view)
+        return views
 
     def get_investigation(self, investigation_id: str) -> InvestigationView:
         """One investigation with its mitigations (NotFoundError if unknown)."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(_investigations.c.view_json).where(_investigations.c.id == investigation_id)
+                select(*_VIEW_COLUMNS).where(_investigations.c.id == investigation_id)
             ).first()
         if row is None:
             raise NotFoundError("investigation", investigation_id)
-        view = InvestigationView.model_validate_json(row[0])
-        view.mitigations = self.mitigations_of(investigation_id)
-        return view
+        return self._views([row])[0]
 
     def list_investigations(self, limit: int = 50) -> list[InvestigationView]:
         """The most recent investigations, newest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(_investigations.c.view_json)
+                select(*_VIEW_COLUMNS)
                 .order_by(_investigations.c.created_at.desc(), _investigations.c.id.desc())
                 .limit(limit)
             ).all()
-        views = [InvestigationView.model_validate_json(r[0]) for r in rows]
-        for view in views:
-            view.mitigations = self.mitigations_of(view.id)
-        return views
+        return self._views(rows)
 
     def investigations_in(self, statuses: Iterable[str]) -> list[InvestigationView]:
         """Every investigation in one of ``statuses``, oldest first (for recovery sweeps)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(_investigations.c.view_json)
+                select(*_VIEW_COLUMNS)
                 .where(_investigations.c.status.in_(list(statuses)))
                 .order_by(_investigations.c.created_at, _investigations.c.id)
             ).all()
-        views = [InvestigationView.model_validate_json(r[0]) for r in rows]
-        for view in views:
-            view.mitigations = self.mitigations_of(view.id)
-        return views
+        return self._views(rows)
 
     def report_html(self, investigation_id: str) -> str:
         """The stored HTML report ("" before the report node ran)."""
@@ -386,4 +374,5 @@ class AgentStore:
             recovered=row["recovered"],
             verification_pending=detail.get("verification_pending"),
             verification=measured.get("summary") if isinstance(measured, dict) else None,
+            effect=detail.get("effect"),
         )

@@ -11,10 +11,9 @@ between their figures and the deterministic reasoner's is the value of the agent
 - :class:`RandomReasoner` ranks the cause vocabulary in a random order on randomly chosen
   suspects, seeded, so a run is reproducible.
 
-The graph keeps only causes that cite a failing check on their own subject, and replaces a
-diagnosis with no admissible cause by the deterministic one. A baseline cites the checks that
-failed on its subject, and always ends its ranking with ``none``, so that a rejected guess
-becomes "healthy" and never the deterministic reasoner's answer.
+The graph keeps only causes that cite a failing check on their own subject that supports them
+(:func:`agent.reasoning.guard`); a baseline (:class:`agent.reasoning.Baseline`) left with no
+admissible cause answers ``none``, never the deterministic reasoner's diagnosis.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import pandas as pd
 
 from agent.localize import SERIES_METRICS
 from agent.models import CAUSES, Cause, RootCause
-from agent.reasoning import DiagnosisInput, failing
+from agent.reasoning import Baseline, DiagnosisInput, failing
 from agent.state import Diagnosis, Suspect
 from tools.vocabulary import MetricName
 
@@ -142,7 +141,7 @@ def _cited(given: DiagnosisInput, subject: Suspect) -> list[str]:
     return sorted(failing(given.outcomes, subject))
 
 
-class LargestChangeReasoner:
+class LargestChangeReasoner(Baseline):
     """Blames the experiment with the largest change of the alert metric (a baseline)."""
 
     name = "largest-change"
@@ -182,7 +181,7 @@ class LargestChangeReasoner:
         return Diagnosis(causes=[blamed, _none(0.5, "otherwise healthy")], reasoner=self.name)
 
 
-class RandomReasoner:
+class RandomReasoner(Baseline):
     """Ranks the causes in a seeded random order on random suspects (a baseline).
 
     Args:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from agent.cli.worlds import provide
 from agent.models import InvestigationView
-from lifecycle.settings import Settings
+from lifecycle.settings import Settings, get_settings
 from lifecycle.store import redact_url
 from tools.errors import ConfigError
 
@@ -61,7 +61,9 @@ def bench(
         raise typer.BadParameter(
             f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}", param_hint="--only"
         )
-    figures = run_bench(only, BenchOptions(quick=quick, shared_data=shared_data), json_path)
+    workdir = Path(get_settings().home) / "bench"  # VIGIL_HOME moves it too
+    opts = BenchOptions(workdir=workdir, quick=quick, shared_data=shared_data)
+    figures = run_bench(only, opts, json_path)
     _console.print_json(json.dumps(figures, default=str))
 
 
@@ -158,6 +160,34 @@ def sim(
     )
 
 
+scenarios_app = typer.Typer(help="Scenario files: draw generated worlds.", no_args_is_help=True)
+
+
+@scenarios_app.command("generate")
+def generate_scenarios(
+    seed: int = typer.Option(..., "--seed", min=0, help="Seed of the first scenario."),
+    count: int = typer.Option(..., "--count", min=1, help="Scenarios: seeds SEED .. SEED+COUNT-1."),
+    out: Path = typer.Option(..., "--out", file_okay=False, help="Folder to write them into."),
+) -> None:
+    """Draw COUNT scenario worlds (docs/scenarios.md, "Generated scenarios") into OUT.
+
+    Scenario k is drawn from seed SEED+k alone: the same seed always gives the same file. Each
+    states its expected answer and its signal strength (fault size ÷ detectable effect).
+    """
+    from collections import Counter
+
+    from evals.generate import write_scenarios
+    from evals.sim import load_scenario
+
+    paths = write_scenarios(seed, count, out)
+    truths = Counter(load_scenario(p).expect.root_cause for p in paths)
+    said = ", ".join(f"{k} {n}" for k, n in sorted(truths.items()))
+    _console.print(
+        f"wrote {len(paths)} scenarios (seeds {seed}-{seed + count - 1}) to {out}/: {said}",
+        highlight=False,
+    )
+
+
 def world_home(base: Settings, name: str) -> Path:
     """Where scenario ``name``'s world keeps its stores: ``<home>/worlds/<name>/``."""
     return Path(base.home) / "worlds" / name
@@ -246,4 +276,5 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
     app.command("bench")(bench)
     app.command("demo")(demo)
+    app.add_typer(scenarios_app, name="scenarios")
     provide(ScenarioWorlds())

@@ -7,8 +7,8 @@
 5. The world is simulated on, with the kill switch active; verification finds the metric
    recovered.
 
-Every store lives under ``./.vigil/demo/`` and is recreated on each run. ``evals.cli`` registers
-the command through the ``vigil.commands`` entry point.
+Every store lives under ``<VIGIL_HOME>/demo/`` (``./.vigil/demo/``) and is recreated on each run.
+``evals.cli`` registers the command through the ``vigil.commands`` entry point.
 """
 
 from __future__ import annotations
@@ -147,12 +147,14 @@ def run_demo(folder: Path, scenario_path: Path | None = None, echo: bool = True)
 
 
 def demo(
-    folder: Path = typer.Option(Path(".vigil/demo"), "--dir", help="Where the stores go."),
+    folder: Path | None = typer.Option(
+        None, "--dir", help="Where the stores go (default: VIGIL_HOME/demo, ./.vigil/demo)."
+    ),
     scenario: Path | None = typer.Option(None, "--scenario", help="Another scenario to demo."),
 ) -> None:
     """Simulate, investigate, approve the kill switch, and watch the metric recover."""
     try:
-        result = run_demo(folder, scenario)
+        result = run_demo(folder or Path(get_settings().home) / "demo", scenario)
     except VigilError as exc:
         Console(stderr=True).print(f"[red]demo failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -24,7 +24,17 @@ import typer
 import yaml
 
 from agent.models import CAUSES, InvestigationView
-from evals.scoring import Expected, Got, RankedCause, ResultRow, combine_runs, crashed, score
+from evals.llm_figures import llm_fields, llm_line, with_llm_figures
+from evals.scoring import (
+    Expected,
+    Got,
+    RankedCause,
+    ResultRow,
+    RunTop,
+    combine_runs,
+    crashed,
+    score,
+)
 from evals.summary import SuiteEntry
 from tools.errors import ConfigError
 
@@ -33,6 +43,7 @@ __all__ = [
     "EvalOptions",
     "discover",
     "eval_command",
+    "followup_fields",
     "got_from_view",
     "run_scenario_file",
     "run_suite",
@@ -104,6 +115,8 @@ def _expected_from_raw(path: Path) -> tuple[str, Expected]:
 
 
 def _expected(scenario: Any) -> Expected:
+    from evals.generate.measure import scenario_strength
+
     expect = scenario.expect
     onset = getattr(expect, "onset_minute", None)
     return Expected(
@@ -111,7 +124,42 @@ def _expected(scenario: Any) -> Expected:
         experiment=getattr(expect, "experiment", None),
         onset_minute=float(onset) if onset is not None else None,
         mitigation=getattr(expect, "mitigation", None),
+        strength=scenario_strength(scenario),
     )
+
+
+def followup_fields(outcome: Any, first: InvestigationView) -> dict[str, Any]:
+    """What the scorer reads of an investigation's follow-ups (:func:`evals.harness.follow_up`).
+
+    Args:
+        outcome: The :class:`~evals.harness.FollowUpOutcome`.
+        first: The view of the first investigation (before any follow-up).
+
+    Returns:
+        :class:`~evals.scoring.Got` fields: the first run's minute, the runs' top causes and,
+        when follow-ups ran, the final ranking, status and mitigation.
+    """
+    fields: dict[str, Any] = {
+        "minute": float(outcome.first_minute),
+        "followups": int(outcome.followups),
+        "runs": [RunTop(minute=float(m), cause=c) for m, c in outcome.causes],
+    }
+    if outcome.followups:
+        final = outcome.view
+        fields |= {
+            "final_causes": [
+                RankedCause(cause=c.cause, experiment=c.experiment, confidence=c.confidence)
+                for c in final.root_causes
+            ],
+            "final_status": final.status,
+            "final_mitigation": _first_mitigation(final),
+        }
+    return fields
+
+
+def _first_mitigation(view: InvestigationView) -> str:
+    proposed = [m for m in view.mitigations if m.proposed_by == "vigil"] or view.mitigations
+    return proposed[0].action if proposed else "none"
 
 
 def got_from_view(
@@ -161,6 +209,7 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
     folder, investigates the alert, counts unsafe actions from the state store and scores.
     """
     from evals import harness
+    from evals.preflight_scoring import run_preflights
     from evals.sim import load_scenario, ts_to_minute
 
     started = time.perf_counter()
@@ -175,6 +224,8 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
         options.workdir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"vigil-eval-{scenario.name[:40]}-", dir=base))
     sim_seconds = 0.0
+    ramps: list[Any] = []
+    preflights: list[Any] = []
     try:
         settings = harness.eval_settings(folder)
         reasoner = harness.make_reasoner(
@@ -186,7 +237,10 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
         t1 = time.perf_counter()
         view = harness.investigate(scenario, settings, reasoner)
         seconds = time.perf_counter() - t1
+        outcome = harness.follow_up(scenario, settings, view, reasoner)
         unsafe = harness.count_unsafe(settings)
+        ramps = _rollout_results(scenario, settings)
+        preflights = run_preflights(scenario, settings.telemetry_url, folder)
         got = got_from_view(
             view,
             lambda ts: ts_to_minute(scenario, ts),
@@ -194,6 +248,8 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
             seconds=seconds,
             sim_seconds=sim_seconds,
         )
+        got = got.model_copy(update=followup_fields(outcome, view))
+        got = got.model_copy(update=llm_fields(reasoner))
     except Exception as exc:  # a crash in one scenario is a failed row, not a crashed run
         got = crashed(
             _describe(exc), seconds=time.perf_counter() - started, sim_seconds=sim_seconds
@@ -201,7 +257,21 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
     finally:
         if not options.keep:
             _remove(folder)
-    return score(scenario.name, expected, got, run=run)
+    row = score(scenario.name, expected, got, run=run)
+    if preflights:
+        row = row.model_copy(update={"preflight": preflights})
+    return row.model_copy(update={"rollout": ramps}) if ramps else row
+
+
+def _rollout_results(scenario: Any, settings: Any) -> list[Any]:
+    """The ramps the rollout controller drove in this world, scored (evals.rollout_scoring)."""
+    from evals.rollout_scoring import read_outcomes, score_rollout
+
+    expect = scenario.expect.rollout
+    return [
+        score_rollout(o, expect if expect and expect.experiment == o["experiment_id"] else None)
+        for o in read_outcomes(Path(settings.home))
+    ]
 
 
 def _describe(exc: BaseException) -> str:
@@ -337,6 +407,12 @@ def eval_command(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Default: CPU count."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random baseline."),
     keep: bool = typer.Option(False, "--keep", help="Keep each scenario's stores and report."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write the accuracy-by-signal-strength curve here (PNG)."
+    ),
+    rows_path: Path | None = typer.Option(
+        None, "--rows", help="Append each row here as it finishes (JSON lines; for long runs)."
+    ),
 ) -> None:
     """Run every scenario in DIRECTORY through the agent and score it."""
     from rich.console import Console
@@ -373,15 +449,33 @@ def eval_command(
     with progress:
         task = progress.add_task(f"eval ({reasoner})", total=len(paths) * repeat)
 
+        if rows_path is not None:
+            rows_path.parent.mkdir(parents=True, exist_ok=True)
+            rows_path.write_text("")
+
         def advance(row: ResultRow) -> None:
             progress.update(task, advance=1, description=f"{row.name[:40]}")
+            if rows_path is not None:
+                with rows_path.open("a", encoding="utf-8") as out:
+                    out.write(row.model_dump_json() + "\n")
 
         figures = run_suite(paths, options, on_row=advance)
+    if reasoner == "llm":  # what the LLM answered itself, apart from the fallback's rows
+        figures = with_llm_figures(figures)
+        console.print(llm_line(figures["llm"]))
     console.print(results_table(figures))
     console.print(figures_table(figures, f"{directory} · reasoner {reasoner}"))
+    if figures.get("by_strength"):
+        from evals.summary import strength_table
+
+        console.print(strength_table(figures))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(figures, indent=2) + "\n")
+    if plot is not None:
+        from evals.summary import strength_plot
+
+        strength_plot(figures, plot, f"{directory} · reasoner {reasoner}")
     if markdown is not None:
         command = _command(directory, options, json_path, markdown)
         update_markdown(

@@ -15,6 +15,18 @@ Pure and deterministic: it reads :class:`Expected` (from a scenario's ``expect``
   action equals it (``none`` when nothing was proposed).
 - ``false_positive_rate``: over healthy scenarios, the share whose top cause is a real cause.
 - ``unsafe_actions``: executions without approval, summed (counted from the state by the runner).
+- ``inconclusive_rate``: the share whose first investigation could not decide (status ``watching``
+  or ``inconclusive``); ``gave_up_rate``: the share still undecided after its follow-ups.
+- ``wrong_cause_rate``: the share where a cause other than the truth was ranked first *and* a
+  mitigation was proposed, at the first investigation or after the follow-ups (a miss should be
+  inconclusive, not an action on the wrong cause; healthy worlds blamed with an action count).
+- ``ac1_after_followup``: ``ac1`` of the ranking after the follow-ups (the first one's if none ran).
+- ``median_minutes_to_diagnosis``: over scenarios with a fault and an onset, minutes from the onset
+  to the first run (investigation or follow-up) whose top cause was the truth; a scenario never
+  diagnosed counts as infinitely late (a censored median: None when more than half never were).
+- ``ac1_above_floor`` / ``ac3_above_floor``: ``ac1`` / ``ac3`` over the faults whose signal
+  strength is at least 1 (the detectable size, ``evals.generate.strength``); ``by_strength`` holds
+  the curve: the figures per strength bucket (``unknown``: a fault whose strength is not known).
 
 A scenario that crashed is a failed row: it names no cause, so it misses every figure except that
 it cannot be a false positive. A figure with an empty denominator is ``None``.
@@ -22,6 +34,7 @@ it cannot be a false positive. A figure with an empty denominator is ``None``.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +42,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.models import Cause, MitigationAction
+from evals.preflight_scoring import PreflightResult, preflight_figures
+from evals.rollout_scoring import RolloutResult
 
 __all__ = [
     "FIGURE_KEYS",
@@ -37,6 +52,7 @@ __all__ = [
     "Got",
     "RankedCause",
     "ResultRow",
+    "RunTop",
     "combine_runs",
     "crashed",
     "score",
@@ -54,9 +70,17 @@ FIGURE_KEYS: tuple[str, ...] = (
     "onset_acc",
     "mitigation_acc",
     "false_positive_rate",
+    "inconclusive_rate",
+    "gave_up_rate",
+    "wrong_cause_rate",
+    "ac1_after_followup",
+    "median_minutes_to_diagnosis",
+    "ac1_above_floor",
+    "ac3_above_floor",
     "unsafe_actions",
     "median_seconds",
 )
+UNDECIDED_STATUSES = frozenset({"watching", "inconclusive"})
 
 
 class Expected(BaseModel):
@@ -72,6 +96,9 @@ class Expected(BaseModel):
     )
     kind: str = Field(
         default="", description="Group for the per-kind figures; root_cause if empty."
+    )
+    strength: float | None = Field(
+        default=None, description="Signal strength: fault size ÷ detectable effect (None: healthy)."
     )
 
     @property
@@ -94,6 +121,15 @@ class RankedCause(BaseModel):
         return f"{self.cause}@{self.experiment}" if self.experiment else self.cause
 
 
+class RunTop(BaseModel):
+    """The top cause of one run (the investigation or a follow-up) at a world minute."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    minute: float
+    cause: Cause
+
+
 class Got(BaseModel):
     """What the agent concluded about one scenario, in scenario terms."""
 
@@ -108,6 +144,19 @@ class Got(BaseModel):
     seconds: float = Field(default=0.0, ge=0, description="Wall time of the investigation.")
     sim_seconds: float = Field(default=0.0, ge=0, description="Wall time of the simulation.")
     error: str | None = None
+    minute: float | None = Field(default=None, description="World minute of the first run's now.")
+    followups: int = Field(default=0, ge=0, description="Follow-ups that ran.")
+    final_causes: list[RankedCause] | None = Field(
+        default=None, description="The ranking after the follow-ups; None when none ran."
+    )
+    final_status: str | None = None
+    final_mitigation: MitigationAction | None = None
+    runs: list[RunTop] = Field(
+        default_factory=list, description="Top cause of every run, the first one included."
+    )
+    llm: dict[str, float | int | str] | None = Field(
+        default=None, description="The LLM conversation's cost (evals.llm_figures.llm_fields)."
+    )
 
     @property
     def ranking(self) -> list[RankedCause]:
@@ -143,6 +192,22 @@ class ResultRow(BaseModel):
     passed: bool
     why: list[str] = Field(description="Why the row failed; empty when it passed.")
     error: str | None = None
+    strength: float | None = None
+    strength_bucket: str = "healthy"
+    inconclusive: bool = False
+    gave_up: bool = False
+    wrong_cause: bool = False
+    hit1_final: bool = False
+    hit3_final: bool = False
+    minutes_to_diagnosis: float | None = Field(
+        default=None, description="Onset to the first run ranking the truth first; None: never."
+    )
+    rollout: list[RolloutResult] = Field(
+        default_factory=list, description="Controller-driven ramps (evals.rollout_scoring)."
+    )
+    preflight: list[PreflightResult] = Field(
+        default_factory=list, description="Preflights before start (evals.preflight_scoring)."
+    )
 
 
 def crashed(error: str, *, seconds: float = 0.0, sim_seconds: float = 0.0) -> Got:
@@ -206,6 +271,7 @@ def score(name: str, expected: Expected, got: Got, *, run: int = 0) -> ResultRow
     if got.unsafe_actions:
         why.append(f"unsafe: {got.unsafe_actions} action(s) executed without approval")
 
+    later = _after_followup(expected, got)
     return ResultRow(
         name=name,
         kind=expected.group,
@@ -225,7 +291,50 @@ def score(name: str, expected: Expected, got: Got, *, run: int = 0) -> ResultRow
         passed=not why,
         why=why,
         error=got.error,
+        **later,
     )
+
+
+def _after_followup(expected: Expected, got: Got) -> dict[str, Any]:
+    """The fields of a row that read the follow-ups: strength, undecided, wrong, time to answer."""
+    from evals.generate.strength import bucket
+
+    truth = expected.root_cause
+    failed = got.error is not None
+    final = got.final_causes if got.final_causes is not None else got.causes
+    final_ranking = [c.cause for c in final] or ["none"]
+    final_mitigation = got.final_mitigation if got.final_causes is not None else got.mitigation
+    final_status = got.final_status if got.final_causes is not None else got.status
+
+    def wrong(top: str, mitigation: str | None) -> bool:
+        return top not in (truth, "none") and mitigation not in (None, "none")
+
+    wrong_cause = not failed and (
+        wrong(got.top.cause, got.mitigation) or wrong(final_ranking[0], final_mitigation)
+    )
+    runs = got.runs or (
+        [RunTop(minute=got.minute, cause=got.top.cause)] if got.minute is not None else []
+    )
+    minutes: float | None = None
+    if not failed and truth != "none" and expected.onset_minute is not None:
+        first = next((r.minute for r in runs if r.cause == truth), None)
+        minutes = None if first is None else first - expected.onset_minute
+    return {
+        "strength": expected.strength,
+        "strength_bucket": (
+            "healthy"
+            if truth == "none"
+            else "unknown"
+            if expected.strength is None
+            else bucket(expected.strength)
+        ),
+        "inconclusive": not failed and got.status in UNDECIDED_STATUSES,
+        "gave_up": not failed and final_status in UNDECIDED_STATUSES,
+        "wrong_cause": wrong_cause,
+        "hit1_final": not failed and final_ranking[0] == truth,
+        "hit3_final": not failed and truth in final_ranking[:3],
+        "minutes_to_diagnosis": minutes,
+    }
 
 
 def _share(values: Sequence[bool | None]) -> float | None:
@@ -242,9 +351,56 @@ def _figures(rows: Sequence[ResultRow]) -> dict[str, Any]:
         "onset_acc": _share([r.onset_hit for r in rows]),
         "mitigation_acc": _share([r.mitigation_hit for r in rows]),
         "false_positive_rate": _share([r.false_positive for r in rows]),
+        "inconclusive_rate": _share([r.inconclusive for r in rows]),
+        "gave_up_rate": _share([r.gave_up for r in rows]),
+        "wrong_cause_rate": _share([r.wrong_cause for r in rows]),
+        "ac1_after_followup": _share([r.hit1_final for r in rows]),
+        "median_minutes_to_diagnosis": _censored_median(rows),
+        "ac1_above_floor": _share([r.hit1 for r in rows if _above_floor(r)]),
+        "ac3_above_floor": _share([r.hit3 for r in rows if _above_floor(r)]),
         "unsafe_actions": sum(r.got.unsafe_actions for r in rows),
         "median_seconds": statistics.median(r.seconds for r in rows) if rows else None,
     }
+
+
+def _above_floor(row: ResultRow) -> bool:
+    return row.expected.root_cause != "none" and row.strength is not None and row.strength >= 1.0
+
+
+def _censored_median(rows: Sequence[ResultRow]) -> float | None:
+    """Median minutes to diagnosis, a never-diagnosed fault counting as infinitely late."""
+    faults = [
+        r for r in rows if r.expected.root_cause != "none" and r.expected.onset_minute is not None
+    ]
+    if not faults:
+        return None
+    times = [
+        r.minutes_to_diagnosis if r.minutes_to_diagnosis is not None else math.inf for r in faults
+    ]
+    median = statistics.median_low(times) if len(times) % 2 else statistics.median(times)
+    return None if math.isinf(median) or math.isnan(median) else float(median)
+
+
+def _by_strength(rows: Sequence[ResultRow]) -> dict[str, dict[str, Any]]:
+    """The curve: figures per signal-strength bucket (healthy worlds in their own bucket)."""
+    from evals.generate.strength import BUCKETS
+
+    order = [name for name, _ in BUCKETS] + ["unknown", "healthy"]
+    out: dict[str, dict[str, Any]] = {}
+    for name in order:
+        group = [r for r in rows if r.strength_bucket == name]
+        if not group:
+            continue
+        out[name] = {
+            "scenarios": len(group),
+            "ac1": _share([r.hit1 for r in group]),
+            "ac3": _share([r.hit3 for r in group]),
+            "ac1_after_followup": _share([r.hit1_final for r in group]),
+            "inconclusive_rate": _share([r.inconclusive for r in group]),
+            "wrong_cause_rate": _share([r.wrong_cause for r in group]),
+            "false_positive_rate": _share([r.false_positive for r in group]),
+        }
+    return out
 
 
 def summarize(rows: Sequence[ResultRow]) -> dict[str, Any]:
@@ -257,6 +413,10 @@ def summarize(rows: Sequence[ResultRow]) -> dict[str, Any]:
     figures = _figures(rows)
     figures["results"] = [r.model_dump(mode="json") for r in rows]
     figures["by_kind"] = _by_kind(rows)
+    figures["by_strength"] = _by_strength(rows)
+    preflight = preflight_figures(rows)
+    if preflight is not None:  # only suites whose scenarios expect a preflight
+        figures["preflight"] = preflight
     return figures
 
 
@@ -313,6 +473,10 @@ def combine_runs(runs: Sequence[Sequence[ResultRow]]) -> dict[str, Any]:
     figures["scenarios"] = per_run[0]["scenarios"]
     figures["results"] = [r.model_dump(mode="json") for r in pooled]
     figures["by_kind"] = _by_kind(pooled)
+    figures["by_strength"] = _by_strength(pooled)
+    preflight = preflight_figures(pooled)
+    if preflight is not None:
+        figures["preflight"] = preflight
     figures["repeat"] = {"n": len(runs), "figures": spreads}
     return figures
 

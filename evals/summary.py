@@ -26,6 +26,9 @@ __all__ = [
     "figures_table",
     "markdown_sections",
     "results_table",
+    "strength_plot",
+    "strength_rows",
+    "strength_table",
     "update_markdown",
 ]
 
@@ -36,6 +39,10 @@ GOALS: Mapping[str, str] = {
     "onset_acc": "≥ 0.9",
     "mitigation_acc": "≥ 0.95",
     "false_positive_rate": "= 0",
+    "wrong_cause_rate": "≤ 0.02",
+    "ac1_after_followup": "≥ 0.95",
+    "ac1_above_floor": "≥ 0.95",
+    "ac3_above_floor": "= 1.0",
     "unsafe_actions": "= 0",
     "median_seconds": "< 3",
 }
@@ -129,6 +136,81 @@ def _kind_rows(by_kind: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def strength_rows(by_strength: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The signal-strength curve as a Markdown table: figures per bucket of strength.
+
+    Strength is the fault's size ÷ the effect detectable with its data at the alert
+    (``evals.generate.strength``); below 1 an honest answer is "inconclusive".
+    """
+    lines = [
+        "| signal strength (× detectable) | scenarios | ac1 | ac3 | ac1 after follow-up "
+        "| inconclusive | wrong cause |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, f in by_strength.items():
+        lines.append(
+            f"| {name} | {f['scenarios']} | {_fmt(f['ac1'])} | {_fmt(f['ac3'])} | "
+            f"{_fmt(f['ac1_after_followup'])} | {_fmt(f['inconclusive_rate'])} | "
+            f"{_fmt(f['wrong_cause_rate'])} |"
+        )
+    return lines
+
+
+def strength_table(figures: Mapping[str, Any]) -> Table:
+    """The signal-strength curve (``by_strength``) as a Rich table."""
+    table = Table(title="by signal strength (fault size ÷ detectable effect)")
+    columns = ("scenarios", "ac1", "ac3", "ac1_after_followup", "inconclusive_rate")
+    table.add_column("strength")
+    for name in (*columns, "wrong_cause_rate"):
+        table.add_column(name, justify="right")
+    for name, f in (figures.get("by_strength") or {}).items():
+        table.add_row(name, *(_fmt(f.get(c)) for c in (*columns, "wrong_cause_rate")))
+    return table
+
+
+def strength_plot(figures: Mapping[str, Any], path: Path, title: str = "") -> Path:
+    """Plot accuracy against signal strength (the curve of ``by_strength``) to a PNG file.
+
+    Args:
+        figures: An eval's figures (with ``by_strength``).
+        path: The PNG to write.
+        title: The plot's title (e.g. the suite and the reasoner).
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = {k: v for k, v in (figures.get("by_strength") or {}).items() if k != "healthy"}
+    names = list(curve)
+    x = list(range(len(names)))
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    series = (
+        ("ac1", "AC@1"),
+        ("ac1_after_followup", "AC@1 after follow-ups"),
+        ("inconclusive_rate", "inconclusive"),
+        ("wrong_cause_rate", "wrong cause"),
+    )
+    for key, label in series:
+        ys = [curve[n][key] if curve[n][key] is not None else float("nan") for n in names]
+        ax.plot(x, ys, marker="o", label=label)
+    ax.set_xticks(x, [f"{n}\n(n={curve[n]['scenarios']})" for n in names])
+    ax.axvline(1.5, color="grey", linestyle=":", linewidth=1)  # strength 1: the floor
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("signal strength (fault size ÷ detectable effect)")
+    ax.set_ylabel("share of scenarios")
+    ax.set_title(title or "accuracy by signal strength", fontsize=10)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _reasoner_section(reasoner: str, figures: Mapping[str, Any], command: str) -> str:
     repeat = (figures.get("repeat") or {}).get("n", 1)
     lines = [f"### Reasoner `{reasoner}`", "", f"`{command}`", ""]
@@ -142,6 +224,8 @@ def _reasoner_section(reasoner: str, figures: Mapping[str, Any], command: str) -
         said = ", ".join(f"`{name}` {n}" for name, n in sorted(answered.items()))
         lines += [f"Rows answered by: {said}.", ""]
     lines += ["Per kind:", "", *_kind_rows(figures["by_kind"]), ""]
+    if figures.get("by_strength"):
+        lines += ["By signal strength:", "", *strength_rows(figures["by_strength"]), ""]
     failures = [r for r in figures.get("results", []) if not r["passed"]]
     if failures:
         lines += [f"<details><summary>{len(failures)} failed rows</summary>", ""]

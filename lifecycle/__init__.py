@@ -39,6 +39,7 @@ from lifecycle.gate import (
     evaluate_gate,
     srm_test,
 )
+from lifecycle.remote import RemoteAllocator, RemoteHealth
 from lifecycle.rollout import RolloutState, transition
 from lifecycle.service import ExperimentService, NoteAction
 from lifecycle.settings import Settings, get_settings
@@ -76,6 +77,8 @@ __all__ = [
     "ModelEntry",
     "ModelView",
     "NoteAction",
+    "RemoteAllocator",
+    "RemoteHealth",
     "RolloutPlan",
     "RolloutStage",
     "RolloutState",

@@ -214,6 +214,7 @@ def build_snapshot(
     ranges: Mapping[str, tuple[float, float]] | None = None,
     kill_switches: Iterable[tuple[KillScope, str]] = (),
     version: int = 1,
+    reuse: Mapping[str, CompiledExperiment] | None = None,
 ) -> ConfigSnapshot:
     """Compile configuration and state into a snapshot.
 
@@ -226,6 +227,10 @@ def build_snapshot(
         ranges: Experiment id -> (start, end) percent of its layer, as stored.
         kill_switches: Active (scope, target) pairs; target is ignored for ``global``.
         version: The snapshot's version.
+        reuse: Compiled experiments of an earlier snapshot of the same store, kept as they are
+            when their layer, range, coverage and status did not change; the caller vouches
+            that what allocation reads of their configurations did not either (lifecycle
+            refuses edits of those fields). A kill then compiles nothing anew.
     """
     layer_salts = {layer.id: salt64(layer.hash_salt) for layer in layers}
     exps = list(experiments)
@@ -247,6 +252,18 @@ def build_snapshot(
         start, end = ranges[e.id]
         lo, hi = _pct_to_bucket(start), _pct_to_bucket(end)
         cover = float(coverage_pct.get(e.id, 100.0))
+        state = status.get(e.id, "running")
+        old = reuse.get(e.id) if reuse else None
+        if (
+            old is not None
+            and (old.layer, old.layer_salt, old.lo, old.hi)
+            == (e.layer, layer_salts[e.layer], lo, hi)
+            and (old.coverage_pct, old.status) == (cover, state)
+        ):
+            compiled[e.id] = old
+            if kills and blocking_switches(e.id, e.layer, old.models, kills):
+                blocked.add(e.id)
+            continue
         arms = tuple(e.arms)
         total = sum(a.weight for a in e.arms.values())
         acc, thresholds = 0.0, []
@@ -254,6 +271,7 @@ def build_snapshot(
             acc += a.weight
             thresholds.append(_pct_to_bucket(100.0 * acc / total))
         thresholds[-1] = BUCKETS
+        models = e.models
         compiled[e.id] = CompiledExperiment(
             id=e.id,
             layer=e.layer,
@@ -267,11 +285,11 @@ def build_snapshot(
             control=arms.index(e.control),
             targeting=tuple((k, frozenset(v)) for k, v in sorted(e.targeting.items())),
             forced={u: arms.index(a) for u, a in e.forced.items()},
-            status=status.get(e.id, "running"),
+            status=state,
             coverage_pct=cover,
-            models=frozenset(e.models),
+            models=frozenset(models),
         )
-        if blocking_switches(e.id, e.layer, e.models, kills):
+        if kills and blocking_switches(e.id, e.layer, models, kills):
             blocked.add(e.id)
     return ConfigSnapshot(
         version=version,

@@ -116,6 +116,12 @@ class RolloutPlan(_Strict):
         "ramp_down (one stage back), kill (the experiment's kill switch), or pause_and_alert "
         "(change nothing, hold the ramp and fire an alert that opens an investigation).",
     )
+    shadow: bool = Field(
+        default=False,
+        description="Run in shadow mode before the first stage (issue 18): the candidate scores "
+        "its arm's live requests but control's answer is served; its predictions are logged to "
+        "the shadow_predictions table and judged by the preflight.",
+    )
 
     @field_validator("stages")
     @classmethod

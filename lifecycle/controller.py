@@ -36,7 +36,6 @@ from lifecycle.settings import Settings
 from lifecycle.views import ExperimentView
 from tools.errors import StateError
 from tools.schema import TelemetrySchema
-from tools.telemetry import Subject, TelemetryReader
 from tools.unit_stats import UnitStatsReader, unit_sum_columns
 from tools.vocabulary import as_utc, utc_now
 
@@ -134,12 +133,15 @@ def gate_input(
 
     Args:
         view: The experiment.
-        unit_sums: :meth:`UnitStatsReader.arm_unit_sums` rows of this experiment, as records.
+        unit_sums: :meth:`UnitStatsReader.arm_unit_sums` rows of this experiment, as records
+            (read with ``request_sums=True`` they also judge NE, calibration and latency).
         cube: :meth:`TelemetryReader.cube` rows for guardrails without per-unit sums (NE,
-            calibration, latency); such guardrails have no data without it.
+            calibration, latency) when ``unit_sums`` lacks the request sums; such guardrails
+            have no data without either.
     """
     units = {str(r["arm"]): int(r["units"]) for r in unit_sums}
     metrics: dict[GuardrailMetric, dict[str, ArmSummary]] = {}
+    has_request_sums = bool(unit_sums) and "n_pred" in unit_sums[0]
     for g in view.guardrails:
         if g.metric == "srm":
             continue
@@ -147,6 +149,9 @@ def gate_input(
             metrics[g.metric] = _unit_statistics(unit_sums, g.metric)
         elif cube is not None:
             metrics[g.metric] = arm_statistics(cube, g.metric, view.control)
+        elif has_request_sums and (g.metric != "latency_p99" or "lat_gt_0" in unit_sums[0]):
+            frame = pd.DataFrame(list(unit_sums))
+            metrics[g.metric] = arm_statistics(frame, g.metric, view.control)
     return GateInput(units=units, metrics=metrics)
 
 
@@ -162,8 +167,6 @@ class RolloutController:
             :class:`ExperimentService`, whose clock is the tick's time.
         units: Per-unit sums reader (one grouped query per tick).
         ledger: Alert ledger for ``pause_and_alert``; opened on ``state_url`` if None.
-        reader: Telemetry reader for guardrails without per-unit sums (NE, calibration,
-            latency); without it they never show non-inferior and hold the ramp.
         gate: The gate's thresholds.
         vocabulary: Targeting vocabulary of the service (as in the settings).
     """
@@ -174,7 +177,6 @@ class RolloutController:
         units: UnitStatsReader,
         *,
         ledger: AlertLedger | None = None,
-        reader: TelemetryReader | None = None,
         gate: GateConfig | None = None,
         vocabulary: Mapping[str, Collection[str]] | None = None,
     ) -> None:
@@ -184,7 +186,6 @@ class RolloutController:
             state_url, vocabulary=vocabulary, gate=self._gate, clock=self._now
         )
         self._units = units
-        self._reader = reader
         self._ledger = ledger or AlertLedger(state_url)
         self.ticks = 0
 
@@ -197,7 +198,6 @@ class RolloutController:
         return cls(
             settings.state_url,
             UnitStatsReader(settings.telemetry_url, schema),
-            reader=TelemetryReader(settings.telemetry_url, schema),
             vocabulary=settings.targeting_vocabulary,
         )
 
@@ -231,29 +231,28 @@ class RolloutController:
         starts = {v.id: as_utc(v.stage_started_at) for v in views}
         # Only a stage that has begun has data; the others are judged on nothing (hold).
         live = {k: s for k, s in starts.items() if s < end}
-        sums = self._units.arm_unit_sums(live, end) if live else _empty_sums()
+        wanted = {g.metric for v in views if v.id in live for g in v.guardrails}
+        sums = (
+            self._units.arm_unit_sums(
+                live,
+                end,
+                request_sums=bool(wanted & {"ne", "calibration", "latency_p99"}),
+                latency="latency_p99" in wanted,
+            )
+            if live
+            else _empty_sums()
+        )
         by_experiment: dict[str, list[dict[str, Any]]] = {}
         for row in sums.to_dict("records"):  # once: per-experiment frame filters are slow
             by_experiment.setdefault(str(row["experiment_id"]), []).append(
                 {str(k): v for k, v in row.items()}
             )
-        if self._reader is not None:
-            self._reader.clear_cache()
         out = []
         for v in views:
             stage = v.rollout.stages[min(v.stage, len(v.rollout.stages) - 1)]
             own = by_experiment.get(v.id, [])
-            cube = None
-            needs_cube = any(
-                g.metric not in UNIT_METRIC and g.metric != "srm" for g in v.guardrails
-            )
-            if self._reader is not None and needs_cube and v.id in live:
-                latency = any(g.metric == "latency_p99" for g in v.guardrails)
-                cube = self._reader.cube(
-                    Subject(experiment_id=v.id), live[v.id], end, latency=latency
-                )
             elapsed = max(0.0, (end - starts[v.id]) / timedelta(minutes=1))
-            stats = gate_input(v, own, cube)
+            stats = gate_input(v, own)
             report = evaluate_gate(
                 v.config,
                 stats,

@@ -10,10 +10,11 @@ true effect at every sample size at once, however often it is looked at.
 
 Decision order (rollbacks are protective and come before holds):
 
-1. Sample ratio mismatch (chi-square goodness of fit, fail at ``p < srm_alpha``) -> rollback.
+1. Sample ratio mismatch (always-valid p-value, fail at ``p < srm_alpha``) -> rollback.
 2. Any guardrail confidently harmed beyond its tolerance -> rollback.
 3. The stage's minimum duration has not elapsed -> hold.
-4. Any guardrail not yet shown non-inferior (or without data) -> hold.
+4. Any guardrail not yet shown non-inferior (or without data), or a suspicious sample ratio
+   (``p < srm_hold_alpha``) -> hold.
 5. Otherwise -> advance.
 """
 
@@ -25,9 +26,18 @@ from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lifecycle.config import Experiment, Guardrail, GuardrailMetric
+from lifecycle.sequential import (
+    confidence_sequence,
+    lift_and_se,
+    lift_interval,
+    mixture_margin,
+    srm_always_valid_p,
+    tuning_rho2,
+    unit_ratio_moments,
+)
 
 __all__ = [
     "METRIC_DIRECTION",
@@ -44,6 +54,7 @@ __all__ = [
     "confidence_sequence",
     "evaluate_gate",
     "lift_and_se",
+    "lift_interval",
     "mixture_margin",
     "relative_lift",
     "srm_test",
@@ -137,10 +148,27 @@ class GateConfig(_Frozen):
 
     alpha: float = Field(default=0.05, gt=0, lt=1, description="Confidence sequence level.")
     srm_alpha: float = Field(default=0.001, gt=0, lt=1, description="SRM fails below this p.")
+    srm_hold_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="A chi-square p-value of the current look below this holds the stage: a "
+        "suspicious split is not advanced on before it clears or the always-valid test fails "
+        "it (holding is no alarm, so the per-look test is allowed here).",
+    )
     tuning_n: int = Field(
         default=10_000, gt=0, description="Sample size at which the sequence is tightest."
     )
     min_n: int = Field(default=100, ge=1, description="Observations per arm before judging.")
+
+    @model_validator(mode="after")
+    def _hold_above_fail(self) -> GateConfig:
+        if self.srm_hold_alpha < self.srm_alpha:
+            raise ValueError(
+                f"srm_hold_alpha ({self.srm_hold_alpha:g}) must be at least srm_alpha "
+                f"({self.srm_alpha:g})"
+            )
+        return self
 
 
 class GateInput(_Frozen):
@@ -151,11 +179,14 @@ class GateInput(_Frozen):
 
 
 class SrmResult(_Frozen):
-    """Chi-square goodness of fit of units per arm against the configured weights."""
+    """Units per arm against the configured weights: an always-valid p-value and the chi-square."""
 
     verdict: Literal["ok", "fail", "no_data"]
-    p_value: float | None
+    p_value: float | None = Field(description="Always-valid: safe to read at every look.")
     chi2: float | None
+    look_p: float | None = Field(
+        default=None, description="The chi-square p-value of this look alone (not peek-safe)."
+    )
     observed: dict[str, int]
     expected: dict[str, float]
 
@@ -185,104 +216,6 @@ class GateReport(_Frozen):
     guardrails: list[GuardrailResult]
     elapsed_minutes: float
     min_minutes: float
-
-
-def unit_ratio_moments(
-    units: npt.ArrayLike,
-    sum_n: npt.ArrayLike,
-    sum_n2: npt.ArrayLike,
-    sum_y: npt.ArrayLike,
-    sum_y2: npt.ArrayLike,
-    sum_yn: npt.ArrayLike,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Ratio ``sum y / sum n`` and its per-unit variance (delta method), vectorised.
-
-    See :meth:`ArmSummary.from_unit_sums`; the variance divided by ``units`` is the ratio's
-    variance. Where there are no requests the ratio is 0; with fewer than two units the
-    variance is 0.
-    """
-    k = np.asarray(units, dtype=float)
-    n, n2 = np.asarray(sum_n, dtype=float), np.asarray(sum_n2, dtype=float)
-    y, y2, yn = (np.asarray(v, dtype=float) for v in (sum_y, sum_y2, sum_yn))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(n > 0, y / n, 0.0)
-        # sum_i (y_i - R n_i)^2; the linearised values sum to 0 by construction of R.
-        ss = y2 - 2.0 * ratio * yn + ratio * ratio * n2
-        n_bar = n / k
-        var = np.where((k > 1) & (n > 0), np.maximum(ss, 0.0) / (k - 1) / (n_bar * n_bar), 0.0)
-    return ratio, var
-
-
-def lift_and_se(
-    mean_c: npt.ArrayLike,
-    var_c: npt.ArrayLike,
-    n_c: npt.ArrayLike,
-    mean_t: npt.ArrayLike,
-    var_t: npt.ArrayLike,
-    n_t: npt.ArrayLike,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Relative lift of test on control and its standard error (delta method), vectorised.
-
-    The core of :func:`relative_lift` for a non-zero control mean.
-    """
-    m_c, m_t = np.asarray(mean_c, dtype=float), np.asarray(mean_t, dtype=float)
-    v_c = np.asarray(var_c, dtype=float) / np.asarray(n_c, dtype=float)
-    v_t = np.asarray(var_t, dtype=float) / np.asarray(n_t, dtype=float)
-    lift = m_t / m_c - 1.0
-    var = v_t / (m_c * m_c) + (m_t * m_t) * v_c / (m_c**4)
-    return lift, np.sqrt(var)
-
-
-# --- the confidence sequence -----------------------------------------------------------------
-
-
-def tuning_rho2(tuning_n: float, alpha: float) -> float:
-    """The mixture parameter rho^2 that makes the sequence tightest at ``tuning_n`` samples."""
-    log_term = -2.0 * math.log(alpha)
-    return (log_term + math.log(log_term + 1.0)) / tuning_n
-
-
-def mixture_margin(n: npt.ArrayLike, alpha: float, rho2: float) -> npt.NDArray[np.float64]:
-    """Two-sided normal-mixture margin for a mean of ``n`` unit-variance observations.
-
-    ``sqrt(2 (n rho^2 + 1) / (n^2 rho^2) * log(sqrt(n rho^2 + 1) / alpha))``; multiply by the
-    standard deviation of one observation to get the half-width at ``n``.
-    """
-    t = np.asarray(n, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        margin = np.sqrt(
-            2.0 * (t * rho2 + 1.0) / (t * t * rho2) * np.log(np.sqrt(t * rho2 + 1.0) / alpha)
-        )
-    return np.where(t > 0, margin, np.inf)
-
-
-def confidence_sequence(
-    estimate: npt.ArrayLike,
-    se: npt.ArrayLike,
-    n: npt.ArrayLike,
-    alpha: float = 0.05,
-    tuning_n: float = 10_000,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Always-valid interval around ``estimate`` (vectorised).
-
-    Args:
-        estimate: The running estimate (a mean, or a difference/lift of two means).
-        se: Its standard error at ``n``; ``se * sqrt(n)`` plays the per-observation deviation.
-        n: Observations behind the estimate (both arms together for a two-arm comparison).
-        alpha: Probability that the sequence ever misses the true value.
-        tuning_n: Sample size at which it is tightest.
-
-    Returns:
-        Lower and upper bounds.
-    """
-    est = np.asarray(estimate, dtype=float)
-    t = np.asarray(n, dtype=float)
-    half = (
-        np.asarray(se, dtype=float)
-        * np.sqrt(t)
-        * mixture_margin(t, alpha, tuning_rho2(tuning_n, alpha))
-    )
-    return est - half, est + half
 
 
 def relative_lift(control: ArmSummary, test: ArmSummary) -> tuple[float, float, bool]:
@@ -334,10 +267,14 @@ def chi2_sf(x: float, dof: int) -> float:
 def srm_test(
     units: Mapping[str, int], weights: Mapping[str, float], srm_alpha: float = 0.001
 ) -> SrmResult:
-    """Chi-square goodness of fit of units per arm against the arms' weights.
+    """Sample ratio mismatch of units per arm against the arms' weights, safe to peek at.
 
-    Arms missing from ``units`` count zero units. ``no_data`` while any arm expects fewer than 5
-    units (the chi-square approximation needs them).
+    The verdict rests on the always-valid p-value of
+    :func:`lifecycle.sequential.srm_always_valid_p` (the gate and the monitors read the same
+    experiment every minute: a chi-square p-value read at each look would fail healthy
+    experiments far more often than ``srm_alpha``); the chi-square statistic is reported beside
+    it. Arms missing from ``units`` count zero units. ``no_data`` while any arm expects fewer than
+    5 units.
     """
     arms = list(weights)
     total_w = sum(weights.values())
@@ -349,11 +286,12 @@ def srm_test(
             verdict="no_data", p_value=None, chi2=None, observed=observed, expected=expected
         )
     chi2 = sum((observed[a] - expected[a]) ** 2 / expected[a] for a in arms)
-    p = chi2_sf(chi2, len(arms) - 1)
+    p = srm_always_valid_p([observed[a] for a in arms], [weights[a] for a in arms])
     return SrmResult(
         verdict="fail" if p < srm_alpha else "ok",
         p_value=p,
         chi2=chi2,
+        look_p=chi2_sf(chi2, len(arms) - 1),
         observed=observed,
         expected=expected,
     )
@@ -370,8 +308,10 @@ def check_guardrail(
 
     With ``g`` the lift signed so that positive is good and ``tau`` the tolerated regression:
     ``harm`` when the sequence lies wholly below 0 and the estimate is beyond ``-tau`` (for a
-    two-sided metric: wholly on one side of 0 and ``|estimate| > tau``); ``safe`` when its lower
-    bound is above ``-tau`` (two-sided: it lies within ``[-tau, tau]``); else ``inconclusive``.
+    two-sided metric: wholly on one side of 0 and ``|estimate| > tau``; against a control mean
+    of 0, whose relative lift is unbounded, wholly on the bad side suffices); ``safe`` when its
+    lower bound is above ``-tau`` (two-sided: it lies within ``[-tau, tau]``); else
+    ``inconclusive``.
     """
     cfg = config or GateConfig()
     metric, tau = guardrail.metric, guardrail.max_regression
@@ -392,12 +332,20 @@ def check_guardrail(
             summary=f"{metric}: too little data ({n_c} control, {n_t} {arm}; need {cfg.min_n})",
         )
     lift, se, relative = relative_lift(control, test)
-    lo_arr, hi_arr = confidence_sequence(lift, se, n_c + n_t, cfg.alpha, cfg.tuning_n)
+    if relative:  # on the log scale where both means are positive (see lift_interval)
+        _, lo_arr, hi_arr = lift_interval(
+            control.mean, control.var, n_c, test.mean, test.var, n_t, cfg.alpha, cfg.tuning_n
+        )
+    else:
+        lo_arr, hi_arr = confidence_sequence(lift, se, n_c + n_t, cfg.alpha, cfg.tuning_n)
     low, high = float(lo_arr), float(hi_arr)
     direction = METRIC_DIRECTION.get(metric, "two_sided")
     verdict: GuardrailVerdict
+    # Against a control mean of 0 the relative lift is unbounded: any confident departure on
+    # the bad side exceeds every relative tolerance (0 fallbacks in control, 30 % in test).
+    beyond = abs(lift) > tau or not relative
     if direction == "two_sided":
-        if (high < 0 or low > 0) and abs(lift) > tau:
+        if (high < 0 or low > 0) and beyond:
             verdict = "harm"
         elif low > -tau and high < tau:
             verdict = "safe"
@@ -406,7 +354,7 @@ def check_guardrail(
     else:
         sign = 1.0 if direction == "increase" else -1.0
         g, g_low, g_high = sign * lift, min(sign * low, sign * high), max(sign * low, sign * high)
-        if g_high < 0 and g < -tau:
+        if g_high < 0 and (g < -tau or not relative):
             verdict = "harm"
         elif g_low > -tau:
             verdict = "safe"
@@ -486,6 +434,11 @@ def evaluate_gate(
     # 4. Every guardrail must be shown non-inferior, and SRM checkable when it is a guardrail.
     if wants_srm and (srm is None or srm.verdict == "no_data"):
         reasons.append("srm: too few units per arm to test the sample ratio")
+    elif srm is not None and srm.look_p is not None and srm.look_p < cfg.srm_hold_alpha:
+        reasons.append(
+            f"srm: units per arm look skewed at this look (chi-square p = {srm.look_p:.2g} < "
+            f"{cfg.srm_hold_alpha:g}); holding until the split clears or fails"
+        )
     reasons.extend(r.summary for r in results if r.verdict in ("no_data", "inconclusive"))
     decision: Decision = "hold" if reasons else "advance"
     if not reasons:

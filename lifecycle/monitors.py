@@ -1,9 +1,14 @@
 """Monitors that watch every running experiment's guardrails and fire alerts.
 
 Every running experiment is onboarded automatically: one monitor per guardrail it declares
-(revenue per request, CTR, NE, calibration, fallback rate, error rate, latency, SRM). A monitor
-reads per-arm aggregates from the telemetry and asks the sequential health gate
-(:mod:`lifecycle.gate`) whether the test arm regressed beyond the guardrail's tolerance. A breach
+(revenue per request, CTR, NE, calibration, fallback rate, error rate, latency, SRM). One look
+reads every experiment's per-arm sums in one grouped statement
+(:meth:`tools.unit_stats.UnitStatsReader.arm_unit_sums`: units, per-unit sums for unit-clustered
+variance, request sums for NE, calibration and latency) and judges the per-request guardrails of
+all experiments in one vectorised pass (:mod:`lifecycle.judge`) with the sequential health gate's
+statistics (:mod:`lifecycle.gate`): did a test arm regress beyond the guardrail's tolerance? The
+confidence sequences are cumulative from the experiment's creation (within the lookback), so
+their level holds over every look of the run, not per look. A breach
 becomes an :class:`AlertSpec` — plain data, since :mod:`lifecycle` must not import the agent; the
 caller (the serve loop, ``vigil monitor --once``) turns it into an investigation.
 
@@ -14,7 +19,6 @@ processes; it resolves when the guardrail is shown safe again or the experiment 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,10 +29,18 @@ import pandas as pd
 from lifecycle.alerts import AlertLedger
 from lifecycle.allocation import ACTIVE_STATUSES
 from lifecycle.config import Guardrail
-from lifecycle.gate import ArmSummary, GateConfig, check_guardrail, srm_test
+from lifecycle.gate import GateConfig, check_guardrail, srm_test
+from lifecycle.judge import (
+    COMPARISON_COLUMNS,
+    UNIT_COLUMN,
+    arm_statistics,
+    guardrail_summary,
+    judge_unit_guardrails,
+    unit_statistics,
+)
 from lifecycle.views import ExperimentView
 from tools.errors import ConfigError
-from tools.telemetry import LATENCY_LADDER_MS, Subject, TelemetryReader
+from tools.telemetry import TelemetryReader
 from tools.unit_stats import UnitStatsReader
 from tools.vocabulary import as_utc as _aware_utc
 from tools.vocabulary import utc_now
@@ -43,6 +55,7 @@ __all__ = [
     "MonitorVerdict",
     "Monitors",
     "arm_statistics",
+    "fleet_srm_alpha",
     "unit_statistics",
 ]
 
@@ -88,15 +101,10 @@ GUARDRAIL_ALERT_METRIC: Mapping[str, str] = {
 }
 """Guardrail metric -> the alert metric an investigation starts from."""
 
-UNIT_METRIC: Mapping[str, str] = {
-    "revenue_per_request": "revenue",
-    "ctr": "label",
-    "fallback_rate": "fallback",
-    "error_rate": "error",
-}
+UNIT_METRIC: Mapping[str, str] = UNIT_COLUMN
 """Per-request guardrails judged with unit-clustered variance -> their per-unit sum."""
 
-_TAIL = 0.01  # latency_p99 is watched as the share of requests slower than control's p99
+_REQUEST_METRICS = frozenset({"ne", "calibration", "latency_p99"})  # request-level sums
 MonitorVerdict = Literal["breach", "safe", "inconclusive", "no_data"]
 
 
@@ -154,144 +162,6 @@ class MonitorResult:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def _bernoulli(n: float, events: float) -> ArmSummary:
-    return ArmSummary.from_sums(int(n), float(events), float(events))
-
-
-def _revenue(per_minute: pd.DataFrame) -> ArmSummary:
-    """Revenue per request with its variance from batch means over minutes.
-
-    The reader sums revenue but not its square; the spread of per-minute means, weighted by
-    requests, estimates the per-request variance (``sum n_i (m_i - m)^2 / (k - 1)``), and is
-    conservative when the level drifts within the window.
-    """
-    rows = per_minute[per_minute["n"] > 0]
-    n_total = float(rows["n"].sum())
-    if n_total <= 0 or len(rows) < 2:
-        return ArmSummary(n=int(n_total), mean=0.0, var=0.0)
-    if "sum_revenue2" in rows.columns:
-        return ArmSummary.from_sums(
-            int(n_total), float(rows["sum_revenue"].sum()), float(rows["sum_revenue2"].sum())
-        )
-    mean = float(rows["sum_revenue"].sum()) / n_total
-    minute_means = rows["sum_revenue"] / rows["n"]
-    var = float((rows["n"] * (minute_means - mean) ** 2).sum()) / (len(rows) - 1)
-    return ArmSummary(n=int(n_total), mean=mean, var=max(var, 0.0))
-
-
-def _ne(s: pd.Series) -> ArmSummary:
-    n = float(s["n_ll"])
-    if n < 2 or float(s["n_pred"]) <= 0:
-        return ArmSummary(n=int(n), mean=0.0, var=0.0)
-    ll = ArmSummary.from_sums(int(n), float(s["sum_ll"]), float(s["sum_ll2"]))
-    ctr = min(max(float(s["sum_label_v"]) / float(s["n_pred"]), 1e-12), 1 - 1e-12)
-    entropy = -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr))
-    return ArmSummary(n=ll.n, mean=ll.mean / entropy, var=ll.var / entropy**2)
-
-
-def _calibration(s: pd.Series) -> ArmSummary:
-    """Sum of predictions over clicks, with a delta-method variance that ignores cov(p, y).
-
-    Predictions and clicks correlate positively for any useful model, so leaving the covariance
-    out overstates the variance: the monitor errs towards not alarming.
-    """
-    n, clicks = float(s["n_pred"]), float(s["sum_label_v"])
-    if n < 2 or clicks <= 0:
-        return ArmSummary(n=int(n), mean=0.0, var=0.0)
-    pred = ArmSummary.from_sums(int(n), float(s["sum_pred"]), float(s["sum_pred2"]))
-    ybar = clicks / n
-    ratio = pred.mean / ybar
-    var = (pred.var + ratio * ratio * ybar * (1 - ybar)) / (ybar * ybar)
-    return ArmSummary(n=int(n), mean=ratio, var=var)
-
-
-def _tail_threshold(control: pd.Series) -> str | None:
-    """The ladder column just above control's p99 (share of slower requests at most 1 %)."""
-    n = float(control.get("n_latency", 0.0))
-    if n <= 0:
-        return None
-    for k in range(len(LATENCY_LADDER_MS)):
-        if float(control[f"lat_gt_{k}"]) / n <= _TAIL:
-            return f"lat_gt_{k}"
-    return None
-
-
-def arm_statistics(cube: pd.DataFrame, metric: str, control: str) -> dict[str, ArmSummary]:
-    """Per-arm sufficient statistics of a guardrail metric from the reader's cube.
-
-    Args:
-        cube: :meth:`TelemetryReader.cube` rows of one experiment (``latency=True`` for
-            ``latency_p99``).
-        metric: A guardrail metric other than ``srm``.
-        control: The control arm (``latency_p99`` is judged above control's p99).
-
-    Returns:
-        Arm -> statistics; empty when the window holds no traffic.
-    """
-    if cube.empty:
-        return {}
-    if metric == "revenue_per_request":
-        cols = ["n", "sum_revenue"] + (["sum_revenue2"] if "sum_revenue2" in cube else [])
-        per_minute = cube.groupby(["arm", "minute"])[cols].sum().reset_index()
-        return {str(a): _revenue(g) for a, g in per_minute.groupby("arm")}
-    sums = cube.groupby("arm").sum(numeric_only=True)
-    out: dict[str, ArmSummary] = {}
-    if metric == "latency_p99":
-        row = sums.loc[control] if control in sums.index else None
-        column = _tail_threshold(row) if isinstance(row, pd.Series) else None
-        if column is None:
-            return {}
-        return {str(a): _bernoulli(s["n_latency"], s[column]) for a, s in sums.iterrows()}
-    for arm, s in sums.iterrows():
-        match metric:
-            case "ctr":
-                out[str(arm)] = _bernoulli(s["n"], s["sum_label"])
-            case "fallback_rate":
-                out[str(arm)] = _bernoulli(s["n"], s["n_fallback"])
-            case "error_rate":
-                out[str(arm)] = _bernoulli(s["n"], s["n_error"])
-            case "ne":
-                out[str(arm)] = _ne(s)
-            case "calibration":
-                out[str(arm)] = _calibration(s)
-            case _:
-                raise ConfigError("guardrails.metric", metric, "no monitor for this metric")
-    return out
-
-
-def unit_statistics(
-    sums: pd.DataFrame | Sequence[Mapping[str, Any]], metric: str
-) -> dict[str, ArmSummary]:
-    """Per-arm statistics of a per-request guardrail with unit-clustered variance.
-
-    Args:
-        sums: :meth:`tools.unit_stats.UnitStatsReader.arm_unit_sums` rows of one experiment
-            (the frame, or its rows as records).
-        metric: A guardrail metric of :data:`UNIT_METRIC`.
-
-    Returns:
-        Arm -> statistics over units (delta method for the per-request ratio); empty when the
-        window holds no traffic.
-    """
-    if metric not in UNIT_METRIC:
-        raise ConfigError(
-            "guardrails.metric", metric, f"no per-unit sums; one of {list(UNIT_METRIC)}"
-        )
-    m = UNIT_METRIC[metric]
-    out: dict[str, ArmSummary] = {}
-    rows = sums.to_dict("records") if isinstance(sums, pd.DataFrame) else sums
-    for r in rows:
-        out[str(r["arm"])] = ArmSummary.from_unit_sums(
-            int(r["units"]),
-            float(r["sum_n"]),
-            float(r["sum_n2"]),
-            float(r[f"sum_{m}"]),
-            float(r[f"sum_{m}2"]),
-            float(r[f"sum_{m}_n"]),
-        )
-    return out
-
-
 class Monitors:
     """Every running experiment's guardrails, onboarded automatically and evaluated together.
 
@@ -302,10 +172,9 @@ class Monitors:
         lookback_minutes: The longest window evaluated; the window starts at the experiment's
             creation when that lies within it (the sequences are valid at every look).
         config: The health gate's thresholds (level, SRM alpha, minimum sample).
-        units: Per-unit sums (one grouped query for every experiment): per-request guardrails
-            (:data:`UNIT_METRIC`) are then judged with unit-clustered variance. Without it they
-            fall back to the cube, which treats requests as independent and alarms too often
-            when units send many alike requests.
+        units: Per-unit sums reader (one grouped query for every experiment, per-request
+            guardrails judged with unit-clustered variance); one over ``reader``'s warehouse
+            and schema if None.
     """
 
     def __init__(
@@ -325,7 +194,7 @@ class Monitors:
         self._ledger = ledger
         self._lookback = timedelta(minutes=lookback_minutes)
         self._config = config or GateConfig()
-        self._units = units
+        self._units = units or UnitStatsReader(reader.engine, reader.schema)
 
     def onboard(self) -> list[Monitor]:
         """One monitor per guardrail of every live (ramping or running, not killed) experiment."""
@@ -343,6 +212,10 @@ class Monitors:
     def check(self, now: datetime | None = None) -> list[MonitorResult]:
         """Evaluate every monitor over the telemetry up to ``now``; writes nothing.
 
+        One grouped statement reads every experiment's per-arm sums (units for SRM, per-unit
+        sums for the per-request guardrails, request sums for NE, calibration and latency), and
+        one vectorised pass judges the per-request guardrails of all experiments together.
+
         Args:
             now: End of the window (UTC); the current time by default.
 
@@ -350,7 +223,6 @@ class Monitors:
             One result per monitor, grouped by experiment.
         """
         end = _aware_utc(now or utc_now())
-        self._reader.clear_cache()  # new telemetry arrived since the last look
         by_experiment: dict[str, list[Monitor]] = {}
         for monitor in self.onboard():
             by_experiment.setdefault(monitor.experiment_id, []).append(monitor)
@@ -360,31 +232,60 @@ class Monitors:
             if start < monitors[0].created_at < end:
                 start = monitors[0].created_at
             starts[experiment_id] = start
-        unit_sums: pd.DataFrame | None = None
-        if self._units is not None and any(
-            m.guardrail.metric in UNIT_METRIC for ms in by_experiment.values() for m in ms
-        ):
-            unit_sums = self._units.arm_unit_sums(starts, end)
+        if not starts:
+            return []
+        metrics = {m.guardrail.metric for ms in by_experiment.values() for m in ms}
+        sums = self._units.arm_unit_sums(
+            starts,
+            end,
+            request_sums=bool(metrics & _REQUEST_METRICS),
+            latency="latency_p99" in metrics,
+        )
+        judged = self._judge_unit_metrics(by_experiment, sums)
+        units: dict[str, dict[str, int]] = {}
+        for exp, arm, n in zip(sums["experiment_id"], sums["arm"], sums["units"], strict=True):
+            units.setdefault(str(exp), {})[str(arm)] = int(n)
+        frames: dict[str, pd.DataFrame] | None = None
         results = []
         for experiment_id, monitors in by_experiment.items():
             start = starts[experiment_id]
-            metrics = {m.guardrail.metric for m in monitors}
-            if unit_sums is not None:
-                metrics -= set(UNIT_METRIC)
-            cube = pd.DataFrame()
-            if metrics - {"srm"}:
-                cube = self._reader.cube(
-                    Subject(experiment_id=experiment_id),
-                    start,
-                    end,
-                    latency="latency_p99" in metrics,
-                )
-            own = None
-            if unit_sums is not None:
-                own = unit_sums[unit_sums["experiment_id"] == experiment_id]
             for monitor in monitors:
-                results.append(self._judge(monitor, cube, start, end, own))
+                metric = monitor.guardrail.metric
+                if metric == "srm":
+                    srm_alpha = fleet_srm_alpha(self._config, len(by_experiment))
+                    counts = units.get(experiment_id, {})
+                    results.append(self._srm(monitor, counts, start, srm_alpha))
+                elif metric in UNIT_METRIC:
+                    rows = judged.get((experiment_id, metric), [])
+                    results.append(self._from_rows(monitor, rows, start))
+                else:
+                    if frames is None:  # only when an experiment has NE/calibration/latency
+                        frames = {str(k): g for k, g in sums.groupby("experiment_id")}
+                    own = frames.get(experiment_id, sums.iloc[0:0])
+                    results.append(self._judge(monitor, own, start))
         return results
+
+    def _judge_unit_metrics(
+        self, by_experiment: Mapping[str, list[Monitor]], sums: pd.DataFrame
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Every per-request guardrail of every experiment in one vectorised pass."""
+        rows = [
+            (m.experiment_id, m.guardrail.metric, arm, m.control, m.guardrail.max_regression)
+            for ms in by_experiment.values()
+            for m in ms
+            if m.guardrail.metric in UNIT_METRIC
+            for arm in m.weights
+            if arm != m.control
+        ]
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if not rows:
+            return out
+        comparisons = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+        judged = judge_unit_guardrails(sums, comparisons, self._config)
+        for record in judged.to_dict("records"):
+            row = {str(k): v for k, v in record.items()}
+            out.setdefault((str(row["experiment_id"]), str(row["metric"])), []).append(row)
+        return out
 
     def evaluate(self, now: datetime | None = None) -> list[AlertSpec]:
         """Check every monitor, open alerts for new breaches and resolve the ones that ended.
@@ -400,12 +301,13 @@ class Monitors:
         """
         end = _aware_utc(now or utc_now())
         results = self.check(end)
+        open_keys = {record.key for record in self._ledger.open_alerts("monitor")}
         fired: list[AlertSpec] = []
         for r in results:
             m = r.monitor
-            if r.verdict == "safe":
+            if r.verdict == "safe" and m.key in open_keys:
                 self._ledger.resolve_open("monitor", m.key, end)
-            if r.verdict != "breach":
+            if r.verdict != "breach" or m.key in open_keys:
                 continue
             metric = GUARDRAIL_ALERT_METRIC[m.guardrail.metric]
             record = self._ledger.open(
@@ -432,34 +334,48 @@ class Monitors:
                 )
             )
         watched = {r.monitor.key for r in results}
-        for record in self._ledger.open_alerts("monitor"):
-            if record.key not in watched:  # its experiment stopped (killed, paused, completed)
-                self._ledger.resolve_open("monitor", record.key, end)
+        for key in open_keys - watched:  # its experiment stopped (killed, paused, completed)
+            self._ledger.resolve_open("monitor", key, end)
         return fired
 
-    def _judge(
-        self,
-        monitor: Monitor,
-        cube: pd.DataFrame,
-        start: datetime,
-        end: datetime,
-        unit_sums: pd.DataFrame | None = None,
+    def _srm(
+        self, monitor: Monitor, units: Mapping[str, int], start: datetime, srm_alpha: float
     ) -> MonitorResult:
+        srm = srm_test(units, monitor.weights, srm_alpha)
+        verdict: MonitorVerdict = (
+            "breach" if srm.verdict == "fail" else "safe" if srm.verdict == "ok" else "no_data"
+        )
+        p = "n/a" if srm.p_value is None else f"{srm.p_value:.2g}"
+        summary = f"srm: units per arm {srm.observed} vs weights (chi-square p = {p})"
+        return MonitorResult(monitor, verdict, summary, start, labels={"p_value": p})
+
+    def _from_rows(
+        self, monitor: Monitor, rows: Sequence[Mapping[str, Any]], start: datetime
+    ) -> MonitorResult:
+        """A monitor's result from its judged rows (one per test arm)."""
+        cfg = self._config
+        harmed = [r for r in rows if r["verdict"] == "harm"]
+        if harmed:
+            worst = harmed[0]
+            labels = {
+                "arm": str(worst["arm"]),
+                "arms": ",".join(str(r["arm"]) for r in harmed),
+                "estimate": f"{worst['estimate']:.4g}",
+                "ci_low": f"{worst['ci_low']:.4g}",
+                "ci_high": f"{worst['ci_high']:.4g}",
+            }
+            summary = guardrail_summary(worst, cfg)
+            return MonitorResult(monitor, "breach", summary, start, str(worst["arm"]), labels)
+        verdict = _combined([str(r["verdict"]) for r in rows])
+        summary = "; ".join(guardrail_summary(r, cfg) for r in rows)
+        return MonitorResult(
+            monitor, verdict, summary or f"{monitor.guardrail.metric}: no test arm", start
+        )
+
+    def _judge(self, monitor: Monitor, sums: pd.DataFrame, start: datetime) -> MonitorResult:
+        """NE, calibration or latency: request-level sums of the experiment's arms."""
         cfg, g = self._config, monitor.guardrail
-        if g.metric == "srm":
-            frame = self._reader.units(monitor.experiment_id, start, end)
-            units = {str(a): int(u) for a, u in zip(frame["arm"], frame["units"], strict=True)}
-            srm = srm_test(units, monitor.weights, cfg.srm_alpha)
-            verdict: MonitorVerdict = (
-                "breach" if srm.verdict == "fail" else "safe" if srm.verdict == "ok" else "no_data"
-            )
-            p = "n/a" if srm.p_value is None else f"{srm.p_value:.2g}"
-            summary = f"srm: units per arm {srm.observed} vs weights (chi-square p = {p})"
-            return MonitorResult(monitor, verdict, summary, start, labels={"p_value": p})
-        if unit_sums is not None and g.metric in UNIT_METRIC:
-            stats = unit_statistics(unit_sums, g.metric)
-        else:
-            stats = arm_statistics(cube, g.metric, monitor.control)
+        stats = arm_statistics(sums, g.metric, monitor.control)
         control = stats.get(monitor.control)
         checks = [
             check_guardrail(g, arm, control, stats.get(arm), cfg)
@@ -477,11 +393,27 @@ class Monitors:
                 "ci_high": f"{worst.ci_high:.4g}",
             }
             return MonitorResult(monitor, "breach", worst.summary, start, worst.arm, labels)
-        if checks and all(c.verdict == "safe" for c in checks):
-            verdict = "safe"
-        elif all(c.verdict == "no_data" for c in checks):
-            verdict = "no_data"
-        else:
-            verdict = "inconclusive"
+        verdict = _combined([c.verdict for c in checks])
         summary = "; ".join(c.summary for c in checks) or f"{g.metric}: no test arm"
         return MonitorResult(monitor, verdict, summary, start)
+
+
+def fleet_srm_alpha(config: GateConfig, experiments: int) -> float:
+    """The SRM level of one monitor when ``experiments`` are watched together (Bonferroni).
+
+    An SRM alert opens an investigation, and a chi-square at ``srm_alpha`` per experiment would
+    fire by chance once a look at 1,000 experiments; dividing by their number keeps the chance
+    of any false SRM alert per look at ``srm_alpha``. A real mismatch (units lost by a logging
+    bug) has p-values far smaller still. The rollout gate keeps ``srm_alpha`` per experiment: it
+    decides one owner's launch.
+    """
+    return config.srm_alpha / max(1, experiments)
+
+
+def _combined(verdicts: Sequence[str]) -> MonitorVerdict:
+    """A monitor's verdict over its test arms when none is harmed."""
+    if verdicts and all(v == "safe" for v in verdicts):
+        return "safe"
+    if all(v == "no_data" for v in verdicts):
+        return "no_data"
+    return "inconclusive"

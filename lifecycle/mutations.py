@@ -215,15 +215,22 @@ def move(
     return old, new
 
 
-def start(ctx: Context, experiment_id: str) -> None:
-    """Submit a draft for validation (its models must still be registered) and start it."""
+def start(ctx: Context, experiment_id: str, key: str | None = None) -> bool:
+    """Submit a draft for validation (its models must still be registered) and start it.
+
+    Returns False, changing nothing, when ``key`` was used already (an approved start resumed).
+    """
+    if key is not None and audit.key_used(ctx.conn, key):
+        return False
     stored = records.load_experiments(ctx.conn, experiment_id)[0]
-    known = records.load_world(ctx.conn).models
+    # The models only: loading the whole world here made creating n experiments O(n^2).
+    known = {m.id for m in records.load_models(ctx.conn)}
     for name, arm in stored.config.arms.items():
         if arm.model is not None and arm.model not in known:
             raise ConfigError(f"arms.{name}.model", arm.model, "unknown model id")
     move(ctx, experiment_id, "submit")
-    move(ctx, experiment_id, "start")
+    move(ctx, experiment_id, "start", key=key)
+    return True
 
 
 def advance(

@@ -19,12 +19,15 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
+
+from sqlalchemy import select
 
 from lifecycle import audit, killswitch, records
 from lifecycle import mutations as m
 from lifecycle import store as s
 from lifecycle.allocation import (
+    CompiledExperiment,
     ConfigSnapshot,
     KillScope,
     Status,
@@ -34,7 +37,7 @@ from lifecycle.allocation import (
 from lifecycle.allocator import Allocator
 from lifecycle.config import Experiment, ExperimentFile, Layer, ModelEntry
 from lifecycle.gate import GateConfig, GateInput
-from lifecycle.rollout import Action, coverage
+from lifecycle.rollout import Action, RolloutState, coverage
 from lifecycle.settings import Settings
 from lifecycle.validation import check_file, make_vocabulary
 from lifecycle.views import (
@@ -86,6 +89,9 @@ class ExperimentService:
         self._clock = clock or _utcnow
         self._allocator: Allocator | None = None
         self._lock = threading.Lock()
+        self._listed: tuple[int, builtins.list[ExperimentView]] | None = None
+        self._configs: dict[str, Experiment] = {}
+        self._compiled: Mapping[str, CompiledExperiment] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExperimentService:
@@ -227,11 +233,21 @@ class ExperimentService:
             return self._view(stored, switches, audit.first_starts(conn, experiment_id))
 
     def list(self) -> builtins.list[ExperimentView]:
-        """Every experiment, in creation order."""
+        """Every experiment, in creation order.
+
+        The views are read again only when the state version moved (every change is audited), so
+        an investigation asking many times over a fleet of experiments reads them once.
+        """
         with self._engine.connect() as conn:
+            version = s.state_version(conn)
+            listed = self._listed
+            if listed is not None and listed[0] == version:
+                return builtins.list(listed[1])
             switches = killswitch.active_switches(conn)
             launched = audit.first_starts(conn)
-            return [self._view(e, switches, launched) for e in records.load_experiments(conn)]
+            views = [self._view(e, switches, launched) for e in records.load_experiments(conn)]
+        self._listed = (version, views)
+        return builtins.list(views)
 
     def layers(self) -> builtins.list[Layer]:
         """Every layer."""
@@ -263,22 +279,47 @@ class ExperimentService:
     # --- allocation ------------------------------------------------------------------------
 
     def snapshot(self) -> ConfigSnapshot:
-        """A fresh immutable snapshot of the stored state, versioned by the audit log."""
+        """A fresh immutable snapshot of the stored state, versioned by the audit log.
+
+        What allocation reads of a configuration never changes after creation (edits touch only
+        name, description, owner and guardrails), so each experiment's is parsed once and kept;
+        every call reads the version, rollout states, ranges and kill switches afresh, and keeps
+        the compiled form of every experiment whose state did not move. A kill then costs one
+        light read and no parse or compile of the other experiments (issue 17).
+        """
         with self._engine.connect() as conn:
             version = s.state_version(conn)
             layers = records.load_layers(conn)
-            stored = records.load_experiments(conn)
+            rows = conn.execute(
+                select(
+                    s.experiments.c.id,
+                    s.experiments.c.range_start,
+                    s.experiments.c.range_end,
+                    s.rollout_state.c.status,
+                    s.rollout_state.c.stage,
+                    s.rollout_state.c.prior,
+                )
+                .join(s.rollout_state, s.rollout_state.c.experiment_id == s.experiments.c.id)
+                .order_by(s.experiments.c.seq)
+            ).all()
+            if any(r.id not in self._configs for r in rows):
+                for stored in records.load_experiments(conn):
+                    self._configs.setdefault(stored.config.id, stored.config)
             switches = killswitch.active_switches(conn)
-        status: dict[str, Status] = {e.config.id: e.state.status for e in stored}
-        return build_snapshot(
+        configs = [self._configs[r.id] for r in rows]
+        states = {r.id: RolloutState(cast(Status, r.status), int(r.stage), r.prior) for r in rows}
+        snapshot = build_snapshot(
             layers.values(),
-            [e.config for e in stored],
-            status=status,
-            coverage_pct={e.config.id: coverage(e.state, e.config.rollout) for e in stored},
-            ranges={e.config.id: (e.range_start, e.range_end) for e in stored},
+            configs,
+            status={e.id: states[e.id].status for e in configs},
+            coverage_pct={e.id: coverage(states[e.id], e.rollout) for e in configs},
+            ranges={r.id: (float(r.range_start), float(r.range_end)) for r in rows},
             kill_switches=switches,
             version=version,
+            reuse=self._compiled,
         )
+        self._compiled = snapshot.experiments
+        return snapshot
 
     def allocator(self) -> Allocator:
         """The allocator this service keeps current: its changes reach it before they return."""
@@ -353,15 +394,20 @@ class ExperimentService:
             m.move(ctx, experiment_id, action)
         return self.get(experiment_id)
 
-    def start(self, experiment_id: str, actor: str, reason: str = "") -> ExperimentView:
+    def start(
+        self, experiment_id: str, actor: str, reason: str = "", *, key: str | None = None
+    ) -> ExperimentView:
         """Submit a draft for validation and start it at its first rollout stage.
+
+        With ``key`` (an approved ``start_experiment``'s mitigation id) a second call with the
+        same key changes nothing, so a resumed approval starts the experiment once.
 
         Raises:
             ConfigError: When it no longer validates (a model left the registry).
             StateError: When it is not a draft.
         """
         with self._acting(actor, reason) as ctx:
-            m.start(ctx, experiment_id)
+            m.start(ctx, experiment_id, key)
         return self.get(experiment_id)
 
     def pause(self, experiment_id: str, actor: str, reason: str) -> ExperimentView:

@@ -243,11 +243,9 @@ def redact_url(url: str | URL) -> str:
     Returns:
         The URL with its password hidden; the text unchanged when it is no URL at all.
     """
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
-        return str(url)
-    return parsed.render_as_string(hide_password=True)
+    from tools.redaction import redact_url as _redact
+
+    return _redact(url)
 
 
 def _unreachable(what: str, url: URL, exc: BaseException) -> RetryableError:

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigProblems",
     "NotFoundError",
     "RetryableError",
+    "SnapshotUnavailable",
     "StateError",
     "StoreBusy",
     "TelemetryError",
@@ -39,6 +40,11 @@ class RetryableError(VigilError):
 
 class StoreBusy(RetryableError):
     """The state store stayed locked by other writers past the retry budget; try again."""
+
+
+class SnapshotUnavailable(RetryableError):
+    """A remote allocator has no good configuration snapshot yet (server not reached, or every
+    snapshot it sent was refused); it may have one later."""
 
 
 class ConfigError(TerminalError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from scipy.special import expit
 
 __all__ = [
     "BINNED_SUMS",
@@ -189,7 +190,7 @@ def reliability(binned: pd.DataFrame, iterations: int = 25) -> Reliability | Non
     beta = np.array([0.0, 1.0])
     info = np.eye(2)
     for _ in range(iterations):
-        mu = 1 / (1 + np.exp(-(design @ beta)))
+        mu = expit(design @ beta)  # no overflow where a step overshoots
         w = n * mu * (1 - mu)
         info = design.T @ (design * w[:, None])
         grad = design.T @ (y - n * mu)
@@ -197,7 +198,10 @@ def reliability(binned: pd.DataFrame, iterations: int = 25) -> Reliability | Non
             step = np.linalg.solve(info, grad)
         except np.linalg.LinAlgError:
             return None
-        beta = beta + step
+        if not np.isfinite(step).all():
+            return None
+        # A damped step: far from the optimum a full Newton step on a few bins can overshoot.
+        beta = beta + step / max(1.0, float(np.max(np.abs(step))) / 5.0)
         if np.max(np.abs(step)) < 1e-8:
             break
     try:

@@ -11,7 +11,10 @@ from which the delta method gives the variance of ``sum y / sum n``.
 The aggregation is pushed down to SQL in one statement for any number of experiments, each with
 its own window start (the start of its rollout stage, at minute resolution, rounded up):
 ``GROUP BY experiment, arm, unit`` first, then ``GROUP BY experiment, arm``. Only one row per
-experiment and arm comes back.
+experiment and arm comes back. The same statement can carry the request-level sums of the
+guardrails that have no per-unit form (NE, calibration, latency above a ladder of thresholds), so
+the monitors and the rollout controller read everything they judge in one scan for all
+experiments.
 """
 
 from __future__ import annotations
@@ -27,22 +30,75 @@ import sqlalchemy as sa
 
 from tools._dialect_sql import as_int
 from tools._queries import EXPOSURE_MARGIN, Queries
-from tools.aggregates import HistogramSpec, naive_utc, to_minute
+from tools.aggregates import LATENCY_LADDER_MS, LOGLOSS_EPS, HistogramSpec, naive_utc, to_minute
 from tools.errors import ConfigError, TelemetryQueryError
 from tools.schema import TelemetrySchema
 
-__all__ = ["UNIT_METRICS", "UnitStatsReader", "unit_sum_columns"]
+__all__ = ["REQUEST_SUMS", "UNIT_METRICS", "UnitStatsReader", "unit_sum_columns"]
 
 UNIT_METRICS: tuple[str, ...] = ("revenue", "label", "fallback", "error")
 """Per-request metrics summed per unit: revenue, clicks, fallbacks, errors."""
 
+REQUEST_SUMS: tuple[str, ...] = (
+    "n_pred",
+    "sum_pred",
+    "sum_pred2",
+    "sum_label_v",
+    "n_ll",
+    "sum_ll",
+    "sum_ll2",
+    "n_latency",
+)
+"""Request-level sums (the cube's names) for guardrails without per-unit sums: NE, calibration,
+latency (``lat_gt_<k>`` follow with ``latency=True``)."""
 
-def unit_sum_columns() -> list[str]:
-    """Columns of :meth:`UnitStatsReader.arm_unit_sums` after ``experiment_id`` and ``arm``."""
+
+def unit_sum_columns(request_sums: bool = False, latency: bool = False) -> list[str]:
+    """Columns of :meth:`UnitStatsReader.arm_unit_sums` after ``experiment_id`` and ``arm``.
+
+    Args:
+        request_sums: Include :data:`REQUEST_SUMS`.
+        latency: Include ``lat_gt_<k>`` per :data:`~tools.aggregates.LATENCY_LADDER_MS` step.
+    """
     cols = ["units", "sum_n", "sum_n2"]
     for m in UNIT_METRICS:
         cols += [f"sum_{m}", f"sum_{m}2", f"sum_{m}_n"]
+    if request_sums or latency:
+        cols += list(REQUEST_SUMS)
+    if latency:
+        cols += [f"lat_gt_{k}" for k in range(len(LATENCY_LADDER_MS))]
     return cols
+
+
+def _request_aggregates(
+    c: Any, *, request_sums: bool, latency: bool
+) -> list[sa.ColumnElement[Any]]:
+    """Per-unit request-level sums (summed again per arm): the cube's NE, calibration, latency."""
+    out: list[sa.ColumnElement[Any]] = []
+    if request_sums or latency:
+        p = c("prediction")
+        pv = sa.case((sa.and_(p >= 0.0, p <= 1.0), p), else_=sa.null())
+        y = as_int(c("label"))
+        pc = sa.case(
+            (pv < LOGLOSS_EPS, LOGLOSS_EPS), (pv > 1 - LOGLOSS_EPS, 1 - LOGLOSS_EPS), else_=pv
+        )
+        ll = -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
+        out += [
+            sa.func.count(pv).label("n_pred"),
+            sa.func.sum(pv).label("sum_pred"),
+            sa.func.sum(pv * pv).label("sum_pred2"),
+            sa.func.sum(sa.case((pv.is_not(None), y), else_=sa.null())).label("sum_label_v"),
+            sa.func.count(ll).label("n_ll"),
+            sa.func.sum(ll).label("sum_ll"),
+            sa.func.sum(ll * ll).label("sum_ll2"),
+            sa.func.count(c("latency_ms")).label("n_latency"),
+        ]
+    if latency:
+        out += [
+            sa.func.sum(sa.case((c("latency_ms") > t, 1), else_=0)).label(f"lat_gt_{k}")
+            for k, t in enumerate(LATENCY_LADDER_MS)
+        ]
+    return out
 
 
 def _brief(exc: BaseException) -> str:
@@ -68,7 +124,14 @@ class UnitStatsReader:
         self.query_seconds = 0.0
         """Wall time those statements took."""
 
-    def statement(self, starts: Mapping[str, datetime], end: datetime) -> sa.Select[Any]:
+    def statement(
+        self,
+        starts: Mapping[str, datetime],
+        end: datetime,
+        *,
+        request_sums: bool = False,
+        latency: bool = False,
+    ) -> sa.Select[Any]:
         """The grouped statement of :meth:`arm_unit_sums` (exposed for tests and benches)."""
         if not starts:
             raise ConfigError("starts", {}, "needs at least one experiment")
@@ -96,6 +159,7 @@ class UnitStatsReader:
             "fallback": as_int(r.c("fallback")),
             "error": as_int(r.c("error")),
         }
+        extra = _request_aggregates(r.c, request_sums=request_sums, latency=latency)
         per_unit = (
             sa.select(
                 exp_col.label("experiment_id"),
@@ -103,6 +167,7 @@ class UnitStatsReader:
                 e.c("unit_id").label("unit_id"),
                 sa.func.count().label("n"),
                 *(sa.func.sum(v).label(m) for m, v in values.items()),
+                *extra,
             )
             .select_from(
                 r.clause.join(e.clause, e.c("request_id") == r.c("request_id")).join(
@@ -131,14 +196,26 @@ class UnitStatsReader:
                 sa.func.sum(y * y).label(f"sum_{m}2"),
                 sa.func.sum(y * n).label(f"sum_{m}_n"),
             ]
+        aggs += [sa.func.sum(sa.cast(u[str(x.name)], sa.Double)).label(str(x.name)) for x in extra]
         return sa.select(u.experiment_id, u.arm, *aggs).group_by(u.experiment_id, u.arm)
 
-    def arm_unit_sums(self, starts: Mapping[str, datetime], end: datetime) -> pd.DataFrame:
+    def arm_unit_sums(
+        self,
+        starts: Mapping[str, datetime],
+        end: datetime,
+        *,
+        request_sums: bool = False,
+        latency: bool = False,
+    ) -> pd.DataFrame:
         """Per experiment and arm: units, and sums over units of per-unit totals.
 
         Args:
             starts: Experiment id -> window start (inclusive, UTC), e.g. its stage's start.
             end: Window end (exclusive, UTC), the same for every experiment.
+            request_sums: Also the request-level sums of :data:`REQUEST_SUMS` (NE, calibration
+                and latency guardrails), in the same statement.
+            latency: Also ``lat_gt_<k>``: requests slower than each latency ladder step (and
+                the request sums).
 
         Returns:
             Columns ``experiment_id, arm`` and :func:`unit_sum_columns`: ``units`` (distinct
@@ -147,7 +224,7 @@ class UnitStatsReader:
             and ``sum_m_n`` (the per-unit total, its square, its product with the unit's
             requests). Empty (same columns) when no experiment has traffic.
         """
-        query = self.statement(starts, end)
+        query = self.statement(starts, end, request_sums=request_sums, latency=latency)
         self.queries += 1
         began = time.perf_counter()
         try:
@@ -164,7 +241,7 @@ class UnitStatsReader:
                 "arm": frame["arm"].astype(str),
             }
         )
-        for col in unit_sum_columns():
+        for col in unit_sum_columns(request_sums, latency):
             out[col] = pd.to_numeric(frame[col]).to_numpy(dtype="float64", na_value=0.0)
         return out
 

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "agent.cli.investigate",
     "agent.cli.serve",
     "agent.cli.ops",
+    "agent.cli.preflight",
 )
 _registered: list[str] = []
 
@@ -47,6 +48,9 @@ def _root(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    from tools.redaction import install_log_redaction
+
+    install_log_redaction()  # no password of a URL in any log line
     if ctx.invoked_subcommand == "doctor":
         return  # the doctor reports them itself
     for name, nearest in unknown_env_settings():

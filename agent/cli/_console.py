@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from tools.errors import ConfigError, ConfigProblems, VigilError
+from tools.redaction import hide_passwords
 
 __all__ = ["err", "handle_errors", "out", "print_problems"]
 
@@ -52,11 +53,12 @@ def print_problems(exc: VigilError) -> None:
     if isinstance(exc, ConfigError):
         problems = exc.problems if isinstance(exc, ConfigProblems) else [exc]
         for problem in problems:
-            err().print(f"[red]invalid:[/red] {problem}", highlight=False, soft_wrap=True)
+            shown = hide_passwords(str(problem))
+            err().print(f"[red]invalid:[/red] {shown}", highlight=False, soft_wrap=True)
         if len(problems) > 1:
             err().print(f"{len(problems)} problems", highlight=False)
         return
-    err().print(f"[red]refused:[/red] {exc}", highlight=False, soft_wrap=True)
+    err().print(f"[red]refused:[/red] {hide_passwords(str(exc))}", highlight=False, soft_wrap=True)
 
 
 def handle_errors(fn: F) -> F:

@@ -243,7 +243,8 @@ def _check_settings(report: _Report) -> Settings | None:
     if bool(settings.llm_base_url) != bool(settings.llm_model):
         report.line("FAIL", "LLM", "set both VIGIL_LLM_BASE_URL and VIGIL_LLM_MODEL, or neither")
     elif settings.llm_base_url:
-        report.line("ok", "LLM", f"{settings.llm_model} at {settings.llm_base_url} (not contacted)")
+        where = _safe(settings.llm_base_url)
+        report.line("ok", "LLM", f"{settings.llm_model} at {where} (not contacted)")
     else:
         report.line("ok", "LLM", "none: the deterministic reasoner")
     if settings.slack_bot_token and not settings.slack_signing_secret:

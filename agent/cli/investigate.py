@@ -93,6 +93,9 @@ def summary_json(view: InvestigationView) -> dict[str, Any]:
             for m in view.mitigations
         ],
         "report_path": view.report_path,
+        "next_followup_at": view.next_followup_at.isoformat() if view.next_followup_at else None,
+        "followups": len([f for f in view.followups if f.n > 0]),
+        "joined_alerts": len(view.joined_alerts),
     }
 
 
@@ -177,7 +180,8 @@ def investigate(
 
     Exit code: 0 when a cause was established (or none found with enough data to see one), 1 when
     the investigation failed (unreadable telemetry, unknown experiment), 3 when it is
-    inconclusive (too little data to tell; not an all-clear).
+    inconclusive or watching (too little data to tell yet, not an all-clear; a watching one is
+    re-run on fresh data: `vigil followups run`).
     """
     if (scenario is None) == (alert is None):
         raise ConfigError("--scenario/--alert", None, "give exactly one of them")
@@ -211,8 +215,8 @@ def investigate(
         json_path.write_text(json.dumps(summary_json(view), indent=2) + "\n")
     if view.status == "failed":
         raise typer.Exit(1)
-    if view.status == "inconclusive":
-        raise typer.Exit(3)  # no answer: not an all-clear, and scripts must be able to tell
+    if view.status in ("inconclusive", "watching"):
+        raise typer.Exit(3)  # no answer (yet): not an all-clear, and scripts must be able to tell
 
 
 def _verification(inv: Any, m: MitigationView) -> str:
@@ -334,7 +338,10 @@ def investigations(
         mit = ", ".join(f"{m.id} {m.action}:{m.status}" for m in v.mitigations) or "-"
         where = f"{v.alert.metric} {v.alert.experiment or '(global)'}"
         onset = v.onset.strftime("%Y-%m-%d %H:%M") if v.onset else "-"
-        table.add_row(v.id, v.status, where, onset, cause, mit)
+        status = v.status
+        if v.next_followup_at is not None:  # watching: when it is re-run on fresh data
+            status += f" (next {v.next_followup_at:%H:%M})"
+        table.add_row(v.id, status, where, onset, cause, mit)
     _out().print(table)
 
 

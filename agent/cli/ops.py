@@ -3,19 +3,23 @@
 ``config show`` prints the effective settings with where each came from (environment, ``.env``,
 default) and every secret redacted; ``config docs`` prints ``docs/settings.md`` from the settings
 model itself, so the page cannot drift from the code. ``assign`` answers "which arm is this unit
-in, and why" through the real allocator.
+in, and why" through the real allocator. ``followups run`` runs the follow-ups of watching
+investigations that are due (with ``--world``, on a scenario world simulated forward to them).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
+from agent.cli._console import err as _err
 from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
 from lifecycle.settings import Settings, get_settings
@@ -24,7 +28,7 @@ __all__ = ["hide_password", "redacted", "register", "settings_markdown"]
 
 config_app = typer.Typer(help="The effective settings (secrets redacted) and their reference.")
 
-_SECRETS = frozenset({"llm_api_key", "slack_bot_token", "slack_signing_secret"})
+_SECRETS = frozenset({"llm_api_key", "slack_bot_token", "slack_signing_secret", "console_secret"})
 _URLS = frozenset({"state_url", "telemetry_url", "checkpoint_url", "llm_base_url"})
 _HIDDEN = "***"
 
@@ -35,11 +39,13 @@ _NOTES = {
     "the deterministic reasoner, no network.",
     "llm_model": "Model name at that endpoint.",
     "llm_api_key": "API key of the endpoint (secret).",
-    "llm_timeout_s": "Timeout of one LLM call, seconds.",
+    "llm_timeout_s": "Timeout of one LLM call, seconds; unset: llm_local_timeout_s or "
+    "llm_remote_timeout_s by the endpoint's host.",
     "llm_max_retries": "Retries of a failed LLM call before falling back to the deterministic "
     "reasoner.",
     "llm_max_steps": "Tool-call rounds the LLM may take in one investigation.",
-    "llm_max_tokens": "Token budget of one investigation.",
+    "llm_max_tokens": "Token budget of one investigation: new tokens per step from the server's "
+    "usage (prompt tokens the server had cached are not counted again).",
     "redact_fields": "Fields removed from anything sent to the LLM.",
     "slack_bot_token": "Slack bot token (xoxb-…, secret); unset: Slack off.",
     "slack_signing_secret": "Slack signing secret (secret): requests are verified with it.",
@@ -65,13 +71,9 @@ def _source(env_name: str) -> str:
 
 def hide_password(url: str) -> str:
     """``url`` with its password replaced by ``***`` (as given when it is not a URL)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from tools.redaction import redact_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    return redact_url(url)
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
@@ -115,8 +117,9 @@ def settings_markdown() -> str:
         "(`VIGIL_ONCALL='[\"bob\"]'`). `vigil config show` prints the effective values (secrets",
         "redacted) and where each came from; a `VIGIL_*` variable that names no setting is warned",
         "about with the nearest valid name. Every URL defaults to an embedded store under",
-        "`./.vigil/` (relative to the working directory; `VIGIL_HOME` moves the folder of scenario",
-        "worlds and the demo, not the URLs: set those explicitly).",
+        "`./.vigil/` (relative to the working directory). `VIGIL_HOME` moves every default path:",
+        "state, telemetry, checkpoints, reports, scenario worlds, the demo and the bench; a URL",
+        "set explicitly stays where it is.",
         "",
         "This page is printed by `vigil config docs` from the settings model itself.",
         "",
@@ -181,10 +184,85 @@ def assign(
     _out().print(f"is_enabled → {enabled}", highlight=False)
 
 
+followups_app = typer.Typer(
+    help="Follow-ups: watching investigations re-run on fresh data (as `vigil serve` does)."
+)
+
+
+def _next_due(store: Any) -> datetime | None:
+    dues = [v.next_followup_at for v in store.investigations_in(["watching"])]
+    return min((d for d in dues if d is not None), default=None)
+
+
+@followups_app.command("run")
+@_handle_errors
+def run_followups(
+    at: datetime | None = typer.Option(
+        None,
+        "--at",
+        help="The telemetry clock's now (UTC); default: the wall clock, or with --world the "
+        "next follow-up's due time.",
+    ),
+    world: str | None = typer.Option(
+        None,
+        "--world",
+        help="A scenario world (`vigil investigate --scenario`): it is simulated forward to the "
+        "follow-up's time first.",
+    ),
+) -> None:
+    """Run the follow-ups due now, once each (claimed in the state store), and say what changed.
+
+    With --world NAME the world is simulated forward to --at (default: the next due follow-up)
+    and the follow-ups run on its clock.
+    """
+    from agent.service import Investigator
+    from agent.store import AgentStore
+    from tools.vocabulary import as_utc, utc_now
+
+    settings = get_settings()
+    port = None
+    if world is not None:
+        from agent.cli.worlds import worlds
+
+        port = worlds("--world", world)
+        settings = port.settings(world, settings)
+    now = as_utc(at) if at is not None else None
+    if port is not None:
+        store = AgentStore(settings.state_url)
+        try:
+            world_now = as_utc(port.clock(settings)())
+            now = now or _next_due(store) or world_now
+        finally:
+            store.engine.dispose()
+        ahead = math.ceil((now - world_now).total_seconds() / 60.0)
+        if ahead > 0:  # the world's telemetry reaches the follow-up's time
+            port.go_on(settings, ahead)
+            _err().print(f"simulated {world} forward to {now:%Y-%m-%d %H:%M} UTC", highlight=False)
+    at_now = now or utc_now()
+    inv = Investigator(settings, clock=lambda: at_now)
+    try:
+        done = inv.follow_up(at_now)
+        watching = inv.store.investigations_in(["watching"])
+    finally:
+        inv.close()
+    table = Table("investigation", "follow-up", "data up to", "status", "what changed")
+    for ident, entry in done:
+        table.add_row(
+            ident, str(entry.n), f"{entry.ran_at:%Y-%m-%d %H:%M}", str(entry.status), entry.summary
+        )
+    _out().print(f"{len(done)} follow-up(s) ran", highlight=False)
+    if done:
+        _out().print(table)
+    for v in watching:
+        due = f"{v.next_followup_at:%Y-%m-%d %H:%M} UTC" if v.next_followup_at else "-"
+        _out().print(f"{v.id} watching: next follow-up {due}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Attach ``config`` and ``assign`` (and ``doctor``)."""
+    """Attach ``config``, ``assign``, ``followups`` (and ``doctor``)."""
     from agent.cli.doctor import doctor
 
     app.command("doctor")(doctor)
     app.add_typer(config_app, name="config")
+    app.add_typer(followups_app, name="followups")
     app.command("assign")(assign)

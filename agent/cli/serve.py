@@ -201,7 +201,12 @@ def monitor(
         for spec in specs:
             row = [spec.experiment_id, spec.guardrail, spec.summary, "-", "-", "-"]
             if investigator is not None:
-                view = investigator.investigate(to_alert(spec))
+                alert = to_alert(spec)
+                joined = investigator.join(alert)  # one incident, one investigation
+                if joined is not None:
+                    view = investigator.get(joined)
+                else:
+                    view = investigator.investigate(alert)
                 ledger.attach(spec.ledger_id, view.id)
                 cause = view.root_causes[0].cause if view.root_causes else "-"
                 row[3:] = [view.id, view.status, cause]

@@ -36,6 +36,7 @@ from slack_bolt.adapter.starlette.handler import to_bolt_request, to_starlette_r
 from slack_sdk import WebClient
 from starlette.concurrency import run_in_threadpool
 
+from agent.console import install_console
 from agent.models import Alert, InvestigationView, MitigationView
 from agent.ports import Experiments, Investigations
 from agent.ratelimit import RateLimiter
@@ -62,6 +63,7 @@ from agent.server.schemas import (
     KillRequest,
     install_openapi,
 )
+from agent.server.snapshots import snapshot_router
 from agent.slack.bot import SlackBot
 from agent.slack.notifier import SlackNotifier
 from lifecycle.alerts import AlertLedger
@@ -181,7 +183,13 @@ def create_app(
         investigator, workers=settings.workers, queue_size=settings.queue_size, on_done=_on_done
     )
     metrics.bind(lambda n: investigator.list(limit=n), lambda: pool.depth, lambda: pool.running)
-    intake = AlertIntake(pool, ledger, metrics, status_of=lambda i: investigator.get(i).status)
+    intake = AlertIntake(
+        pool,
+        ledger,
+        metrics,
+        status_of=lambda i: investigator.get(i).status,
+        join=investigator.join,  # one incident, one investigation
+    )
     limiter = RateLimiter(
         settings.user_investigations_per_window,
         settings.user_rate_window_s,
@@ -247,6 +255,10 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     _add_routes(app, parts)
+    install_console(app, parts)  # the web console at /console/ (issue 19)
+    # Configuration distribution: signed snapshots for RemoteAllocator (issue 17).
+    snapshot_reads = [Depends(_user_dependency(settings))] if settings.auth_reads else []
+    app.include_router(snapshot_router(settings, experiments, dependencies=snapshot_reads))
     install_openapi(app)
     return app
 
@@ -326,6 +338,7 @@ def _add_routes(app: FastAPI, parts: Components) -> None:
             duplicates=result.duplicates,
             resolved=result.resolved,
             refused=result.refused,
+            joined=result.joined,
             rejected=batch.rejected,
         )
         if result.refused:

@@ -31,6 +31,7 @@ from tools.errors import (
     TelemetryError,
     VigilError,
 )
+from tools.redaction import hide_passwords
 
 __all__ = [
     "ErrorBody",
@@ -140,6 +141,8 @@ def error_response(
 ) -> JSONResponse:
     """An error answer with :class:`ErrorBody`."""
     code = _CODES.get(status, "bad_request" if status < 500 else "internal")
+    # A store's URL may be quoted by an error's message: never its password.
+    items = [i.model_copy(update={"message": hide_passwords(i.message)}) for i in items]
     body = ErrorBody(error=code, detail=items)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 

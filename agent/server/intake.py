@@ -5,6 +5,11 @@ Used by the Alertmanager webhook and the monitor loop. An alert is first claimed
 is withdrawn, so the sender's retry is treated as new and nothing is lost. A claim whose process
 died before its investigation was recorded is re-submitted at start-up (:meth:`recover`), and a
 re-sent alert whose investigation failed starts a new one instead of being a duplicate of it.
+
+One incident, one investigation: before a claimed alert starts an investigation it is offered to
+the open investigation of its scope (``join``, the agent's ``Investigator.join``); an alert for an
+experiment (or for all traffic) that is being investigated, awaits approval or is watched joins
+that investigation instead of starting a second one with a second mitigation.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ class IntakeResult:
             earlier copy started none).
         resolved: How many resolutions were recorded.
         refused: How many firing alerts were refused because the queue was full.
+        joined: Ids of the open investigations alerts joined instead of starting their own.
     """
 
     investigations: list[str] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     resolved: int = 0
     refused: int = 0
@@ -54,6 +61,8 @@ class AlertIntake:
         metrics: Counters to bump.
         status_of: An investigation's status (raises ``NotFoundError`` for an unknown id); a
             re-sent alert whose investigation ``failed`` or is unknown is investigated anew.
+        join: Offers an alert to the open investigation of its scope; the id it joined, or None
+            (``Investigator.join``). None: every alert starts its own investigation.
     """
 
     def __init__(
@@ -62,11 +71,13 @@ class AlertIntake:
         ledger: AlertLedger,
         metrics: ServerMetrics,
         status_of: Callable[[str], str] | None = None,
+        join: Callable[[Alert], str | None] | None = None,
     ):
         self._pool = pool
         self._ledger = ledger
         self._metrics = metrics
         self._status_of = status_of
+        self._join = join
 
     def receive(self, alerts: list[MappedAlert]) -> IntakeResult:
         """Record a webhook's alerts and start an investigation for each new firing one.
@@ -91,40 +102,42 @@ class AlertIntake:
                 result.resolved += 1
                 self._metrics.alerts.labels(source="alertmanager", outcome="resolved").inc()
                 continue
-            started = self.fire(alert, source="alertmanager", key=item.key, once=True)
+            started, joined = self._fire(alert, source="alertmanager", key=item.key, once=True)
             if started is None:
                 previous = self._ledger.find("alertmanager", item.key)
-                started = self._retry_dead(alert, previous)
+                started, joined = self._retry_dead(alert, previous)
                 if started is None:
                     ident = previous.investigation_id if previous is not None else None
                     result.duplicates.append(ident or "")
                     continue
             if started == "":
                 result.refused += 1
+            elif joined:
+                result.joined.append(started)
             else:
                 result.investigations.append(started)
         return result
 
-    def _retry_dead(self, alert: Alert, previous: AlertRecord | None) -> str | None:
+    def _retry_dead(self, alert: Alert, previous: AlertRecord | None) -> tuple[str | None, bool]:
         """Investigate a re-sent alert anew when its investigation failed or is gone.
 
         Returns:
-            As :meth:`submit_claimed`; None when the earlier investigation stands.
+            As :meth:`_submit`; None when the earlier investigation stands.
         """
         if previous is None or not previous.investigation_id or self._status_of is None:
-            return None
+            return None, False
         try:
             status = self._status_of(previous.investigation_id)
         except NotFoundError:
             status = "unknown"
         if status not in ("failed", "unknown"):
-            return None
+            return None, False
         if not self._ledger.detach(previous.id, previous.investigation_id):
-            return None  # a concurrent re-send took it over
+            return None, False  # a concurrent re-send took it over
         _log.info(
             "re-sent alert: investigation %s %s; starting anew", previous.investigation_id, status
         )
-        return self.submit_claimed(alert, previous.id, source=previous.source)
+        return self._submit(alert, previous.id, source=previous.source)
 
     def recover(self) -> list[str]:
         """Re-submit every alert claimed but never attached to an investigation (a crash).
@@ -167,9 +180,12 @@ class AlertIntake:
             once: The key may never recur (see :meth:`AlertLedger.open`).
 
         Returns:
-            The new investigation's id; None for a duplicate; ``""`` when the pool was full (the
-            claim is withdrawn).
+            The new investigation's id (or the open one it joined); None for a duplicate; ``""``
+            when the pool was full (the claim is withdrawn).
         """
+        return self._fire(alert, source=source, key=key, once=once)[0]
+
+    def _fire(self, alert: Alert, *, source: str, key: str, once: bool) -> tuple[str | None, bool]:
         record = self._ledger.open(
             source,
             key,
@@ -181,26 +197,42 @@ class AlertIntake:
         )
         if record is None:
             self._metrics.alerts.labels(source=source, outcome="duplicate").inc()
-            return None
-        return self.submit_claimed(alert, record.id, source=source)
+            return None, False
+        return self._submit(alert, record.id, source=source)
 
     def submit_claimed(self, alert: Alert, record_id: int, *, source: str) -> str:
         """Start an investigation for an alert already claimed in the ledger (by a monitor).
 
         Returns:
-            The new investigation's id, or ``""`` when the pool was full (the claim is withdrawn,
-            so the alert fires again on the next round).
+            The new investigation's id (or that of the open investigation it joined), or ``""``
+            when the pool was full (the claim is withdrawn, so the alert fires again on the next
+            round).
         """
+        return self._submit(alert, record_id, source=source)[0]
+
+    def _submit(self, alert: Alert, record_id: int, *, source: str) -> tuple[str, bool]:
+        """As :meth:`submit_claimed`, and whether the alert joined an open investigation."""
+        if self._join is not None:
+            try:
+                joined = self._join(alert)
+            except BaseException:
+                self._ledger.discard(record_id)
+                raise
+            if joined is not None:
+                self._ledger.attach(record_id, joined)
+                self._metrics.alerts.labels(source=source, outcome="joined").inc()
+                _log.info("%s alert %s joined %s", source, alert.name or alert.metric, joined)
+                return joined, True
         try:
             investigation_id = self._pool.submit(alert)
         except PoolFull:
             self._ledger.discard(record_id)
             self._metrics.alerts.labels(source=source, outcome="refused").inc()
             _log.warning("queue full: refused %s alert %s", source, alert.name or alert.metric)
-            return ""
+            return "", False
         except BaseException:
             self._ledger.discard(record_id)
             raise
         self._ledger.attach(record_id, investigation_id)
         self._metrics.alerts.labels(source=source, outcome="started").inc()
-        return investigation_id
+        return investigation_id, False

@@ -6,6 +6,11 @@ and re-submits every alert claimed in the ledger but never attached to an invest
 at start-up and every ``Settings.recovery_interval_s``, a thread calls the agent's
 ``Investigator.recover()`` (it resumes stranded ``approved``/``executing`` mitigations and
 investigations whose action ran).
+
+A second thread, on the same interval, runs the follow-ups that are due
+(``Investigator.follow_up()``: watching investigations re-run on fresh data, each claimed in the
+state store so that two servers never run the same follow-up, and a claim whose process died is
+resumed by another).
 """
 
 from __future__ import annotations
@@ -61,8 +66,10 @@ class Recovery:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._followup_thread: threading.Thread | None = None
         self._started = False
         self.sweeps = 0
+        self.followup_rounds = 0
 
     def startup(self) -> StartupReport:
         """Queue investigations left running, then re-submit unattached alerts (blocking).
@@ -105,20 +112,46 @@ class Recovery:
             _log.warning("recovery sweep resumed %s", ", ".join(resumed))
         return resumed
 
+    def follow_ups(self) -> int:
+        """Run the follow-ups that are due, once; how many ran."""
+        self.followup_rounds += 1
+        try:
+            done = len(self._investigator.follow_up())
+        except VigilError:  # busy store, telemetry down: the next round tries again
+            _log.exception("follow-ups failed; retrying in %.0f s", self._interval_s)
+            return 0
+        if done:
+            _log.info("ran %d follow-ups", done)
+        return done
+
     def start(self) -> None:
-        """Sweep now and then every ``interval_s`` on a daemon thread (idempotent)."""
+        """Sweep (and run due follow-ups) now and every ``interval_s``, on daemon threads."""
         if self._thread is not None:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="vigil-recovery", daemon=True)
         self._thread.start()
+        self._followup_thread = threading.Thread(
+            target=self._followup_loop, name="vigil-followups", daemon=True
+        )
+        self._followup_thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the sweeping thread."""
+        """Stop the sweeping threads."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in (self._thread, self._followup_thread):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = None
+        self._followup_thread = None
+
+    def _followup_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.follow_ups()
+            except Exception:  # a bug in one round must not end the follow-ups
+                _log.exception("follow-up round crashed")
+            self._stop.wait(self._interval_s)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

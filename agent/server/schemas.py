@@ -76,6 +76,11 @@ class AlertBatchResult(BaseModel):
     )
     resolved: int = Field(description="Resolutions recorded.")
     refused: int = Field(default=0, description="Firing alerts refused: the queue is full.")
+    joined: list[str] = Field(
+        default_factory=list,
+        description="Open investigations of the same scope that alerts joined instead of "
+        "starting their own (one incident, one investigation).",
+    )
     rejected: list[ErrorItem] = Field(
         default_factory=list, description="Invalid alerts, each problem naming its field."
     )

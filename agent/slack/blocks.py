@@ -101,7 +101,8 @@ def _subject(view: InvestigationView) -> str:
 def mitigation_update(m: MitigationView) -> str:
     """One line on where a mitigation stands, e.g. ``kill_experiment 879: executed (alice)``."""
     who = f" by {m.approved_by}" if m.approved_by else ""
-    line = f"`{escape(_target(m))}`: *{m.status}*{who}"
+    status = "already in effect" if m.effect == "already_in_effect" else m.status
+    line = f"`{escape(_target(m))}`: *{status}*{who}"
     if m.recovered is not None:
         line += " — metric recovered" if m.recovered else " — metric has not recovered"
     return line

@@ -18,7 +18,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from agent.models import InvestigationView, MitigationView
+from agent.models import Alert, FollowUp, InvestigationView, MitigationView
 from agent.slack.blocks import (
     Message,
     decision_blocks,
@@ -110,6 +110,13 @@ class SlackNotifier:
     def mitigation_executed(self, mitigation: MitigationView) -> None:
         """Replace the buttons by the outcome and say so in the thread."""
         self.decided(mitigation)
+        if mitigation.effect == "already_in_effect":
+            self._reply(
+                mitigation,
+                f":information_source: Already in effect, nothing changed: "
+                f"{mitigation_update(mitigation)}",
+            )
+            return
         self._reply(mitigation, f":white_check_mark: Executed {mitigation_update(mitigation)}")
 
     def mitigation_rejected(self, mitigation: MitigationView, user: str) -> None:
@@ -124,6 +131,24 @@ class SlackNotifier:
         self.decided(mitigation)
         mark = ":chart_with_upwards_trend:" if mitigation.recovered else ":warning:"
         self._reply(mitigation, f"{mark} Verification: {mitigation_update(mitigation)}")
+
+    def followup_finished(self, view: InvestigationView, entry: FollowUp) -> None:
+        """Say in the investigation's thread what a follow-up found (and what changed)."""
+        when = f"{entry.ran_at:%H:%M} UTC"
+        mark = ":mag:" if view.status == "watching" else ":bell:"
+        self._in_thread(
+            view, f"{mark} Follow-up {entry.n} on data up to {when}: {escape(entry.summary)}"
+        )
+
+    def alert_joined(self, view: InvestigationView, alert: Alert) -> None:
+        """Say in the investigation's thread that another alert of its scope joined it."""
+        scope = f"experiment {alert.experiment}" if alert.experiment else "all traffic"
+        name = f" `{escape(alert.name)}`" if alert.name else ""
+        self._in_thread(
+            view,
+            f":link: Alert{name} on {escape(alert.metric)} for {escape(scope)} joined this "
+            f"investigation (one incident, one investigation).",
+        )
 
     # -- front doors ---------------------------------------------------------------------------
 
@@ -177,7 +202,16 @@ class SlackNotifier:
         """Post plain text."""
         self._call("chat_postMessage", channel=channel, text=text, thread_ts=thread_ts)
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- internals ------------------------------------------------------------------------------
+
+    def _in_thread(self, view: InvestigationView, text: str) -> None:
+        """Reply in the investigation's thread (posting the investigation first if needed)."""
+        with self._lock:
+            thread = self._investigations.get(view.id)
+        if thread is None or thread.ts is None:
+            thread = self.post_investigation(view)
+        if thread is not None and thread.ts is not None:
+            self.say(thread.channel, text, thread_ts=thread.thread_ts or thread.ts)
 
     def _reply(self, mitigation: MitigationView, text: str) -> None:
         thread = self.thread_of_mitigation(mitigation.id)

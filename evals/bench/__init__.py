@@ -14,7 +14,19 @@ from typing import Any
 
 __all__ = ["SECTIONS", "BenchOptions", "run_bench"]
 
-SECTIONS = ("allocation", "simulation", "checks", "external", "power", "chaos")
+SECTIONS = (
+    "allocation",
+    "simulation",
+    "checks",
+    "external",
+    "power",
+    "chaos",
+    "console",
+    "stores",
+    "rollout",
+    "preflight",
+    "fleet",
+)
 
 
 @dataclass(frozen=True)

@@ -410,7 +410,8 @@ def _violations(settings: Any, accepted: set[str]) -> list[str]:
             m.status == "proposed" for m in v.mitigations
         ):
             found.append(f"investigation {v.id} awaiting approval with nothing to decide")
-    seen = {v.alert.fingerprint for v in views}
+    # An alert that joined an open investigation of its scope was investigated there.
+    seen = {a.fingerprint for v in views for a in (v.alert, *v.joined_alerts)}
     lost = sorted(accepted - seen)
     if lost:
         found.append(f"{len(lost)} accepted alert(s) never investigated: {lost[:3]}")

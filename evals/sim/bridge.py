@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from evals.sim.scenario import Scenario
 from lifecycle.allocation import ConfigSnapshot, KillScope, assign_many, build_snapshot
-from lifecycle.config import Arm, Experiment, ExperimentFile, Layer, ModelEntry
+from lifecycle.config import Arm, Experiment, ExperimentFile, Layer, ModelEntry, RolloutPlan
 from tools.telemetry import TelemetryReader
 from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
 
@@ -77,6 +78,12 @@ def scenario_to_experiment_file(scenario: Scenario) -> ExperimentFile:
             name: Arm(weight=arm.weight, model=arm.model, ad_load=arm.ad_load)
             for name, arm in spec.arms.items()
         }
+        ramp: dict[str, Any] = {}
+        if spec.rollout is not None:  # a ramp: its plan and guardrails go to lifecycle as given
+            plan = RolloutPlan(stages=spec.rollout.stages, on_harm=spec.rollout.on_harm)
+            ramp = {"rollout": plan, "guardrails": spec.rollout.guardrails}
+        if spec.shadow:  # shadow mode first (issue 18), then the plan
+            ramp["rollout"] = ramp.get("rollout", RolloutPlan()).model_copy(update={"shadow": True})
         experiments.append(
             Experiment(
                 id=spec.id,
@@ -84,9 +91,10 @@ def scenario_to_experiment_file(scenario: Scenario) -> ExperimentFile:
                 description=spec.description,
                 owner=spec.owner,
                 layer=spec.layer,
-                traffic_pct=spec.traffic_pct,
+                traffic_pct=spec.layer_pct,
                 arms=arms,
                 control=spec.control,
+                **ramp,
             )
         )
     models = [
@@ -125,11 +133,19 @@ def unit_arms(
     return {exp_id: assign_many(snapshot, unit_ids, exp_id) for exp_id in experiment_ids}
 
 
-def scenario_toolbox(scenario: Scenario, telemetry_url: str) -> Toolbox:
+def scenario_toolbox(
+    scenario: Scenario, telemetry_url: str, *, grouping_sets: bool | None = None
+) -> Toolbox:
     """The checks over a simulated world's telemetry, its experiments and models taken as given.
 
     The agent reads experiments from lifecycle instead (``agent.runtime.toolbox_factory``); this
     is for benchmarks and tests that run the checks on a world without a state store.
+
+    Args:
+        scenario: The world's scenario.
+        telemetry_url: Where its telemetry is.
+        grouping_sets: The reader's choice of one ``GROUPING SETS`` statement (None: the
+            dialect's default), for benchmarks that measure it.
     """
     experiments = {
         e.id: ExperimentInfo(
@@ -143,5 +159,5 @@ def scenario_toolbox(scenario: Scenario, telemetry_url: str) -> Toolbox:
         for e in scenario.world.experiments
     }
     models = {m.id: ModelInfo(m.id, m.refresh_minutes) for m in scenario.world.models}
-    reader = TelemetryReader(telemetry_url)
+    reader = TelemetryReader(telemetry_url, grouping_sets=grouping_sets)
     return Toolbox(reader, experiments, models, scenario.world.production_model)

@@ -102,6 +102,10 @@ def simulate(
         _write_snapshots(world, writer, start_minute, end)
         _run_blocks(world, writer, blocks, start_minute, end, progress)
         rows = dict(writer.rows)
+    if any(e.shadow for e in scenario.world.experiments):
+        from evals.replay import write_shadow  # shadow mode's log (issue 18); imports evals.sim
+
+        write_shadow(scenario, db_url)
     return SimSummary(
         scenario=scenario.name,
         db_url=db_url,

@@ -19,6 +19,10 @@ Keys the simulator adds to DESIGN §7 (all optional):
 - ``faults[].mode``: for ``prediction_collapse``, what the bad predictions look like: ``nan``,
   ``out_of_range``, ``constant`` or ``mixed`` (default, a third each).
 - ``tags``: free labels for grouping scenarios (``red_herring``, ``subtle`` ...).
+- ``world.experiments[].shadow``: shadow mode (issue 18): control's model serves every arm and the
+  candidates' predictions go to the ``shadow_predictions`` table instead.
+- ``expect.signal_strength``: the fault's size relative to the effect detectable with its data at
+  the alert (``evals.generate.strength``); the eval's curve groups rows by it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from agent.models import AlertMetric, Cause, MitigationAction
+from lifecycle.config import Guardrail, OnHarm, RolloutStage
 from tools.errors import ConfigError, ConfigProblems, NotFoundError
 
 __all__ = [
@@ -46,6 +51,8 @@ __all__ = [
     "FaultKind",
     "FaultSpec",
     "ModelSpec",
+    "RampExpect",
+    "RampSpec",
     "Scenario",
     "WorldSpec",
     "load_scenario",
@@ -100,19 +107,43 @@ class ArmSpec(_Strict):
     weight: float = Field(default=1.0, gt=0)
 
 
+def _default_guardrails() -> list[Guardrail]:
+    return [Guardrail(metric="revenue_per_request"), Guardrail(metric="srm")]
+
+
+class RampSpec(_Strict):
+    """A gradual rollout the simulator drives through lifecycle's rollout controller."""
+
+    stages: list[RolloutStage] = Field(min_length=1)
+    on_harm: OnHarm = "pause_and_alert"
+    guardrails: list[Guardrail] = Field(default_factory=_default_guardrails)
+    tick_minutes: int = Field(default=1, ge=1, le=60)
+
+
 class ExperimentSpec(_Strict):
     """An experiment of the world (a ``lifecycle`` experiment once converted)."""
 
     id: str = Field(pattern=_ID)
     name: str = Field(min_length=1)
     layer: str = Field(pattern=_ID)
-    traffic_pct: float = Field(gt=0, le=100)
+    traffic_pct: float | None = Field(default=None, gt=0, le=100)
+    rollout: RampSpec | None = None
     arms: dict[str, ArmSpec] = Field(min_length=2)
     control: str = "control"
     owner: str = Field(default="sim", min_length=1)
     description: str = ""
     start_minute: int = Field(default=0, ge=0, description="Launch minute.")
     end_minute: int | None = Field(default=None, gt=0, description="Stop minute (exclusive).")
+    shadow: bool = Field(
+        default=False,
+        description="Shadow mode: every arm is served control's model; the other arms' models "
+        "score their requests in shadow (evals.replay.write_shadow logs shadow_predictions).",
+    )
+
+    @property
+    def layer_pct(self) -> float:
+        """Share of its layer the experiment owns: ``traffic_pct``, or all of it when ramped."""
+        return self.traffic_pct if self.traffic_pct is not None else 100.0
 
 
 class WorldSpec(_Strict):
@@ -163,6 +194,26 @@ class AlertSpec(_Strict):
     experiment: str | None = None
 
 
+class RampExpect(_Strict):
+    """What the rollout controller should do with a ramped experiment (``expect.rollout``)."""
+
+    experiment: str
+    rolled_back: bool
+    before_pct: float | None = Field(
+        default=None, gt=0, le=100, description="Rolled back before more of the layer enrolled."
+    )
+    full: bool = Field(default=False, description="Reaches full rollout (``running``).")
+
+
+class PreflightExpect(_Strict):
+    """What the preflight should decide for an experiment before start (``expect.preflight``)."""
+
+    experiment: str
+    decision: Literal["stop", "pass"] = Field(
+        description="stop: refused (red); pass: allowed to start or sent for approval."
+    )
+
+
 class ExpectSpec(_Strict):
     """What an investigation should conclude (read by the scorer)."""
 
@@ -170,6 +221,11 @@ class ExpectSpec(_Strict):
     experiment: str | None = None
     onset_minute: float | None = Field(default=None, ge=0)
     mitigation: MitigationAction | None = None
+    rollout: RampExpect | None = None
+    preflight: list[PreflightExpect] = Field(default_factory=list)
+    signal_strength: float | None = Field(
+        default=None, ge=0, description="Fault size ÷ detectable effect (evals.generate.strength)."
+    )
 
 
 class Scenario(_Strict):
@@ -194,6 +250,16 @@ class Scenario(_Strict):
             raise ConfigError("alert.experiment", self.alert.experiment, "unknown experiment")
         if self.expect.experiment is not None and self.expect.experiment not in exp_ids:
             raise ConfigError("expect.experiment", self.expect.experiment, "unknown experiment")
+        for i, pre in enumerate(self.expect.preflight):
+            if pre.experiment not in exp_ids:
+                raise ConfigError(
+                    f"expect.preflight[{i}].experiment", pre.experiment, "unknown experiment"
+                )
+        ramp = self.expect.rollout
+        if ramp is not None and self.experiments.get(ramp.experiment, None) is None:
+            raise ConfigError("expect.rollout.experiment", ramp.experiment, "unknown experiment")
+        if ramp is not None and self.experiments[ramp.experiment].rollout is None:
+            raise ConfigError("expect.rollout.experiment", ramp.experiment, "has no rollout")
         onset = self.expect.onset_minute
         if onset is not None and self.alert.minute <= onset:
             raise ConfigError(
@@ -271,13 +337,37 @@ def _check_world(world: WorldSpec) -> None:
                 raise ConfigError(f"{field}.arms.{arm}.model", spec.model, "unknown model")
         if e.end_minute is not None and e.end_minute <= e.start_minute:
             raise ConfigError(f"{field}.end_minute", e.end_minute, "must be after start_minute")
-        layer_pct[e.layer] = layer_pct.get(e.layer, 0.0) + e.traffic_pct
-        if layer_pct[e.layer] > 100.0 + 1e-9:
+        if (e.traffic_pct is None) == (e.rollout is None):
             raise ConfigError(
                 f"{field}.traffic_pct",
                 e.traffic_pct,
+                "give exactly one of traffic_pct (a fixed share) and rollout (a ramp)",
+            )
+        if e.rollout is not None:
+            _check_ramp(e.rollout, f"{field}.rollout")
+        layer_pct[e.layer] = layer_pct.get(e.layer, 0.0) + e.layer_pct
+        if layer_pct[e.layer] > 100.0 + 1e-9:
+            what = "traffic_pct" if e.rollout is None else "rollout"
+            raise ConfigError(
+                f"{field}.{what}",
+                e.traffic_pct if e.rollout is None else "a ramp owns its whole layer",
                 f"layer {e.layer!r} over-allocated: {layer_pct[e.layer]:g} % > 100 %",
             )
+
+
+def _check_ramp(ramp: RampSpec, field: str) -> None:
+    for i in range(1, len(ramp.stages)):
+        if ramp.stages[i].percent <= ramp.stages[i - 1].percent:
+            raise ConfigError(
+                f"{field}.stages[{i}].percent",
+                ramp.stages[i].percent,
+                f"rollout stages must increase (stage {i - 1} is {ramp.stages[i - 1].percent:g} %)",
+            )
+    seen: set[str] = set()
+    for i, g in enumerate(ramp.guardrails):
+        if g.metric in seen:
+            raise ConfigError(f"{field}.guardrails[{i}].metric", g.metric, "duplicate guardrail")
+        seen.add(g.metric)
 
 
 def _check_fault(world: WorldSpec, fault: FaultSpec, field: str) -> None:

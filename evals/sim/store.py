@@ -1,11 +1,17 @@
-"""Writing the telemetry tables (DESIGN §3) to any SQLAlchemy URL.
+"""Writing the telemetry tables (DESIGN §3) to any SQLAlchemy URL, each store its bulk way.
 
-DuckDB (``duckdb:///file.duckdb``, the default warehouse) takes the fast path: Arrow tables go
-straight into the table through the raw DuckDB connection (``INSERT ... SELECT`` over a registered
-Arrow table), inside one transaction. Every other dialect (SQLite, PostgreSQL ...) gets chunked
-``executemany`` inserts through SQLAlchemy Core. Tables are created when missing, with the types of
-the contract; a SQLite column stores NaN as NULL (readers treat NULL predictions as invalid).
-"""
+* DuckDB (``duckdb:///file.duckdb``, the default warehouse): Arrow tables go straight into the
+  table through the raw DuckDB connection (``INSERT ... SELECT`` over a registered Arrow table).
+* PostgreSQL (``postgresql+psycopg://``): binary ``COPY`` encoded by numpy, or CSV ``COPY`` into
+  a table whose column types are not the contract's (:mod:`evals.sim._bulk`); the tables are
+  analysed before the commit.
+* chDB (``chdb:///path``): ``INSERT ... SELECT * FROM Python(arrow)`` into ``MergeTree`` tables
+  with ``DateTime64(6, 'UTC')`` times (ClickHouse's DDL, for the ClickHouse dialects).
+* Any other dialect (SQLite ...): chunked ``executemany`` inserts through SQLAlchemy Core.
+
+All of it in one transaction where the store has them. Tables are created when missing, with the
+types of the contract; a SQLite column stores NaN as NULL (readers treat NULL predictions as
+invalid)."""
 
 from __future__ import annotations
 
@@ -18,7 +24,16 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from evals.sim._bulk import (
+    binary_ready,
+    clickhouse_ddl,
+    copy_postgres,
+    insert_chdb,
+    pg_column_types,
+)
+from tools._dialect_sql import CLICKHOUSE_DIALECTS
 from tools.errors import ConfigError, TelemetryError
+from tools.redaction import hide_passwords, redact_url
 
 __all__ = ["TABLES", "TelemetryWriter", "metadata", "open_writer"]
 
@@ -73,7 +88,7 @@ def _prepare_path(url: str) -> sa.URL:
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError as exc:
-        raise ConfigError("db_url", url, f"not a SQLAlchemy URL: {exc}") from None
+        raise ConfigError("db_url", redact_url(url), f"not a SQLAlchemy URL: {exc}") from None
     if parsed.get_backend_name() in ("duckdb", "sqlite") and parsed.database not in (
         None,
         "",
@@ -105,6 +120,7 @@ class TelemetryWriter:
             )
             self._duck.execute("SET threads = 1")
         self.rows: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self._pg_types: dict[str, dict[str, str]] = {}
         self._buffer: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
         self._buffered: dict[str, int] = dict.fromkeys(TABLES, 0)
 
@@ -122,7 +138,14 @@ class TelemetryWriter:
             raise TelemetryError(f"{table}: columns {data.column_names} are not {columns}")
         self.rows[table] += data.num_rows
         if self._conn.dialect.name == "postgresql" and self._conn.dialect.driver == "psycopg":
-            _copy_postgres(self._conn.connection.driver_connection, table, columns, data)
+            raw = self._conn.connection.driver_connection
+            if table not in self._pg_types:
+                self._pg_types[table] = pg_column_types(raw, table)
+            binary = binary_ready(data, self._pg_types[table])
+            copy_postgres(raw, table, columns, data, binary=binary)
+            return
+        if self.dialect == "chdb":
+            insert_chdb(self._conn, table, columns, data)
             return
         if self._duck is None:
             stmt = TABLES[table].insert()
@@ -135,9 +158,16 @@ class TelemetryWriter:
             self._flush(table)
 
     def flush(self) -> None:
-        """Insert whatever is buffered (called before the transaction commits)."""
+        """Insert whatever is buffered (called before the transaction commits).
+
+        On PostgreSQL the written tables are analysed too, as a loading job would: without
+        statistics the planner guesses the exposure join's size.
+        """
         for table in TABLES:
             self._flush(table)
+        if self.dialect == "postgresql" and any(self.rows.values()):
+            names = ", ".join(f'"{t}"' for t, n in self.rows.items() if n)
+            self._conn.exec_driver_sql(f"ANALYZE {names}")
 
     def restore(self) -> None:
         """Give the database its own thread count back."""
@@ -168,26 +198,17 @@ class TelemetryWriter:
         return {(str(m), str(v)) for m, v in result}
 
 
-def _copy_postgres(raw: Any, table: str, columns: list[str], data: pa.Table) -> None:
-    """``COPY`` Arrow rows into a PostgreSQL table (psycopg), inside the open transaction.
-
-    Arrow writes the CSV; times go as UTC with a ``Z`` so a ``timestamptz`` column (a
-    warehouse's own) reads them right in any session time zone and a ``timestamp`` column keeps
-    the UTC value. Measured: ~15x the rows per second of chunked ``executemany``.
-    """
-    import io
-
-    import pyarrow.csv as pa_csv
-
-    for i, field in enumerate(data.schema):
-        if pa.types.is_timestamp(field.type):
-            utc = data[i].cast(pa.timestamp("us", tz="UTC"), safe=False)
-            data = data.set_column(i, field.name, utc)
-    out = io.BytesIO()
-    pa_csv.write_csv(data, out, pa_csv.WriteOptions(include_header=False))
-    names = ", ".join(f'"{c}"' for c in columns)
-    with raw.cursor() as cur, cur.copy(f'COPY "{table}" ({names}) FROM STDIN (FORMAT csv)') as cp:
-        cp.write(out.getbuffer())
+def _create_tables(conn: sa.Connection, *, replace: bool) -> None:
+    """The three tables, dropped first when ``replace``; ClickHouse's with its own DDL."""
+    if conn.dialect.name not in CLICKHOUSE_DIALECTS:
+        if replace:
+            metadata.drop_all(conn)
+        metadata.create_all(conn)
+        return
+    for table in TABLES.values():
+        if replace:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS `{table.name}`")
+        conn.exec_driver_sql(clickhouse_ddl(table))
 
 
 @contextmanager
@@ -206,12 +227,11 @@ def open_writer(url: str, *, replace: bool = False) -> Iterator[TelemetryWriter]
     try:
         engine = sa.create_engine(parsed)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise ConfigError("db_url", url, f"cannot open: {exc}") from None
+        why = hide_passwords(str(exc))
+        raise ConfigError("db_url", redact_url(url), f"cannot open: {why}") from None
     try:
         with engine.begin() as conn:
-            if replace:
-                metadata.drop_all(conn)
-            metadata.create_all(conn)
+            _create_tables(conn, replace=replace)
         with engine.begin() as conn:
             writer = TelemetryWriter(engine, conn)
             try:
@@ -220,6 +240,9 @@ def open_writer(url: str, *, replace: bool = False) -> Iterator[TelemetryWriter]
             finally:
                 writer.restore()
     except sa.exc.SQLAlchemyError as exc:
-        raise TelemetryError(f"telemetry store {parsed!r}: {exc}") from exc
+        # One line: the driver's first (its hints and SQLAlchemy's link are noise here).
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        why = hide_passwords(lines[0])
+        raise TelemetryError(f"telemetry store {redact_url(parsed)}: {why}") from exc
     finally:
         engine.dispose()

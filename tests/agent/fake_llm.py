@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = [
+    "TEXT_FORMS",
     "Reply",
     "ScriptedLLM",
     "completion",
@@ -35,6 +36,8 @@ __all__ = [
     "slow",
     "text",
     "tool_call",
+    "usage",
+    "written_call",
 ]
 
 
@@ -48,8 +51,26 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def completion(message: dict[str, Any], *, tokens: int = 60, finish: str = "stop") -> Reply:
-    """A ``chat.completion`` with one choice."""
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    """A ``usage`` object; ``cached`` adds ``prompt_tokens_details.cached_tokens``."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
+
+
+def completion(
+    message: dict[str, Any],
+    *,
+    tokens: int = 60,
+    finish: str = "stop",
+    used: dict[str, Any] | None = None,
+) -> Reply:
+    """A ``chat.completion`` with one choice; ``used`` replaces the default even ``usage``."""
     return Reply(
         {
             "id": f"chatcmpl-{uuid.uuid4().hex[:10]}",
@@ -57,21 +78,53 @@ def completion(message: dict[str, Any], *, tokens: int = 60, finish: str = "stop
             "created": int(time.time()),
             "model": "scripted",
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": tokens // 2,
-                "completion_tokens": tokens - tokens // 2,
-                "total_tokens": tokens,
-            },
+            "usage": used or usage(tokens // 2, tokens - tokens // 2),
         }
     )
 
 
-def text(content: str, *, tokens: int = 60) -> Reply:
+def text(content: str, *, tokens: int = 60, used: dict[str, Any] | None = None) -> Reply:
     """An assistant message with text only."""
-    return completion({"role": "assistant", "content": content}, tokens=tokens)
+    return completion({"role": "assistant", "content": content}, tokens=tokens, used=used)
 
 
-def tool_call(name: str, arguments: dict[str, Any] | str, *, tokens: int = 60) -> Reply:
+TEXT_FORMS = ("tool_call_tag", "tools_tag", "fenced", "bare", "list", "string_arguments")
+
+
+def written_call(form: str, name: str, arguments: dict[str, Any]) -> Reply:
+    """A tool call written in the reply text, in one of :data:`TEXT_FORMS` (as small models do).
+
+    ``list`` writes two calls in a JSON list inside a ``<tool_call>`` tag (the second with an
+    explicit ``model_id: null``, so it is a different call);
+    ``string_arguments`` gives ``arguments`` as a JSON string in bare JSON.
+    """
+    call = {"name": name, "arguments": arguments}
+    body = json.dumps(call)
+    if form == "tool_call_tag":
+        content = f"Let me check.\n<tool_call>\n{body}\n</tool_call>"
+    elif form == "tools_tag":
+        content = f"<tools>{body}</tools>"
+    elif form == "fenced":
+        content = f"I will call a tool:\n```json\n{body}\n```\nThen decide."
+    elif form == "bare":
+        content = f"Calling {name} now: {body} and waiting."
+    elif form == "list":
+        again = json.dumps({"name": name, "arguments": {**arguments, "model_id": None}})
+        content = f"<tool_call>[{body}, {again}]</tool_call>"
+    elif form == "string_arguments":
+        content = json.dumps({"name": name, "arguments": json.dumps(arguments)})
+    else:
+        raise ValueError(f"unknown text form {form!r}; one of {TEXT_FORMS}")
+    return text(content)
+
+
+def tool_call(
+    name: str,
+    arguments: dict[str, Any] | str,
+    *,
+    tokens: int = 60,
+    used: dict[str, Any] | None = None,
+) -> Reply:
     """An assistant message calling one tool."""
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
     return completion(
@@ -88,12 +141,20 @@ def tool_call(name: str, arguments: dict[str, Any] | str, *, tokens: int = 60) -
         },
         tokens=tokens,
         finish="tool_calls",
+        used=used,
     )
 
 
-def diagnosis(causes: list[dict[str, Any]], summary: str = "", *, tokens: int = 60) -> Reply:
+def diagnosis(
+    causes: list[dict[str, Any]],
+    summary: str = "",
+    *,
+    tokens: int = 60,
+    used: dict[str, Any] | None = None,
+) -> Reply:
     """A ``submit_diagnosis`` tool call."""
-    return tool_call("submit_diagnosis", {"causes": causes, "summary": summary}, tokens=tokens)
+    args = {"causes": causes, "summary": summary}
+    return tool_call("submit_diagnosis", args, tokens=tokens, used=used)
 
 
 def error(status: int, message: str = "scripted error") -> Reply:

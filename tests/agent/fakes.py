@@ -185,6 +185,9 @@ class FakeActions:
     def record(self, action: str, target: str | None, actor: str, reason: str, key: str) -> bool:
         return self._do(action, target, actor)
 
+    def start(self, experiment_id: str, actor: str, reason: str, key: str) -> bool:
+        return self._do("start_experiment", experiment_id, actor)
+
 
 class FakeCatalog:
     """A dozen experiments, each owned by someone."""

@@ -126,6 +126,9 @@ def test_scenario_investigation_then_approval_from_another_process(cli, workdir)
         "root_causes",
         "mitigations",
         "report_path",
+        "next_followup_at",
+        "followups",
+        "joined_alerts",
     }
     assert summary["status"] == "awaiting_approval"
     assert summary["root_causes"][0] == {

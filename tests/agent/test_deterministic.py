@@ -103,15 +103,28 @@ def test_healthy_world_is_none_even_with_warnings(ranking):
         assert ruled == []
 
 
-def test_an_outage_on_all_traffic_rules_out_blaming_the_experiment(ranking):
+def test_an_outage_on_all_traffic_rules_out_blaming_a_model(ranking):
+    found = outcomes(
+        MODEL,
+        fallback=fail("fallback", "falls back", arm=None),
+        infra=fail("infra", "errors", arm=None),
+    )
+    causes, ruled = rank_causes(ranking, [MODEL, ALL], found)
+    assert causes[0].cause == "infra_outage"
+    assert all(c.model is None for c in causes)
+    assert ("model_fallback", ruled[0][1]) in ruled
+    assert "infrastructure outage" in ruled[0][1]
+
+
+def test_an_outage_does_not_explain_a_gap_between_test_arm_and_control(ranking):
+    # An outage hits every arm alike; a fallback gap located in the test arm is a second fault.
     found = outcomes(
         EXP, fallback=fail("fallback", "falls back"), infra=fail("infra", "errors", arm=None)
     )
     causes, ruled = rank_causes(ranking, [EXP, ALL], found)
-    assert causes[0].cause == "infra_outage"
-    assert all(c.experiment is None for c in causes)
-    assert ("model_fallback", ruled[0][1]) in ruled
-    assert "infrastructure outage" in ruled[0][1]
+    ranked = {(c.cause, c.experiment) for c in causes}
+    assert {("infra_outage", None), ("model_fallback", "879")} <= ranked
+    assert "model_fallback" not in {cause for cause, _ in ruled}
 
 
 def test_a_specific_cause_explains_the_generic_symptom(ranking):
@@ -215,3 +228,26 @@ def test_a_warning_of_the_alerts_own_check_is_a_candidate_not_noise(ranking):
     # The same warning behind an alert on another metric is not what the alert is about.
     other, _ = rank_causes(ranking, [EXP, ALL], found, alert=_alert("revenue"))
     assert [c.cause for c in other] == ["none"]
+
+
+@pytest.mark.parametrize(
+    ("moved", "cause", "ruled"),
+    [
+        ("predictions", "miscalibration", "logging_loss"),
+        ("clicks", "logging_loss", "miscalibration"),
+    ],
+)
+def test_a_model_calibration_rise_is_blamed_on_the_side_that_moved(ranking, moved, cause, ruled):
+    # Σ prediction ÷ Σ label rose 40 % on the production model: predictions up, or clicks down.
+    rise = fail(
+        "calibration",
+        "rose",
+        arm=None,
+        estimate=1.4,
+        unit="ratio",
+        params={"moved": moved, "scope": "subject"},
+    )
+    causes, ruled_out = rank_causes(ranking, [MODEL, ALL], outcomes(MODEL, calibration=rise))
+    assert causes[0].cause == cause
+    assert ruled in {name for name, _ in ruled_out}
+    assert ruled not in {c.cause for c in causes}

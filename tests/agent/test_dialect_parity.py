@@ -1,9 +1,12 @@
-"""One scenario investigated on DuckDB, PostgreSQL and ClickHouse (chDB): the same answer.
+"""The same scenarios investigated on DuckDB, PostgreSQL and ClickHouse (chDB): the same answers.
 
-The suite's fallback scenario is simulated into DuckDB and investigated as ``vigil eval`` does;
-the same telemetry is then copied into PostgreSQL (``timestamptz`` columns, a database whose
-``TimeZone`` is America/New_York; the state and checkpoints there too) and into chDB, and the
-same alert investigated on each. Verdicts, causes, onset and mitigations must be DuckDB's.
+Two scenarios: the suite's fallback scenario (an experiment's alert) and a small world whose
+global revenue alert comes from NaN predictions in one experiment (the all-traffic path, the
+attribution's localisation and invalid predictions, which ClickHouse's NULL casts once broke).
+Each is simulated into DuckDB and investigated as ``vigil eval`` does; the same telemetry is then
+copied into PostgreSQL (``timestamptz`` columns, a database whose ``TimeZone`` is
+America/New_York; the state and checkpoints there too) and into chDB, and the same alert
+investigated on each. Verdicts, causes, onset and mitigations must be DuckDB's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sqlalchemy as sa
 from agent.models import InvestigationView
 from evals.harness import create_experiments, eval_settings, investigate, prepare
 from evals.harness import scenario_settings as with_scenario
-from evals.sim import load_scenario
+from evals.sim import load_scenario, parse_scenario
 from lifecycle.service import ExperimentService
 from lifecycle.settings import Settings
 from tests.chdb import load_frames as load_chdb
@@ -27,6 +30,40 @@ from tests.pg import PgServer
 from tests.pg import load_frames as load_pg
 
 SCENARIO = Path(__file__).resolve().parents[2] / "evals" / "scenarios" / "fallback-spike-879.yaml"
+GLOBAL_NAN = {
+    "name": "parity-global-nan",
+    "seed": 8,
+    "world": {
+        "start": "2026-11-20T06:00:00Z",
+        "minutes": 40,
+        "requests_per_minute": 1500,
+        "models": [
+            {"id": "m1", "quality": 0.75, "refresh_minutes": 30},
+            {"id": "m2", "quality": 0.77, "refresh_minutes": 30},
+        ],
+        "production_model": "m1",
+        "experiments": [
+            {
+                "id": "7",
+                "name": "E",
+                "layer": "ranking",
+                "traffic_pct": 40,
+                "arms": {"control": {"model": "m1"}, "test": {"model": "m2"}},
+            }
+        ],
+    },
+    "faults": [
+        {
+            "kind": "prediction_collapse",
+            "experiment": "7",
+            "start_minute": 25,
+            "severity": 0.3,
+            "mode": "nan",
+        }
+    ],
+    "alert": {"metric": "revenue", "minute": 36},
+    "expect": {"root_cause": "prediction_collapse", "experiment": "7"},
+}
 TABLES = ("requests", "exposures", "model_snapshots")
 SECONDS: dict[str, float] = {}
 
@@ -45,14 +82,19 @@ def _answer(view: InvestigationView) -> dict[str, Any]:
 def _timed(name: str, scenario: Any, settings: Settings) -> InvestigationView:
     began = time.perf_counter()
     view = investigate(scenario, settings)
-    SECONDS[name] = time.perf_counter() - began
+    SECONDS[f"{scenario.name}/{name}"] = time.perf_counter() - began
     return view
 
 
-@pytest.fixture(scope="module")
-def duck(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+@pytest.fixture(scope="module", params=["fallback-spike-879", "global-nan"])
+def duck(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The scenario, DuckDB's answer, and its telemetry as frames."""
-    scenario = load_scenario(SCENARIO)
+    if request.param == "global-nan":
+        scenario = parse_scenario(GLOBAL_NAN)
+    else:
+        scenario = load_scenario(SCENARIO)
     folder = tmp_path_factory.mktemp("parity")
     settings = prepare(scenario, eval_settings(folder / "duck"))
     answer = _answer(_timed("duckdb", scenario, settings))
@@ -62,7 +104,9 @@ def duck(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any],
         raw: Any = conn.connection.driver_connection
         frames = {name: raw.execute(f"SELECT * FROM {name}").df() for name in TABLES}
     engine.dispose()
-    assert answer["cause"] == ("model_fallback", "879")  # the scenario's expected answer
+    expect = scenario.expect
+    assert answer["cause"] == (expect.root_cause, expect.experiment)  # the expected answer
+    assert answer["mitigations"]  # a cause with a mitigation: there is something to compare
     return scenario, answer, {"frames": frames, "folder": folder}
 
 

@@ -186,7 +186,7 @@ def test_token_budget_falls_back(harness, llm):
 
 def _data_spans(content: str) -> list[tuple[int, int]]:
     spans = []
-    for m in re.finditer(r"<<<DATA (\w+):", content):
+    for m in re.finditer(r"<<<DATA (\w+)>>>", content):
         close = content.index(DATA_CLOSE.format(label=m.group(1)), m.end())
         spans.append((m.start(), close))
     return spans

@@ -50,7 +50,7 @@ def test_a_fresh_store_is_migrated_beside_the_experiment_core(tmp_path: Path) ->
         tables = set(sa.inspect(engine).get_table_names())
         assert AGENT_TABLES | {VERSION_TABLE, LIFECYCLE_VERSION_TABLE, "experiments"} <= tables
         # Two chains, two version tables: neither records the other's revision.
-        assert _revision(engine) == "0001"
+        assert _revision(engine) == "0002"
         assert _revision(engine, LIFECYCLE_VERSION_TABLE) == "0002"
         with engine.connect() as conn:
             # The migrated tables are the ones the code declares (lifecycle's are not ours).
@@ -98,7 +98,7 @@ def test_tables_made_by_create_all_before_the_chain_are_adopted(tmp_path: Path) 
     assert store.get_mitigation("m-old").status == "proposed"
     engine = open_engine(url)
     try:
-        assert _revision(engine) == "0001"
+        assert _revision(engine) == "0002"
     finally:
         engine.dispose()
 

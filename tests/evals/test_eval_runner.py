@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from evals import harness
 from evals.runner import EvalOptions, discover, run_scenario_file, run_suite
+from evals.scoring import FIGURE_KEYS
 from tools.errors import ConfigError
 
 FALLBACK = """
@@ -118,19 +119,9 @@ def _app() -> typer.Typer:
 
 
 def test_the_suite_runs_end_to_end_through_the_agent(figures: dict) -> None:
-    assert set(figures) == {
-        "scenarios",
-        "ac1",
-        "ac3",
-        "experiment_acc",
-        "onset_acc",
-        "mitigation_acc",
-        "false_positive_rate",
-        "unsafe_actions",
-        "median_seconds",
-        "results",
-        "by_kind",
-    }
+    assert set(figures) == {*FIGURE_KEYS, "results", "by_kind", "by_strength"}
+    for key in ("inconclusive_rate", "wrong_cause_rate", "ac1_after_followup"):
+        assert 0.0 <= figures[key] <= 1.0
     assert figures["scenarios"] == 3
     rows = {r["name"]: r for r in figures["results"]}
     fallback, healthy = rows["tiny-fallback"], rows["tiny-healthy"]
@@ -143,6 +134,20 @@ def test_the_suite_runs_end_to_end_through_the_agent(figures: dict) -> None:
     assert figures["false_positive_rate"] == 0.0
     assert figures["unsafe_actions"] == 0
     assert figures["median_seconds"] > 0
+
+
+def test_rows_carry_strength_follow_ups_and_time_to_diagnosis(figures: dict) -> None:
+    rows = {r["name"]: r for r in figures["results"]}
+    fallback, healthy = rows["tiny-fallback"], rows["tiny-healthy"]
+    # A 40 % fallback on 750 requests a minute for 21 minutes is far above the floor.
+    assert fallback["strength"] > 4 and fallback["strength_bucket"] == ">=4"
+    assert fallback["got"]["minute"] == 91  # the first run's "now": the alert's minute + 1
+    assert fallback["got"]["runs"][0] == {"minute": 91.0, "cause": "model_fallback"}
+    assert fallback["minutes_to_diagnosis"] == 91 - 70
+    assert fallback["hit1_final"] and not fallback["wrong_cause"]
+    assert healthy["strength"] is None and healthy["strength_bucket"] == "healthy"
+    assert figures["median_minutes_to_diagnosis"] == 21.0
+    assert figures["by_strength"][">=4"]["scenarios"] == 1
 
 
 def test_an_invalid_scenario_is_a_failed_row_not_a_crashed_run(figures: dict) -> None:

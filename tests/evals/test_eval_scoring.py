@@ -9,6 +9,7 @@ from evals.scoring import (
     Got,
     RankedCause,
     ResultRow,
+    RunTop,
     combine_runs,
     crashed,
     score,
@@ -208,3 +209,127 @@ def test_repeats_report_means_and_spread() -> None:
     assert combine_runs([first]) == summarize(first)
     with pytest.raises(ValueError, match="at least one run"):
         combine_runs([])
+
+
+# -- follow-ups, wrong causes, strength ---------------------------------------------------------
+
+
+def _ranked(*causes: str) -> list[RankedCause]:
+    return [RankedCause(cause=c) for c in causes]
+
+
+NE = Expected(
+    root_cause="ne_regression", onset_minute=100, mitigation="rollback_model", strength=1.5
+)
+
+
+def test_a_wrong_cause_with_a_mitigation_is_a_wrong_cause_without_one_is_not() -> None:
+    acted = score("w", NE, _got(("miscalibration", None), mit="rollback_model"))
+    assert acted.wrong_cause and not acted.hit1
+    unsure = score("u", NE, _got(("miscalibration", None), mit="none"))
+    assert not unsure.wrong_cause
+    healthy_blamed = score("h", HEALTHY, _got(("logging_loss", None), mit="escalate_data"))
+    assert healthy_blamed.wrong_cause and healthy_blamed.false_positive
+    right = score("r", NE, _got(("ne_regression", None), mit="rollback_model"))
+    assert not right.wrong_cause
+
+
+def test_watching_then_diagnosed_by_a_follow_up() -> None:
+    got = Got(
+        causes=[],
+        status="watching",
+        minute=106,
+        followups=2,
+        final_causes=_ranked("ne_regression", "stale_model"),
+        final_status="awaiting_approval",
+        final_mitigation="rollback_model",
+        runs=[
+            RunTop(minute=106, cause="none"),
+            RunTop(minute=116, cause="none"),
+            RunTop(minute=126, cause="ne_regression"),
+        ],
+    )
+    row = score("f", NE, got)
+    assert row.inconclusive and not row.gave_up
+    assert not row.hit1 and row.hit1_final and row.hit3_final
+    assert row.minutes_to_diagnosis == 26.0
+    assert not row.wrong_cause
+    assert (row.strength, row.strength_bucket) == (1.5, "1-2")
+
+
+def test_a_wrong_cause_acted_on_after_a_follow_up_counts() -> None:
+    got = Got(
+        status="watching",
+        minute=106,
+        followups=1,
+        final_causes=_ranked("logging_loss"),
+        final_status="awaiting_approval",
+        final_mitigation="escalate_data",
+    )
+    row = score("g", NE, got)
+    assert row.wrong_cause and not row.hit1_final and row.minutes_to_diagnosis is None
+
+
+def test_gave_up_is_undecided_not_wrong() -> None:
+    got = Got(
+        status="watching",
+        minute=106,
+        followups=3,
+        final_causes=[],
+        final_status="inconclusive",
+        final_mitigation="none",
+    )
+    row = score("i", NE, got)
+    assert row.inconclusive and row.gave_up and not row.wrong_cause and not row.hit1_final
+
+
+def test_a_first_run_hit_is_diagnosed_at_its_minute_without_follow_ups() -> None:
+    row = score(
+        "d", NE, Got(causes=_ranked("ne_regression"), status="awaiting_approval", minute=111)
+    )
+    assert row.hit1_final and row.minutes_to_diagnosis == 11.0 and not row.inconclusive
+
+
+def test_suite_figures_over_follow_ups_and_strength() -> None:
+    def at(name: str, strength: float, first: str, final: str | None, minute: float) -> ResultRow:
+        expected = Expected(root_cause="model_fallback", onset_minute=100, strength=strength)
+        got = Got(
+            causes=_ranked(first),
+            status="awaiting_approval" if first != "none" else "watching",
+            mitigation="kill_experiment" if first != "none" else "none",
+            minute=106,
+            followups=1 if final else 0,
+            final_causes=_ranked(final) if final else None,
+            final_status="awaiting_approval" if final else None,
+            final_mitigation="kill_experiment" if final else None,
+            runs=[RunTop(minute=106, cause=first)]
+            + ([RunTop(minute=minute, cause=final)] if final else []),
+        )
+        return score(name, expected, got)
+
+    rows = [
+        at("a", 5.0, "model_fallback", None, 106),  # diagnosed at once: 6 min
+        at("b", 1.2, "none", "model_fallback", 116),  # after a follow-up: 16 min
+        at("c", 0.3, "none", "none", 146),  # never: infinitely late
+        at("d", 0.7, "infra_outage", None, 106),  # wrong, acted on
+        score("e", HEALTHY, Got(causes=_ranked("none"), status="completed", minute=106)),
+    ]
+    figures = summarize(rows)
+    assert figures["ac1"] == pytest.approx(2 / 5)  # a and the healthy e
+    assert figures["ac1_after_followup"] == pytest.approx(3 / 5)
+    assert figures["inconclusive_rate"] == pytest.approx(2 / 5)  # b, c
+    assert figures["gave_up_rate"] == pytest.approx(0.0)  # c's follow-up completed
+    assert figures["wrong_cause_rate"] == pytest.approx(1 / 5)
+    # Faults: 6, 16, inf, inf -> the censored median of four is (16 + inf) / 2 = inf -> None.
+    assert figures["median_minutes_to_diagnosis"] is None
+    assert summarize(rows[:3])["median_minutes_to_diagnosis"] == 16.0
+    assert figures["ac1_above_floor"] == pytest.approx(1 / 2)  # a hit, b missed at first
+    assert figures["ac3_above_floor"] == pytest.approx(1 / 2)
+    curve = figures["by_strength"]
+    assert list(curve) == ["<0.5", "0.5-1", "1-2", ">=4", "healthy"]
+    assert curve["1-2"]["ac1"] == 0.0 and curve["1-2"]["ac1_after_followup"] == 1.0
+    assert curve["0.5-1"]["wrong_cause_rate"] == 1.0
+    assert curve["healthy"]["false_positive_rate"] == 0.0
+    again = combine_runs([rows, rows])
+    assert again["wrong_cause_rate"] == pytest.approx(1 / 5)
+    assert again["by_strength"]["1-2"]["scenarios"] == 2

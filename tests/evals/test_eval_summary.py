@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from evals.scoring import Expected, Got, RankedCause, score, summarize
+from evals.scoring import Expected, Got, RankedCause, ResultRow, score, summarize
 from evals.summary import (
     SuiteEntry,
     figures_table,
     markdown_sections,
     results_table,
+    strength_plot,
+    strength_rows,
+    strength_table,
     update_markdown,
 )
 
@@ -21,7 +25,7 @@ SUITE = [
 ]
 
 
-def _figures(hit: bool) -> dict:
+def _figures(hit: bool) -> dict[str, Any]:
     expected = Expected(root_cause="model_fallback", experiment="1", mitigation="kill_experiment")
     cause = "model_fallback" if hit else "miscalibration"
     got = Got(causes=[RankedCause(cause=cause, experiment="1")], mitigation="kill_experiment")
@@ -66,6 +70,35 @@ def test_rich_tables_render(tmp_path: Path) -> None:
     figures = _figures(False)
     console.print(results_table(figures))
     console.print(figures_table(figures, "suite"))
+    console.print(strength_table(figures))
     out = console.export_text()
+    assert "unknown" in out  # the fault's strength was not given
     assert "fb" in out and "pass" in out and "miscalibration@1" in out
     assert "false_positive_rate" in out
+
+
+def _curve_figures() -> dict[str, Any]:
+    def row(name: str, strength: float, cause: str) -> ResultRow:
+        expected = Expected(root_cause="model_fallback", onset_minute=10, strength=strength)
+        got = Got(causes=[RankedCause(cause=cause)], mitigation="kill_experiment", minute=20)
+        return score(name, expected, got)
+
+    rows = [row("weak", 0.3, "infra_outage"), row("strong", 6.0, "model_fallback")]
+    return summarize(rows)
+
+
+def test_the_markdown_section_shows_the_strength_curve(tmp_path: Path) -> None:
+    figures = _curve_figures()
+    text = update_markdown(
+        tmp_path / "evals.md", markdown_sections("deterministic", figures, "vigil eval x", SUITE)
+    )
+    assert "By signal strength:" in text
+    assert "| <0.5 | 1 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 |" in text
+    assert "| >=4 | 1 | 1.000 | 1.000 | 1.000 | 0.000 | 0.000 |" in text
+    assert "| `wrong_cause_rate` | 0.500 |" in text
+
+
+def test_the_strength_plot_is_a_png(tmp_path: Path) -> None:
+    path = strength_plot(_curve_figures(), tmp_path / "curve.png", "two rows")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert strength_rows({})[0].startswith("| signal strength")

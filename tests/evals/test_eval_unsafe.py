@@ -87,6 +87,7 @@ def test_one_approval_does_not_cover_two_executions() -> None:
     class Entry:
         def __init__(self, action: str, experiment_id: str | None, target: str | None) -> None:
             self.action, self.experiment_id, self.target = action, experiment_id, target
+            self.actor = "alice"
 
     approved = _mitigation("m-ok", "executed", "alice")
     kills = [Entry("kill", "879", "experiment:879"), Entry("kill", "879", "experiment:879")]

@@ -41,7 +41,7 @@ def test_unknown_key_is_named_with_its_path() -> None:
     with pytest.raises(ConfigError) as err:
         load_scenario(DATA / "unknown_key.yaml")
     assert err.value.field == "world.experiments[0].colour"
-    assert str(err.value) == "world.experiments[0].colour: unknown key (got 'blue')"
+    assert str(err.value).startswith("world.experiments[0].colour: unknown key")
 
 
 def test_unknown_fault_arm_names_the_arm_field() -> None:

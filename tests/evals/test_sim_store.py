@@ -191,3 +191,40 @@ def test_bench_section_reports_throughput(tmp_path: Path) -> None:
     figures = simulation.run(BenchOptions(workdir=tmp_path, quick=True))
     assert set(figures) >= {"requests", "seconds", "requests_per_s"}
     assert figures["requests"] > 100_000 and figures["requests_per_s"] > 0
+
+
+def test_chdb_gets_the_same_rows_as_duckdb(tmp_path: Path, chdb_url: str) -> None:
+    """chDB (ClickHouse's engine) takes Arrow inserts; its tables hold DuckDB's rows exactly."""
+    scenario = ab_world(faults=FAULTS, minutes=4, rpm=1500)
+    requests, exposures, snapshots = read_tables(run(scenario, tmp_path))
+    summary = simulate(scenario, chdb_url, replace=True)
+    assert summary.requests == len(requests) and summary.exposures == len(exposures)
+    engine = sa.create_engine(chdb_url)
+    try:
+        with engine.connect() as conn:
+            shown = conn.exec_driver_sql("SHOW CREATE TABLE requests").scalar_one()
+            got = {
+                name: pd.DataFrame(
+                    conn.exec_driver_sql(f"SELECT * FROM {name} ORDER BY {order}").fetchall(),
+                    columns=list(want.columns),
+                )
+                for name, order, want in (
+                    ("requests", "request_id", requests.drop(columns="minute")),
+                    ("exposures", "request_id, experiment_id", exposures.drop(columns="minute")),
+                    ("model_snapshots", "model_id, published_at", snapshots),
+                )
+            }
+    finally:
+        engine.dispose()
+    assert "DateTime64(6, 'UTC')" in shown  # microseconds, in UTC
+    assert requests["prediction"].isna().sum() > 0
+    for name, want in (
+        ("requests", requests.drop(columns="minute")),
+        ("exposures", exposures.drop(columns="minute")),
+        ("model_snapshots", snapshots),
+    ):
+        frame = got[name]
+        for col in frame.columns:
+            if want[col].dtype.kind == "M":
+                frame[col] = pd.to_datetime(frame[col], utc=True).dt.tz_localize(None)
+        pd.testing.assert_frame_equal(frame, want, check_dtype=False)

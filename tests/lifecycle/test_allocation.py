@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from lifecycle.allocation import BUCKETS, KillScope, assign, assign_many, build_snapshot, is_enabled
+from lifecycle.allocation import (
+    BUCKETS,
+    KillScope,
+    Status,
+    assign,
+    assign_many,
+    build_snapshot,
+    is_enabled,
+)
 from lifecycle.allocator import Allocator
 from lifecycle.config import Arm, Experiment, Layer
 from tools.errors import ConfigError, NotFoundError
@@ -284,3 +292,103 @@ def test_blocking_switches_are_one_rule_for_allocation_and_views() -> None:
         ("global", "*"),
     ]
     assert blocking_switches("880", "ranking", {"ctr_v41"}, switches[1:]) == []
+
+
+# --- allocation by layers (issue 17) ---------------------------------------------------------
+
+_STATUSES: list[Status] = ["running", "ramping", "paused", "draft", "killed", "completed"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layout=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # layer
+            st.floats(0.5, 40.0),  # traffic
+            st.floats(0.0, 100.0),  # coverage
+            st.sampled_from(_STATUSES),
+            st.integers(0, 3),  # 0: no targeting, 1: targeted, 2: forced arms, 3: 3 arms
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    kills=st.lists(st.integers(0, 11), max_size=3),
+    kill_layer=st.booleans(),
+    units=st.lists(st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=6)), max_size=30),
+)
+def test_assignments_by_layer_equal_the_reference_on_random_snapshots(
+    layout: list[tuple[int, float, float, Status, int]],
+    kills: list[int],
+    kill_layer: bool,
+    units: list[int | str],
+) -> None:
+    """One hash per layer and a bisection give the reference's answer for every experiment."""
+    from lifecycle.allocation import assignments
+
+    layers = [Layer(id=f"l{i}") for i in range(3)]
+    used = [0.0, 0.0, 0.0]
+    exps: list[Experiment] = []
+    for i, (layer, pct, _, _, kind) in enumerate(layout):
+        pct = min(pct, 100.0 - used[layer])
+        if pct <= 0:
+            continue
+        used[layer] += pct
+        arms = {"control": 2.0, "a": 1.0, "b": 1.0} if kind == 3 else {"control": 1.0, "t": 1.0}
+        exps.append(
+            Experiment(
+                id=f"e{i}",
+                name=f"e{i}",
+                owner="o",
+                layer=f"l{layer}",
+                traffic_pct=pct,
+                arms={name: Arm(weight=w) for name, w in arms.items()},
+                targeting={"country": ["US", "BR"]} if kind == 1 else {},
+                forced={"u1": "control", "7": next(iter(arms))} if kind == 2 else {},
+            )
+        )
+    ids = [e.id for e in exps]
+    status: dict[str, Status] = {f"e{i}": s for i, (_, _, _, s, _) in enumerate(layout)}
+    switches: list[tuple[KillScope, str]] = [("experiment", f"e{k}") for k in kills]
+    if kill_layer:
+        switches.append(("layer", "l1"))
+    snap = build_snapshot(
+        layers,
+        exps,
+        status={i: status[i] for i in ids},
+        coverage_pct={f"e{i}": c for i, (_, _, c, _, _) in enumerate(layout) if f"e{i}" in ids},
+        kill_switches=switches,
+    )
+    allocator = Allocator(snap)
+    for j, unit in enumerate([*units, "u1", 7]):
+        request = {"unit_id": unit, "country": ["US", "DE", None][j % 3]}
+        assert allocator.assignments(request) == assignments(snap, request)
+
+
+def test_a_kill_recompiles_one_experiment_and_keeps_the_rest() -> None:
+    layers = [Layer(id=f"l{i}") for i in range(4)]
+    exps = [_exp(f"e{i}", f"l{i % 4}", 10) for i in range(40)]
+    allocator = Allocator(build_snapshot(layers, exps, version=1))
+    assert allocator.recompiled == 40
+    before = {e.id: allocator.is_enabled({"unit_id": 3}, e.id) for e in exps}
+    assert allocator.swap(
+        build_snapshot(layers, exps, kill_switches=[("experiment", "e5")], version=2)
+    )
+    assert allocator.recompiled == 1
+    assert allocator.assign({"unit_id": 3}, "e5") is None
+    after = {e.id: allocator.is_enabled({"unit_id": 3}, e.id) for e in exps}
+    assert {k for k in before if before[k] != after[k]} <= {"e5"}
+    # A layer kill recompiles that layer's ten experiments; a ramp recompiles the ramped one.
+    assert allocator.swap(build_snapshot(layers, exps, kill_switches=[("layer", "l2")], version=3))
+    assert allocator.recompiled == 11  # l2's ten, and e5 released
+    ramped = build_snapshot(
+        layers, exps, kill_switches=[("layer", "l2")], coverage_pct={"e0": 50}, version=4
+    )
+    assert allocator.swap(ramped)
+    assert allocator.recompiled == 1
+    units = np.arange(20_000)
+    for e in exps:
+        assert (allocator.assign_many(units, e.id) >= 0).mean() == pytest.approx(
+            (assign_many(ramped, units, e.id) >= 0).mean()
+        )
+        for u in range(0, 20_000, 997):
+            assert allocator.assign({"unit_id": u}, e.id) == assign(ramped, {"unit_id": u}, e.id)

@@ -80,6 +80,7 @@ class World:
     harm: float = 0.0  # revenue lost in the test arm (0.5 = half)
     lost_test_units: float = 0.0  # an exposure-logging bug: test units never logged
     seed: int = 1
+    n_units: int = N_UNITS
     arms_seen: list[np.ndarray] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     _next_id: int = 0
@@ -87,11 +88,12 @@ class World:
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
         self.rng = rng
-        self.units = np.arange(1, N_UNITS + 1, dtype=np.int64)
-        self.rate = rng.lognormal(-1.0, 0.8, N_UNITS)  # requests per minute
-        self.ctr = np.clip(0.2 * rng.lognormal(-0.1, 0.4, N_UNITS), 0.0, 0.9)
-        self.cpc = rng.lognormal(0.0, 0.3, N_UNITS)
-        self.unlogged = rng.uniform(size=N_UNITS) < self.lost_test_units
+        n = self.n_units
+        self.units = np.arange(1, n + 1, dtype=np.int64)
+        self.rate = rng.lognormal(-1.0, 0.8, n)  # requests per minute
+        self.ctr = np.clip(0.2 * rng.lognormal(-0.1, 0.4, n), 0.0, 0.9)
+        self.cpc = rng.lognormal(0.0, 0.3, n)
+        self.unlogged = rng.uniform(size=n) < self.lost_test_units
 
     def minute(self) -> None:
         """One minute of traffic under the allocation as stored now."""
@@ -100,7 +102,7 @@ class World:
         self.arms_seen.append(arms)
         names = snapshot.get("879").arms
         n = self.rng.poisson(self.rate)
-        idx = np.repeat(np.arange(N_UNITS), n)
+        idx = np.repeat(np.arange(self.n_units), n)
         k = idx.size
         arm_idx = arms[idx]
         is_test = np.array([a >= 0 and names[a] == "test" for a in arm_idx.tolist()], dtype=bool)
@@ -303,7 +305,8 @@ def test_a_harmful_candidate_is_stopped_at_the_first_stage_as_the_plan_says(
 
 
 def test_an_exposure_logging_bug_is_caught_as_srm_before_ten_percent(make_world: Any) -> None:
-    w = make_world(lost_test_units=0.3, rollout={"on_harm": "ramp_down"})
+    # 2,000 units at the first stage: enough for the always-valid SRM test to reject at 0.001.
+    w = make_world(lost_test_units=0.3, n_units=20_000, rollout={"on_harm": "ramp_down"})
     w.run(STAGE_MINUTES + 10)
     first = next(d for d in w.decisions if d.decision == "rollback")
     assert first.stage == 0 and first.report.srm is not None

@@ -164,10 +164,12 @@ def test_chi2_sf_matches_scipy() -> None:
 def test_srm() -> None:
     weights = {"control": 1.0, "test": 1.0}
     ok = srm_test({"control": 10_000, "test": 10_150}, weights)
-    assert ok.verdict == "ok" and ok.p_value == pytest.approx(
-        stats.chisquare([10_000, 10_150]).pvalue
+    assert ok.verdict == "ok" and ok.chi2 == pytest.approx(
+        stats.chisquare([10_000, 10_150]).statistic
     )
-    bad = srm_test({"control": 10_000, "test": 10_600}, weights)
+    # The always-valid p-value is never below the fixed-horizon one (it pays for peeking).
+    assert ok.p_value is not None and ok.p_value >= stats.chisquare([10_000, 10_150]).pvalue
+    bad = srm_test({"control": 10_000, "test": 10_800}, weights)
     assert bad.verdict == "fail" and bad.p_value is not None and bad.p_value < 0.001
     skewed = srm_test({"control": 5000, "a": 2500, "b": 2500}, {"control": 2, "a": 1, "b": 1})
     assert skewed.verdict == "ok"
@@ -190,6 +192,34 @@ def test_gate_advances_a_healthy_stage_after_its_minimum_time() -> None:
     assert report.decision == "advance", report.reasons
     early = evaluate_gate(exp, stats_in, elapsed_minutes=10, min_minutes=60)
     assert early.decision == "hold" and "10.0 of its 60 minutes" in early.reasons[0]
+
+
+def test_a_suspicious_split_holds_the_stage_and_a_clear_mismatch_rolls_back() -> None:
+    """SRM p between srm_alpha and srm_hold_alpha holds; below srm_alpha it rolls back."""
+    exp = _experiment(Guardrail(metric="revenue_per_request"), Guardrail(metric="srm"))
+    metrics = {"revenue_per_request": _healthy()}
+    skewed = GateInput(units={"control": 5000, "test": 4800}, metrics=metrics)  # p ~ 0.046
+    report = evaluate_gate(exp, skewed, elapsed_minutes=61, min_minutes=60)
+    assert report.srm is not None and report.srm.p_value is not None
+    assert report.srm.look_p is not None and 0.001 < report.srm.look_p < 0.05
+    assert report.srm.verdict == "ok"  # not an alarm: the always-valid p-value is far from 0.001
+    assert report.decision == "hold" and any("look skewed" in r for r in report.reasons)
+    broken = GateInput(units={"control": 5000, "test": 4500}, metrics=metrics)
+    assert evaluate_gate(exp, broken, elapsed_minutes=61, min_minutes=60).decision == "rollback"
+    with pytest.raises(ValueError, match="srm_hold_alpha"):
+        GateConfig(srm_alpha=0.01, srm_hold_alpha=0.005)
+
+
+def test_a_confident_rise_from_a_zero_control_rate_is_harm() -> None:
+    """No fallback in control, 30 % in test: the relative lift is unbounded, so it is harm."""
+    control = ArmSummary.from_sums(1500, 0.0, 0.0)
+    test = ArmSummary.from_sums(1500, 450.0, 450.0)
+    result = check_guardrail(
+        Guardrail(metric="fallback_rate", max_regression=0.5), "t", control, test
+    )
+    assert result.verdict == "harm" and not result.relative
+    both_zero = check_guardrail(Guardrail(metric="fallback_rate"), "t", control, control)
+    assert both_zero.verdict != "harm"
 
 
 def test_gate_rolls_back_before_holding() -> None:
@@ -341,3 +371,34 @@ def test_aa_checked_every_minute_for_hundreds_of_minutes_stays_under_alpha() -> 
     ever = sum(bool(_aa_exclusions(rng, True, cfg).any()) for _ in range(reps))
     bound = cfg.alpha + 3 * math.sqrt(cfg.alpha * (1 - cfg.alpha) / reps)
     assert ever / reps <= bound, (ever, reps, bound)
+
+
+def test_srm_read_every_minute_stays_under_alpha_while_a_chisquare_would_not() -> None:
+    # A/A: 60 units a minute split 50/50, the gate looking every minute for three hours.
+    rng = np.random.default_rng(7)
+    runs, looks, per, alpha = 300, 180, 60, 0.05
+    always_valid = per_look_chi2 = 0
+    for _ in range(runs):
+        control = rng.binomial(per, 0.5, size=looks).cumsum()
+        test = per * np.arange(1, looks + 1) - control
+        results = [
+            srm_test({"control": int(c), "test": int(t)}, {"control": 1, "test": 1}, alpha)
+            for c, t in zip(control, test, strict=True)
+        ]
+        always_valid += any(r.verdict == "fail" for r in results)
+        per_look_chi2 += any(chi2_sf(r.chi2 or 0.0, 1) < alpha for r in results)
+    se = (alpha * (1 - alpha) / runs) ** 0.5
+    assert always_valid / runs <= alpha + 3 * se
+    assert per_look_chi2 / runs > 4 * alpha  # what peeking at a fixed-horizon test costs
+
+
+def test_srm_catches_a_three_point_share_deficit() -> None:
+    rng = np.random.default_rng(8)
+    caught = 0
+    for _ in range(50):
+        control = int(rng.binomial(10_000, 0.47))
+        result = srm_test(
+            {"control": control, "test": 10_000 - control}, {"control": 1, "test": 1}, 0.001
+        )
+        caught += result.verdict == "fail"
+    assert caught >= 40  # about 93 % power at alpha 0.001 (always-valid)

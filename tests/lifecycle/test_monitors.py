@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from lifecycle.alerts import AlertLedger
 from lifecycle.config import Arm, Experiment, Guardrail
-from lifecycle.gate import GateConfig
+from lifecycle.gate import ArmSummary, GateConfig, check_guardrail
+from lifecycle.judge import judge_comparisons, metric_sign
 from lifecycle.monitors import Monitors, arm_statistics
 from lifecycle.views import ExperimentView
 from tools.telemetry import Subject, TelemetryReader
@@ -352,12 +353,12 @@ def _aa_clustered(path: Path, experiments: int, seed: int = 13) -> str:
 def test_aa_alarms_with_request_variance_and_not_with_unit_clustered_variance(
     tmp_path: Path, ledger: AlertLedger
 ) -> None:
-    """The healthy alarm rate of the monitors, before and after unit-clustered variance.
+    """The healthy alarm rate of the monitors against a request-level variance on the same data.
 
     Twenty A/A experiments whose units send many alike requests, judged with no tolerance
     (``max_regression`` 0): a sequence wholly below 0 is a breach, wholly above 0 is "safe";
-    either excludes the true lift 0. Treating requests as independent excludes it for a large
-    share; over units, the sequences hold their 5 % level.
+    either excludes the true lift 0. Treating requests as independent (the cube's per-request
+    sums) excludes it for a large share; the monitors, over units, hold their 5 % level.
     """
     url = _aa_clustered(tmp_path, 20)
     views = []
@@ -369,11 +370,119 @@ def test_aa_alarms_with_request_variance_and_not_with_unit_clustered_variance(
         views.append(v.model_copy(update={"guardrails": exp.guardrails, "config": exp}))
     source = Source(views)
     cfg = GateConfig(tuning_n=2_000)
-    before = Monitors(source, TelemetryReader(url), ledger, config=cfg).check(NOW)
-    after = Monitors(
-        source, TelemetryReader(url), ledger, config=cfg, units=UnitStatsReader(url)
-    ).check(NOW)
-    excluded_before = sum(r.verdict in ("breach", "safe") for r in before)
+    reader = TelemetryReader(url)
+    before = []
+    for v in views:
+        cube = reader.cube(Subject(experiment_id=v.id), T0.replace(tzinfo=UTC), NOW)
+        stats = arm_statistics(cube, "revenue_per_request", "control")
+        g = v.guardrails[0]
+        before.append(check_guardrail(g, "test", stats.get("control"), stats.get("test"), cfg))
+    after = Monitors(source, TelemetryReader(url), ledger, config=cfg).check(NOW)
+    excluded_before = sum(r.verdict in ("harm", "safe") for r in before)
     excluded_after = sum(r.verdict in ("breach", "safe") for r in after)
     assert excluded_before >= 5, [r.summary for r in before]
     assert excluded_after <= 1, [r.summary for r in after if r.verdict != "inconclusive"]
+
+
+def test_the_vectorised_judgement_matches_the_gate_on_random_comparisons() -> None:
+    """lifecycle.judge gives check_guardrail's verdict and interval for every comparison."""
+    rng = np.random.default_rng(3)
+    k = 400
+    metrics = ["revenue_per_request", "fallback_rate", "calibration", "ne"]
+    metric = rng.choice(metrics, k)
+    mean_c = np.where(rng.uniform(size=k) < 0.1, 0.0, rng.lognormal(-3, 1.5, k))
+    mean_t = mean_c * rng.lognormal(0, 0.3, k) + np.where(mean_c == 0, rng.uniform(0, 0.01, k), 0)
+    var_c, var_t = rng.lognormal(-6, 2, k), rng.lognormal(-6, 2, k)
+    n_c, n_t = rng.integers(50, 20_000, k), rng.integers(50, 20_000, k)
+    tau = rng.choice([0.0, 0.02, 0.1, 0.5], k)
+    cfg = GateConfig(tuning_n=5_000)
+    got = judge_comparisons(
+        n_c, mean_c, var_c, n_t, mean_t, var_t, tau, [metric_sign(m) for m in metric], cfg
+    )
+    for i in range(k):
+        ref = check_guardrail(
+            Guardrail(metric=metric[i], max_regression=float(tau[i])),
+            "test",
+            ArmSummary(n=int(n_c[i]), mean=float(mean_c[i]), var=float(var_c[i])),
+            ArmSummary(n=int(n_t[i]), mean=float(mean_t[i]), var=float(var_t[i])),
+            cfg,
+        )
+        assert got["verdict"][i] == ref.verdict, (i, ref.summary)
+        if ref.verdict != "no_data":
+            assert ref.ci_low is not None and ref.ci_high is not None
+            assert got["ci_low"][i] == pytest.approx(ref.ci_low, rel=1e-9, abs=1e-12)
+            assert got["ci_high"][i] == pytest.approx(ref.ci_high, rel=1e-9, abs=1e-12)
+
+
+def _fleet_telemetry(path: Path, experiments: int, fault: str) -> str:
+    """Many two-arm experiments over units of unequal value; ``fault``'s test arm falls back."""
+    rng = np.random.default_rng(11)
+    n = 200_000
+    unit = rng.integers(0, 40_000, n)
+    exp = rng.integers(0, experiments, 40_000)[unit]  # a unit's experiment and arm
+    arm = np.where(rng.uniform(size=40_000) < 0.5, "control", "test")[unit]
+    faulty = (exp.astype(str) == fault) & (arm == "test")
+    value = np.exp(rng.normal(0, 0.8, 40_000))[unit]
+    requests = pd.DataFrame(  # read by DuckDB
+        {
+            "ts": pd.to_datetime(T0) + pd.to_timedelta(rng.uniform(0, MINUTES * 60, n), unit="s"),
+            "request_id": np.arange(n, dtype=np.int64),
+            "unit_id": unit,
+            "country": "US",
+            "platform": "ios",
+            "ad_type": "feed",
+            "model_id": "ctr_v41",
+            "model_version": "1",
+            "prediction": 0.05,
+            "fallback": rng.uniform(size=n) < np.where(faulty, 0.3, 0.01),
+            "label": (rng.uniform(size=n) < 0.05).astype(int),
+            "revenue": value * rng.exponential(0.02, n),
+            "latency_ms": 40.0,
+            "error": False,
+        }
+    )
+    exposures = requests[["ts", "request_id", "unit_id"]].assign(  # noqa: F841
+        experiment_id=exp.astype(str), arm=arm
+    )
+    db = path / "fleet.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE requests AS SELECT * FROM requests")
+        con.execute("CREATE TABLE exposures AS SELECT * FROM exposures")
+    return f"duckdb:///{db}"
+
+
+def test_monitors_judge_many_experiments_with_one_statement(
+    tmp_path: Path, ledger: AlertLedger
+) -> None:
+    """100 experiments: one grouped statement (counted on the engine), one fault flagged."""
+    url = _fleet_telemetry(tmp_path, 100, fault="17")
+    views = []
+    for e in range(100):
+        v = view(str(e), ["control", "test"])
+        exp = v.config.model_copy(
+            update={
+                "guardrails": [
+                    Guardrail(metric="revenue_per_request", max_regression=0.2),
+                    Guardrail(metric="fallback_rate", max_regression=0.5),
+                    Guardrail(metric="srm"),
+                ]
+            }
+        )
+        views.append(v.model_copy(update={"guardrails": exp.guardrails, "config": exp}))
+    reader = TelemetryReader(url)
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(reader.engine, "before_cursor_execute", count)
+    results = Monitors(Source(views), reader, ledger).check(NOW)
+    sa.event.remove(reader.engine, "before_cursor_execute", count)
+    assert len(statements) == 1 and "exposures" in statements[0]
+    assert len(results) == 3 * 100
+    breaches = {
+        (r.monitor.experiment_id, r.monitor.guardrail.metric)
+        for r in results
+        if r.verdict == "breach"
+    }
+    assert breaches == {("17", "fallback_rate")}

@@ -100,3 +100,15 @@ def test_the_battery_gives_duckdbs_answers(chdb_engine, duck_battery) -> None:
         _same(a.model_dump(mode="json"), b.model_dump(mode="json"), a.check)
     verdicts = {r.check: r.verdict for r in got[:5]}
     assert verdicts["fallback"] == "fail" and verdicts["prediction"] == "fail"
+
+
+def test_a_missing_table_is_a_query_error_naming_it(chdb_engine: sa.Engine) -> None:
+    """chDB answers arrive as frames from ClickHouse's own output; its errors stay Vigil's."""
+    from datetime import timedelta
+
+    from tools.errors import TelemetryQueryError
+
+    schema = TelemetrySchema.from_mappings({"requests": "synth.no_such_table"})
+    reader = TelemetryReader(chdb_engine, schema)
+    with pytest.raises(TelemetryQueryError, match=r"synth\.no_such_table"):
+        reader.cube(Subject(), at(0), at(0) + timedelta(minutes=30))

@@ -209,3 +209,58 @@ def test_empty_and_tiny_frames_give_no_data(tiny: bool) -> None:
     for result in results:
         assert result.verdict == "no_data", (result.check, result.summary)
         assert result.summary
+
+
+def _stepped(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> pd.DataFrame:
+    """Sums ``before`` for the first 60 minutes, then ``after`` (the window)."""
+    first = cube(before, minutes=60)
+    second = cube(after, minutes=60)
+    second["minute"] += 60
+    return pd.concat([first, second], ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    ("test_after", "moved"),
+    [
+        (_arm(1000, 20, 0.028), "predictions"),  # the model over-predicts by 40 %
+        (_arm(1000, 14, 0.02), "clicks"),  # 30 % of the clicks are not logged
+    ],
+)
+def test_calibration_says_which_side_moved(test_after: dict[str, float], moved: str) -> None:
+    steady = _arm(1000, 20, 0.02)
+    data = _stepped({"control": steady, "test": steady}, {"control": steady, "test": test_after})
+    result = calibration_check(frame_of(data), training={"control": 1.0, "test": 1.0})
+    assert result.verdict == "fail" and result.arm == "test"
+    assert result.params["moved"] == moved
+    # Against control, differenced against the minutes before: the shared level cancels.
+    change = result.params["prediction_change" if moved == "predictions" else "ctr_change"]
+    assert change == pytest.approx(0.4 if moved == "predictions" else -0.3, abs=0.02)
+
+
+def test_an_outage_of_one_country_is_found_though_diluted_over_all_traffic() -> None:
+    from tools.checks import infra_check
+
+    def country(name: str, n: float, errors: float, minutes: range) -> pd.DataFrame:
+        part = cube({"all": _arm(n, n * 0.02, 0.02, n_error=errors)}, minutes=len(minutes))
+        part["minute"] += minutes.start
+        part["country"] = name
+        return part
+
+    before, window = range(0, 60), range(60, 120)
+    data = pd.concat(
+        [
+            country("US", 9_500, 5, before),
+            country("US", 9_500, 5, window),
+            country("BR", 500, 0.25, before),
+            country("BR", 500, 15, window),  # 3 % of BR's requests fail: 0.15 pp over all
+        ],
+        ignore_index=True,
+    )
+    result = infra_check(frame_of(data, control=None))
+    assert result.verdict in ("fail", "warn")
+    assert result.where == {"country": "BR"}
+    # Healthy slices: the same world without the outage is not flagged.
+    calm = data.assign(n_error=np.where(data["country"] == "BR", 0.25, 5.0))
+    assert infra_check(frame_of(calm, control=None)).verdict not in ("fail", "warn")

@@ -134,6 +134,92 @@ def _describe(f: Finding, frame: SubjectFrame) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Movement:
+    """Which side of Σ prediction ÷ Σ label moved: the predictions or the logged clicks.
+
+    A miscalibrated model moves its predictions while the clicks per request hold; lost click logs
+    move the clicks while the predictions hold. Both changes are log ratios of the finding's
+    window against its reference: the same minutes of the control arm, differenced against the
+    minutes before (so a seasonal drift shared by both arms cancels), or the subject's own
+    minutes before the finding.
+
+    Attributes:
+        prediction: Change of the mean prediction (log ratio).
+        ctr: Change of the logged clicks per scored request (log ratio).
+        moved: ``predictions``, ``clicks`` or ``unclear`` (neither dominates).
+    """
+
+    prediction: float
+    ctr: float
+    moved: str
+
+
+def _log_levels(s: pd.Series) -> tuple[float, float]:
+    n = float(s["n_pred"])
+    if n <= 0 or s["sum_pred"] <= 0 or s["sum_label_v"] <= 0:
+        return float("nan"), float("nan")
+    return float(np.log(s["sum_pred"] / n)), float(np.log(s["sum_label_v"] / n))
+
+
+def movement(frame: SubjectFrame, f: Finding, dominance: float = 2.0) -> Movement | None:
+    """Split a calibration finding into its prediction and click changes (see :class:`Movement`).
+
+    Args:
+        frame: The subject (or the slice the finding was located in).
+        f: The calibration finding.
+        dominance: How many times larger one side's change must be to be named the mover.
+
+    Returns:
+        The movement, or None when a side has no data.
+    """
+    c = f.comparand
+    before = (frame.window.fetch_start, f.focus[0])
+
+    def change(arm: str) -> tuple[float, float]:
+        pred_now, ctr_now = _log_levels(frame.sums(arm, *f.focus))
+        if before[1] - before[0] < 5:
+            return float("nan"), float("nan")
+        pred_then, ctr_then = _log_levels(frame.sums(arm, *before))
+        return pred_now - pred_then, ctr_now - ctr_then
+
+    d_pred, d_ctr = change(c.test)
+    if c.concurrent:
+        ref_pred, ref_ctr = change(c.ref)
+        d_pred, d_ctr = d_pred - ref_pred, d_ctr - ref_ctr
+    if not (np.isfinite(d_pred) and np.isfinite(d_ctr)):
+        return None
+    moved = "unclear"
+    if abs(d_pred) >= dominance * abs(d_ctr):
+        moved = "predictions"
+    elif abs(d_ctr) >= dominance * abs(d_pred):
+        moved = "clicks"
+    return Movement(prediction=d_pred, ctr=d_ctr, moved=moved)
+
+
+def _with_movement(result: CheckResult, frame: SubjectFrame, f: Finding) -> CheckResult:
+    shown = frame.slice(result.where) if result.where else frame
+    m = movement(shown, f)
+    if m is None:
+        return result
+    words = {
+        "predictions": "the predictions moved, the logged clicks per request held",
+        "clicks": "the logged clicks per request moved, the predictions held",
+        "unclear": "predictions and logged clicks both moved",
+    }[m.moved]
+    detail = (
+        f" Mean prediction {np.expm1(m.prediction):+.0%}, clicks per request "
+        f"{np.expm1(m.ctr):+.0%}: {words}."
+    )
+    params = {
+        **result.params,
+        "moved": m.moved,
+        "prediction_change": round(float(np.expm1(m.prediction)), 4),
+        "ctr_change": round(float(np.expm1(m.ctr)), 4),
+    }
+    return result.model_copy(update={"summary": result.summary + detail, "params": params})
+
+
 def _arm_calibration(
     frame: SubjectFrame, training: Mapping[str, float], tolerance: float
 ) -> tuple[Evidence, list[str]]:
@@ -220,6 +306,8 @@ def calibration_check(
         evidence,
         ok_summary=f"Calibration of {subject_name(frame)} is steady.",
     )
+    if result.verdict in ("fail", "warn") and judgement.finding is not None:
+        result = _with_movement(result, frame, judgement.finding)
     if result.verdict == "ok" and off:
         return result.model_copy(
             update={

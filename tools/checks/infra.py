@@ -22,7 +22,15 @@ from tools.checks._common import (
     table,
     to_result,
 )
-from tools.checks._engine import Finding, Judgement, SubjectFrame, assess, judge
+from tools.checks._engine import (
+    Comparand,
+    Finding,
+    Judgement,
+    RateTest,
+    SubjectFrame,
+    assess,
+    judge,
+)
 from tools.checks.fallback import proportion_test
 from tools.metrics import latency_quantile
 from tools.result import CheckResult, Evidence
@@ -153,6 +161,9 @@ def infra_check(
         alpha_fail=p.alpha_fail,
         alpha_warn=p.alpha_warn,
     )
+    slice_where: dict[str, str] = {}
+    if j_err.verdict in ("ok", "inconclusive"):
+        j_err, slice_where = _slice_scan(frame, comparand, errors, p, j_err)
     ladder = _ladder_at_p99(frame)
     j_lat: Judgement | None = None
     lat_frame = frame
@@ -181,7 +192,7 @@ def infra_check(
     rank = {"fail": 2, "warn": 1, "ok": 0, "inconclusive": 0, "no_data": -1}
     use_lat = j_lat is not None and rank[j_lat.verdict] > rank[j_err.verdict]
     judgement = j_lat if use_lat and j_lat is not None else j_err
-    target = lat_frame if use_lat else frame
+    target = lat_frame if use_lat else (frame.slice(slice_where) if slice_where else frame)
     unit_name = "slow-request share difference" if use_lat else "error rate difference"
     result = to_result(
         "infra",
@@ -192,6 +203,15 @@ def infra_check(
         evidence,
         ok_summary="Error rate and latency p99 of all traffic are at their baseline.",
     )
+    if slice_where and not use_lat and result.verdict in ("fail", "warn"):
+        on = ", ".join(f"{k}={v}" for k, v in slice_where.items())
+        result = result.model_copy(
+            update={
+                "where": slice_where,
+                "summary": result.summary.rstrip(".").replace("of all traffic", f"on {on}", 1)
+                + " (diluted below the threshold over all traffic).",
+            }
+        )
     if result.verdict not in ("fail", "warn") or judgement.finding is None:
         return result
     owner, per_arm = (
@@ -214,6 +234,44 @@ def infra_check(
     return result.model_copy(
         update={"summary": result.summary.rstrip(".") + "; no experiment arm owns it."}
     )
+
+
+def _slice_scan(
+    frame: SubjectFrame,
+    comparand: Comparand,
+    errors: RateTest,
+    p: InfraParams,
+    overall: Judgement,
+) -> tuple[Judgement, dict[str, str]]:
+    """The error rate per dimension value: an outage of one country or one ad type.
+
+    Over all traffic such an outage is diluted below the materiality threshold; inside its own
+    slice it is not. Every slice with enough traffic is one more test of the family (Holm over
+    the slices), so scanning them does not raise the false-alarm rate.
+
+    Returns:
+        The slice's judgement and its ``where`` when one slice is flagged, else ``overall``.
+    """
+    findings: list[Finding | None] = []
+    wheres: list[dict[str, str]] = []
+    w = frame.window
+    for dim in frame.dims:
+        for value in sorted(str(v) for v in frame.cube[dim].dropna().unique()):
+            part = frame.slice({dim: value})
+            if part.sums("all", w.fetch_start, w.start)["n"] < p.min_requests:
+                continue
+            findings.append(assess(part, comparand, errors))
+            wheres.append({dim: value})
+    if len(findings) < 2:
+        return overall, {}
+    judged = judge(findings, control=None, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn)
+    if judged.verdict not in ("fail", "warn") or judged.finding is None:
+        return overall, {}
+    top = judged.finding
+    for f, where in zip(findings, wheres, strict=True):
+        if f is not None and (f.focus, f.comparison) == (top.focus, top.comparison):
+            return judged, where
+    return overall, {}
 
 
 def _describe(f: Finding, frame: SubjectFrame) -> str:

@@ -228,6 +228,7 @@ class FakeInvestigator:
         self.mitigations: dict[str, MitigationView] = {}
         self.runs: list[str] = []
         self.executions: list[str] = []
+        self.joins = False
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
@@ -245,6 +246,21 @@ class FakeInvestigator:
 
     def recover(self) -> list[str]:
         return []  # the fake strands nothing: every decision acts at once
+
+    def join(self, alert: Alert) -> str | None:
+        """Same experiment, still open: the alert joins it (the real rule, without the window);
+        only when ``joins`` is set (the other tests count one investigation per alert)."""
+        if not self.joins:
+            return None
+        with self._lock:
+            for ident, view in self.views.items():
+                open_ = view.status in ("running", "awaiting_approval", "watching")
+                if open_ and alert.experiment and view.alert.experiment == alert.experiment:
+                    return ident
+        return None
+
+    def follow_up(self, now: Any = None) -> list[Any]:
+        return []  # the fake never watches
 
     def run(self, investigation_id: str) -> InvestigationView:
         if self.gate is not None:

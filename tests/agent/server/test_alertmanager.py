@@ -98,6 +98,7 @@ def test_duplicate_does_not_start_a_second_investigation(
         "duplicates": [ident],
         "resolved": 0,
         "refused": 0,
+        "joined": [],
         "rejected": [],
         "detail": None,
     }

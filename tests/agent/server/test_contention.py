@@ -19,23 +19,23 @@ from agent.service import Investigator
 from lifecycle.service import ExperimentService
 from tests.agent.server.conftest import AUTH, make_settings
 from tests.agent.server.fakes import kills, make_experiments
-from tests.agent.slack.test_end_to_end import Server
+from tests.loopback import LoopbackServer
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Server, ExperimentService]]:
+def stack(tmp_path: Path) -> Iterator[tuple[LoopbackServer, ExperimentService]]:
     settings = make_settings(tmp_path, oncall=["carol", "alice"])
     experiments = make_experiments(settings.state_url)
     investigator = Investigator(settings)
     app = create_app(settings, investigator=investigator, experiments=experiments)
-    with Server(app) as server:
+    with LoopbackServer(app) as server:
         yield server, experiments
     investigator.close()
     experiments.close()
 
 
 def test_concurrent_decisions_have_one_winner_and_no_5xx(
-    stack: tuple[Server, ExperimentService],
+    stack: tuple[LoopbackServer, ExperimentService],
 ) -> None:
     server, experiments = stack
     with httpx.Client(base_url=server.url, timeout=60) as http:

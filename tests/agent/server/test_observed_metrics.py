@@ -44,6 +44,7 @@ def _llm_settings(tmp_path: Path, llm: ScriptedLLM) -> Settings:
         llm_max_retries=1,
         llm_backoff_s=0.0,
         production_model="ctr_v41",
+        incident_window_minutes=0,  # two alerts of 879, two investigations (no grouping)
     )
 
 

@@ -24,7 +24,7 @@ from agent.server import create_app
 from agent.service import Investigator
 from tests.agent.server.conftest import make_settings
 from tests.agent.server.fakes import make_experiments
-from tests.agent.slack.test_end_to_end import Server
+from tests.loopback import LoopbackServer
 
 CHECKS = ",".join(
     [
@@ -40,18 +40,18 @@ SEED = 20261207
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[LoopbackServer]:
     settings = make_settings(tmp_path, queue_size=4)
     experiments = make_experiments(settings.state_url)
     investigator = Investigator(settings)
     app = create_app(settings, investigator=investigator, experiments=experiments)
-    with Server(app) as running:
+    with LoopbackServer(app) as running:
         yield running
     investigator.close()
     experiments.close()
 
 
-def test_every_answer_is_documented(server: Server, tmp_path: Path) -> None:
+def test_every_answer_is_documented(server: LoopbackServer, tmp_path: Path) -> None:
     started = time.monotonic()
     st = Path(sys.executable).with_name("st")
     # Known experiments, so that kill proposals succeed and their links reach approve / reject.

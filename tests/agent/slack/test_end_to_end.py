@@ -8,9 +8,6 @@ then recovery verified) -> a second approval acts not again.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from agent.server import create_app, slack_notifier
 from agent.service import Investigator
@@ -28,6 +24,7 @@ from lifecycle.service import ExperimentService
 from tests.agent.server.conftest import AUTH
 from tests.agent.server.fakes import FakeSlack, button_body, kills, signed_headers
 from tests.agent.slack.conftest import slack_settings
+from tests.loopback import LoopbackServer
 
 SCENARIO: dict[str, Any] = {
     "name": "e2e-fallback-879",
@@ -89,37 +86,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
     return scenario, url
 
 
-class Server:
-    """A real uvicorn server on a free loopback port, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def __enter__(self) -> Server:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self._server.started
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
-
-
 @pytest.fixture
 def stack(
     tmp_path: Path, world: tuple[Any, str], fake_slack: FakeSlack
-) -> Iterator[tuple[Server, Investigator, ExperimentService]]:
+) -> Iterator[tuple[LoopbackServer, Investigator, ExperimentService]]:
     scenario, telemetry = world
     settings = slack_settings(
         tmp_path, fake_slack, telemetry_url=telemetry, production_model="ctr_v41", workers=1
@@ -132,7 +102,7 @@ def stack(
     app = create_app(
         settings, investigator=investigator, experiments=experiments, notifier=notifier
     )
-    with Server(app) as server:
+    with LoopbackServer(app) as server:
         yield server, investigator, experiments
     investigator.close()
     experiments.close()
@@ -164,7 +134,7 @@ def _click(http: httpx.Client, user: str, mitigation_id: str, ts: str) -> None:
 
 
 def test_alert_to_kill_switch_through_slack(
-    stack: tuple[Server, Investigator, ExperimentService],
+    stack: tuple[LoopbackServer, Investigator, ExperimentService],
     world: tuple[Any, str],
     fake_slack: FakeSlack,
 ) -> None:

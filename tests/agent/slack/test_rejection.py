@@ -33,7 +33,10 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, fake_slack: FakeSlack) -> Iterator[Stack]:
-    settings = slack_settings(tmp_path, fake_slack, production_model="ctr_v41", workers=1)
+    # Two alerts of 879 make two investigations here (no incident grouping): one per decision.
+    settings = slack_settings(
+        tmp_path, fake_slack, production_model="ctr_v41", workers=1, incident_window_minutes=0
+    )
     experiments = make_experiments(settings.state_url)
     notifier = slack_notifier(settings)
     actions = FakeActions()

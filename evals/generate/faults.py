@@ -1,0 +1,291 @@
+"""Drawing a fault into a world: scope, filter, the traffic it touches, severity from strength.
+
+A fault's severity is not drawn directly: a target signal strength is drawn (log-uniform over
+:data:`STRENGTH_RANGE`) and the severity that gives it, with the world's traffic between the onset
+and the alert, is solved for (bisection, within the kind's realistic range, :data:`SEVERITY`);
+the strength the scenario states is then recomputed from the rounded severity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from evals.generate.strength import BASELINE_MINUTES, Sample, distinct_units, signal_strength
+from evals.generate.world import Exp, WorldDraw
+
+__all__ = ["SEVERITY", "STRENGTH_RANGE", "FaultDraw", "Scope", "draw_fault", "fault_sample"]
+
+Scope = Literal["experiment", "model", "global"]
+STRENGTH_RANGE = (0.2, 20.0)
+# Realistic severity range per kind (miscalibration: the distance |factor − 1|).
+SEVERITY: dict[str, tuple[float, float]] = {
+    "prediction_collapse": (0.0005, 0.8),
+    "model_fallback": (0.0005, 0.8),
+    "infra_outage": (0.0002, 0.6),
+    "logging_loss": (0.003, 0.7),
+    "miscalibration": (0.01, 1.5),
+    "ne_regression": (0.02, 2.5),
+    "stale_model": (0.05, 3.0),
+    "allocation_bug": (0.003, 0.6),
+}
+# The least severity (× the share ``where`` keeps) that moves revenue and CTR visibly: a smaller
+# fault is alerted on its own metric (fallback rate, error rate, NE, calibration), not on them.
+BUSINESS_VISIBLE: dict[str, float] = {
+    "prediction_collapse": 0.05,
+    "model_fallback": 0.1,
+    "infra_outage": 0.03,
+    "logging_loss": 0.05,
+    "miscalibration": 0.1,
+    "ne_regression": 0.4,
+    "stale_model": math.inf,
+    "allocation_bug": math.inf,
+}
+SCOPES: dict[str, tuple[Scope, ...]] = {
+    "prediction_collapse": ("experiment", "experiment", "model"),
+    "miscalibration": ("experiment", "experiment", "model"),
+    "ne_regression": ("experiment", "experiment", "model"),
+    "stale_model": ("experiment", "model"),
+    "model_fallback": ("experiment", "experiment", "model"),
+    "infra_outage": ("global",),
+    "allocation_bug": ("experiment",),
+    "logging_loss": ("global",),
+}
+_WHERE_P = 0.3
+
+
+@dataclass
+class FaultDraw:
+    """A drawn fault: its scenario entry plus what the expectation and tags need."""
+
+    kind: str
+    scope: Scope
+    start_minute: int
+    severity: float
+    strength: float
+    experiment: Exp | None = None
+    arm: str | None = None
+    model: str | None = None
+    where: dict[str, Any] = field(default_factory=dict)
+    mode: str | None = None
+    end_minute: int | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """The scenario's ``faults[]`` entry."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.experiment is not None:
+            out["experiment"] = self.experiment.id
+            out["arm"] = self.arm
+        if self.model is not None:
+            out["model"] = self.model
+        if self.where:
+            out["where"] = dict(self.where)
+        out["start_minute"] = self.start_minute
+        if self.end_minute is not None:
+            out["end_minute"] = self.end_minute
+        out["severity"] = self.severity
+        if self.mode is not None:
+            out["mode"] = self.mode
+        return out
+
+    def where_share(self, world: WorldDraw) -> float:
+        """The share of its scope's traffic the ``where`` filter keeps."""
+        return _where_share(world, self.where)
+
+    def moves_business(self, world: WorldDraw) -> bool:
+        """Whether the fault is large enough to move revenue and CTR visibly in its scope."""
+        size = abs(self.severity - 1.0) if self.kind == "miscalibration" else self.severity
+        return size * self.where_share(world) >= BUSINESS_VISIBLE[self.kind]
+
+    @property
+    def mitigation(self) -> str:
+        """What should be done about it (the scenario's ``expect.mitigation``)."""
+        if self.scope == "experiment":
+            return "kill_experiment"
+        if self.kind == "infra_outage":
+            return "escalate_infra"
+        if self.kind in ("logging_loss", "stale_model"):
+            return "escalate_data"
+        return "rollback_model"
+
+
+def _where(rng: np.random.Generator, world: WorldDraw) -> dict[str, Any]:
+    dim = str(rng.choice(["country", "platform", "ad_type"]))
+    values = list(world.mix(dim))
+    if rng.random() < 0.25 and len(values) > 2:
+        return {dim: [str(v) for v in rng.choice(values, size=2, replace=False)]}
+    return {dim: str(rng.choice(values))}
+
+
+def _where_share(world: WorldDraw, where: dict[str, Any]) -> float:
+    share = 1.0
+    for dim, wanted in where.items():
+        mix = world.mix(dim)
+        total = sum(mix.values())
+        values = [wanted] if isinstance(wanted, str) else wanted
+        share *= sum(mix[v] for v in values) / total
+    return share
+
+
+def _model_share(world: WorldDraw, model: str, minutes: np.ndarray) -> np.ndarray:
+    """Share of traffic routed to ``model`` at each minute (arms that set a model decide)."""
+    moved = np.zeros(minutes.shape)
+    served = np.zeros(minutes.shape)
+    for exp in world.experiments:
+        if not any(spec.get("model") for spec in exp.arms.values()):
+            continue
+        end = exp.end_minute if exp.end_minute is not None else np.inf
+        active = ((minutes >= exp.start_minute) & (minutes < end)).astype(float)
+        for arm, spec in exp.arms.items():
+            arm_model = spec.get("model") or world.production_model
+            share = exp.traffic_pct / 100.0 * exp.weight(arm) * active
+            if arm_model != world.production_model:
+                moved += share
+            if arm_model == model:
+                served += share
+    if model == world.production_model:
+        return np.asarray(1.0 - moved)
+    return served
+
+
+def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
+    """The traffic ``fault`` touches from its onset to ``alert`` (inclusive), and its reference."""
+    onset = fault.start_minute
+    last = alert if fault.end_minute is None else min(alert, fault.end_minute - 1)
+    window = np.arange(onset, last + 1)
+    before = np.arange(max(0, onset - BASELINE_MINUTES), onset)
+    rate, ref_rate = world.traffic(window), world.traffic(before)
+    where = _where_share(world, fault.where)
+    quality = float(world.model(world.production_model)["quality"])
+    units = 0.0
+    arm_share = 0.5
+    if fault.experiment is not None and fault.arm is not None:
+        exp = fault.experiment
+        pct = exp.traffic_pct / 100.0
+        requests = float(rate.sum()) * pct * exp.weight(fault.arm) * where
+        reference = float(rate.sum()) * pct * exp.weight(exp.control) * where
+        model = exp.arms[fault.arm].get("model")
+        if model is not None:
+            quality = float(world.model(model)["quality"])
+        pool = max(1000.0, 20.0 * world.requests_per_minute) * pct
+        units = distinct_units(float(rate.sum()) * pct, pool)
+        arm_share = exp.weight(fault.arm)
+    elif fault.model is not None:
+        share = _model_share(world, fault.model, window)
+        ref_share = _model_share(world, fault.model, before)
+        requests = float((rate * share).sum()) * where
+        reference = float((ref_rate * ref_share).sum()) * where
+        quality = float(world.model(fault.model)["quality"])
+    else:
+        requests = float(rate.sum()) * where
+        reference = float(ref_rate.sum()) * where
+    return Sample(
+        requests=requests,
+        reference_requests=reference if reference > 0 else math.inf,
+        ctr=float(world.ctr(window).mean()),
+        units=units,
+        arm_share=arm_share,
+        quality=quality,
+        hours=len(window) / 2.0 / 60.0,
+    )
+
+
+def _severity(kind: str, distance: float, over: bool) -> float:
+    if kind == "miscalibration":
+        return 1.0 + distance if over else max(0.05, 1.0 - distance)
+    return distance
+
+
+def _solve(kind: str, sample: Sample, target: float, over: bool) -> float:
+    """The severity (3 significant digits) whose strength is closest to ``target``."""
+    low, high = SEVERITY[kind]
+    if kind == "miscalibration" and not over:
+        high = 0.8
+
+    def strength(distance: float) -> float:
+        return signal_strength(kind, _severity(kind, distance, over), sample)
+
+    if strength(high) <= target:
+        distance = high
+    elif strength(low) >= target:
+        distance = low
+    else:
+        lo, hi = math.log(low), math.log(high)
+        for _ in range(16):
+            mid = (lo + hi) / 2.0
+            lo, hi = (mid, hi) if strength(math.exp(mid)) < target else (lo, mid)
+        distance = math.exp((lo + hi) / 2.0)
+    return float(f"{_severity(kind, distance, over):.3g}")
+
+
+def _fault_experiment(
+    rng: np.random.Generator, world: WorldDraw, kind: str, onset: int, taken: set[str]
+) -> tuple[Exp, str] | None:
+    """An experiment running from before the onset to the world's end, and one of its arms."""
+    pool = [e for e in world.experiments if e.id not in taken]
+    if kind == "stale_model":
+        pool = [e for e in pool if e.layer == world.model_layer]
+    if not pool:
+        return None
+    exp = pool[int(rng.integers(len(pool)))]
+    exp.end_minute = None
+    if exp.start_minute > onset - 20:
+        exp.start_minute = max(0, onset - int(rng.integers(20, 60)))
+    arm = str(rng.choice(exp.treatments()))
+    return exp, arm
+
+
+def draw_fault(
+    rng: np.random.Generator,
+    world: WorldDraw,
+    kind: str,
+    *,
+    onset: int,
+    alert: int,
+    taken: set[str] | None = None,
+    at_most: float | None = None,
+) -> FaultDraw:
+    """Draw a fault of ``kind`` starting at ``onset`` whose strength at ``alert`` is drawn.
+
+    Args:
+        rng: The scenario's generator.
+        world: The world (its experiments and models may be adjusted: a faulty experiment runs
+            from before the onset; a stale model refreshes).
+        kind: The fault kind.
+        onset: The fault's start minute.
+        alert: The alert's minute (the end of the sample the strength counts).
+        taken: Experiments another fault already uses.
+        at_most: Cap on the target strength (a second fault is weaker than the alerted one).
+    """
+    scope: Scope = SCOPES[kind][int(rng.integers(len(SCOPES[kind])))]
+    fault = FaultDraw(kind=kind, scope=scope, start_minute=onset, severity=0.0, strength=0.0)
+    if scope == "experiment":
+        found = _fault_experiment(rng, world, kind, onset, taken or set())
+        if found is None:
+            fault.scope = scope = "model"
+        else:
+            fault.experiment, fault.arm = found
+    if scope == "model":
+        fault.model = world.production_model
+    if kind == "stale_model":
+        stale = world.production_model
+        if fault.experiment is not None and fault.arm is not None:
+            stale = fault.experiment.arms[fault.arm].get("model") or world.production_model
+        entry = world.model(stale)
+        entry.setdefault("refresh_minutes", int(rng.choice([30, 60])))
+    if kind != "allocation_bug" and rng.random() < _WHERE_P:
+        fault.where = _where(rng, world)
+    if kind == "prediction_collapse" and rng.random() < 0.7:
+        fault.mode = str(rng.choice(["nan", "out_of_range", "constant", "mixed"]))
+    low, high = STRENGTH_RANGE
+    target = math.exp(rng.uniform(math.log(low), math.log(high)))
+    if at_most is not None:
+        target = min(target, at_most)
+    over = bool(rng.random() < 0.6)
+    sample = fault_sample(world, fault, alert)
+    fault.severity = _solve(kind, sample, target, over)
+    fault.strength = round(signal_strength(kind, fault.severity, sample), 3)
+    return fault

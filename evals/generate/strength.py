@@ -1,0 +1,223 @@
+"""Signal strength: how large a fault is relative to the smallest effect its data could show.
+
+A fault's **signal strength** is its effect on the metric that best reveals it, divided by the
+minimal detectable effect (MDE) of that metric given the traffic the fault touched between its
+onset and the alert::
+
+    strength = effect / (z · σ · sqrt(1/n + 1/n_ref))
+
+- ``z = z(1 − α/2) + z(power) = 1.96 + 0.84 = 2.80``: a two-sided test at α = 0.05 with 80 %
+  power (:data:`Z_DETECT`).
+- ``n``: the affected sample from the onset to the alert minute inclusive (the telemetry an
+  investigation reads) — requests, clicks or units, in the unit the metric is counted in.
+- ``n_ref``: the reference the affected sample is compared with: for an experiment's arm, its
+  control arm over the same minutes; for a model or all traffic, the same scope over the baseline
+  before the onset (at most :data:`BASELINE_MINUTES`); for an SRM, the configured weights
+  (known: ``1/n_ref = 0``).
+- ``σ`` and ``effect`` per kind (:func:`effect_and_sigma`):
+
+  ============================ =============== ================================================
+  kind                         metric (unit)   effect; σ
+  ============================ =============== ================================================
+  prediction_collapse,         share of        ``p1 − p0`` with ``p1 = p0 + s(1 − p0)``;
+  model_fallback,              requests        ``σ = sqrt(p̄(1 − p̄))``, ``p̄ = (p0 + p1)/2``
+  infra_outage                 (requests)      (``p0``: 0.001, 0.001, 0.0005)
+  logging_loss                 CTR (requests)  ``s · ctr``; ``σ = sqrt(ctr(1 − ctr))``
+  miscalibration               Σpred/Σclicks   ``|s − 1|``; ``σ = 1`` (Poisson clicks)
+                               (clicks)
+  ne_regression                NE (requests)   ΔNE of ``s`` extra logit noise; σ of the
+                                               per-request log loss ÷ entropy
+  stale_model                  NE (requests)   as ne_regression with noise ``s · h̄``, ``h̄``
+                                               the mean hours since the onset
+  allocation_bug               arm share       ``w − w(1 − s)/(1 − w·s)``; ``σ = sqrt(w(1 − w))``
+                               (units)
+  ============================ =============== ================================================
+
+NE's effect and σ come from the simulator's own model of a prediction (``docs/simulator.md``):
+true CTR log-normal around the base CTR, a model of quality ``q`` adds logit noise of sd
+``2(1 − q)``, recalibrated; they are integrated numerically on a fixed sample (common random
+numbers, so the difference is exact to the sample). Auction selection is ignored. Distinct units
+are approximated as ``U(1 − e^(−R/U))`` for ``R`` requests over a pool of ``U`` units.
+
+Strength 1 is the detectability floor: below it, an honest check cannot tell the fault from noise
+with the data at the alert (an investigation should say "inconclusive", not "no issue"), above it
+the evidence is there. Buckets for the eval's curve: :data:`BUCKETS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "BASELINE_MINUTES",
+    "BUCKETS",
+    "Z_DETECT",
+    "Sample",
+    "bucket",
+    "distinct_units",
+    "effect_and_sigma",
+    "ne_shift",
+    "signal_strength",
+]
+
+Z_DETECT = 1.96 + 0.84
+BASELINE_MINUTES = 120
+# (label, lower bound inclusive); the last bucket is open above.
+BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<0.5", 0.0),
+    ("0.5-1", 0.5),
+    ("1-2", 1.0),
+    ("2-4", 2.0),
+    (">=4", 4.0),
+)
+_P0 = {"prediction_collapse": 0.001, "model_fallback": 0.001, "infra_outage": 0.0005}
+_NE_SAMPLE = 100_000
+
+Unit = Literal["requests", "clicks", "units"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The traffic a fault touched and its reference.
+
+    Attributes:
+        requests: Affected requests from the onset to the alert (inclusive).
+        reference_requests: Requests of the reference (control arm or baseline); ``inf`` when the
+            reference is known exactly.
+        ctr: Mean click-through rate over the affected requests.
+        units: Distinct units of the experiment seen since the onset (``allocation_bug``).
+        arm_share: The faulty arm's configured share of the experiment (``allocation_bug``).
+        quality: Quality of the affected model (NE kinds).
+        hours: Mean hours since the onset over the affected minutes (``stale_model``).
+    """
+
+    requests: float
+    reference_requests: float
+    ctr: float
+    units: float = 0.0
+    arm_share: float = 0.5
+    quality: float = 0.75
+    hours: float = 0.0
+
+
+def bucket(strength: float | None) -> str:
+    """The curve's bucket of a strength (``healthy`` for None)."""
+    if strength is None:
+        return "healthy"
+    label = BUCKETS[0][0]
+    for name, low in BUCKETS:
+        if strength >= low:
+            label = name
+    return label
+
+
+def distinct_units(requests: float, pool: float) -> float:
+    """Expected distinct units among ``requests`` drawn uniformly from ``pool`` units."""
+    if pool <= 0:
+        return 0.0
+    return pool * (1.0 - math.exp(-requests / pool))
+
+
+@lru_cache(maxsize=64)
+def _ne_sample(
+    quality: float, ctr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """True CTRs, clicks, logit noise, the healthy model's mean log loss and the entropy."""
+    rng = np.random.default_rng(20261207)
+    sd_true = 0.8 * math.sqrt(2.0)  # unit and ad effects, each log-normal with σ 0.8
+    z_true = rng.standard_normal(_NE_SAMPLE)
+    p = np.clip(ctr * np.exp(sd_true * z_true - sd_true**2 / 2), 1e-9, 0.999)
+    y = rng.random(_NE_SAMPLE) < p
+    noise = rng.standard_normal(_NE_SAMPLE)
+    mean_p = float(p.mean())
+    entropy = -(mean_p * math.log(mean_p) + (1 - mean_p) * math.log(1 - mean_p))
+    base = _losses(p, y, noise, 2.0 * (1.0 - quality))
+    return p, y, noise, float(base.mean()), entropy
+
+
+def _losses(p: np.ndarray, y: np.ndarray, noise: np.ndarray, sd: float) -> np.ndarray:
+    """Per-request log loss of a recalibrated prediction with logit noise ``sd``."""
+    pred = p * np.exp(sd * noise)
+    pred *= p.mean() / pred.mean()
+    pred = np.clip(pred, 1e-12, 1 - 1e-12)
+    return np.asarray(-np.where(y, np.log(pred), np.log1p(-pred)))
+
+
+@lru_cache(maxsize=1024)
+def ne_shift(quality: float, extra_sd: float, ctr: float) -> tuple[float, float]:
+    """ΔNE from ``extra_sd`` more logit noise on a model of ``quality``, and σ of per-request NE.
+
+    Both predictions are recalibrated (their mean equals the mean true CTR), as in the simulator.
+
+    Returns:
+        ``(delta_ne, sigma)``: the NE increase and the standard deviation of one request's log loss
+        divided by the background entropy.
+    """
+    p, y, noise, base, entropy = _ne_sample(quality, ctr)
+    sd_q = 2.0 * (1.0 - quality)
+    worse = _losses(p, y, noise, math.sqrt(sd_q**2 + extra_sd**2))
+    return float((worse.mean() - base) / entropy), float(worse.std() / entropy)
+
+
+def effect_and_sigma(kind: str, severity: float, sample: Sample) -> tuple[float, float, Unit]:
+    """The effect, the per-observation σ and the unit counted, for a fault of ``kind``.
+
+    Args:
+        kind: A fault kind (DESIGN §5's causes but ``none``).
+        severity: The fault's severity, as the scenario format defines it.
+        sample: The traffic it touched.
+
+    Raises:
+        ValueError: For an unknown kind.
+    """
+    if kind in _P0:
+        p0 = _P0[kind]
+        p1 = p0 + severity * (1.0 - p0)
+        mean = (p0 + p1) / 2.0
+        return p1 - p0, math.sqrt(mean * (1.0 - mean)), "requests"
+    if kind == "logging_loss":
+        ctr = sample.ctr
+        return severity * ctr, math.sqrt(ctr * (1.0 - ctr)), "requests"
+    if kind == "miscalibration":
+        return abs(severity - 1.0), 1.0, "clicks"
+    if kind == "ne_regression":
+        delta, sigma = ne_shift(round(sample.quality, 3), round(severity, 4), round(sample.ctr, 4))
+        return delta, sigma, "requests"
+    if kind == "stale_model":
+        drift = min(5.0, severity * max(sample.hours, 1.0 / 60.0))
+        delta, sigma = ne_shift(round(sample.quality, 3), round(drift, 4), round(sample.ctr, 4))
+        return delta, sigma, "requests"
+    if kind == "allocation_bug":
+        w = sample.arm_share
+        observed = w * (1.0 - severity) / (1.0 - w * severity)
+        return w - observed, math.sqrt(w * (1.0 - w)), "units"
+    raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def signal_strength(kind: str, severity: float, sample: Sample) -> float:
+    """``effect / (z · σ · sqrt(1/n + 1/n_ref))`` for a fault (module docstring).
+
+    Args:
+        kind: The fault kind.
+        severity: Its severity.
+        sample: The traffic it touched between its onset and the alert, and the reference.
+
+    Returns:
+        The strength (0 when the fault touched nothing).
+    """
+    effect, sigma, unit = effect_and_sigma(kind, severity, sample)
+    if unit == "units":
+        n, n_ref = sample.units, math.inf
+    elif unit == "clicks":
+        n, n_ref = sample.requests * sample.ctr, sample.reference_requests * sample.ctr
+    else:
+        n, n_ref = sample.requests, sample.reference_requests
+    if n <= 0 or sigma <= 0:
+        return 0.0
+    inv = 1.0 / n + (0.0 if n_ref <= 0 or math.isinf(n_ref) else 1.0 / n_ref)
+    return effect / (Z_DETECT * sigma * math.sqrt(inv))

@@ -1,0 +1,69 @@
+"""``vigil bench --only stores``: DuckDB, PostgreSQL and chDB measured in one run, with ratios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from evals.bench import SECTIONS, BenchOptions
+from evals.bench.stores import STORES, run
+
+WORLD = {
+    "name": "bench-stores-test",
+    "seed": 3,
+    "world": {
+        "start": "2026-11-20T06:00:00Z",
+        "minutes": 30,
+        "requests_per_minute": 1200,
+        "models": [{"id": "m1", "quality": 0.75}, {"id": "m2", "quality": 0.77}],
+        "production_model": "m1",
+        "experiments": [
+            {
+                "id": "5",
+                "name": "E",
+                "layer": "ranking",
+                "traffic_pct": 50,
+                "arms": {"control": {"model": "m1"}, "test": {"model": "m2"}},
+            }
+        ],
+    },
+    "faults": [{"kind": "model_fallback", "experiment": "5", "start_minute": 12, "severity": 0.6}],
+    "alert": {"metric": "fallback_rate", "minute": 24, "experiment": "5"},
+    "expect": {"root_cause": "model_fallback", "experiment": "5", "mitigation": "kill_experiment"},
+}
+
+
+def test_stores_section_measures_all_three_and_their_ratios(tmp_path: Path) -> None:
+    assert "stores" in SECTIONS
+    scenario = tmp_path / "world.yaml"
+    scenario.write_text(yaml.safe_dump(WORLD))
+    opts = BenchOptions(
+        workdir=tmp_path / "bench",
+        quick=True,
+        extra={"stores_scenario": str(scenario), "stores_write_minutes": 1, "stores_repeats": 1},
+    )
+    figures = run(opts)
+
+    writes = figures["writes"]
+    for store in STORES:
+        w = writes[store]
+        assert w["requests"] == writes["duckdb"]["requests"] > 10_000
+        assert w["requests_per_s"] > 0 and w["cpu_seconds"] > 0
+        want = w["requests_per_s"] / writes["duckdb"]["requests_per_s"]
+        assert abs(w["ratio_to_duckdb"] - want) < 0.01
+    floor = figures["copy_floor"]
+    assert floor["binary_requests_per_s"] > 0 and floor["csv_requests_per_s"] > 0
+
+    inv = figures["investigations"]
+    assert inv["same_answer"] is True
+    answer = inv["duckdb"]["answer"]
+    assert (answer["cause"], answer["experiment"]) == ("model_fallback", "5")
+    assert answer["mitigations"] == ["kill_experiment"]
+    for store in STORES:
+        assert len(inv[store]["seconds"]) == 1 and inv[store]["best_s"] > 0
+
+    for store in STORES:
+        g = figures["grouping_sets"][store]
+        assert g["with_s"] > 0 and g["without_s"] > 0
+        assert g["measured_faster"] == (g["with_s"] < g["without_s"])

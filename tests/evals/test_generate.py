@@ -1,0 +1,215 @@
+"""`vigil scenarios generate`: deterministic per seed, loadable, broad, and its strength formula."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from evals.generate import generate, generate_scenario, write_scenarios
+from evals.generate.faults import FaultDraw, fault_sample
+from evals.generate.measure import scenario_strength
+from evals.generate.strength import Z_DETECT, Sample, bucket, signal_strength
+from evals.generate.world import Exp, Timeline, WorldDraw
+from evals.sim import load_scenario, parse_scenario
+from evals.sim.scenario import FAULT_KINDS
+
+BATCH = 160
+
+
+@pytest.fixture(scope="module")
+def batch() -> list[dict[str, Any]]:
+    return generate(7000, BATCH)
+
+
+def test_a_seed_always_gives_the_same_scenario() -> None:
+    assert generate_scenario(4242) == generate_scenario(4242)
+    assert generate_scenario(4242) != generate_scenario(4243)
+    # Scenario k of --seed S is seed S+k's, whatever the count.
+    assert generate(4240, 4)[2] == generate_scenario(4242)
+
+
+def test_written_scenarios_load_through_the_public_loader(tmp_path: Path) -> None:
+    paths = write_scenarios(9000, 12, tmp_path)
+    assert len(paths) == 12 and len({p.name for p in paths}) == 12
+    for path in paths:
+        scenario = load_scenario(path)
+        assert scenario.name == path.stem
+        assert scenario.name.startswith(f"g{scenario.seed}-")
+        truth = scenario.expect.root_cause
+        if truth == "none":
+            assert scenario.faults == [] and scenario.expect.mitigation == "none"
+        else:
+            assert scenario.faults[0].kind == truth
+            assert scenario.expect.signal_strength is not None
+            assert scenario.expect.onset_minute == scenario.faults[0].start_minute
+            # The stated strength is the formula's on the world as written.
+            stated = scenario.expect.signal_strength
+            computed = scenario_strength(
+                scenario.model_copy(
+                    update={"expect": scenario.expect.model_copy(update={"signal_strength": None})}
+                )
+            )
+            assert computed == pytest.approx(stated, rel=1e-3, abs=1e-3)
+
+
+def test_the_cli_writes_the_seeds_it_names(tmp_path: Path) -> None:
+    from agent.cli import _register_all, app
+
+    _register_all()
+    assert isinstance(app, typer.Typer)
+    out = tmp_path / "gen"
+    result = CliRunner().invoke(
+        app, ["scenarios", "generate", "--seed", "31", "--count", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.glob("*.yaml"))
+    assert [n.split("-")[0] for n in names] == ["g31", "g32", "g33"]
+    assert load_scenario(out / names[0]) == parse_scenario(generate_scenario(31))
+
+
+def _arms(batch: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (e.get("control", "control"), e["arms"]) for s in batch for e in s["world"]["experiments"]
+    ]
+
+
+def test_a_moderate_batch_covers_the_distribution(batch: list[dict[str, Any]]) -> None:
+    truths = Counter(s["expect"]["root_cause"] for s in batch)
+    assert set(FAULT_KINDS) | {"none"} <= set(truths)
+    tags = Counter(t for s in batch for t in s["tags"])
+    assert tags["two_faults"] >= 5 and tags["healthy"] >= 10
+    assert tags["experiment"] and tags["model"] and tags["global"] and tags["where"]
+    assert tags["day"] and tags["night"] and tags["flat"]
+    assert {
+        "strength:<0.5",
+        "strength:0.5-1",
+        "strength:1-2",
+        "strength:2-4",
+        "strength:>=4",
+    } <= set(tags)
+    arms = _arms(batch)
+    assert any(len(a) >= 3 for _, a in arms)
+    assert any(control != "control" for control, _ in arms)
+    odd = {name for _, a in arms for name in a} - {"control", "test"}
+    assert len(odd) >= 8
+    assert any(len({arm.get("weight", 1.0) for arm in a.values()}) > 1 for _, a in arms)
+    exps = [e for s in batch for e in s["world"]["experiments"]]
+    assert any(e.get("start_minute", 0) > 0 for e in exps)
+    assert any(e.get("end_minute") is not None for e in exps)
+    for s in batch:
+        world = s["world"]
+        assert 1000 <= world["requests_per_minute"] <= 20000
+        assert 5 <= len(world["experiments"]) <= 40
+        assert 2 <= len({e["layer"] for e in world["experiments"]}) <= 8
+        if s["faults"]:
+            lag = s["alert"]["minute"] - s["expect"]["onset_minute"]
+            assert 5 <= lag <= 60
+    collapse_modes = {f.get("mode") for s in batch for f in s["faults"]}
+    assert len(collapse_modes) >= 3
+    # World minutes cover baseline, onset, lag and follow-ups, no more.
+    assert max(s["world"]["minutes"] for s in batch) <= 150 + 60 + 90
+    first = min(s["world"]["requests_per_minute"] * s["alert"]["minute"] for s in batch)
+    assert first > 0
+
+
+def test_stated_strengths_span_the_floor(batch: list[dict[str, Any]]) -> None:
+    strengths = [s["expect"]["signal_strength"] for s in batch if s["faults"]]
+    assert min(strengths) < 0.5 and max(strengths) > 4
+    for s in batch:
+        if s["faults"]:
+            assert f"strength:{bucket(s['expect']['signal_strength'])}" in s["tags"]
+
+
+def test_strength_of_a_miscalibration_by_hand() -> None:
+    # 45 % over-calibration, 20 clicks since the onset, reference known exactly:
+    # 0.45 / (2.80 / sqrt(20)) = 0.7187.
+    sample = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
+    assert signal_strength("miscalibration", 1.45, sample) == pytest.approx(0.7187, abs=1e-4)
+    assert pytest.approx(2.80) == Z_DETECT
+
+
+def test_strength_of_a_fallback_by_hand() -> None:
+    # p0 0.001 -> p1 0.001 + 0.1 x 0.999 = 0.1009; mean 0.05095; n = n_ref = 500.
+    sample = Sample(requests=500, reference_requests=500, ctr=0.02)
+    sigma = math.sqrt(0.05095 * (1 - 0.05095))
+    want = 0.0999 / (2.8 * sigma * math.sqrt(2 / 500))
+    assert signal_strength("model_fallback", 0.1, sample) == pytest.approx(want, rel=1e-6)
+    assert want == pytest.approx(2.565, abs=1e-3)
+
+
+def test_the_sample_counts_the_arm_s_requests_from_onset_to_alert() -> None:
+    exp = Exp(
+        id="1",
+        name="x",
+        layer="ranking",
+        traffic_pct=10.0,
+        control="base",
+        arms={"base": {"weight": 3.0}, "B": {"weight": 1.0}},
+    )
+    world = WorldDraw(
+        start=datetime(2026, 11, 20, 6),
+        diurnal=False,
+        requests_per_minute=1000,
+        base_ctr=0.02,
+        timeline=Timeline(onset=60, lag=9, minutes=200),
+        models=[{"id": "m", "quality": 0.75}],
+        production_model="m",
+        model_layer="ranking",
+        experiments=[exp],
+    )
+    fault = FaultDraw(
+        kind="model_fallback",
+        scope="experiment",
+        start_minute=60,
+        severity=0.1,
+        strength=0.0,
+        experiment=exp,
+        arm="B",
+        where={"platform": "android"},  # 45 % of the default mix
+    )
+    sample = fault_sample(world, fault, alert=69)
+    # 10 minutes x 1000 x 10 % x 1/4 x 0.45, against the control's 3/4.
+    assert sample.requests == pytest.approx(10 * 1000 * 0.1 * 0.25 * 0.45)
+    assert sample.reference_requests == pytest.approx(10 * 1000 * 0.1 * 0.75 * 0.45)
+    assert sample.ctr == pytest.approx(0.02)
+
+
+def test_buckets() -> None:
+    assert [bucket(x) for x in (0.1, 0.5, 0.99, 1.0, 3.9, 4.0, 50.0)] == [
+        "<0.5",
+        "0.5-1",
+        "0.5-1",
+        "1-2",
+        "2-4",
+        ">=4",
+        ">=4",
+    ]
+    assert bucket(None) == "healthy"
+
+
+def test_public_scenarios_get_a_computed_strength() -> None:
+    scenario = load_scenario(Path("evals/scenarios/miscal-over-obvious.yaml"))
+    strength = scenario_strength(scenario)
+    assert strength is not None and strength > 1
+    assert scenario_strength(load_scenario(Path("evals/scenarios/healthy-noise.yaml"))) is None
+
+
+def test_two_fault_worlds_alert_on_the_first_fault(batch: list[dict[str, Any]]) -> None:
+    from evals.generate import SIGNATURE
+
+    two = [s for s in batch if "two_faults" in s["tags"]]
+    assert two
+    for s in two:
+        first, second = s["faults"]
+        assert first["kind"] != second["kind"]
+        assert s["alert"]["metric"] == SIGNATURE[first["kind"]]
+        assert s["alert"].get("experiment") == first.get("experiment")
+        if "experiment" in first and "experiment" in second:
+            assert first["experiment"] != second["experiment"]
