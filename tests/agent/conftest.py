@@ -11,6 +11,7 @@ import pytest
 from agent.models import Alert
 from agent.service import Investigator
 from lifecycle.settings import Settings
+from tests.agent.fake_llm import ScriptedLLM
 from tests.agent.fakes import FakeActions, FakeCatalog, FakeToolbox, RecordingNotifier, at
 
 
@@ -78,3 +79,11 @@ def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
 def alert(experiment: str | None = "879", metric: str = "revenue", **kw: Any) -> Alert:
     """The alert of the fake world (fires at minute 158)."""
     return Alert(metric=metric, fired_at=at(158), experiment=experiment, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def llm() -> Iterator[ScriptedLLM]:
+    """A scripted OpenAI-compatible server on loopback (the real ``openai`` client talks to it)."""
+    server = ScriptedLLM().start()
+    yield server
+    server.stop()

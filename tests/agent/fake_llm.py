@@ -25,13 +25,18 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.agent.fakes import FakeToolbox, at, fail
+
 __all__ = [
+    "FALLBACK",
+    "FALLBACK_ARGS",
     "TEXT_FORMS",
     "Reply",
     "ScriptedLLM",
     "completion",
     "diagnosis",
     "error",
+    "fallback_world",
     "garbage",
     "slow",
     "text",
@@ -258,3 +263,25 @@ class ScriptedLLM:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+# A fallback fault in the test arm of 879, and the cause a model should answer for it.
+FALLBACK = {
+    "cause": "model_fallback",
+    "experiment": "879",
+    "confidence": 0.9,
+    "evidence": ["fallback"],
+}
+FALLBACK_ARGS = {"start": at(120).isoformat(), "end": at(158).isoformat(), "experiment_id": "879"}
+
+
+def fallback_world() -> FakeToolbox:
+    """Checks of a world whose only failure is 879's fallback."""
+    return FakeToolbox(
+        {
+            "fallback@experiment:879": fail(
+                "fallback", "Fallback rate 33% vs 0.4%.", experiment="879"
+            )
+        },
+        onset=at(150),
+    )

@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-
 from agent.llm import LLMReasoner
 from agent.llm_tools import DATA_CLOSE, DATA_OPEN, check_tools, docstring_args
 from tests.agent.conftest import alert
 from tests.agent.fake_llm import (
-    ScriptedLLM,
     diagnosis,
     error,
     garbage,
@@ -41,13 +38,6 @@ def world() -> FakeToolbox:
         },
         onset=at(150),
     )
-
-
-@pytest.fixture
-def llm():
-    server = ScriptedLLM().start()
-    yield server
-    server.stop()
 
 
 def run(harness, server, *replies, toolbox=None, the_alert=None, **settings):

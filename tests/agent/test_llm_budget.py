@@ -11,36 +11,12 @@ from agent.llm import LLMBudgetSpent, LLMReasoner, endpoint_timeout
 from agent.llm_tools import compact_result
 from agent.prompts import EXAMPLE, LLMDiagnosis, estimate_tokens, submit_tool
 from tests.agent.conftest import alert, make_settings
-from tests.agent.fake_llm import ScriptedLLM, diagnosis, tool_call, usage
-from tests.agent.fakes import FakeToolbox, at, fail
+from tests.agent.fake_llm import FALLBACK, diagnosis, tool_call, usage
+from tests.agent.fake_llm import FALLBACK_ARGS as ARGS
+from tests.agent.fake_llm import fallback_world as world
+from tests.agent.fakes import at
 from tools.errors import RetryableError, TerminalError
 from tools.result import CheckResult, Evidence
-
-FALLBACK = {
-    "cause": "model_fallback",
-    "experiment": "879",
-    "confidence": 0.9,
-    "evidence": ["fallback"],
-}
-ARGS = {"start": at(120).isoformat(), "end": at(158).isoformat(), "experiment_id": "879"}
-
-
-def world() -> FakeToolbox:
-    return FakeToolbox(
-        {
-            "fallback@experiment:879": fail(
-                "fallback", "Fallback rate 33% vs 0.4%.", experiment="879"
-            )
-        },
-        onset=at(150),
-    )
-
-
-@pytest.fixture
-def llm():
-    server = ScriptedLLM().start()
-    yield server
-    server.stop()
 
 
 def investigate(harness, server, *replies, **settings):

@@ -12,13 +12,6 @@ from tools.errors import RetryableError, TerminalError
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-def llm():
-    server = ScriptedLLM().start()
-    yield server
-    server.stop()
-
-
 def _reasoner(tmp_path, server: ScriptedLLM) -> LLMReasoner:
     return LLMReasoner(
         make_settings(

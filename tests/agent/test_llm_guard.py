@@ -9,7 +9,7 @@ from agent.models import RootCause
 from agent.reasoning import ground
 from agent.state import CheckOutcome, Suspect
 from tests.agent.conftest import alert
-from tests.agent.fake_llm import ScriptedLLM, diagnosis
+from tests.agent.fake_llm import diagnosis
 from tests.agent.fakes import FakeToolbox, at, fail, ok
 
 FALLBACK = {
@@ -32,13 +32,6 @@ def world() -> FakeToolbox:
         },
         onset=at(150),
     )
-
-
-@pytest.fixture
-def llm():
-    server = ScriptedLLM().start()
-    yield server
-    server.stop()
 
 
 def investigate(harness, server, *replies):

@@ -9,34 +9,9 @@ import pytest
 from agent.llm import LLMReasoner
 from agent.llm_tools import parse_text_calls
 from tests.agent.conftest import alert
-from tests.agent.fake_llm import TEXT_FORMS, ScriptedLLM, diagnosis, text, written_call
-from tests.agent.fakes import FakeToolbox, at, fail
-
-FALLBACK = {
-    "cause": "model_fallback",
-    "experiment": "879",
-    "confidence": 0.9,
-    "evidence": ["fallback"],
-}
-ARGS = {"start": at(120).isoformat(), "end": at(158).isoformat(), "experiment_id": "879"}
-
-
-def world() -> FakeToolbox:
-    return FakeToolbox(
-        {
-            "fallback@experiment:879": fail(
-                "fallback", "Fallback rate 33% vs 0.4%.", experiment="879"
-            )
-        },
-        onset=at(150),
-    )
-
-
-@pytest.fixture
-def llm():
-    server = ScriptedLLM().start()
-    yield server
-    server.stop()
+from tests.agent.fake_llm import FALLBACK, TEXT_FORMS, diagnosis, text, written_call
+from tests.agent.fake_llm import FALLBACK_ARGS as ARGS
+from tests.agent.fake_llm import fallback_world as world
 
 
 def investigate(harness, server, *replies):

@@ -20,46 +20,16 @@ from agent.service import Investigator
 from evals.sim import minute_to_ts, parse_scenario, scenario_to_experiment_file, simulate
 from lifecycle.service import ExperimentService
 from lifecycle.settings import Settings
+from tests.agent.slack.test_end_to_end import SCENARIO as E2E_SCENARIO
 from tests.loopback import LoopbackServer
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob", "tok-carol": "carol"}
 NOW_MINUTE = 170
+# The Slack end-to-end world (879's test arm falls back on Android), a little smaller.
 SCENARIO: dict[str, Any] = {
+    **E2E_SCENARIO,
     "name": "console-fallback-879",
-    "description": "Test arm of 879 falls back for a third of its Android requests.",
-    "seed": 5,
-    "world": {
-        "start": "2026-11-20T06:00:00Z",
-        "minutes": 240,
-        "requests_per_minute": 1500,
-        "models": [
-            {"id": "ctr_v41", "quality": 0.75},
-            {"id": "ctr_v42", "quality": 0.77, "refresh_minutes": 60},
-        ],
-        "production_model": "ctr_v41",
-        "experiments": [
-            {
-                "id": "879",
-                "name": "Ranking Model Improvements",
-                "owner": "alice",
-                "layer": "ranking",
-                "traffic_pct": 10,
-                "arms": {"control": {"model": "ctr_v41"}, "test": {"model": "ctr_v42"}},
-            }
-        ],
-    },
-    "faults": [
-        {
-            "kind": "model_fallback",
-            "experiment": "879",
-            "arm": "test",
-            "where": {"platform": "android"},
-            "start_minute": 152,
-            "severity": 0.35,
-        }
-    ],
-    "alert": {"metric": "revenue", "minute": 158, "experiment": "879"},
-    "expect": {"root_cause": "model_fallback", "experiment": "879"},
+    "world": {**E2E_SCENARIO["world"], "requests_per_minute": 1500},
 }
 
 
