@@ -1,11 +1,13 @@
 """The mitigation actions, declared once: one :class:`ActionSpec` per action.
 
 Everything that differs between actions is here: what the action targets, who may approve it,
-which experiment-core call carries it out (and under which audit name it is recorded), how much of
-the traffic it changes and what it is expected to do. Proposals, the approval policy, execution,
-manual proposals and the docs read this table; adding an action is its ``MitigationAction`` name
-(agent/models.py) and its entry here (mypy's exhaustiveness check on ``ACTIONS`` names what is
-missing).
+which experiment-core call carries it out (its audit name: the call and lifecycle's record of it
+are one name), how much of the traffic it changes, what the report calls it and what it is
+expected to do. Proposals, the approval policy, execution, the report's words, manual proposals,
+the evals' audit reading and the docs read this table; adding an action is its
+``MitigationAction`` name (agent/models.py) and its entry here (the import fails when the table
+and the vocabulary disagree; mypy's exhaustiveness check on the audit names names a call that
+:meth:`ActionSpec.run` does not make).
 
 The experiment core is reached only through :class:`Actions` (lifecycle's ``ExperimentService``
 behind ``agent.runtime.ServiceActions``), always with the mitigation id as idempotency key, so
@@ -14,13 +16,14 @@ lifecycle records each action at most once even when a crashed execution is resu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, assert_never, get_args
 
-from agent.models import MitigationAction, RootCause
+from agent.models import Cause, MitigationAction, RootCause
 
-__all__ = ["ACTIONS", "ActionSpec", "Actions", "Approvers", "TargetKind", "spec"]
+__all__ = ["ACTIONS", "ActionSpec", "Actions", "Approvers", "Audit", "TargetKind", "spec"]
 
 TargetKind = Literal["experiment", "model"]
 Approvers = Literal["owner_or_oncall", "oncall"]
@@ -50,10 +53,12 @@ class Actions(Protocol):
         ...
 
 
-# (actions, target, actor, reason, key) -> lifecycle's answer
-_Run = Callable[[Actions, str | None, str, str, str], Any]
-# (target, top cause, the failing finding as text) -> the expected effect, in words
-_Expect = Callable[[str | None, RootCause, str], str]
+Audit = Literal[
+    "kill", "ramp_down", "rollback_model", "start", "escalate_infra", "escalate_data", "note"
+]
+"""An action's name in lifecycle's audit log, which is also the experiment-core call that makes
+it: ``kill``, ``ramp_down``, ``rollback_model`` and ``start`` change state, the rest are recorded
+(``Actions.record``)."""
 
 
 @dataclass(frozen=True)
@@ -62,133 +67,130 @@ class ActionSpec:
 
     Attributes:
         name: The action's name in the vocabulary.
+        audit: The action's name in lifecycle's audit log, and the call that carries it out.
+        says: What the report calls it, ``{target}`` filled in.
+        effect: The expected effect, in words: ``{target}``, ``{cause}`` (the top cause, in
+            words) and ``{finding}`` (`` (the failing finding)``, or nothing) filled in.
         target: What it acts on (None: nothing in particular).
-        required_target: A proposal without a target is meaningless (and refused).
         approvers: ``owner_or_oncall`` (the experiment's owner or on-call) or ``oncall`` only.
-        audit: The action's name in lifecycle's audit log.
         share: Share of the target's traffic the action changes (blast radius per unit).
-        run: Carries the action out through the experiment core.
-        expected: The expected effect, in words.
+        optional_target: It has a target kind, yet a proposal may name none.
+        says_untargeted: What the report calls it when it names no target (default ``says``).
+        effect_for: The expected effect where one cause calls for other words.
     """
 
     name: MitigationAction
-    target: TargetKind | None
-    required_target: bool
-    approvers: Approvers
-    audit: str
-    share: float
-    run: _Run
-    expected: _Expect
+    audit: Audit
+    says: str
+    effect: str
+    target: TargetKind | None = None
+    approvers: Approvers = "oncall"
+    share: float = 0.0
+    optional_target: bool = False
+    says_untargeted: str | None = None
+    effect_for: Mapping[Cause, str] = field(default_factory=dict)
 
+    @property
+    def required_target(self) -> bool:
+        """A proposal without a target is meaningless (and refused)."""
+        return self.target is not None and not self.optional_target
 
-def _finding(text: str) -> str:
-    return f" ({text})" if text else ""
+    def describe(self, target: str | None) -> str:
+        """What the report calls the action on ``target``."""
+        if target is None and self.says_untargeted is not None:
+            return self.says_untargeted
+        return self.says.format(target=target)
 
-
-def _kill_expected(target: str | None, cause: RootCause, finding: str) -> str:
-    return (
-        f"Units of experiment {target} return to the production model; the "
-        f"{cause.cause.replace('_', ' ')} it causes{_finding(finding)} should stop within minutes."
-    )
-
-
-def _escalate_data_expected(target: str | None, cause: RootCause, finding: str) -> str:
-    if cause.cause == "stale_model":
-        return (
-            f"The owners of model {target}'s training pipeline are alerted to restore its "
-            "refreshes; no experiment or model changes until a fresh version is published."
+    def expected(self, target: str | None, cause: RootCause, finding: str) -> str:
+        """The expected effect of the action on ``target`` against ``cause``, in words."""
+        text = self.effect_for.get(cause.cause, self.effect)
+        return text.format(
+            target=target,
+            cause=cause.cause.replace("_", " "),
+            finding=f" ({finding})" if finding else "",
         )
-    return "The data / logging owners are alerted; no experiment changes."
+
+    def run(self, act: Actions, target: str | None, actor: str, reason: str, key: str) -> Any:
+        """Carry the action out through the experiment core, once per ``key``.
+
+        Returns:
+            Lifecycle's answer (False: it was in effect already, nothing changed).
+        """
+        match self.audit:
+            case "kill":
+                return act.kill(str(target), actor, reason, key)
+            case "ramp_down":
+                return act.ramp_down(str(target), actor, reason, key)
+            case "rollback_model":
+                return act.rollback_model(str(target), actor, reason, key)
+            case "start":
+                return act.start(str(target), actor, reason, key)
+            case "escalate_infra" | "escalate_data" | "note":
+                return act.record(self.audit, target, actor, reason, key)
+            case _:
+                assert_never(self.audit)
 
 
-def _record(name: str) -> _Run:
-    return lambda act, target, actor, reason, key: act.record(name, target, actor, reason, key)
-
-
-ACTIONS: Mapping[MitigationAction, ActionSpec] = {
-    "kill_experiment": ActionSpec(
-        name="kill_experiment",
+_SPECS = (
+    ActionSpec(
+        "kill_experiment",
         target="experiment",
-        required_target=True,
-        approvers="owner_or_oncall",
         audit="kill",
-        share=1.0,
-        run=lambda act, target, actor, reason, key: act.kill(str(target), actor, reason, key),
-        expected=_kill_expected,
-    ),
-    "ramp_down": ActionSpec(
-        name="ramp_down",
-        target="experiment",
-        required_target=True,
         approvers="owner_or_oncall",
-        audit="ramp_down",
-        share=0.5,
-        run=lambda act, target, actor, reason, key: act.ramp_down(str(target), actor, reason, key),
-        expected=lambda target, cause, finding: (
-            f"Experiment {target} goes back one rollout stage, halving the traffic exposed."
-        ),
-    ),
-    "rollback_model": ActionSpec(
-        name="rollback_model",
-        target="model",
-        required_target=True,
-        approvers="oncall",
-        audit="rollback_model",
         share=1.0,
-        run=lambda act, target, actor, reason, key: act.rollback_model(
-            str(target), actor, reason, key
-        ),
-        expected=lambda target, cause, finding: (
-            f"Model {target} reverts to its previous version{_finding(finding)}."
-        ),
+        says="kill experiment {target}",
+        effect="Units of experiment {target} return to the production model; the {cause} it "
+        "causes{finding} should stop within minutes.",
     ),
-    "escalate_infra": ActionSpec(
-        name="escalate_infra",
-        target=None,
-        required_target=False,
-        approvers="oncall",
-        audit="escalate_infra",
-        share=0.0,
-        run=_record("escalate_infra"),
-        expected=lambda target, cause, finding: (
-            "Infrastructure on-call is paged; no experiment changes."
-        ),
-    ),
-    "escalate_data": ActionSpec(
-        name="escalate_data",
-        target="model",  # whose data or training pipeline to look at, when a model is named
-        required_target=False,
-        approvers="oncall",
-        audit="escalate_data",
-        share=0.0,
-        run=_record("escalate_data"),
-        expected=_escalate_data_expected,
-    ),
-    "start_experiment": ActionSpec(
-        name="start_experiment",
+    ActionSpec(
+        "ramp_down",
+        audit="ramp_down",
         target="experiment",
-        required_target=True,
-        approvers="oncall",
+        approvers="owner_or_oncall",
+        share=0.5,
+        says="ramp experiment {target} down one stage",
+        effect="Experiment {target} goes back one rollout stage, halving the traffic exposed.",
+    ),
+    ActionSpec(
+        "rollback_model",
+        audit="rollback_model",
+        target="model",
+        share=1.0,
+        says="roll model {target} back",
+        effect="Model {target} reverts to its previous version{finding}.",
+    ),
+    ActionSpec(
+        "escalate_infra",
+        audit="escalate_infra",
+        says="escalate to infrastructure on-call",
+        effect="Infrastructure on-call is paged; no experiment changes.",
+    ),
+    ActionSpec(
+        "escalate_data",
+        audit="escalate_data",
+        target="model",  # whose data or training pipeline to look at, when a model is named
+        optional_target=True,
+        says="escalate to the data / logging owners of model {target}",
+        says_untargeted="escalate to the data / logging owners",
+        effect="The data / logging owners are alerted; no experiment changes.",
+        effect_for={
+            "stale_model": "The owners of model {target}'s training pipeline are alerted to "
+            "restore its refreshes; no experiment or model changes until a fresh version is "
+            "published."
+        },
+    ),
+    ActionSpec(
+        "start_experiment",
+        target="experiment",
         audit="start",
         share=1.0,
-        run=lambda act, target, actor, reason, key: act.start(str(target), actor, reason, key),
-        expected=lambda target, cause, finding: (
-            f"Experiment {target} starts at its first rollout stage; the rollout's health gate "
-            "watches it from there."
-        ),
+        says="start experiment {target}",
+        effect="Experiment {target} starts at its first rollout stage; the rollout's health "
+        "gate watches it from there.",
     ),
-    "none": ActionSpec(
-        name="none",
-        target=None,
-        required_target=False,
-        approvers="oncall",
-        audit="note",
-        share=0.0,
-        run=_record("note"),
-        expected=lambda target, cause, finding: "Nothing changes.",
-    ),
-}
-
+    ActionSpec("none", audit="note", says="no action", effect="Nothing changes."),
+)
+ACTIONS: Mapping[MitigationAction, ActionSpec] = MappingProxyType({s.name: s for s in _SPECS})
 if set(ACTIONS) != set(get_args(MitigationAction)):  # pragma: no cover - an import-time guard
     raise RuntimeError(
         f"agent.actions.ACTIONS must declare exactly {get_args(MitigationAction)}; "

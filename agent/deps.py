@@ -26,8 +26,8 @@ from agent.models import Alert
 from agent.notify import SafeNotifier
 from agent.playbook import PlaybookSet
 from agent.reasoning import ExperimentMeta, Reasoner
+from agent.settings import Settings
 from agent.store import AgentStore
-from lifecycle.settings import Settings
 from tools.registry import CHECKS, Checks
 
 __all__ = ["Catalog", "Deps", "Observer", "ToolboxCache", "ToolboxFactory", "timed_checks"]

@@ -17,7 +17,8 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    supported on the same subject (a fallback to a weak model also worsens NE); it ranks after.
 5. A cause is a *candidate* when its primary signal only warned, on the alerted experiment (all
    traffic for a global alert), in the check of the alert's own metric (an SRM alert whose SRM
-   check says "possible issue", an error-rate alert whose infra check warns):
+   check says "possible issue", an error-rate alert whose infra check warns; for a global alert,
+   on all traffic or the production model, which serves most of it):
    evidence that matches the alert is not noise, so it ranks before ``none``, with the lower
    confidence of a warning.
 6. Order: supported, then explained, then candidates, then ``none`` unless something ranks
@@ -27,7 +28,9 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
 discounted when explained, made non-increasing down the ranking. With no failure at all the
-answer is ``none``: noise or seasonality, nothing to mitigate.
+answer is ``none``: noise or seasonality, nothing to mitigate. A candidate ranked first on a
+warning alone is *inconclusive*: nothing is proposed and the investigation watches (follow-ups
+confirm it with a failure or clear it).
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ def _evaluate(
     order: int,
     results: dict[str, CheckOutcome],
     control: str,
-    focus: tuple[str, str] | None = None,
+    focus: tuple[frozenset[str], str] | None = None,
 ) -> _Candidate | None:
     matched: list[CheckOutcome] = []
     supported = False
@@ -135,7 +138,9 @@ def _evaluate(
         # at a warning's strength (its other conditions still hold).
         candidate = (
             sig.primary
-            and (subject.key, sig.check) == focus
+            and focus is not None
+            and subject.key in focus[0]
+            and sig.check == focus[1]
             and outcome.subject.key == subject.key
             and outcome.result.verdict == "warn"
             and _as_warning(sig).matches(outcome.result)
@@ -237,10 +242,15 @@ def rank_causes(
     """
     candidates: list[_Candidate] = []
     focus = None
-    if alert is not None and alert.metric in ALERT_CHECKS:
-        scope = "global" if alert.experiment is None else f"experiment:{alert.experiment}"
-        focus = (scope, ALERT_CHECKS[alert.metric])
     subjects = list(suspects)
+    if alert is not None and alert.metric in ALERT_CHECKS:
+        # A global alert's scope is all traffic, and the production model serves most of it.
+        keys = (
+            {"global", *(s.key for s in subjects if s.scope == "model")}
+            if alert.experiment is None
+            else {f"experiment:{alert.experiment}"}
+        )
+        focus = (frozenset(keys), ALERT_CHECKS[alert.metric])
     if not any(s.scope == "global" for s in subjects):
         subjects.append(Suspect(scope="global"))
     for order, subject in enumerate(subjects):
@@ -354,4 +364,25 @@ class DeterministicReasoner:
         causes, ruled_out = rank_causes(
             given.playbook, _subjects(given), given.outcomes, controls, given.alert
         )
+        top = causes[0] if causes else None
+        cited = {o.result.check: o.result for o in given.outcomes if not o.error}
+        if top is not None and top.cause != "none":
+            failing = [
+                o
+                for o in given.outcomes
+                if o.result.check in top.evidence and o.result.verdict == "fail" and not o.error
+            ]
+            if not failing:
+                # A candidate ranked on a warning: not enough to act on, too much to call noise.
+                shown = cited.get(top.evidence[0]) if top.evidence else None
+                why = f"only a warning supports {top.cause}"
+                if shown is not None:
+                    why += f" ({shown.summary.rstrip('.')})"
+                return Diagnosis(
+                    causes=causes,
+                    reasoner=self.name,
+                    ruled_out=ruled_out,
+                    conclusion="inconclusive",
+                    reason=why + "; watching for it to confirm or clear",
+                )
         return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)

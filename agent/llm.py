@@ -2,9 +2,13 @@
 
 Any endpoint speaking the Chat Completions API works (OpenAI, Azure, vLLM, Ollama, llama.cpp
 server). The model sees the alert and the check results as quoted, redacted data blocks, compact
-(:mod:`agent.prompts`); it may run more checks (tools generated from the Toolbox's signatures,
-:mod:`agent.llm_tools`) and must answer by calling ``submit_diagnosis``, whose arguments are
-validated by pydantic against the same schema it was shown. Small models that write their tool
+(:mod:`agent.prompts`), and the candidate causes: those the guard lets stand
+(:func:`~agent.reasoning.candidate_causes`). Its answer is asked for in a schema narrowed to them,
+as a forced ``submit_diagnosis`` call or a ``response_format`` (:func:`answer_format`, by the
+endpoint's kind), so a server that constrains replies cannot write an answer Vigil would reject;
+the answer is validated by pydantic against the same schema. With tools on (:func:`offers_tools`:
+remote endpoints by default) it may first run more checks (tools generated from the Toolbox's
+signatures, :mod:`agent.llm_tools`). Small models that write their tool
 calls as text (``<tool_call>`` tags, fenced or bare JSON) are read too
 (:func:`~agent.llm_tools.parse_text_calls`). It has no tool that acts: mitigations follow from the
 playbook and a human's approval, never from the model.
@@ -30,7 +34,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, assert_never
 from urllib.parse import urlparse
 
 import openai
@@ -54,18 +58,21 @@ from agent.llm_tools import (
     quote_data,
     redact,
 )
+from agent.models import RootCause
 from agent.prompts import (
     SUBMIT,
+    AnswerMode,
     LLMCause,
     LLMDiagnosis,
+    answer_schema,
     estimate_tokens,
     first_messages,
     one_line,
     tool_schemas,
 )
-from agent.reasoning import DiagnosisInput, Reasoner
+from agent.reasoning import DiagnosisInput, Reasoner, candidate_causes
+from agent.settings import Settings
 from agent.state import CheckOutcome, Diagnosis, Suspect
-from lifecycle.settings import Settings
 from tools.errors import ConfigError, RetryableError, TerminalError, VigilError
 
 __all__ = [
@@ -77,7 +84,9 @@ __all__ = [
     "LLMRefused",
     "LLMUnavailable",
     "LLMUsage",
+    "answer_format",
     "endpoint_timeout",
+    "offers_tools",
 ]
 
 _log = logging.getLogger(__name__)
@@ -125,6 +134,10 @@ class LLMUsage:
         seconds: Wall time of the conversation.
         outcome: ``answered`` (a valid diagnosis) or the error's class name.
         text_calls: Tool calls read from the reply text rather than structured ``tool_calls``.
+        choices: Causes the answer could choose from (the candidates, ``none`` included); 0
+            when the answer was not narrowed to candidates.
+        answer_format: How the answer was asked for (``tool``, ``json_object``,
+            ``json_schema``).
     """
 
     steps: int
@@ -133,6 +146,8 @@ class LLMUsage:
     seconds: float
     outcome: str
     text_calls: int = 0
+    choices: int = 0
+    answer_format: str = "tool"
 
 
 def _is_local(host: str) -> bool:
@@ -158,6 +173,38 @@ def endpoint_timeout(settings: Settings) -> float:
         return settings.llm_timeout_s
     host = urlparse(settings.llm_base_url or "").hostname or ""
     return settings.llm_local_timeout_s if _is_local(host) else settings.llm_remote_timeout_s
+
+
+def _local(settings: Settings) -> bool:
+    return _is_local(urlparse(settings.llm_base_url or "").hostname or "")
+
+
+def answer_format(settings: Settings) -> Literal["tool", "json_object", "json_schema"]:
+    """How the answer is asked for: ``llm_answer_format``, or by the endpoint's kind when auto.
+
+    A local server (llama.cpp's ``llama-server``, ``llama-cpp-python``) gets ``json_object``:
+    ``response_format: {"type": "json_object", "schema": ...}``, which both compile to a grammar.
+    Any other endpoint gets ``tool``: a forced ``submit_diagnosis`` call, which OpenAI and vLLM
+    constrain to the tool's parameters.
+    """
+    chosen = settings.llm_answer_format
+    if chosen == "auto":
+        return "json_object" if _local(settings) else "tool"
+    return chosen
+
+
+def offers_tools(settings: Settings) -> bool:
+    """Whether the check tools are offered before the answer (``llm_tools``; auto: remote only).
+
+    The planned checks have already run on every suspect when the reasoner is asked, and their
+    results are in the first prompt; a small local model calling a tool re-runs one of them
+    (and each step costs a CPU server minutes), so a local endpoint is asked for the answer at
+    once.
+    """
+    chosen = settings.llm_tools
+    if chosen == "auto":
+        return not _local(settings)
+    return chosen == "on"
 
 
 def _new_tokens(usage: Any, previous: int) -> int | None:
@@ -245,8 +292,11 @@ class LLMReasoner:
             note = f"The LLM was unavailable ({exc}); the deterministic rules produced this result."
             return baseline.model_copy(update={"notes": [*baseline.notes, note], "extra": extra})
         self._record(tally, "answered")
+        causes: dict[tuple[str, str | None, str | None], RootCause] = {}
+        for cause in answer.causes:  # a cause named twice is one cause, at its first rank
+            causes.setdefault((cause.cause, cause.experiment, cause.model), cause.root())
         return Diagnosis(
-            causes=[c.root() for c in answer.causes],
+            causes=list(causes.values()),
             narrative=answer.summary,
             reasoner=f"llm:{self.model}",
             ruled_out=baseline.ruled_out,
@@ -263,6 +313,8 @@ class LLMReasoner:
             seconds=round(time.perf_counter() - tally.started, 3),
             outcome=outcome,
             text_calls=tally.text_calls,
+            choices=tally.choices,
+            answer_format=answer_format(self.settings),
         )
         with self._lock:
             self.usage.append(usage)
@@ -298,6 +350,18 @@ class LLMReasoner:
         if self.observer is not None:
             self.observer.observe_llm_call(self.model, failed=failed, reason=reason)
 
+    def _answer_request(self, schemas: list[dict[str, Any]], schema: dict[str, Any]) -> Any:
+        """The options of a request that must answer: constrained where the endpoint can."""
+        fmt = answer_format(self.settings)
+        if fmt == "tool":
+            return {"tools": schemas, "tool_choice": _FORCED}
+        if fmt == "json_object":
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        if fmt == "json_schema":
+            named = {"name": "diagnosis", "schema": schema}
+            return {"response_format": {"type": "json_schema", "json_schema": named}}
+        assert_never(fmt)
+
     def _converse(
         self,
         given: DiagnosisInput,
@@ -306,28 +370,41 @@ class LLMReasoner:
         tally: _Tally,
     ) -> LLMDiagnosis:
         tools: dict[str, ToolSpec] = {}
-        if given.toolbox is not None:
+        with_tools = offers_tools(self.settings) and given.toolbox is not None
+        if with_tools and given.toolbox is not None:
             wanted = {spec.check for spec in given.playbook.checks}
             tools = check_tools(given.toolbox, only=wanted)
-        schemas = tool_schemas(tools)
+        candidates = candidate_causes(
+            given.outcomes, given.playbook, given.alert, given.localization.suspects
+        )
+        if not candidates and not tools:
+            raise LLMRefused(
+                "no cause can stand on these checks and no tool is offered to find more"
+            )
+        tally.choices = len(candidates)
+        schema = answer_schema(candidates)
+        schemas = tool_schemas(tools, schema)
         fields = self.settings.redact_fields
-        messages = first_messages(given, baseline, fields)
+        fmt = answer_format(self.settings)
+        mode: AnswerMode = "tools" if tools else ("tool" if fmt == "tool" else "json")
+        messages = first_messages(given, baseline, fields, candidates=candidates, mode=mode)
         budget = self.settings.llm_max_tokens
         previous = 0
         seen: set[str] = set()
         steps = self.settings.llm_max_steps
-        force = False
+        force = not tools
         for step in range(steps):
             sent = len(messages)
-            # After a reply that was no usable call, and on the last step, the answer is asked
-            # for by name: servers that support it constrain the reply to the schema.
-            choice: Any = _FORCED if force or step == steps - 1 else "auto"
+            # Without tools, after a reply that was no usable call, and on the last step, the
+            # answer is asked for: constrained to the schema where the endpoint can do it.
+            answering = force or step == steps - 1
+            options = (
+                self._answer_request(schemas, schema)
+                if answering
+                else {"tools": schemas, "tool_choice": "auto"}
+            )
             response = self._create(
-                model=self.model,
-                messages=messages,
-                tools=schemas,
-                tool_choice=choice,
-                **self._sampling(),
+                model=self.model, messages=messages, **options, **self._sampling()
             )
             if not getattr(response, "choices", None):
                 self._observe(failed=True, reason="no_choices")
@@ -339,8 +416,9 @@ class LLMReasoner:
                 new_text = json.dumps(messages[sent - 1 if step else 0 :], default=str)
                 added = estimate_tokens(new_text + (message.content or ""))
             if step == 0:
+                sent_tools = options.get("tools", [])
                 tally.first_prompt = int(getattr(usage, "prompt_tokens", 0) or 0) or (
-                    estimate_tokens(json.dumps(messages) + json.dumps(schemas))
+                    estimate_tokens(json.dumps(messages) + json.dumps(sent_tools))
                 )
             previous = int(getattr(usage, "prompt_tokens", 0) or 0) + int(
                 getattr(usage, "completion_tokens", 0) or 0
@@ -365,8 +443,8 @@ class LLMReasoner:
                     {
                         "role": "user",
                         "content": "That reply was not a valid diagnosis (no tool call, no JSON "
-                        f"object). Call a check tool, or {SUBMIT} with arguments matching its "
-                        "schema.",
+                        f"object). Answer with the diagnosis ({SUBMIT}'s arguments)"
+                        + (", or call a check tool." if tools else "."),
                     }
                 )
             for call_id, name, arguments in calls:
@@ -389,9 +467,9 @@ class LLMReasoner:
                     seen.add(_call_key(name, arguments))
                     content = self._run_tool(tools[name], arguments, extra, fields)
                 else:
-                    content = (
-                        f"Unknown tool {one_line(name, 60)!r}. Tools: {sorted(tools)} and {SUBMIT}."
-                    )
+                    known = f"Tools: {sorted(tools)} and {SUBMIT}." if tools else ""
+                    content = f"Unknown tool {one_line(name, 60)!r}. {known}".strip()
+                    invalid = not tools
                 results.append((call_id, name, content))
             if as_text and results:  # no tool_calls to answer: the results come as a user turn
                 text = "\n\n".join(f"Result of {name}:\n{content}" for _, name, content in results)
@@ -400,7 +478,7 @@ class LLMReasoner:
                 for call_id, _, content in results:
                     messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
             self._observe(failed=invalid, reason="invalid_answer" if invalid else "")
-            force = invalid or repeated
+            force = invalid or repeated or not tools
             if tally.tokens > budget:
                 raise LLMBudgetSpent(
                     f"token budget spent ({tally.tokens} new tokens > {budget}) "
@@ -434,6 +512,7 @@ class _Tally:
     tokens: int = 0
     first_prompt: int = 0
     text_calls: int = 0
+    choices: int = 0
     started: float = 0.0
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ suspect of a scope the check runs on; the checks then run in parallel (``Send`` 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_MIN_BASELINE = 10
+"""Fewest baseline minutes kept before an onset when the telemetry starts late."""
 
 SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
 # Alert metrics the attribution check can split by experiment (per-request rates and means).
@@ -68,11 +71,44 @@ def _search_window(alert: Alert, playbook: Playbook) -> Window:
     return Window(start=start, end=end)
 
 
-def _check_window(search: Window, onset: datetime | None, playbook: Playbook) -> Window:
-    if onset is None:
-        return search
+def _check_window(
+    search: Window, onset: datetime | None, playbook: Playbook, first: datetime | None = None
+) -> Window:
+    """The checks' window: from the onset (else the search window's start) to the alert.
+
+    When the telemetry begins inside the search window (a world, a warehouse or an experiment
+    younger than the look-back), a window starting before the first row has no baseline at all:
+    every comparison with the subject's own past would be blind. The window then starts late
+    enough to leave a baseline: half of the minutes the window can spare, at most the playbook's
+    baseline; an onset found earlier keeps at least :data:`_MIN_BASELINE` minutes before it.
+    """
+    start = search.start
     latest = search.end - timedelta(minutes=playbook.window.min_minutes)
-    return Window(start=max(search.start, min(utc(onset), latest)), end=search.end)
+    if first is not None and first > start - timedelta(minutes=playbook.window.baseline_minutes):
+        spare = max((latest - first).total_seconds() / 60.0, 0.0)
+        keep = min(spare / 2.0, float(playbook.window.baseline_minutes))
+        if onset is not None:
+            keep = min(keep, max(float(_MIN_BASELINE), (utc(onset) - first).total_seconds() / 60))
+        start = max(start, min(first + timedelta(minutes=math.floor(keep)), latest))
+    if onset is None:
+        return Window(start=start, end=search.end)
+    return Window(start=max(start, min(utc(onset), latest)), end=search.end)
+
+
+def _first_minute(toolbox: Checks, search: Window, experiment: str | None) -> datetime | None:
+    """The first minute of the search window with traffic of the alert's subject, if any."""
+    try:
+        frame = toolbox.metric_series("requests", search.start, search.end, experiment)
+    except Exception as exc:  # the coverage step reports unreadable telemetry; keep the window
+        _log.debug("first telemetry minute unavailable: %s", exc)
+        return None
+    if frame is None or not len(frame) or "value" not in frame:
+        return None
+    seen = frame[frame["value"].fillna(0.0) > 0]
+    if seen.empty:
+        return None
+    first = seen["minute"].min()
+    return utc(first.to_pydatetime()) if hasattr(first, "to_pydatetime") else None
 
 
 def _number(value: object) -> float | None:
@@ -256,7 +292,9 @@ def localize(
         if found is not None:
             results.append(found)
             onset = utc(found.result.onset) if found.result.onset is not None else None
-    window = _check_window(search, onset, playbook)
+    window = _check_window(
+        search, onset, playbook, _first_minute(toolbox, search, alert.experiment)
+    )
     baseline = Window(
         start=window.start - timedelta(minutes=playbook.window.baseline_minutes), end=window.start
     )

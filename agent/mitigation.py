@@ -119,7 +119,8 @@ def propose_for(
         production_model: The model serving traffic outside experiments.
 
     Returns:
-        Zero or one proposal, status ``proposed``, proposed by Vigil.
+        Zero or one proposal, status ``proposed``, proposed by Vigil; none when no check the
+        top cause cites failed (a cause ranked on warnings is watched, not acted on).
     """
     if not causes or causes[0].cause == "none":
         return []
@@ -143,6 +144,9 @@ def propose_for(
         ),
         None,
     )
+    if primary is None:
+        # Ranked on warnings only (a candidate): too weak to act on; the investigation watches.
+        return []
     failing = _effect_text(primary)
     place = f" in experiment {top.experiment}" if top.experiment else ""
     place = place or (f" on model {top.model}" if top.model else " on all traffic")

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from agent.actions import spec
 from agent.models import Alert, MitigationView, RootCause
 from agent.playbook import Playbook
 from agent.reasoning import ExperimentMeta
@@ -146,15 +147,7 @@ def _cause_text(
 
 
 def _mitigation_text(m: MitigationView) -> str:
-    verb = {
-        "kill_experiment": f"kill experiment {m.target}",
-        "ramp_down": f"ramp experiment {m.target} down one stage",
-        "rollback_model": f"roll model {m.target} back",
-        "escalate_infra": "escalate to infrastructure on-call",
-        "escalate_data": "escalate to the data / logging owners"
-        + (f" of model {m.target}" if m.target else ""),
-        "none": "no action",
-    }[m.action]
+    verb = spec(m.action).describe(m.target)
     status = _STATUS_WORDS.get(m.status, m.status)
     if m.effect == "already_in_effect":
         status = "already in effect: nothing changed"

@@ -26,6 +26,7 @@ __all__ = [
     "Grounding",
     "Reasoner",
     "admissible",
+    "candidate_causes",
     "failing",
     "failing_on_alerted",
     "ground",
@@ -235,6 +236,75 @@ def admissible(
     """
     grounded = ground(cause, outcomes, playbook=playbook, alert=alert)
     return grounded.note if grounded.cause is None else None
+
+
+def candidate_causes(
+    outcomes: Sequence[CheckOutcome],
+    playbook: Playbook,
+    alert: Alert,
+    suspects: Sequence[Suspect] = (),
+) -> list[RootCause]:
+    """Every cause :func:`ground` lets stand as it is: the answers a reasoner may choose from.
+
+    1. For each subject with a failing check, and each cause whose playbook rule covers that
+       subject's scope and has a primary signal that failed there (or on all traffic): the cause
+       on that subject, citing every check that failed there and supports it. Its ``arm`` and
+       ``where`` are those of the first such check that failed on the subject itself.
+    2. ``none``, while no check supporting a cause fails where the alert points.
+
+    Each candidate is checked with :func:`ground` (it stands unchanged), so a reasoner that picks
+    only candidates is never rejected. The confidence is a placeholder (0.5) for the reasoner to
+    set.
+
+    Args:
+        outcomes: Every check result of the investigation.
+        playbook: The alert's playbook (which checks support which cause, in which scopes).
+        alert: What fired (where ``none`` is judged).
+        suspects: Localization's suspects, where a global alert points.
+
+    Returns:
+        Candidates in the order of the subjects' first failing check, then the playbook's rules;
+        ``none`` last.
+    """
+    found: dict[tuple[str, str], RootCause] = {}
+    for outcome in outcomes:
+        if outcome.result.verdict != "fail":
+            continue
+        subject = outcome.subject
+        failed = failing(outcomes, subject)
+        for rule in playbook.causes:
+            if subject.scope not in rule.scopes or (rule.cause, subject.key) in found:
+                continue
+            signals = list(dict.fromkeys(s.check for s in rule.signals if s.check in failed))
+            if not any(s.primary and s.check in failed for s in rule.signals):
+                continue  # a cause is proposed on its primary finding, as the rules do
+            own = [
+                o.result
+                for name in signals
+                for o in outcomes
+                if o.result.check == name
+                and o.result.verdict == "fail"
+                and o.subject.key == subject.key
+            ]
+            located = next((r for r in own if r.arm or r.where), None)
+            candidate = RootCause(
+                cause=rule.cause,
+                experiment=subject.id if subject.scope == "experiment" else None,
+                model=subject.id if subject.scope == "model" else None,
+                arm=located.arm if located is not None else None,
+                where=dict(located.where) if located is not None else {},
+                confidence=0.5,
+                evidence=sorted(signals),
+            )
+            grounded = ground(
+                candidate, outcomes, playbook=playbook, alert=alert, suspects=suspects
+            )
+            if grounded.cause == candidate and not grounded.note:
+                found[(rule.cause, subject.key)] = candidate
+    out = list(found.values())
+    if not failing_on_alerted(outcomes, alert, playbook, suspects):
+        out.append(RootCause(cause="none", confidence=0.5))
+    return out
 
 
 def _templated(causes: Sequence[RootCause], playbook: Playbook) -> str:

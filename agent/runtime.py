@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from agent.deps import Observer
 from agent.models import Alert
 from agent.reasoning import ExperimentMeta, Reasoner
-from lifecycle.settings import Settings
+from agent.settings import Settings
 from tools.errors import ConfigError
 from tools.vocabulary import as_utc, utc_now
 
@@ -48,11 +48,34 @@ class ServiceCatalog:
     def __init__(self, service: Any, production_model: str | None) -> None:
         self._service = service
         self._production = production_model
+        self._lock = threading.Lock()
+        self._listed: tuple[int, list[Any]] | None = None
+        self._metas: tuple[int, dict[str, ExperimentMeta]] | None = None
+
+    def views(self) -> list[Any]:
+        """``service.list()``, read again only when the state version moved.
+
+        An investigation asks for the experiments several times (intake, localize, the
+        toolbox, the reasoner); at a thousand experiments each full read costs a tenth of a
+        second, and every state change moves the version (it is the newest audit entry).
+        """
+        version = int(self._service.version())
+        with self._lock:
+            if self._listed is not None and self._listed[0] == version:
+                return list(self._listed[1])
+        views = list(self._service.list())
+        with self._lock:
+            self._listed = (version, views)
+        return list(views)
 
     def experiments(self) -> dict[str, ExperimentMeta]:
         """Every stored experiment, with its current share of traffic."""
+        version = int(self._service.version())
+        with self._lock:
+            if self._metas is not None and self._metas[0] == version:
+                return dict(self._metas[1])
         out: dict[str, ExperimentMeta] = {}
-        for view in self._service.list():
+        for view in self.views():
             out[view.id] = ExperimentMeta(
                 id=view.id,
                 name=view.name,
@@ -62,7 +85,9 @@ class ServiceCatalog:
                 models={arm: spec.model for arm, spec in view.arms.items()},
                 control=view.control,
             )
-        return out
+        with self._lock:
+            self._metas = (version, out)
+        return dict(out)
 
     def production_model(self) -> str | None:
         """The production model (``settings.production_model``)."""
@@ -125,14 +150,10 @@ class TelemetryToolboxes:
     """
 
     def __init__(self, settings: Settings, service: Any, catalog: ServiceCatalog) -> None:
-        from tools.schema import TelemetrySchema
-
         self._settings = settings
         self._service = service
         self._catalog = catalog
-        self._schema = TelemetrySchema.from_mappings(
-            settings.telemetry_tables, settings.telemetry_columns
-        )
+        self._schema = settings.telemetry_schema()
         self._engine: Any = None
         self._lock = threading.Lock()
 
@@ -153,7 +174,7 @@ class TelemetryToolboxes:
                 owner=v.owner,
                 launched_at=v.created_at,
             )
-            for v in self._service.list()
+            for v in self._catalog.views()
         }
         models: dict[str, Any] = {}
         for m in self._service.models():
@@ -220,7 +241,6 @@ def preflight_for(settings: Settings, svc: Any, at: datetime | None = None) -> P
     from lifecycle.inference import OpenInferenceRunner, ShadowLog, numeric_encoder
     from lifecycle.preflight import Capacity, Preflight
     from lifecycle.risk import RiskModel
-    from tools.schema import TelemetrySchema
     from tools.telemetry import TelemetryReader
 
     runner = None
@@ -235,7 +255,7 @@ def preflight_for(settings: Settings, svc: Any, at: datetime | None = None) -> P
             batch_size=settings.inference_batch_size,
             timeout=settings.inference_timeout_s,
         )
-    schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    schema = settings.telemetry_schema()
     path = risk_model_path(settings)
     risk = RiskModel.load(path) if path.exists() else None
     owners = {v.id: (v.owner, v.layer) for v in svc.list()}

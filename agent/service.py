@@ -40,9 +40,9 @@ from agent.notify import Notifier, SafeNotifier
 from agent.playbook import load_playbooks
 from agent.reasoning import Reasoner
 from agent.runtime import reasoner_from_settings
+from agent.settings import Settings
 from agent.state import InvestigationState
 from agent.store import AgentStore, utcnow
-from lifecycle.settings import Settings
 from tools.errors import ConfigError, NotFoundError, RetryableError, StateError, VigilError
 
 __all__ = ["Investigator", "Notifier", "Reasoner"]

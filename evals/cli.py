@@ -18,7 +18,7 @@ from rich.console import Console
 
 from agent.cli.worlds import provide
 from agent.models import InvestigationView
-from lifecycle.settings import Settings, get_settings
+from agent.settings import Settings, get_settings
 from lifecycle.store import redact_url
 from tools.errors import ConfigError
 
@@ -115,8 +115,8 @@ def sim(
     A store that already holds requests is refused unless --replace (start over) or --append
     (add minutes, e.g. with --start-minute) says what to do: running twice would double them.
     """
+    from agent.settings import get_settings
     from evals.sim import load_scenario, simulate
-    from lifecycle.settings import get_settings
     from tools.errors import VigilError
 
     url = db or get_settings().telemetry_url

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
 
-from lifecycle.settings import Settings, get_settings
+from agent.settings import Settings, get_settings
 from tools.errors import VigilError
 
 __all__ = ["demo", "demo_settings", "run_demo"]

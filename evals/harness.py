@@ -35,10 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.actions import ACTIONS
 from agent.models import Alert, InvestigationView, MitigationView
 from agent.reasoning import Reasoner
+from agent.settings import Settings
 from lifecycle.config import ExperimentFile, ModelEntry, RolloutPlan, RolloutStage
-from lifecycle.settings import Settings
 from tools.errors import ConfigError
 
 __all__ = [
@@ -73,13 +74,10 @@ ROLLOUT_GATE_ACTOR = "rollout-gate"  # lifecycle.controller.ACTOR
 MARKER = "telemetry.scenario.json"
 # Mitigation statuses that mean the action was (or was being) carried out.
 EXECUTED_STATUSES = frozenset({"executing", "executed", "verified", "failed"})
-# Audit-log actions that a mitigation performs, and the mitigation action each one is.
-MITIGATING_AUDIT_ACTIONS = {
-    "kill": "kill_experiment",
-    "ramp_down": "ramp_down",
-    "rollback_model": "rollback_model",
-    "escalate_infra": "escalate_infra",
-    "escalate_data": "escalate_data",
+# Audit-log actions that a mitigation performs, and the mitigation action each one is (a note
+# changes nothing; a start is a launch's, not an incident's).
+MITIGATING_AUDIT_ACTIONS: dict[str, str] = {
+    s.audit: s.name for s in ACTIONS.values() if s.name not in ("none", "start_experiment")
 }
 
 
@@ -163,8 +161,9 @@ def scenario_alert(scenario: Any) -> Alert:
         fired_at=scenario_clock(scenario, spec.minute),
         experiment=spec.experiment,
         source="scenario",
-        name=f"{scenario.name}: {spec.metric} regression",
-        summary=f"{spec.metric} regressed{where} (scenario {scenario.name}).",
+        # Not the scenario's name: it states the answer ("fallback-spike-879") to an LLM.
+        name=f"{spec.metric} regression",
+        summary=f"{spec.metric} regressed{where}.",
     )
 
 
@@ -308,11 +307,10 @@ def published_models(scenario: Any, settings: Settings, until: datetime) -> list
     import pandas as pd
 
     from evals.sim import scenario_to_experiment_file
-    from tools.schema import TelemetrySchema
     from tools.telemetry import TelemetryReader
 
     declared = {m.id: m for m in scenario_to_experiment_file(scenario).models}
-    schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    schema = settings.telemetry_schema()
     rows = TelemetryReader(settings.telemetry_url, schema).snapshots(list(declared))
     published = pd.to_datetime(rows["published_at"], utc=True)  # naive times are UTC
     rows = rows.assign(published=published)[published <= pd.Timestamp(until).tz_convert("UTC")]

@@ -10,10 +10,13 @@ both; this module adds, under ``llm``:
 - ``tokens`` / ``seconds`` / ``first_prompt_tokens``: per investigation (median, mean, max), the
   tokens being the budget's count of new tokens (server ``usage``), the seconds the LLM
   conversation's wall time and, separately, the whole investigation's;
-- ``outcomes``: how each conversation ended (``answered``, ``LLMBudgetSpent``, ``LLMOutage``...).
+- ``outcomes``: how each conversation ended (``answered``, ``LLMBudgetSpent``, ``LLMOutage``...);
+- ``choices``: how many candidate causes the answer could choose from, the rows where it had only
+  one (``single_choice_rows``), and ``llm_used_rate_with_a_choice`` over the others.
 
 With the deterministic reasoner's run of the same scenarios, :func:`compare` adds its AC@1 on the
-rows the LLM answered, the fair comparison. ``python -m evals.llm_figures LLM.json DET.json`` writes
+rows the LLM answered, the fair comparison, and how often the LLM's top cause is the deterministic
+one. ``python -m evals.llm_figures LLM.json DET.json`` writes
 both (``scripts/local_llm_eval.sh`` uses it).
 """
 
@@ -64,6 +67,8 @@ def llm_fields(reasoner: Any) -> dict[str, Any]:
             "seconds": first.seconds,
             "outcome": first.outcome,
             "text_calls": first.text_calls,
+            "choices": first.choices,
+            "answer_format": first.answer_format,
             "conversations": len(usage),
         }
     }
@@ -113,6 +118,21 @@ def llm_figures(figures: dict[str, Any]) -> dict[str, Any]:
         "investigation_seconds": _stats([float(r["seconds"]) for r in rows]),
         "outcomes": dict(Counter(str(c["outcome"]) for c in costs)),
         "text_calls": sum(int(c.get("text_calls", 0)) for c in costs),
+        **_choice_figures(rows),
+    }
+
+
+def _choice_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much choice the model had: a row whose answer was narrowed to one candidate (often
+    ``none`` in a healthy world) counts as used, but the model chose nothing there."""
+    narrowed = [r for r in rows if int((r["got"].get("llm") or {}).get("choices", 0)) > 0]
+    several = [r for r in narrowed if int(r["got"]["llm"]["choices"]) > 1]
+    return {
+        "choices": _stats([float(r["got"]["llm"]["choices"]) for r in narrowed]),
+        "single_choice_rows": len(narrowed) - len(several),
+        "llm_used_rate_with_a_choice": (
+            round(sum(_used(r) for r in several) / len(several), 4) if several else None
+        ),
     }
 
 
@@ -148,9 +168,18 @@ def compare(llm: dict[str, Any], deterministic: dict[str, Any]) -> dict[str, Any
     det_rows = [r for r in deterministic.get("results", []) if r["name"] in answered]
     llm_ac1 = block["llm_rows"].get("ac1")
     det = _subset(det_rows)
+    tops = {r["name"]: (r.get("ranks") or [None])[0] for r in det_rows}
+    agree = [
+        (r.get("ranks") or [None])[0] == tops.get(r["name"])
+        for r in llm.get("results", [])
+        if r["name"] in answered
+    ]
     return {
         **block,
         "deterministic_on_llm_rows": det,
+        "llm_top_cause_agrees_with_deterministic": (
+            round(sum(agree) / len(agree), 4) if agree else None
+        ),
         "deterministic_all_rows": _subset(list(deterministic.get("results", []))),
         "ac1_llm_minus_deterministic_on_llm_rows": (
             round(llm_ac1 - det["ac1"], 4)

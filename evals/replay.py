@@ -30,8 +30,10 @@ import sqlalchemy as sa
 
 from evals.sim import economy as eco
 from evals.sim import scenario_to_experiment_file, simulate
+from evals.sim.bridge import minute_to_ts, world_snapshot
 from evals.sim.faults import COLLAPSE_CODES
 from evals.sim.scenario import Scenario
+from evals.sim.shadow import log_shadow
 from lifecycle.inference import InferenceError, Scored, ShadowLog
 from lifecycle.service import ExperimentService
 from tools.telemetry import TelemetryReader
@@ -192,67 +194,29 @@ class WorldRunner:
 def write_shadow(scenario: Scenario, telemetry_url: str) -> int:
     """Log the shadow predictions of the world's ``shadow: true`` experiments.
 
-    In shadow mode control's model served every arm (the simulator routes it so); each other arm's
-    own model now scores that arm's logged requests, and the predictions go to the optional
-    ``shadow_predictions`` table (docs/telemetry.md), replaced for those experiments.
+    Allocation served control to their enrolled units; each unit's drawn arm and its candidate
+    come from lifecycle (:func:`evals.sim.shadow.log_shadow` on the world's snapshot), and the
+    world's runner scores them into the optional ``shadow_predictions`` table (docs/telemetry.md),
+    replaced for those experiments.
 
     Returns:
         Shadow rows written.
     """
-    shadow = [e for e in scenario.world.experiments if e.shadow]
-    if not shadow:
+    if not any(e.shadow for e in scenario.world.experiments):
         return 0
     engine = sa.create_engine(telemetry_url)
-    written = 0
     try:
-        for e in shadow:
-            control = e.arms[e.control].model or scenario.world.production_model
-            runner = WorldRunner(scenario, reference=control)
-            query = sa.text(
-                "SELECT r.*, x.arm FROM requests r JOIN exposures x ON x.request_id = r.request_id "
-                "WHERE x.experiment_id = :e AND x.arm <> :c"
-            )
-            with engine.connect() as conn:
-                frame = pd.DataFrame(
-                    conn.execute(query, {"e": e.id, "c": e.control}).mappings().all()
-                )
-            parts = []
-            for arm, rows in frame.groupby("arm"):
-                model = e.arms[str(arm)].model or control
-                scored = runner.score(model, None, rows)
-                parts.append(
-                    pd.DataFrame(
-                        {
-                            "ts": rows["ts"].to_numpy(),
-                            "request_id": rows["request_id"].to_numpy(),
-                            "experiment_id": e.id,
-                            "arm": str(arm),
-                            "model_id": model,
-                            "model_version": scenario.models[model].version,
-                            "prediction": scored.predictions,
-                            "latency_ms": rows["latency_ms"].to_numpy(dtype=float),
-                        }
-                    )
-                )
-            with engine.begin() as conn:
-                conn.execute(sa.text(_SHADOW_DDL))
-                conn.execute(
-                    sa.text("DELETE FROM shadow_predictions WHERE experiment_id = :e"), {"e": e.id}
-                )
-            if parts:
-                out = pd.concat(parts, ignore_index=True)
-                out.to_sql("shadow_predictions", engine, if_exists="append", index=False)
-                written += len(out)
+        return log_shadow(
+            engine,
+            world_snapshot(scenario),
+            lambda reference: WorldRunner(scenario, reference=reference),
+            scenario,
+            minute_to_ts(scenario, 0),
+            minute_to_ts(scenario, scenario.world.minutes),
+            replace=True,
+        )
     finally:
         engine.dispose()
-    return written
-
-
-_SHADOW_DDL = (
-    "CREATE TABLE IF NOT EXISTS shadow_predictions (ts TIMESTAMP, request_id BIGINT, "
-    "experiment_id VARCHAR, arm VARCHAR, model_id VARCHAR, model_version VARCHAR, "
-    "prediction DOUBLE PRECISION, latency_ms DOUBLE PRECISION)"
-)
 
 
 @dataclass

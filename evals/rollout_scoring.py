@@ -40,7 +40,18 @@ class RolloutResult(BaseModel):
         "(or launch) to the rollback (or the end)."
     )
     final_state: str
+    shadow: str | None = Field(
+        default=None,
+        description="How its shadow run ended: passed, failed, running (None: no shadow run).",
+    )
+    shadow_minute: int | None = Field(
+        default=None, description="When the controller ended the shadow run."
+    )
+    shadow_summary: str | None = Field(
+        default=None, description="The shadow step's summary, each candidate arm's verdict."
+    )
     expected_rolled_back: bool | None = None
+    expected_shadow: str | None = None
     expected_below_pct: float | None = None
     passed: bool | None = Field(
         default=None, description="As expected (None when the scenario expects nothing)."
@@ -68,7 +79,9 @@ def score_rollout(outcome: dict[str, Any], expect: RampExpect | None) -> Rollout
 
     ``expect.rolled_back``: the gate must (True) or must not (False) roll the candidate back;
     ``expect.before_pct``: with a rollback, it must come before more than this percent of the
-    layer's units were enrolled; ``expect.full``: the candidate must reach ``running``.
+    layer's units were enrolled; ``expect.full``: the candidate must reach ``running``;
+    ``expect.shadow``: its shadow run must end so (``passed``, ``failed``), and a failed one
+    before any unit was served a candidate (no coverage, no exposure).
     """
     why: list[str] = []
     rolled_back = bool(outcome["rolled_back"])
@@ -76,6 +89,13 @@ def score_rollout(outcome: dict[str, Any], expect: RampExpect | None) -> Rollout
     want_rb = expect.rolled_back if expect is not None else None
     below = expect.before_pct if expect is not None else None
     full = expect.full if expect is not None else False
+    shadow = expect.shadow if expect is not None else None
+    got_shadow = outcome.get("shadow")
+    if shadow is not None and got_shadow != shadow:
+        why.append(f"shadow run {got_shadow or 'never judged'}, expected {shadow}")
+    exposure = float(outcome["exposure_traffic_minutes"])
+    if shadow == "failed" and (coverage > 0 or exposure > 0):
+        why.append(f"a candidate was served ({coverage:g} %, {exposure:.3g} traffic-minutes)")
     if want_rb is not None and rolled_back != want_rb:
         why.append("rolled back" if rolled_back else "not rolled back")
     if below is not None and coverage > below:
@@ -88,9 +108,13 @@ def score_rollout(outcome: dict[str, Any], expect: RampExpect | None) -> Rollout
         max_coverage_pct=coverage,
         rolled_back=rolled_back,
         rollback_minute=outcome["rollback_minute"],
-        exposure_traffic_minutes=float(outcome["exposure_traffic_minutes"]),
+        exposure_traffic_minutes=exposure,
         final_state=str(outcome["final_state"]),
+        shadow=got_shadow,
+        shadow_minute=outcome.get("shadow_minute"),
+        shadow_summary=outcome.get("shadow_summary"),
         expected_rolled_back=want_rb,
+        expected_shadow=shadow,
         expected_below_pct=below,
         passed=None if expect is None else not why,
         why=why,

@@ -427,8 +427,8 @@ def eval_command(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint=f"--{exc.field}") from exc
     if reasoner == "llm":
+        from agent.settings import Settings
         from evals.harness import make_reasoner
-        from lifecycle.settings import Settings
 
         try:  # fail before the run, not once per scenario
             make_reasoner("llm", Settings())

@@ -42,7 +42,8 @@ from lifecycle.gate import (
 from lifecycle.remote import RemoteAllocator, RemoteHealth
 from lifecycle.rollout import RolloutState, transition
 from lifecycle.service import ExperimentService, NoteAction
-from lifecycle.settings import Settings, get_settings
+from lifecycle.settings import LifecycleSettings
+from lifecycle.shadow import ShadowArm, shadow_arms
 from lifecycle.validation import (
     DEFAULT_VOCABULARY,
     check_file,
@@ -74,6 +75,7 @@ __all__ = [
     "KillScope",
     "KillSwitchView",
     "Layer",
+    "LifecycleSettings",
     "ModelEntry",
     "ModelView",
     "NoteAction",
@@ -82,7 +84,7 @@ __all__ = [
     "RolloutPlan",
     "RolloutStage",
     "RolloutState",
-    "Settings",
+    "ShadowArm",
     "SrmResult",
     "Status",
     "assign",
@@ -93,10 +95,10 @@ __all__ = [
     "check_guardrail",
     "confidence_sequence",
     "evaluate_gate",
-    "get_settings",
     "is_enabled",
     "load_experiment_file",
     "parse_experiment_file",
+    "shadow_arms",
     "srm_test",
     "transition",
     "validate_file",

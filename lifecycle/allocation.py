@@ -6,6 +6,13 @@ unit; a second hash salted by the experiment picks the arm. Rollout coverage enr
 of the experiment's range, so ramping up only adds units and ramping down only removes them, and a
 unit keeps its arm across stages.
 
+Shadow mode (issue 18): an experiment in ``shadow`` holds its range and its units draw arms as if
+it ran, but it serves nobody (step 7 of :func:`decide`): every unit is served what it would be
+without the experiment (production: control's model), and no exposure is logged for it, so its
+SRM and its guardrails start clean when it ramps. The arm a unit drew (:func:`drawn_arm`) is
+reported apart by :mod:`lifecycle.shadow`, so the serving code scores that arm's model beside what
+it serves and logs it to ``shadow_predictions`` without showing it to anyone.
+
 Hash: a unit id that is an ``int`` is its own 64-bit key; a ``str`` is keyed by ``xxh3_64`` of its
 UTF-8 bytes (so ``"42"`` and ``42`` are different units). The key is mixed with a salt by the
 SplitMix64 finaliser, which is exact in both pure Python and NumPy ``uint64`` arithmetic.
@@ -31,6 +38,7 @@ from tools.errors import ConfigError, NotFoundError
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "ALLOCATING_STATUSES",
     "BUCKETS",
     "MASK64",
     "SPLITMIX64",
@@ -45,6 +53,8 @@ __all__ = [
     "blocking_switches",
     "build_snapshot",
     "decide",
+    "drawn_arm",
+    "drawn_many",
     "is_enabled",
     "layer_bucket",
     "mix64",
@@ -53,9 +63,14 @@ __all__ = [
     "unit_key",
 ]
 
-Status = Literal["draft", "validating", "ramping", "running", "paused", "completed", "killed"]
+Status = Literal[
+    "draft", "validating", "shadow", "ramping", "running", "paused", "completed", "killed"
+]
 KillScope = Literal["experiment", "layer", "model", "global"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"ramping", "running"})
+"""States that serve their arms to users (what the monitors and the gate watch)."""
+ALLOCATING_STATUSES: frozenset[str] = ACTIVE_STATUSES | {"shadow"}
+"""States that enrol units: the active ones, and ``shadow`` (enrolled, served control)."""
 
 BUCKETS = 1 << 32
 MASK64 = (1 << 64) - 1
@@ -131,6 +146,9 @@ class CompiledExperiment:
     status: Status
     coverage_pct: float
     models: frozenset[str]
+    arm_models: tuple[str | None, ...] = ()
+    """The model each arm serves, in arm order (None: the arm changes no model); empty when
+    unknown, and then no arm is scored in shadow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +262,10 @@ def build_snapshot(
         for traffic in by_layer.values():
             ranges.update(pack_layer(traffic))
     kills = frozenset(kill_switches)
+    # Every switch's target, and whether one is global: most experiments match none, and need
+    # no closer look at the switches (1,000 experiments are rebuilt on every kill).
+    targets = {target for _, target in kills}
+    stop_all = any(scope == "global" for scope, _ in kills)
     compiled: dict[str, CompiledExperiment] = {}
     blocked: set[str] = set()
     for e in exps:
@@ -261,7 +283,8 @@ def build_snapshot(
             and (old.coverage_pct, old.status) == (cover, state)
         ):
             compiled[e.id] = old
-            if kills and blocking_switches(e.id, e.layer, old.models, kills):
+            named = stop_all or not targets.isdisjoint((e.id, e.layer, *old.models))
+            if named and blocking_switches(e.id, e.layer, old.models, kills):
                 blocked.add(e.id)
             continue
         arms = tuple(e.arms)
@@ -288,8 +311,10 @@ def build_snapshot(
             status=state,
             coverage_pct=cover,
             models=frozenset(models),
+            arm_models=tuple(a.model for a in e.arms.values()),
         )
-        if kills and blocking_switches(e.id, e.layer, models, kills):
+        named = stop_all or not targets.isdisjoint((e.id, e.layer, *models))
+        if named and blocking_switches(e.id, e.layer, models, kills):
             blocked.add(e.id)
     return ConfigSnapshot(
         version=version,
@@ -311,7 +336,7 @@ def _arm_index(thresholds: tuple[int, ...], draw: int) -> int:
 
 
 def decide(exp: CompiledExperiment, blocked: bool, request: Mapping[str, Any]) -> int:
-    """The reference allocation: the arm index of a request's unit, or -1 when it is not in.
+    """The reference allocation: the arm index served to a request's unit, or -1 when it is not in.
 
     Every other path (:func:`assign_many`, ``lifecycle.allocator``) must give its answers.
 
@@ -323,9 +348,24 @@ def decide(exp: CompiledExperiment, blocked: bool, request: Mapping[str, Any]) -
     Raises:
         ConfigError: When the request has no usable ``unit_id``.
     """
-    # 1. The kill switch comes first: a blocked experiment allocates nobody.
-    # 2. Only ramping and running experiments allocate.
-    if blocked or exp.status not in ACTIVE_STATUSES:
+    # 7. An experiment in shadow mode serves nobody: the unit is served as if it did not exist
+    #    (so no exposure is logged for it); the arm it draws is only scored (lifecycle.shadow).
+    if exp.status == "shadow":
+        return -1
+    return drawn_arm(exp, blocked, request)
+
+
+def drawn_arm(exp: CompiledExperiment, blocked: bool, request: Mapping[str, Any]) -> int:
+    """Steps 1-6 of :func:`decide`: the arm index the unit draws, or -1 when it is not enrolled.
+
+    For an experiment in shadow mode this is the arm scored in shadow, not the one served.
+
+    Raises:
+        ConfigError: When the request has no usable ``unit_id``.
+    """
+    # 1. The kill switch comes first: a blocked experiment allocates nobody (nor scores shadow).
+    # 2. Only ramping, running and shadow experiments enrol units.
+    if blocked or exp.status not in ALLOCATING_STATUSES:
         return -1
     try:
         unit_id = request["unit_id"]
@@ -372,7 +412,7 @@ def is_enabled(snapshot: ConfigSnapshot, request: Mapping[str, Any], experiment_
 
 
 def assignments(snapshot: ConfigSnapshot, request: Mapping[str, Any]) -> dict[str, str]:
-    """Every experiment the request is in, as experiment id -> arm."""
+    """Every experiment the request is in, as experiment id -> arm served (none in shadow)."""
     out: dict[str, str] = {}
     for exp_id in snapshot.experiments:
         arm = assign(snapshot, request, exp_id)
@@ -401,7 +441,8 @@ def assign_many(
 ) -> npt.NDArray[np.int16]:
     """Arm index per unit (``-1`` when not in the experiment): :func:`decide`, vectorised.
 
-    Map indices to names with ``snapshot.get(experiment_id).arms``.
+    Map indices to names with ``snapshot.get(experiment_id).arms``. In shadow mode no unit is
+    in the experiment (step 7); :func:`drawn_many` gives the arms the units draw, to score.
 
     Args:
         snapshot: The configuration snapshot.
@@ -409,10 +450,25 @@ def assign_many(
         experiment_id: The experiment.
         properties: Request property -> array aligned with ``unit_ids``, for targeting.
     """
+    out = drawn_many(snapshot, experiment_id, unit_ids, properties)
+    if snapshot.get(experiment_id).status == "shadow":
+        out[:] = -1
+    return out
+
+
+def drawn_many(
+    snapshot: ConfigSnapshot,
+    experiment_id: str,
+    unit_ids: npt.ArrayLike,
+    properties: Mapping[str, npt.ArrayLike] | None = None,
+) -> npt.NDArray[np.int16]:
+    """Steps 1-6 of :func:`decide`, vectorised: the arm index each unit draws (``-1``: not
+    enrolled); in shadow mode the arms scored, not served (:func:`lifecycle.shadow.shadow_many`).
+    """
     exp = snapshot.get(experiment_id)
     keys = _keys_np(unit_ids)
     out = np.full(keys.shape, -1, dtype=np.int16)
-    if experiment_id in snapshot.blocked or exp.status not in ACTIVE_STATUSES:
+    if experiment_id in snapshot.blocked or exp.status not in ALLOCATING_STATUSES:
         return out
     bucket = _mix64_np(keys ^ np.uint64(exp.layer_salt)) >> np.uint64(32)
     inside = (bucket >= np.uint64(exp.lo)) & (bucket < np.uint64(exp.enrolled_hi))

@@ -10,6 +10,11 @@ against the reference on generated requests and on the golden vectors.
 experiment: each layer's enrolled ranges are cut into sorted segments, the bucket bisects to the
 experiment that owns it, and only that experiment draws an arm.
 
+An experiment in shadow mode (issue 18) is served as the reference's step 7 says: nobody is in
+it (the layer index leaves it out, ``is_enabled`` is False, :meth:`Allocator.assignments` omits
+it), and :meth:`Allocator.shadow_arms` names the candidate each unit drew, for the serving code
+to score beside what it serves and log to ``shadow_predictions``.
+
 A new snapshot (after a kill switch, a ramp, a new experiment) replaces the old one with a single
 reference swap, so the next call sees it and no call ever sees half of each. Swaps are
 incremental: an experiment whose compiled form and kill state did not change keeps its compiled
@@ -28,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lifecycle.allocation import (
-    ACTIVE_STATUSES,
+    ALLOCATING_STATUSES,
     MASK64,
     SPLITMIX64,
     CompiledExperiment,
@@ -39,6 +44,8 @@ from lifecycle.allocation import (
 from lifecycle.allocation import (
     decide as reference_decide,
 )
+from lifecycle.shadow import ShadowArm, shadow_model
+from lifecycle.shadow import shadow_arm as reference_shadow_arm
 from tools.errors import ConfigError, NotFoundError
 
 __all__ = ["Allocator"]
@@ -52,7 +59,7 @@ def _out(_request: Mapping[str, Any]) -> int:
 
 
 def _compile(exp: CompiledExperiment, blocked: bool) -> _Decide:
-    if blocked or exp.status not in ACTIVE_STATUSES:
+    if blocked or exp.status not in ALLOCATING_STATUSES:
         return _out
     return partial(reference_decide, exp, False)
 
@@ -69,8 +76,9 @@ def _compile_enabled(
         return arm >= 0 and arm != control
 
     # Without forced arms the treatment test is a range check on the draw, so the hot path
-    # (no forced arms) gets its own closure: decide's steps 4-6, everything inlined.
-    if exp.forced:
+    # (no forced arms) gets its own closure: decide's steps 4-6, everything inlined. In shadow
+    # decide serves nobody (step 7), so ``enabled`` is always False.
+    if exp.forced or exp.status == "shadow":
         return enabled
     lo, hi = exp.lo, exp.enrolled_hi
     layer_salt, salt = exp.layer_salt, exp.salt
@@ -132,12 +140,13 @@ class _LayerIndex:
     key: tuple[tuple[str, CompiledExperiment], ...]
 
 
+def _member(e: CompiledExperiment) -> _Member:
+    return _Member(e.id, e.lo, e.enrolled_hi, e.salt, e.thresholds, e.arms, e.targeting)
+
+
 def _layer_index(salt: int, key: tuple[tuple[str, CompiledExperiment], ...]) -> _LayerIndex:
-    members = [
-        _Member(e.id, e.lo, e.enrolled_hi, e.salt, e.thresholds, e.arms, e.targeting)
-        for _, e in key
-        if e.lo < e.enrolled_hi
-    ]
+    # Step 7: an experiment in shadow serves nobody, so the layer index leaves it out.
+    members = [_member(e) for _, e in key if e.lo < e.enrolled_hi and e.status != "shadow"]
     bounds = sorted({m.lo for m in members} | {m.hi for m in members})
     segments: list[list[_Member]] = [[] for _ in bounds]
     for m in members:
@@ -156,12 +165,14 @@ class _Compiled:
     """Allocating experiments with forced arms: decided by the reference, per request."""
     active: bool
     """Some experiment allocates (a request then needs a ``unit_id``)."""
+    shadow: tuple[CompiledExperiment, ...]
+    """Experiments in shadow mode that a kill switch does not stop."""
     recompiled: int
     """Experiments compiled afresh by the rebuild that made this (the rest were reused)."""
 
 
 def _allocating(exp: CompiledExperiment, blocked: bool) -> bool:
-    return not blocked and exp.status in ACTIVE_STATUSES
+    return not blocked and exp.status in ALLOCATING_STATUSES
 
 
 def _compile_snapshot(snapshot: ConfigSnapshot, previous: _Compiled | None = None) -> _Compiled:
@@ -171,13 +182,14 @@ def _compile_snapshot(snapshot: ConfigSnapshot, previous: _Compiled | None = Non
     enabled: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
     by_salt: dict[int, list[tuple[str, CompiledExperiment]]] = {}
     forced: list[tuple[str, _Decide]] = []
+    shadow: list[CompiledExperiment] = []
     recompiled = 0
     for exp_id, exp in snapshot.experiments.items():
         blocked = exp_id in snapshot.blocked
         if (
             previous is not None
             and old is not None
-            and old.experiments.get(exp_id) == exp
+            and ((same := old.experiments.get(exp_id)) is exp or same == exp)
             and (exp_id in old.blocked) == blocked
         ):
             decide[exp_id] = previous.decide[exp_id]
@@ -188,6 +200,8 @@ def _compile_snapshot(snapshot: ConfigSnapshot, previous: _Compiled | None = Non
             recompiled += 1
         if not _allocating(exp, blocked):
             continue
+        if exp.status == "shadow":
+            shadow.append(exp)
         if exp.forced:
             forced.append((exp_id, decide[exp_id]))
         else:
@@ -199,7 +213,9 @@ def _compile_snapshot(snapshot: ConfigSnapshot, previous: _Compiled | None = Non
         kept = reusable.get(salt)
         layers.append(kept if kept is not None and kept.key == key else _layer_index(salt, key))
     active = bool(by_salt or forced)
-    return _Compiled(snapshot, decide, enabled, tuple(layers), tuple(forced), active, recompiled)
+    return _Compiled(
+        snapshot, decide, enabled, tuple(layers), tuple(forced), active, tuple(shadow), recompiled
+    )
 
 
 class Allocator:
@@ -319,6 +335,26 @@ class Allocator:
                 z = ((z ^ (z >> 30)) * c1) & m64
                 z = ((z ^ (z >> 27)) * c2) & m64
                 out[member.id] = member.arms[bisect_right(member.thresholds, (z ^ (z >> 31)) >> 32)]
+        return out
+
+    def shadow_arms(self, request: Mapping[str, Any]) -> list[ShadowArm]:
+        """The candidates to score in shadow for this request (not to serve): one per
+        experiment in shadow mode whose drawn arm serves a model other than control's.
+
+        Serve :meth:`assignments` (which omits a shadow experiment), then score each returned
+        ``model`` too and log its prediction to ``shadow_predictions`` with the experiment and
+        arm. A kill switch stops the shadow scoring too.
+
+        Raises:
+            ConfigError: When the request has no ``unit_id`` and an experiment is in shadow.
+        """
+        shadow = self._current.shadow
+        out: list[ShadowArm] = []
+        for exp in shadow:
+            arm = reference_shadow_arm(exp, False, request)
+            model = shadow_model(exp, arm)
+            if model is not None:
+                out.append(ShadowArm(exp.id, exp.arms[arm], model))
         return out
 
     def assign_many(

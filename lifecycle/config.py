@@ -79,6 +79,19 @@ class ModelEntry(_Strict):
     description: str = ""
     refresh_minutes: int | None = Field(default=None, gt=0)
     training_ne: float | None = Field(default=None, gt=0)
+    ms_per_request: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Declared serving cost: CPU milliseconds per request on the serving tier "
+        "(issue 18); the preflight's resource estimate uses it before the replay's measurement.",
+    )
+    memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Declared memory the model needs on the serving tier, in GB.",
+    )
 
 
 class Arm(_Strict):
@@ -121,6 +134,13 @@ class RolloutPlan(_Strict):
         description="Run in shadow mode before the first stage (issue 18): the candidate scores "
         "its arm's live requests but control's answer is served; its predictions are logged to "
         "the shadow_predictions table and judged by the preflight.",
+    )
+    shadow_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="Minimum time in shadow mode before the rollout controller judges the "
+        "shadow run; when its checks pass (none fails, none could not tell) the experiment moves "
+        "to its first stage, when one fails it is paused.",
     )
 
     @field_validator("stages")

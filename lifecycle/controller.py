@@ -11,6 +11,14 @@ query for all of them, unit-clustered: :mod:`tools.unit_stats`), evaluates the g
 3. ``advance`` (the stage ran its minimum time, every guardrail non-inferior) -> next stage.
 4. ``hold`` -> nothing.
 
+An experiment in shadow mode (issue 18) is judged after ``rollout.shadow_minutes``: its shadow
+predictions since the shadow began are read per candidate arm (``ShadowSource``, the
+``shadow_predictions`` table) and each arm is judged by the preflight's shadow step
+(:func:`lifecycle.preflight.judge_shadow`). Every check of every arm holds (``ok`` or ``warn``)
+-> ``end_shadow``: the experiment moves to its first stage; one fails in any arm -> ``pause``
+with the arm named (no user saw the candidate; the owner completes it, or resumes the shadow
+after a fix); no data or inconclusive -> hold. A kill switch wins here too.
+
 Stage time and data count only from the stage's start. Every action is audited with the actor
 ``rollout-gate``, the decision and the statistics that drove it; holds are not audited (one per
 tick would drown the log). The controller runs on the telemetry clock: ``tick(at)`` is "now"
@@ -22,22 +30,26 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, assert_never
+from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 import pandas as pd
 
 from lifecycle.alerts import AlertLedger
 from lifecycle.config import GuardrailMetric
 from lifecycle.gate import ArmSummary, GateConfig, GateInput, GateReport, evaluate_gate
+from lifecycle.gate import Decision as GateDecision
 from lifecycle.monitors import GUARDRAIL_ALERT_METRIC, UNIT_METRIC, AlertSpec, arm_statistics
 from lifecycle.monitors import unit_statistics as _unit_statistics
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
+from lifecycle.settings import LifecycleSettings
 from lifecycle.views import ExperimentView
-from tools.errors import StateError
-from tools.schema import TelemetrySchema
+from tools.errors import StateError, TelemetryError
 from tools.unit_stats import UnitStatsReader, unit_sum_columns
 from tools.vocabulary import as_utc, utc_now
+
+if TYPE_CHECKING:  # the preflight's modules load scikit-learn: imported when a shadow is judged
+    from lifecycle.preflight import ShadowSource
+    from tools.checks.replay import ReplayParams
 
 __all__ = [
     "ACTOR",
@@ -55,7 +67,7 @@ ACTOR = "rollout-gate"
 ALERT_SOURCE = "rollout-gate"
 """The alert ledger's source for ``pause_and_alert`` alerts."""
 
-Action = Literal["advance", "hold", "ramp_down", "kill", "alert", "skipped"]
+Action = Literal["advance", "hold", "ramp_down", "kill", "alert", "pause", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,9 @@ class RolloutController:
         ledger: Alert ledger for ``pause_and_alert``; opened on ``state_url`` if None.
         gate: The gate's thresholds.
         vocabulary: Targeting vocabulary of the service (as in the settings).
+        shadow: Shadow predictions of experiments in shadow mode (None: a shadow run is never
+            judged, so it holds until a human advances it with force).
+        replay: Thresholds of the shadow run's checks.
     """
 
     def __init__(
@@ -179,7 +194,11 @@ class RolloutController:
         ledger: AlertLedger | None = None,
         gate: GateConfig | None = None,
         vocabulary: Mapping[str, Collection[str]] | None = None,
+        shadow: ShadowSource | None = None,
+        replay: ReplayParams | None = None,
     ) -> None:
+        self._shadow = shadow
+        self._replay = replay
         self._at: datetime | None = None
         self._gate = gate or GateConfig()
         self.service = ExperimentService(
@@ -190,15 +209,19 @@ class RolloutController:
         self.ticks = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RolloutController:
+    def from_settings(cls, settings: LifecycleSettings) -> RolloutController:
         """A controller on the settings' state store and telemetry (tables as mapped)."""
-        schema = TelemetrySchema.from_mappings(
-            settings.telemetry_tables, settings.telemetry_columns
-        )
+        schema = settings.telemetry_schema()
+        from lifecycle.inference import ShadowLog
+
         return cls(
             settings.state_url,
             UnitStatsReader(settings.telemetry_url, schema),
             vocabulary=settings.targeting_vocabulary,
+            shadow=ShadowLog(
+                settings.telemetry_url,
+                requests=settings.telemetry_tables.get("requests", "requests"),
+            ),
         )
 
     def _now(self) -> datetime:
@@ -275,6 +298,9 @@ class RolloutController:
         """
         end = as_utc(at) if at is not None else self.now()
         decisions = [self._act(look) for look in self.evaluate(end)]
+        decisions += [
+            self._judge_shadow(v, end) for v in self.service.list() if v.status == "shadow"
+        ]
         # An alert stays open while its experiment's stage keeps failing the gate.
         failing = {f"{d.experiment_id}:stage{d.stage}" for d in decisions if d.action == "alert"}
         for record in self._ledger.open_alerts(ALERT_SOURCE):
@@ -318,6 +344,71 @@ class RolloutController:
         except StateError:
             # Changed under us (killed, paused by a human): theirs wins; the next tick sees it.
             return _decision(look, "skipped", _state(self.service.get(view.id)))
+        finally:
+            self._at = None
+
+    def _judge_shadow(self, view: ExperimentView, end: datetime) -> Decision:
+        started = as_utc(view.stage_started_at)
+        elapsed = max(0.0, (end - started) / timedelta(minutes=1))
+        due = view.rollout.shadow_minutes
+
+        def decision(action: Action, reason: str, after: str = "shadow") -> Decision:
+            gate: GateDecision = (
+                "advance" if action == "advance" else "rollback" if action == "pause" else "hold"
+            )
+            report = GateReport(
+                decision=gate,
+                reasons=[reason],
+                srm=None,
+                guardrails=[],
+                elapsed_minutes=elapsed,
+                min_minutes=float(due),
+            )
+            return _decision(Look(view, report, GateInput(), end), action, after)
+
+        # 1. A kill switch wins over the controller.
+        if view.killed:
+            return decision("skipped", "a kill switch stops it")
+        # 2. The shadow run lasts its minimum time, then its predictions are judged.
+        if elapsed < due:
+            return decision("hold", f"shadow run: {elapsed:.0f} of {due} minutes")
+        if self._shadow is None:
+            return decision("hold", "no shadow log to judge the shadow run")
+        from lifecycle.preflight import judge_shadow
+
+        try:
+            samples = self._shadow.shadow_samples(view.id, started, end)
+        except TelemetryError as exc:
+            return decision("hold", f"shadow run not read: {exc}")
+        if not samples:
+            return decision("hold", "no shadow predictions logged yet")
+        # Each candidate arm is judged on its own sample: one failing arm fails the run.
+        step = judge_shadow(samples, self._replay)
+        evidence = {
+            "verdict": step.verdict,
+            "summary": step.summary,
+            "arms": {s.arm: len(s.labels) for s in samples},
+            "checks": [{"check": c.check, "arm": c.arm, "verdict": c.verdict} for c in step.checks],
+        }
+        self._at = end
+        try:
+            # 3. Pass -> first stage; fail -> pause; could not tell -> hold.
+            match step.verdict:
+                case "ok" | "warn":
+                    reason = f"shadow run passed: {step.summary}"
+                    self.service.end_shadow(view.id, ACTOR, reason, evidence=evidence)
+                    return decision("advance", reason, "ramping(0)")
+                case "fail":
+                    reason = f"shadow run failed: {step.summary}"
+                    self.service.pause(view.id, ACTOR, reason)
+                    return decision("pause", reason, "paused")
+                case "inconclusive" | "no_data":
+                    return decision("hold", step.summary)
+                case _:
+                    assert_never(step.verdict)
+        except StateError:
+            # Changed under us (killed, paused by a human): theirs wins; the next tick sees it.
+            return decision("skipped", "changed concurrently", _state(self.service.get(view.id)))
         finally:
             self._at = None
 

@@ -10,7 +10,7 @@ production model (:mod:`lifecycle.preflight`). What does the scoring is a :class
 
 Both return :class:`Scored`: one prediction and one latency per request, in the order given.
 :class:`ShadowLog` reads what a shadow run logged (the optional ``shadow_predictions`` table)
-beside the served predictions, for the preflight's shadow step.
+beside the served predictions, one sample per candidate arm, for the preflight's shadow step.
 Requests go over the wire as one FP32 tensor ``[n, k]`` built by a :data:`FeatureEncoder` from
 the logged columns; what a model needs as input is the deployment's business, so the encoder is
 a parameter (:func:`numeric_encoder` picks numeric columns as they are).
@@ -300,13 +300,18 @@ class ShadowLog:
         self._table = table
         self._requests = requests
 
-    def shadow_sample(
+    def shadow_samples(
         self, experiment_id: str, start: datetime, end: datetime
-    ) -> ReplaySample | None:
-        """The experiment's shadow predictions in ``[start, end)`` paired with the served ones.
+    ) -> list[ReplaySample]:
+        """The experiment's shadow predictions in ``[start, end)`` paired with the served ones,
+        one sample per candidate arm (in arm order), so each candidate is judged on its own.
 
         Returns:
-            None when there is no shadow table or no shadow row for the experiment.
+            Empty when there is no shadow table or no shadow row for the experiment.
+
+        Raises:
+            TelemetryUnavailable: The warehouse could not be reached.
+            TelemetryQueryError: The warehouse could not answer the query.
         """
         try:
             return self._read(experiment_id, start, end)
@@ -315,9 +320,9 @@ class ShadowLog:
         except sa.exc.SQLAlchemyError as exc:
             raise TelemetryQueryError(f"shadow predictions could not be read: {exc}") from exc
 
-    def _read(self, experiment_id: str, start: datetime, end: datetime) -> ReplaySample | None:
+    def _read(self, experiment_id: str, start: datetime, end: datetime) -> list[ReplaySample]:
         if not sa.inspect(self._engine).has_table(self._table):
-            return None
+            return []
         s = sa.table(
             self._table,
             *(
@@ -345,14 +350,17 @@ class ShadowLog:
         with self._engine.connect() as conn:
             frame = pd.DataFrame(conn.execute(query).mappings().all())
         if frame.empty:
-            return None
-        return ReplaySample(
-            frame["shadow"].to_numpy(dtype=float, na_value=np.nan),
-            frame["served"].to_numpy(dtype=float, na_value=np.nan),
-            frame["label"].to_numpy(dtype=float),
-            frame["shadow_ms"].to_numpy(dtype=float, na_value=np.nan),
-            frame["served_ms"].to_numpy(dtype=float, na_value=np.nan),
-            source="shadow",
-            experiment=experiment_id,
-            arm=str(frame["arm"].iloc[0]),
-        )
+            return []
+        return [
+            ReplaySample(
+                rows["shadow"].to_numpy(dtype=float, na_value=np.nan),
+                rows["served"].to_numpy(dtype=float, na_value=np.nan),
+                rows["label"].to_numpy(dtype=float),
+                rows["shadow_ms"].to_numpy(dtype=float, na_value=np.nan),
+                rows["served_ms"].to_numpy(dtype=float, na_value=np.nan),
+                source="shadow",
+                experiment=experiment_id,
+                arm=str(arm),
+            )
+            for arm, rows in frame.groupby("arm", sort=True)
+        ]

@@ -30,6 +30,7 @@ __all__ = [
     "Context",
     "advance",
     "create",
+    "end_shadow",
     "kill",
     "move",
     "note",
@@ -180,7 +181,7 @@ def _move(
     state, revision, _ = records.read_state(ctx.conn, experiment_id)
     plan = records.load_experiments(ctx.conn, experiment_id)[0].config.rollout
     try:
-        new = transition(state, action, len(plan.stages))
+        new = transition(state, action, len(plan.stages), shadow=plan.shadow)
     except StateError as exc:
         if strict:
             raise StateError(f"experiment {experiment_id}: {exc}") from None
@@ -244,6 +245,11 @@ def advance(
             transition(state, "advance", len(exp.rollout.stages))
         except StateError as exc:
             raise StateError(f"experiment {experiment_id}: {exc}") from None
+    if state.status == "shadow" and not force:
+        raise StateError(
+            f"experiment {experiment_id}: in shadow mode, the shadow run's checks end it "
+            "(the rollout controller's end_shadow), or advance with force and a reason"
+        )
     if force:
         old, new = move(ctx, experiment_id, "advance", record_as="advance_forced")
         return AdvanceResult(
@@ -277,6 +283,24 @@ def advance(
         after=describe(new),
         gate=report,
     )
+
+
+def end_shadow(
+    ctx: Context, experiment_id: str, evidence: Mapping[str, Any], key: str | None
+) -> bool:
+    """Move a shadow experiment to its first stage, recorded as ``end_shadow`` with the shadow
+    run's evidence; False when ``key`` was used already.
+
+    Raises:
+        StateError: When the experiment is not in shadow mode.
+    """
+    if key is not None and audit.key_used(ctx.conn, key):
+        return False
+    state, _, _ = records.read_state(ctx.conn, experiment_id)
+    if state.status != "shadow":
+        raise StateError(f"experiment {experiment_id}: cannot end shadow from {describe(state)}")
+    move(ctx, experiment_id, "advance", record_as="end_shadow", key=key, extra={"shadow": evidence})
+    return True
 
 
 def ramp_down(ctx: Context, experiment_id: str, key: str | None) -> bool:

@@ -8,8 +8,12 @@ Steps, in order (each one a :class:`PreflightStep` of the :class:`PreflightRepor
    model and by the reference (control's model) through a :class:`~lifecycle.inference.
    ModelRunner`, and judged by :func:`tools.checks.replay.replay_checks`: calibration against the
    logged labels, NE, invalid predictions, distribution shift, latency.
-3. **resources** — the candidate's cost per request (measured by the replay, or declared) × the
-   experiment's share of the tier's peak traffic, against the tier's capacity.
+3. **resources** — the candidate's cost per request × the experiment's share of the tier's peak
+   traffic, against the tier's capacity. The cost is the one declared in the model registry (the
+   serving version's ``ms_per_request``, ``memory_gb``), else the one declared in the
+   ``model_costs`` setting (a fallback for versions registered without a cost), else the replay's
+   measured p50; the estimate carries the measured cost beside the declared one and says which
+   it used.
 4. **shadow** — when a shadow run was logged (the optional ``shadow_predictions`` table), the
    candidate's live predictions are judged against the served ones with the same checks.
 5. **risk** — the :class:`~lifecycle.risk.RiskModel` scores the launch and places it in a zone.
@@ -23,11 +27,9 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import numpy as np
 import pandas as pd
 
 from lifecycle.inference import InferenceError, InferenceUnavailable, ModelRunner
@@ -43,10 +45,11 @@ from lifecycle.preflight_models import (
     decide,
     worst,
 )
+from lifecycle.resources import Capacity, ModelCost, estimate_resources
 from lifecycle.risk import IncidentHistory, LaunchFeatures, RiskModel
 from lifecycle.views import ExperimentView, ModelView
 from tools.checks.replay import ReplayParams, ReplaySample, replay_checks
-from tools.errors import TelemetryError
+from tools.errors import ConfigError, TelemetryError
 from tools.result import CheckResult, Verdict
 from tools.vocabulary import utc_now
 
@@ -66,6 +69,7 @@ __all__ = [
     "ShadowSource",
     "StepName",
     "decide",
+    "judge_shadow",
 ]
 
 
@@ -96,31 +100,15 @@ class RequestSource(Protocol):
 
 
 class ShadowSource(Protocol):
-    """Shadow predictions of an experiment paired with the served ones (None: no shadow run)."""
+    """Shadow predictions of an experiment paired with the served ones, one sample per arm
+    (``lifecycle.inference.ShadowLog`` has it)."""
 
-    def shadow_sample(
+    def shadow_samples(
         self, experiment_id: str, start: datetime, end: datetime
-    ) -> ReplaySample | None:
-        """The candidate's logged shadow predictions beside the served predictions and labels."""
+    ) -> list[ReplaySample]:
+        """Each candidate arm's logged shadow predictions beside the served predictions and
+        labels (``ReplaySample.arm`` names the arm); empty when there was no shadow run."""
         ...
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """The serving tier: its peak traffic and what it can give a candidate."""
-
-    peak_rps: float = 20_000.0
-    cores: float = 64.0
-    memory_gb: float = 256.0
-    utilisation: float = 0.7
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """A model's declared serving cost (from its registry entry or its owner)."""
-
-    ms_per_request: float | None = None
-    memory_gb: float | None = None
 
 
 class Preflight:
@@ -132,7 +120,8 @@ class Preflight:
         requests: Logged production requests (None: the replay is inconclusive).
         production_model: The reference when control serves no model of its own.
         capacity: The serving tier.
-        declared: Declared costs per model id.
+        declared: Declared costs per model id, for versions whose registry entry declares none
+            (the ``model_costs`` setting); the registry's declaration comes first.
         risk: The trained risk model (None: the risk step is inconclusive, zone yellow).
         incidents: Vigil's own investigations, counted per owner and layer.
         shadow: Shadow predictions, when the experiment ran in shadow mode.
@@ -192,12 +181,16 @@ class Preflight:
             _timed(lambda: self._replay(exp, candidates, reference, registry, now, replayed))
         )
         estimates: list[ResourceEstimate] = []
-        steps.append(_timed(lambda: self._resources(exp, candidates, replayed, estimates)))
+        steps.append(
+            _timed(
+                lambda: estimate_resources(
+                    exp, candidates, registry, replayed, self._capacity, self._declared, estimates
+                )
+            )
+        )
         try:
             shadow = (
-                self._shadow.shadow_sample(exp.id, now - self._window, now)
-                if self._shadow
-                else None
+                self._shadow.shadow_samples(exp.id, now - self._window, now) if self._shadow else []
             )
         except TelemetryError as exc:
             steps.append(
@@ -205,9 +198,9 @@ class Preflight:
                     name="shadow", verdict="inconclusive", summary=f"Shadow run not read: {exc}"
                 )
             )
-            shadow = None
-        if shadow is not None:
-            steps.append(_timed(lambda: _shadow_step(shadow, self._params)))
+            shadow = []
+        if shadow:
+            steps.append(_timed(lambda: judge_shadow(shadow, self._params)))
         risk = self._score(exp, candidates, steps, now)
         steps.append(_risk_step(risk, self._risk is not None))
         zone, decision = decide(steps, risk.zone if risk else None)
@@ -241,11 +234,13 @@ class Preflight:
             return PreflightStep(
                 name="validation", verdict="fail", summary="; ".join(problems) + "."
             )
-        return PreflightStep(
-            name="validation",
-            verdict="ok",
-            summary=f"Configuration is valid: {len(exp.arms)} arms, models registered.",
-        )
+        summary = f"Configuration is valid: {len(exp.arms)} arms, models registered."
+        if exp.rollout.shadow:
+            summary += (
+                f" It starts in shadow mode: its candidates score live requests for at least "
+                f"{exp.rollout.shadow_minutes} minutes, control served, before its first stage."
+            )
+        return PreflightStep(name="validation", verdict="ok", summary=summary)
 
     def _replay(
         self,
@@ -311,67 +306,6 @@ class Preflight:
             ": " + " ".join(bad) if bad else ": calibration, NE, predictions and latency hold."
         )
         return PreflightStep(name="replay", verdict=verdict, summary=summary, checks=checks)
-
-    def _resources(
-        self,
-        exp: ExperimentView,
-        candidates: Mapping[str, str],
-        replayed: Mapping[str, list[CheckResult]],
-        out: list[ResourceEstimate],
-    ) -> PreflightStep:
-        if not candidates:
-            return PreflightStep(name="resources", verdict="ok", summary="No new model to serve.")
-        cap = self._capacity
-        weights = {arm: a.weight for arm, a in exp.arms.items()}
-        total = sum(weights.values())
-        for arm, model in candidates.items():
-            declared = self._declared.get(model, ModelCost())
-            measured = _measured_ms(replayed.get(arm, []))
-            if measured is not None:
-                cost, source = measured, "measured"
-            elif declared.ms_per_request is not None:
-                cost, source = declared.ms_per_request, "declared"
-            else:
-                continue
-            share = exp.traffic_pct / 100 * weights[arm] / total
-            peak = cap.peak_rps * share
-            cores = cost / 1000 * peak
-            memory = declared.memory_gb
-            fits = cores <= cap.cores * cap.utilisation and (
-                memory is None or memory <= cap.memory_gb * cap.utilisation
-            )
-            out.append(
-                ResourceEstimate(
-                    model=model,
-                    cost_ms_per_request=cost,
-                    cost_source=source,
-                    peak_rps=peak,
-                    cores_needed=cores,
-                    cores_available=cap.cores * cap.utilisation,
-                    memory_gb_needed=memory,
-                    memory_gb_available=cap.memory_gb * cap.utilisation,
-                    fits=fits,
-                )
-            )
-        if not out:
-            return PreflightStep(
-                name="resources",
-                verdict="inconclusive",
-                summary="No measured or declared cost per request to estimate from.",
-            )
-        words = [
-            f"{e.model} needs {e.cores_needed:.1f} of {e.cores_available:.1f} cores at "
-            f"{e.peak_rps:,.0f} requests/s ({e.cost_ms_per_request:.3f} ms per request, "
-            f"{e.cost_source})"
-            for e in out
-        ]
-        fits = all(e.fits for e in out)
-        lead = "Fits the serving tier: " if fits else "Does not fit the serving tier: "
-        return PreflightStep(
-            name="resources",
-            verdict="ok" if fits else "fail",
-            summary=lead + "; ".join(words) + ".",
-        )
 
     def _score(
         self,
@@ -439,24 +373,49 @@ def _minutes(delta: timedelta) -> int:
     return int(delta.total_seconds() // 60)
 
 
-def _measured_ms(checks: Sequence[CheckResult]) -> float | None:
-    for c in checks:
-        if c.check == "latency" and c.evidence:
-            rows = c.evidence[0].rows
-            cols = c.evidence[0].columns
-            p50 = rows[0][cols.index("p50")] if "p50" in cols else None
-            if isinstance(p50, int | float) and np.isfinite(p50):
-                return float(p50)
-    return None
+def judge_shadow(
+    samples: Sequence[ReplaySample], params: ReplayParams | None = None
+) -> PreflightStep:
+    """The shadow step: a shadow run's predictions judged against the served ones, each candidate
+    arm on its own (the replay's checks, ``source: shadow``). The preflight and the rollout
+    controller, which ends a shadow run on it, both call this.
 
+    The step's verdict is the worst of every arm's checks, so one failing arm fails the shadow
+    run; its summary names each arm that did not hold, and every check carries its arm.
 
-def _shadow_step(sample: ReplaySample, params: ReplayParams) -> PreflightStep:
-    checks = replay_checks(sample, params)
+    Args:
+        samples: One per candidate arm: its shadow predictions beside the served ones and the
+            clicks (``ReplaySample.arm`` names the arm).
+        params: Thresholds of the replay checks.
+
+    Raises:
+        ConfigError: When ``samples`` is empty or names an arm twice.
+    """
+    arms = [s.arm or "?" for s in samples]
+    if not samples:
+        raise ConfigError("samples", [], "a shadow run is judged on at least one arm's sample")
+    if len(set(arms)) != len(arms):
+        raise ConfigError("samples", arms, "one sample per arm")
+    params = params or ReplayParams()
+    checks: list[CheckResult] = []
+    parts: list[str] = []
+    failed: list[str] = []
+    for arm, sample in zip(arms, samples, strict=True):
+        own = replay_checks(sample, params)
+        checks.extend(own)
+        if worst(own) == "fail":
+            failed.append(arm)
+        bad = [c.summary for c in own if c.verdict != "ok"]
+        n = sample.labels.shape[0]
+        head = f"arm {arm}, {n:,} live requests scored beside the served model"
+        parts.append(
+            f"{head} ({worst(own)}): " + " ".join(bad)
+            if bad
+            else f"{head}: calibration, NE, predictions and latency hold."
+        )
     verdict = worst(checks)
-    bad = [c.summary for c in checks if c.verdict != "ok"]
-    n = sample.labels.shape[0]
-    summary = f"Shadow run: {n:,} live requests scored beside the served model"
-    summary += ": " + " ".join(bad) if bad else ": calibration, NE, predictions and latency hold."
+    lead = f"Shadow run failed in arm {', '.join(failed)}" if failed else "Shadow run"
+    summary = f"{lead}: " + " ".join(parts)
     return PreflightStep(name="shadow", verdict=verdict, summary=summary, checks=checks)
 
 

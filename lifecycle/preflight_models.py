@@ -19,6 +19,7 @@ __all__ = [
     "CONCURRENT_DAYS",
     "HISTORY_DAYS",
     "Decision",
+    "DeclaredBy",
     "PreflightReport",
     "PreflightStep",
     "ResourceEstimate",
@@ -30,6 +31,8 @@ __all__ = [
 
 StepName = Literal["validation", "replay", "resources", "shadow", "risk"]
 Decision = Literal["start", "needs_approval", "refused"]
+DeclaredBy = Literal["registry", "settings"]
+"""Where a declared cost came from: the model registry, or the ``model_costs`` setting."""
 RANK: Mapping[Verdict, int] = {"fail": 4, "warn": 3, "inconclusive": 2, "no_data": 1, "ok": 0}
 HISTORY_DAYS = 180
 CONCURRENT_DAYS = 3
@@ -54,7 +57,15 @@ class ResourceEstimate(_Frozen):
 
     model: str
     cost_ms_per_request: float
-    cost_source: Literal["measured", "declared"]
+    cost_source: Literal["measured", "declared"] = Field(
+        description="declared (the registry's or the setting's, where given) or measured."
+    )
+    declared_by: DeclaredBy | None = Field(
+        default=None, description="Where the declared cost came from (None when measured)."
+    )
+    measured_ms_per_request: float | None = Field(
+        default=None, description="The replay's measured p50 cost, beside a declared one."
+    )
     peak_rps: float
     cores_needed: float
     cores_available: float

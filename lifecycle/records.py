@@ -94,6 +94,8 @@ def load_models(conn: Connection) -> list[ModelView]:
                 description=r["description"],
                 refresh_minutes=r["refresh_minutes"],
                 training_ne=r["training_ne"],
+                ms_per_request=r["ms_per_request"],
+                memory_gb=r["memory_gb"],
             ),
         )
         for r in rows
@@ -112,6 +114,8 @@ def insert_model(conn: Connection, model: ModelEntry, at: datetime) -> None:
             description=model.description,
             refresh_minutes=model.refresh_minutes,
             training_ne=model.training_ne,
+            ms_per_request=model.ms_per_request,
+            memory_gb=model.memory_gb,
             registered_at=s.to_db_time(at),
         )
     )

@@ -23,16 +23,17 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
 from lifecycle.allocation import ConfigSnapshot
 from lifecycle.allocator import Allocator
+from lifecycle.shadow import ShadowArm
 from lifecycle.wire import apply_delta, decode_envelope, envelope_base
-from tools.errors import ConfigError, SnapshotUnavailable
+from tools.errors import ConfigError, RetryableError, SnapshotUnavailable
 
-__all__ = ["RemoteAllocator", "RemoteHealth"]
+__all__ = ["BackgroundRefresh", "RemoteAllocator", "RemoteHealth"]
 
 
 class _OutOfStep(Exception):
@@ -170,6 +171,10 @@ class RemoteAllocator:
         """:meth:`Allocator.assignments` on the latest good snapshot."""
         return self._current().assignments(request)
 
+    def shadow_arms(self, request: Mapping[str, Any]) -> list[ShadowArm]:
+        """:meth:`Allocator.shadow_arms` on the latest good snapshot (issue 18)."""
+        return self._current().shadow_arms(request)
+
     def health(self) -> RemoteHealth:
         """The feed's state: version served, connection, refused updates, last error."""
         return self._health
@@ -304,3 +309,59 @@ class RemoteAllocator:
             wait = self._backoff_now * (0.5 + random.random() / 2)  # jitter spreads reconnections
             self._backoff_now = min(self._backoff[1], self._backoff_now * 2)
             self._closed.wait(wait)
+
+
+class Refreshable(Protocol):
+    """What :class:`BackgroundRefresh` drives: ``lifecycle.ExperimentService`` is one."""
+
+    def refresh(self) -> bool:
+        """Install the stored state's newer snapshot, if any; True when one was installed."""
+        ...
+
+
+class BackgroundRefresh:
+    """Keeps an in-process allocator current from a background thread, not the serving ones.
+
+    ``ExperimentService.refresh()`` reads the state version and, when another process changed
+    the state (the CLI's kill, say), builds the new snapshot (incrementally: a kill recompiles
+    the one experiment it stops) and swaps it into ``service.allocator()``. Called from a serving
+    thread, that thread pays the rebuild; this calls it every ``interval_s`` on a daemon thread,
+    so serving threads only ever read the allocator. A busy store is retried at the next tick
+    (and shown in :attr:`last_error`).
+
+    Args:
+        service: What to refresh (``ExperimentService``).
+        interval_s: Seconds between two checks of the state version.
+    """
+
+    def __init__(self, service: Refreshable, interval_s: float = 0.05) -> None:
+        if interval_s <= 0:
+            raise ConfigError("interval_s", interval_s, "must be positive")
+        self._service = service
+        self._interval = interval_s
+        self._closed = threading.Event()
+        self.refreshed = 0
+        """How many newer snapshots were installed."""
+        self.last_error: str | None = None
+        """The last retryable failure (None after a good check)."""
+        self._thread = threading.Thread(target=self._run, name="vigil-refresh", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed.wait(self._interval):
+            try:
+                self.refreshed += bool(self._service.refresh())
+                self.last_error = None
+            except RetryableError as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        """Stop the thread (the allocator keeps serving what it last installed)."""
+        self._closed.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> BackgroundRefresh:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -7,6 +7,10 @@
                draft        pause: ramping/running -> paused; resume: back to where it was
     kill: any live state -> killed; release: killed -> paused (or draft), never straight to serving
 
+A plan with ``shadow: true`` starts in ``shadow`` instead of ``ramping(0)``: validating -> shadow
+-> ramping(0) (``advance``, after the shadow run's checks pass). In shadow the experiment's whole
+range is enrolled and served control; its candidates are scored, not served (issue 18).
+
 ``running`` is the last stage after its gate passed: the experiment is fully rolled out and its
 monitors keep watching it. ``completed`` is terminal. An illegal transition raises
 :class:`~tools.errors.StateError` naming the state and the actions it allows.
@@ -45,12 +49,15 @@ Action = Literal[
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 
-_SERVING: frozenset[Status] = frozenset({"ramping", "running"})
-_LIVE: frozenset[Status] = frozenset({"draft", "validating", "ramping", "running", "paused"})
+_SERVING: frozenset[Status] = frozenset({"shadow", "ramping", "running"})
+_LIVE: frozenset[Status] = frozenset(
+    {"draft", "validating", "shadow", "ramping", "running", "paused"}
+)
 
 _ALLOWED: dict[Status, frozenset[Action]] = {
     "draft": frozenset({"submit", "kill"}),
     "validating": frozenset({"reject", "start", "kill"}),
+    "shadow": frozenset({"advance", "ramp_down", "pause", "kill"}),
     "ramping": frozenset({"advance", "ramp_down", "pause", "kill"}),
     "running": frozenset({"ramp_down", "pause", "kill", "complete"}),
     "paused": frozenset({"resume", "kill", "complete"}),
@@ -80,13 +87,16 @@ def allowed_actions(state: RolloutState) -> list[str]:
     return [a for a in ACTIONS if a in _ALLOWED[state.status]]
 
 
-def transition(state: RolloutState, action: Action, stages: int) -> RolloutState:
+def transition(
+    state: RolloutState, action: Action, stages: int, *, shadow: bool = False
+) -> RolloutState:
     """The state after ``action``.
 
     Args:
         state: The current state.
         action: What to do.
         stages: Number of stages of the rollout plan.
+        shadow: The plan runs in shadow mode first (``start`` goes to ``shadow``).
 
     Raises:
         StateError: When the state does not allow the action.
@@ -102,13 +112,17 @@ def transition(state: RolloutState, action: Action, stages: int) -> RolloutState
         case "reject":
             return RolloutState("draft", 0)
         case "start":
-            return RolloutState("ramping", 0)
+            return RolloutState("shadow" if shadow else "ramping", 0)
         case "advance":
+            if state.status == "shadow":
+                return RolloutState("ramping", 0)
             if state.stage >= last:
                 return RolloutState("running", last)
             return replace(state, stage=state.stage + 1)
         case "ramp_down":
-            # One stage back; below the first stage there is only pausing.
+            # One stage back; below the first stage (or in shadow) there is only pausing.
+            if state.status == "shadow":
+                return RolloutState("paused", state.stage, prior="shadow")
             target = state.stage - 1 if state.status == "ramping" else last - 1
             if target < 0:
                 return RolloutState("paused", state.stage, prior=state.status)
@@ -133,9 +147,12 @@ def transition(state: RolloutState, action: Action, stages: int) -> RolloutState
 
 
 def coverage(state: RolloutState, plan: RolloutPlan) -> float:
-    """Percent of the experiment's range enrolled: the stage's share while serving, else 0."""
+    """Percent of the experiment's range enrolled: the stage's share while serving, all of it in
+    shadow (served control: the shadow run scores the traffic the resource check sized), else 0."""
     if state.status not in _SERVING:
         return 0.0
+    if state.status == "shadow":
+        return 100.0
     return plan.stages[min(state.stage, len(plan.stages) - 1)].percent
 
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import select
 
@@ -38,7 +38,7 @@ from lifecycle.allocator import Allocator
 from lifecycle.config import Experiment, ExperimentFile, Layer, ModelEntry
 from lifecycle.gate import GateConfig, GateInput
 from lifecycle.rollout import Action, RolloutState, coverage
-from lifecycle.settings import Settings
+from lifecycle.settings import LifecycleSettings
 from lifecycle.validation import check_file, make_vocabulary
 from lifecycle.views import (
     AdvanceResult,
@@ -92,9 +92,11 @@ class ExperimentService:
         self._listed: tuple[int, builtins.list[ExperimentView]] | None = None
         self._configs: dict[str, Experiment] = {}
         self._compiled: Mapping[str, CompiledExperiment] = {}
+        # Coverage per (experiment, status, stage, prior): a kill moves one experiment's key.
+        self._coverage: dict[tuple[str, str, int, str | None], float] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ExperimentService:
+    def from_settings(cls, settings: LifecycleSettings) -> ExperimentService:
         """A service on ``settings.state_url`` with its targeting vocabulary."""
         return cls(settings.state_url, vocabulary=settings.targeting_vocabulary)
 
@@ -307,12 +309,17 @@ class ExperimentService:
                     self._configs.setdefault(stored.config.id, stored.config)
             switches = killswitch.active_switches(conn)
         configs = [self._configs[r.id] for r in rows]
-        states = {r.id: RolloutState(cast(Status, r.status), int(r.stage), r.prior) for r in rows}
+        cover = self._coverage
+        keys = {r.id: (r.id, r.status, int(r.stage), r.prior) for r in rows}
+        for key in keys.values():
+            if key not in cover:
+                state = RolloutState(cast(Status, key[1]), key[2], cast(Status | None, key[3]))
+                cover[key] = coverage(state, self._configs[key[0]].rollout)
         snapshot = build_snapshot(
             layers.values(),
             configs,
-            status={e.id: states[e.id].status for e in configs},
-            coverage_pct={e.id: coverage(states[e.id], e.rollout) for e in configs},
+            status={r.id: cast(Status, r.status) for r in rows},
+            coverage_pct={i: cover[key] for i, key in keys.items()},
             ranges={r.id: (float(r.range_start), float(r.range_end)) for r in rows},
             kill_switches=switches,
             version=version,
@@ -451,6 +458,29 @@ class ExperimentService:
             _required("reason", reason)
         with self._acting(actor, reason) as ctx:
             return m.advance(ctx, experiment_id, stats, force, self._gate)
+
+    def end_shadow(
+        self,
+        experiment_id: str,
+        actor: str,
+        reason: str,
+        *,
+        evidence: Mapping[str, Any] | None = None,
+        key: str | None = None,
+    ) -> bool:
+        """End an experiment's shadow run: it moves to its first rollout stage (issue 18).
+
+        The rollout controller calls it once the shadow run's checks passed; the audit entry
+        (``end_shadow``) carries ``evidence`` (the checks' verdicts). Idempotent by ``key``.
+
+        Returns:
+            True when the experiment left shadow mode; False when ``key`` was used already.
+
+        Raises:
+            StateError: When the experiment is not in shadow mode.
+        """
+        with self._acting(actor, _required("reason", reason)) as ctx:
+            return m.end_shadow(ctx, experiment_id, evidence or {}, key)
 
     def ramp_down(
         self, experiment_id: str, actor: str, reason: str, *, key: str | None = None

@@ -98,6 +98,9 @@ models = Table(
     Column("refresh_minutes", Integer, nullable=True),
     Column("training_ne", Float, nullable=True),
     Column("registered_at", DateTime, nullable=False),
+    # The declared serving cost (migration 0003, issue 18); None: not declared.
+    Column("ms_per_request", Float, nullable=True),
+    Column("memory_gb", Float, nullable=True),
     PrimaryKeyConstraint("id", "version", name="pk_models"),
 )
 

@@ -62,6 +62,8 @@ class _WireExperiment(BaseModel):
     status: Status
     coverage_pct: float = Field(ge=0, le=100)
     models: list[str]
+    arm_models: list[str | None] = Field(default_factory=list)
+    """The model of each arm, in arm order (what a shadow experiment scores; issue 18)."""
 
 
 class _WireSnapshot(BaseModel):
@@ -113,6 +115,7 @@ def _experiment_json(e: CompiledExperiment) -> dict[str, Any]:
         "status": e.status,
         "coverage_pct": e.coverage_pct,
         "models": sorted(e.models),
+        "arm_models": list(e.arm_models),
     }
 
 
@@ -148,6 +151,8 @@ def _experiment(i: int, w: _WireExperiment) -> CompiledExperiment:
     for unit, arm in w.forced.items():
         if not 0 <= arm < arms:
             raise ConfigError(f"{where}.forced.{unit}", arm, "not an arm index")
+    if w.arm_models and len(w.arm_models) != arms:
+        raise ConfigError(f"{where}.arm_models", w.arm_models, "one model (or null) per arm")
     return CompiledExperiment(
         id=w.id,
         layer=w.layer,
@@ -164,6 +169,7 @@ def _experiment(i: int, w: _WireExperiment) -> CompiledExperiment:
         status=w.status,
         coverage_pct=w.coverage_pct,
         models=frozenset(w.models),
+        arm_models=tuple(w.arm_models),
     )
 
 
@@ -224,7 +230,11 @@ def encode_delta(previous: ConfigSnapshot, snapshot: ConfigSnapshot, key: bytes)
         "version": snapshot.version,
         "base": previous.version,
         "experiments": [
-            _experiment_json(e) for i, e in snapshot.experiments.items() if old.get(i) != e
+            # Unchanged experiments are the same objects (the store and apply_delta reuse
+            # them): the identity test spares a field-by-field comparison of each.
+            _experiment_json(e)
+            for i, e in snapshot.experiments.items()
+            if (o := old.get(i)) is not e and o != e
         ],
         "removed": sorted(old.keys() - snapshot.experiments.keys()),
         **_sets_json(snapshot),

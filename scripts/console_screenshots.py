@@ -85,6 +85,9 @@ def main() -> None:
                 if suffix:
                     _shoot(page, base, "/console/", args.out / f"dashboard{suffix}.png")
                     _shoot(
+                        page, base, "/console/experiments/879", args.out / f"experiment{suffix}.png"
+                    )
+                    _shoot(
                         page,
                         base,
                         f"/console/investigations/{investigation}",

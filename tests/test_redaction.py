@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from agent.cli import _register_all, app
 from agent.server.errors import install_error_handlers
-from lifecycle.settings import Settings
+from agent.settings import Settings
 from tools.errors import RetryableError
 from tools.redaction import hide_passwords, redact_url
 

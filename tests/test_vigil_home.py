@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from agent.cli import _register_all, app
-from lifecycle.settings import Settings
+from agent.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

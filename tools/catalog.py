@@ -61,7 +61,8 @@ class ExperimentInfo:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model's id and refresh cadence in minutes (None: it does not refresh)."""
+    """A model's id and declared refresh cadence in minutes (None: not declared; the cadence is
+    then read from the gaps between its published snapshots, :func:`cadence`)."""
 
     id: str
     refresh_minutes: int | None = None
@@ -125,9 +126,12 @@ def training_values(reader: TelemetryReader, frame: SubjectFrame, column: str) -
 
 
 def cadence(models: Mapping[str, ModelInfo], model_id: str, snapshots: pd.DataFrame) -> int | None:
-    """Refresh cadence: configured, else the median gap between published snapshots."""
+    """Refresh cadence: configured, else the median gap between published snapshots.
+
+    A model registered without ``refresh_minutes`` falls back to its snapshots' gaps too.
+    """
     info = models.get(model_id)
-    if info is not None:
+    if info is not None and info.refresh_minutes is not None:
         return info.refresh_minutes
     published = snapshots.loc[snapshots["model_id"] == model_id, "published_at"].sort_values()
     if len(published) < 3:

@@ -1,46 +1,65 @@
 """The check registry: every diagnostic check declared once, and everything else derived from it.
 
-:class:`Checks` is the typed interface the agent, the LLM and the fakes hold. Each of its check
-methods is registered with :func:`check`, which records the subjects a plan may run it on; from
-that one declaration come:
+:class:`Checks` is the typed interface the agent, the LLM and the fakes hold. Each check is one
+member, annotated with its shape (a callable protocol below: the signature and the ``Args:`` the
+LLM reads, shared by checks that take the same arguments) and assigned its declaration
+(:func:`~tools._checkspec.declare`: the scopes a plan may run it on, its summary, and its
+implementation, a few lines that read through the :class:`CheckContext` and call the check's pure
+function in ``tools/checks/``). From that one declaration come:
 
 - the check names (:data:`CheckName`, :data:`CHECKS`) and the playbooks' vocabulary (a playbook's
   check must be registered and may only run on the scopes registered for it);
-- the LLM's tool schemas (``agent.llm_tools``: each method's typed signature and docstring);
-- the dispatch of a planned check (:func:`run_check`) and the timing of every check;
-- :class:`RoutedChecks`, an implementation whose every check forwards to one method (fakes,
-  recorders), so a fake never copies the signatures.
+- the LLM's tool schemas (``agent.llm_tools``: each declaration's signature and docstring);
+- the methods of every implementation: each call, its arguments bound by name, goes to the
+  instance's ``route`` — :class:`RoutedChecks`; ``tools.toolbox.Toolbox`` routes it to the
+  declared implementation, the test fakes to their script — so nothing copies a signature;
+- the dispatch of a planned check (:func:`run_check`) and the timing of every check.
 
-Adding a check: write its function (``tools/checks/<name>.py``), add its name to
-:data:`CheckName` and its registered method here, and implement it on ``tools.toolbox.Toolbox``
-(mypy checks the implementation against this declaration; the import fails if a name and a method
-disagree).
+Adding a check: write its function (``tools/checks/<name>.py``), and here add its name to
+:data:`CheckName` and its member to :class:`Checks` with its implementation. The import fails if
+a name and a member disagree; mypy checks every caller against the shape and the implementation
+against :data:`~tools._checkspec.CheckRun`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, TypeVar, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import pandas as pd
 
+from tools._checkspec import (
+    CheckCall,
+    CheckContext,
+    CheckEntry,
+    CheckRun,
+    Scope,
+    Scored,
+    bind,
+    declare,
+)
 from tools.errors import ConfigError
 from tools.result import CheckResult
 from tools.vocabulary import MetricName
 
 __all__ = [
     "CHECKS",
+    "AttributionCheck",
+    "CheckCall",
+    "CheckContext",
     "CheckEntry",
     "CheckName",
+    "CheckRun",
     "Checks",
+    "ExperimentCheck",
+    "MetricCheck",
     "RoutedChecks",
     "Scope",
-    "check",
+    "Scored",
+    "SubjectCheck",
+    "WindowCheck",
     "check_entry",
     "registry",
     "run_check",
@@ -58,199 +77,46 @@ CheckName = Literal[
     "infra",
 ]
 CHECKS: tuple[CheckName, ...] = get_args(CheckName)
-Scope = Literal["experiment", "model", "global"]
-"""A subject a check runs on: one experiment (arms vs control), one model, or all traffic."""
-
-_SUBJECT_ARGUMENT: Mapping[Scope, str | None] = MappingProxyType(
-    {"experiment": "experiment_id", "model": "model_id", "global": None}
-)
-_F = TypeVar("_F", bound=Callable[..., CheckResult])
 
 
-@dataclass(frozen=True)
-class CheckEntry:
-    """One registered check.
-
-    Attributes:
-        name: The check's name (its method's name, the LLM's tool name).
-        function: The declaration (a method of :class:`Checks`): signature and docstring.
-        scopes: The subjects a playbook may plan it on; empty for checks that need more than a
-            subject (a metric), which localization calls itself.
-    """
-
-    name: CheckName
-    function: Callable[..., CheckResult]
-    scopes: tuple[Scope, ...]
-
-    def subject_arguments(self, scope: Scope, subject_id: str | None) -> dict[str, str | None]:
-        """The keyword arguments that name a subject of ``scope`` to this check.
-
-        Raises:
-            ConfigError: The check does not run on ``scope``.
-        """
-        if scope not in self.scopes:
-            raise ConfigError(
-                "scope", scope, f"the {self.name} check runs on {list(self.scopes) or 'no scope'}"
-            )
-        argument = _SUBJECT_ARGUMENT[scope]
-        return {} if argument is None else {argument: subject_id}
+# --- shapes: the signatures checks share ------------------------------------------------------
 
 
-_REGISTRY: dict[str, CheckEntry] = {}
+class SubjectCheck(Protocol):
+    """A check on one subject: an experiment's arms vs control, one model, or all traffic."""
 
-
-def check(*scopes: Scope) -> Callable[[_F], _F]:
-    """Register a method of :class:`Checks` as a check, runnable on ``scopes``.
-
-    Each scope but ``global`` needs the method's parameter that names it (``experiment_id``,
-    ``model_id``); a check registered twice, or under a name missing from :data:`CheckName`, is
-    refused when this module loads.
-    """
-
-    def register(function: _F) -> _F:
-        name = function.__name__
-        if name not in CHECKS or name in _REGISTRY:
-            raise ConfigError("check", name, "not in CheckName, or registered twice")
-        params = inspect.signature(function).parameters
-        for scope in scopes:
-            argument = _SUBJECT_ARGUMENT[scope]
-            if argument is not None and argument not in params:
-                raise ConfigError(f"{name}.scopes", scope, f"the check takes no {argument}")
-        _REGISTRY[name] = CheckEntry(name, function, tuple(scopes))
-        return function
-
-    return register
-
-
-class Checks(Protocol):
-    """The diagnostic checks over one telemetry store (``tools.toolbox.Toolbox``, or a fake).
-
-    Every check returns a :class:`~tools.result.CheckResult`; times are UTC (naive datetimes are
-    UTC, aware ones are converted). The docstrings below are what the LLM reads.
-    """
-
-    @check("experiment", "model", "global")
-    def prediction(
+    def __call__(
         self,
         start: datetime,
         end: datetime,
         experiment_id: str | None = None,
         model_id: str | None = None,
     ) -> CheckResult:
-        """Check predictions: invalid values (NaN, outside [0, 1]), collapse, distribution shift.
+        """The arguments besides the window (``WINDOW_ARGS``).
 
         Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
             experiment_id: Compare each arm of this experiment with its control.
             model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result; ``fail`` names the arm, onset and dimension values.
         """
         ...
 
-    @check("experiment", "model", "global")
-    def calibration(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Check calibration (sum of predictions / sum of clicks) per arm and by prediction bucket.
+
+class ExperimentCheck(Protocol):
+    """A check of one experiment's assignment."""
+
+    def __call__(self, start: datetime, end: datetime, experiment_id: str) -> CheckResult:
+        """The arguments besides the window (``WINDOW_ARGS``).
 
         Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result. A shift in every arm at once (params ``scope == "all_arms"``)
-            points at lost click logs rather than one model.
-        """
-        ...
-
-    @check("experiment", "model", "global")
-    def ne(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Check normalized entropy (mean log loss / entropy of the CTR) vs control and training.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result.
-        """
-        ...
-
-    @check("experiment", "model", "global")
-    def staleness(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Check the age of the served model snapshot against its refresh cadence and control.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Check every arm of this experiment.
-            model_id: Without an experiment: check this model.
-
-        Returns:
-            The check's result; ``onset`` is the first refresh that did not happen.
-        """
-        ...
-
-    @check("experiment", "model", "global")
-    def fallback(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        """Check the share of requests served by the fallback model, per arm vs control.
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
-            experiment_id: Compare each arm of this experiment with its control.
-            model_id: Without an experiment: compare this model with its own baseline.
-
-        Returns:
-            The check's result; ``fail`` names the arm, onset and dimension values.
-        """
-        ...
-
-    @check("experiment")
-    def srm(self, start: datetime, end: datetime, experiment_id: str) -> CheckResult:
-        """Check sample ratio mismatch: units per arm against the configured weights (chi-square).
-
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
             experiment_id: The experiment.
-
-        Returns:
-            The check's result; ``fail`` at p < 0.001 names the arm short of units.
         """
         ...
 
-    @check()
-    def attribution(
+
+class AttributionCheck(Protocol):
+    """A check that explains a change of a global metric against a baseline."""
+
+    def __call__(
         self,
         metric: MetricName,
         start: datetime,
@@ -258,55 +124,244 @@ class Checks(Protocol):
         baseline_start: datetime | None = None,
         baseline_end: datetime | None = None,
     ) -> CheckResult:
-        """Rank the experiments and dimension values that explain a change of a global metric.
+        """The arguments besides the window (``WINDOW_ARGS``).
 
         Args:
             metric: ``revenue``, ``ctr``, ``error_rate`` or ``fallback_rate``.
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
             baseline_start: Baseline start; default ``baseline_minutes`` before ``start``.
             baseline_end: Baseline end; default ``start``.
-
-        Returns:
-            The check's result with every candidate's share of the change in its evidence.
         """
         ...
 
-    @check()
-    def change_point(
+
+class MetricCheck(Protocol):
+    """A check of one metric's series, per arm of an experiment or for all traffic."""
+
+    def __call__(
         self,
         metric: MetricName,
         start: datetime,
         end: datetime,
         experiment_id: str | None = None,
     ) -> CheckResult:
-        """Find the onset minute of a regression of a metric (arm vs control, or vs baseline).
+        """The arguments besides the window (``WINDOW_ARGS``).
 
         Args:
             metric: ``revenue``, ``ctr``, ``ne``, ``calibration``, ``fallback_rate``,
                 ``error_rate``, ``invalid_rate``, ``latency_p99`` or ``latency_mean``.
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
             experiment_id: Read each arm of this experiment against its control; None reads all
                 traffic against its seasonal or pre-window level.
-
-        Returns:
-            The check's result with the onset.
         """
         ...
 
-    @check("global")
-    def infra(self, start: datetime, end: datetime) -> CheckResult:
-        """Check error rate and latency p99 of all traffic against its baseline, by dimension.
 
-        Args:
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
+class WindowCheck(Protocol):
+    """A check of all traffic over a window."""
 
-        Returns:
-            The check's result; ``experiment``/``arm`` are set only when one arm owns the errors.
-        """
+    def __call__(self, start: datetime, end: datetime) -> CheckResult:
+        """The window only (its words: ``WINDOW_ARGS``)."""
         ...
+
+
+# --- implementations: read through the context, call the pure function -----------------------
+# (each imports its check on first use, so that importing the registry stays cheap)
+
+
+def _prediction(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.checks import prediction_check
+
+    s = ctx.scored(call)
+    return prediction_check(s.frame, **s.histogram, params=ctx.settings.prediction)
+
+
+def _calibration(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.catalog import training_values
+    from tools.checks import calibration_check
+
+    s = ctx.scored(call)
+    training = training_values(ctx.reader, s.frame, "training_calibration")
+    return calibration_check(
+        s.frame, **s.histogram, training=training, params=ctx.settings.calibration
+    )
+
+
+def _ne(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.catalog import training_values
+    from tools.checks import ne_check
+
+    s = ctx.scored(call)
+    training = training_values(ctx.reader, s.frame, "training_ne")
+    return ne_check(s.frame, **s.histogram, training=training, params=ctx.settings.ne)
+
+
+def _staleness(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.catalog import cadence, served_models
+    from tools.checks import staleness_check
+
+    frame = ctx.subject_frame(call)
+    served = served_models(frame)
+    snapshots = ctx.reader.snapshots(sorted(set(served.values())))
+    refresh = {arm: cadence(ctx.models, model, snapshots) for arm, model in served.items()}
+    return staleness_check(frame, snapshots, refresh=refresh, params=ctx.settings.staleness)
+
+
+def _fallback(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.checks import fallback_check
+
+    return fallback_check(ctx.subject_frame(call), params=ctx.settings.fallback)
+
+
+def _srm(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.aggregates import Subject
+    from tools.checks import srm_check
+
+    experiment_id = call.need_experiment()
+    info = ctx.experiment(experiment_id)
+    frame = ctx.frame(Subject(experiment_id=experiment_id), call.start, call.end)
+    units = ctx.reader.units(experiment_id, call.start, call.end)
+    return srm_check(
+        units, info.arms, experiment_id=experiment_id, frame=frame, params=ctx.settings.srm
+    )
+
+
+def _attribution(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.checks import attribution_check
+
+    metric = call.need_metric()
+    frame, experiments = ctx.attribution_inputs(call)
+    return attribution_check(
+        metric,
+        frame,
+        experiments=experiments,
+        controls=ctx.controls(),
+        params=ctx.settings.attribution,
+    )
+
+
+def _change_point(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.checks import SubjectFrame, change_point_check
+    from tools.metrics import metric_spec
+    from tools.telemetry import to_datetime
+
+    metric = call.need_metric()
+    metric_spec(metric)
+    subject = ctx.subject(call.experiment_id, None)
+    lean = subject.kind == "all" and metric not in ("ne",)
+    frame = ctx.frame(subject, call.start, call.end, lean=lean)
+    seasonal = None
+    if subject.kind != "experiment":
+        shift = ctx.settings.season_minutes
+        season = timedelta(minutes=shift)
+        cube = ctx.reader.cube(
+            subject,
+            to_datetime(frame.window.fetch_start) - season,
+            to_datetime(frame.window.end) - season,
+            latency=subject.kind == "all",
+            lean=lean,
+        )
+        if len(cube):
+            seasonal = SubjectFrame(
+                cube.assign(minute=cube["minute"] + shift),
+                frame.window,
+                subject,
+                ctx.reader.schema.dimensions,
+            )
+    return change_point_check(metric, frame, seasonal=seasonal, params=ctx.settings.change_point)
+
+
+def _infra(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.aggregates import Subject
+    from tools.checks import infra_check
+    from tools.telemetry import to_datetime
+
+    frame = ctx.frame(Subject(), call.start, call.end, lean=True)
+    result = infra_check(frame, params=ctx.settings.infra)
+    if result.verdict not in ("fail", "warn"):
+        return result
+    # Only a finding needs the per-experiment split that says whether an arm owns it.
+    experiments = ctx.reader.experiments(to_datetime(frame.window.fetch_start), call.end)
+    return infra_check(
+        frame, experiments=experiments, controls=ctx.controls(), params=ctx.settings.infra
+    )
+
+
+# --- the declaration ----------------------------------------------------------------------------
+
+_ALL: tuple[Scope, ...] = ("experiment", "model", "global")
+
+
+class Checks(Protocol):
+    """The diagnostic checks over one telemetry store (``tools.toolbox.Toolbox``, or a fake).
+
+    Every check returns a :class:`~tools.result.CheckResult`; times are UTC (naive datetimes are
+    UTC, aware ones are converted). The summaries below are what the LLM reads.
+    """
+
+    prediction: SubjectCheck = declare(
+        *_ALL,
+        run=_prediction,
+        summary="Check predictions: invalid values (NaN, outside [0, 1]), collapse, distribution "
+        "shift.",
+        returns="The check's result; ``fail`` names the arm, onset and dimension values.",
+    )
+    calibration: SubjectCheck = declare(
+        *_ALL,
+        run=_calibration,
+        summary="Check calibration (sum of predictions / sum of clicks) per arm and by "
+        "prediction bucket.",
+        returns="The check's result. A shift in every arm at once (params ``scope == "
+        '"all_arms"``) points at lost click logs rather than one model.',
+    )
+    ne: SubjectCheck = declare(
+        *_ALL,
+        run=_ne,
+        summary="Check normalized entropy (mean log loss / entropy of the CTR) vs control and "
+        "training.",
+    )
+    staleness: SubjectCheck = declare(
+        *_ALL,
+        run=_staleness,
+        summary="Check the age of the served model snapshot against its refresh cadence and "
+        "control.",
+        returns="The check's result; ``onset`` is the first refresh that did not happen.",
+        args={
+            "experiment_id": "Check every arm of this experiment.",
+            "model_id": "Without an experiment: check this model.",
+        },
+    )
+    fallback: SubjectCheck = declare(
+        *_ALL,
+        run=_fallback,
+        summary="Check the share of requests served by the fallback model, per arm vs control.",
+        returns="The check's result; ``fail`` names the arm, onset and dimension values.",
+    )
+    srm: ExperimentCheck = declare(
+        "experiment",
+        run=_srm,
+        summary="Check sample ratio mismatch: units per arm against the configured weights "
+        "(chi-square).",
+        returns="The check's result; ``fail`` at p < 0.001 names the arm short of units.",
+    )
+    attribution: AttributionCheck = declare(
+        run=_attribution,
+        summary="Rank the experiments and dimension values that explain a change of a global "
+        "metric.",
+        returns="The check's result with every candidate's share of the change in its evidence.",
+    )
+    change_point: MetricCheck = declare(
+        run=_change_point,
+        summary="Find the onset minute of a regression of a metric (arm vs control, or vs "
+        "baseline).",
+        returns="The check's result with the onset.",
+    )
+    infra: WindowCheck = declare(
+        "global",
+        run=_infra,
+        summary="Check error rate and latency p99 of all traffic against its baseline, by "
+        "dimension.",
+        returns="The check's result; ``experiment``/``arm`` are set only when one arm owns the "
+        "errors.",
+    )
 
     def metric_series(
         self,
@@ -319,8 +374,6 @@ class Checks(Protocol):
 
         Args:
             metric: A metric name (``revenue``, ``ctr``, ``ne``, ``calibration``, ...).
-            start: Window start (UTC).
-            end: Window end (UTC, exclusive).
             experiment_id: Per arm of this experiment; None for all traffic.
 
         Returns:
@@ -329,6 +382,7 @@ class Checks(Protocol):
         ...
 
 
+_REGISTRY = bind(Checks)
 if set(_REGISTRY) != set(CHECKS):  # pragma: no cover - a declaration error, caught on import
     raise ConfigError("CheckName", sorted(set(CHECKS) ^ set(_REGISTRY)), "declared but not both")
 
@@ -377,26 +431,12 @@ def run_check(
     return method(start=start, end=end, **entry.subject_arguments(scope, subject_id))
 
 
-def _forward(entry: CheckEntry) -> Callable[..., CheckResult]:
-    signature = inspect.signature(entry.function)
-
-    @functools.wraps(entry.function)
-    def forward(self: RoutedChecks, *args: Any, **kwargs: Any) -> CheckResult:
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        del arguments["self"]
-        return self.route(entry.name, arguments)
-
-    return forward
-
-
 class RoutedChecks(Checks):
-    """Checks whose every check forwards to :meth:`route` with its arguments by name.
+    """Checks whose every check goes to :meth:`route` with its arguments by name.
 
-    For fakes and recorders: subclass it and implement :meth:`route` (and
-    :meth:`metric_series`); the check methods, with the declared signatures, come from the
-    registry.
+    Subclass it and implement :meth:`route` (and :meth:`metric_series`): the check methods, with
+    the declared signatures, come from the registry. ``tools.toolbox.Toolbox`` routes to each
+    check's declared implementation; fakes and recorders answer from a script.
     """
 
     def route(self, name: CheckName, arguments: Mapping[str, Any]) -> CheckResult:
@@ -412,7 +452,3 @@ class RoutedChecks(Checks):
     ) -> pd.DataFrame:
         """Per-minute values of a metric; a router without series has none."""
         raise NotImplementedError
-
-
-for _entry in _REGISTRY.values():
-    setattr(RoutedChecks, _entry.name, _forward(_entry))

@@ -230,15 +230,31 @@ class TelemetryReader:
         key = ("units", experiment_id, lo, hi, tuple(suffixes))
         return self._cached(key, lambda: self._query_units(experiment_id, lo, hi, suffixes))
 
-    def experiments(self, start: datetime, end: datetime) -> pd.DataFrame:
+    def experiments(
+        self, start: datetime, end: datetime, *, spans: Sequence[tuple[int, int]] = ()
+    ) -> pd.DataFrame:
         """Sums per experiment x arm x minute over every experiment's exposed requests.
+
+        Args:
+            start: Window start (inclusive, UTC).
+            end: Window end (exclusive, UTC).
+            spans: Epoch-minute ranges ``[a, b)``: sum per span instead of per minute (``minute``
+                is then the span's ``a``; rows whose minute is in no span are left out). What
+                attribution reads: the same sums over its window and baseline, without a row
+                per experiment arm and minute.
 
         Returns:
             Columns ``experiment_id, arm, minute, n, sum_label, sum_revenue, sum_revenue2,
             n_error, n_fallback, n_pred, n_invalid, sum_pred``.
         """
         lo, hi = _window(start, end)
-        return self._cached(("experiments", lo, hi), lambda: self._query_experiments(lo, hi))
+        chosen = tuple((int(a), int(b)) for a, b in spans)
+        for a, b in chosen:
+            if b <= a:
+                raise ConfigError("spans", chosen, f"span [{a}, {b}) is empty")
+        return self._cached(
+            ("experiments", lo, hi, chosen), lambda: self._query_experiments(lo, hi, chosen)
+        )
 
     def sample_requests(
         self, start: datetime, end: datetime, *, model_id: str | None = None, limit: int = 20_000
@@ -329,12 +345,14 @@ class TelemetryReader:
         )
         frame = self._fetch(query, self._sql.tables(subject))
         on_hist = pd.to_numeric(frame[HIST_SET]).to_numpy() == 1
-        cube = frame[~on_hist].drop(columns=[HIST_SET, "block", "bin"]).reset_index(drop=True)
-        # The NULL bin holds the invalid predictions, which the histogram leaves out.
-        hist = frame[on_hist & frame["bin"].notna().to_numpy()].reset_index(drop=True)
+        # Columns first, then rows: each part copies only the columns it keeps.
+        cube = frame.drop(columns=[HIST_SET, "block", "bin"])[~on_hist].reset_index(drop=True)
         cols = {"n_pred": "n", "sum_pred": "sum_pred", "sum_pred2": "sum_pred2"}
         cols |= {"sum_label_v": "sum_label", "sum_ll": "sum_ll"}
-        hist = hist[["arm", "block", "bin", *cols]].rename(columns=cols)
+        # The NULL bin holds the invalid predictions, which the histogram leaves out.
+        keep = on_hist & frame["bin"].notna().to_numpy()
+        hist = frame[["arm", "block", "bin", *cols]][keep].reset_index(drop=True)
+        hist = hist.rename(columns=cols)
         return self._typed_cube(cube, latency=latency, lean=False), self._typed_histogram(hist)
 
     def _typed_cube(self, frame: pd.DataFrame, *, latency: bool, lean: bool) -> pd.DataFrame:
@@ -373,8 +391,10 @@ class TelemetryReader:
         floats = ["units", "exposures", *(f"units_{m}" for m in suffixes)]
         return _typed(frame, ints=[], strs=["arm"], floats=floats)
 
-    def _query_experiments(self, lo: datetime, hi: datetime) -> pd.DataFrame:
-        query = self._sql.experiments(lo, hi)
+    def _query_experiments(
+        self, lo: datetime, hi: datetime, spans: tuple[tuple[int, int], ...]
+    ) -> pd.DataFrame:
+        query = self._sql.experiments(lo, hi, spans)
         frame = self._fetch(query, self._sql.tables(Subject(experiment_id="*")))
         return _typed(
             frame,

@@ -1,7 +1,9 @@
 """The Toolbox: the checks bound to a telemetry reader and the experiments and models they judge.
 
 This is what the agent (and an LLM, through tool schemas generated from the signatures and
-docstrings declared in :mod:`tools.registry`) calls. Every check fetches one wide aggregate per
+docstrings declared in :mod:`tools.registry`) calls. Its check methods come from the registry:
+each call is routed to the check's declared implementation, which reads through the shared
+preambles here (:class:`tools.registry.CheckContext`). Every check fetches one wide aggregate per
 (subject, window) — the window plus ``baseline_minutes`` before it — through the reader, which
 caches it; checks never re-scan.
 Times are UTC (naive datetimes are UTC; aware ones are converted).
@@ -12,38 +14,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import MappingProxyType
-from typing import TypedDict
+from typing import Any
 
 import pandas as pd
 
-from tools.aggregates import HistogramSpec
-from tools.catalog import (
-    CheckSettings,
-    ExperimentInfo,
-    ModelInfo,
-    cadence,
-    served_models,
-    training_values,
-)
-from tools.checks import (
-    SubjectFrame,
-    Window,
-    attribution_check,
-    calibration_check,
-    change_point_check,
-    fallback_check,
-    infra_check,
-    ne_check,
-    prediction_check,
-    srm_check,
-    staleness_check,
-)
+from tools.catalog import CheckSettings, ExperimentInfo, ModelInfo
+from tools.checks import SubjectFrame, Window
 from tools.errors import ConfigError, NotFoundError
 from tools.metrics import metric_spec, metric_values
-from tools.registry import CHECKS, Checks
+from tools.registry import CHECKS, CheckCall, CheckName, Checks, RoutedChecks, Scored, check_entry
 from tools.result import CheckResult
 from tools.telemetry import Subject, TelemetryReader, to_datetime, to_minute
 from tools.vocabulary import MetricName
@@ -51,22 +32,11 @@ from tools.vocabulary import MetricName
 __all__ = ["CHECKS", "CheckSettings", "Checks", "ExperimentInfo", "ModelInfo", "Toolbox"]
 
 
-class _HistogramArgs(TypedDict):
-    hist: pd.DataFrame
-    histogram: HistogramSpec
-    block_minutes: int
-
-
-@dataclass(frozen=True)
-class _Scored:
-    frame: SubjectFrame
-    histogram: _HistogramArgs
-
-
-class Toolbox(Checks):
+class Toolbox(RoutedChecks):
     """Diagnostic checks over one telemetry store, for the agent and its LLM.
 
-    It implements :class:`tools.registry.Checks` (where each check is declared and documented).
+    It implements :class:`tools.registry.Checks` (where each check is declared, documented and
+    implemented) and the :class:`tools.registry.CheckContext` the implementations read through.
 
     Args:
         reader: The telemetry reader (it caches every aggregate it fetches).
@@ -90,6 +60,8 @@ class Toolbox(Checks):
         self.production_model = production_model
         self.settings = settings or CheckSettings()
         self._frames: dict[tuple[Subject, int, int, int, bool], SubjectFrame] = {}
+        # Attribution's frame over an explicit baseline, per (baseline, window) bounds.
+        self._joined: dict[tuple[datetime, ...], SubjectFrame] = {}
         self._lock = threading.RLock()
 
     def refresh(self) -> None:
@@ -100,145 +72,14 @@ class Toolbox(Checks):
         """
         with self._lock:
             self._frames.clear()
+            self._joined.clear()
             self.reader.clear_cache()
 
-    # -- checks (declared, with the docstrings the LLM reads, in tools.registry.Checks) ------
+    # -- checks (declared, with their implementations, in tools.registry.Checks) ---------------
 
-    def prediction(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        scored = self._scored(start, end, experiment_id, model_id)
-        return prediction_check(scored.frame, **scored.histogram, params=self.settings.prediction)
-
-    def calibration(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        scored = self._scored(start, end, experiment_id, model_id)
-        training = training_values(self.reader, scored.frame, "training_calibration")
-        return calibration_check(
-            scored.frame, **scored.histogram, training=training, params=self.settings.calibration
-        )
-
-    def ne(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        scored = self._scored(start, end, experiment_id, model_id)
-        training = training_values(self.reader, scored.frame, "training_ne")
-        return ne_check(
-            scored.frame, **scored.histogram, training=training, params=self.settings.ne
-        )
-
-    def staleness(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        frame = self._subject_frame(start, end, experiment_id, model_id)
-        served = served_models(frame)
-        snapshots = self.reader.snapshots(sorted(set(served.values())))
-        refresh = {arm: cadence(self.models, model, snapshots) for arm, model in served.items()}
-        return staleness_check(frame, snapshots, refresh=refresh, params=self.settings.staleness)
-
-    def fallback(
-        self,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-        model_id: str | None = None,
-    ) -> CheckResult:
-        frame = self._subject_frame(start, end, experiment_id, model_id)
-        return fallback_check(frame, params=self.settings.fallback)
-
-    def srm(self, start: datetime, end: datetime, experiment_id: str) -> CheckResult:
-        info = self._experiment(experiment_id)
-        frame = self._frame(Subject(experiment_id=experiment_id), start, end)
-        units = self.reader.units(experiment_id, start, end)
-        return srm_check(
-            units, info.arms, experiment_id=experiment_id, frame=frame, params=self.settings.srm
-        )
-
-    def attribution(
-        self,
-        metric: MetricName,
-        start: datetime,
-        end: datetime,
-        baseline_start: datetime | None = None,
-        baseline_end: datetime | None = None,
-    ) -> CheckResult:
-        if (baseline_start is None) != (baseline_end is None):
-            raise ConfigError("baseline_end", baseline_end, "give both baseline bounds or neither")
-        if baseline_start is None or baseline_end is None:
-            frame = self._frame(Subject(), start, end, lean=True)
-            lo = to_datetime(frame.window.fetch_start)
-        else:
-            frame = self._joined_frame(start, end, baseline_start, baseline_end)
-            lo = baseline_start
-        experiments = self._experiments_rows(lo, end, baseline_start, baseline_end, start)
-        return attribution_check(
-            metric,
-            frame,
-            experiments=experiments,
-            controls=self._controls(),
-            params=self.settings.attribution,
-        )
-
-    def change_point(
-        self,
-        metric: MetricName,
-        start: datetime,
-        end: datetime,
-        experiment_id: str | None = None,
-    ) -> CheckResult:
-        metric_spec(metric)
-        subject = self._subject(experiment_id, None)
-        lean = subject.kind == "all" and metric not in ("ne",)
-        frame = self._frame(subject, start, end, lean=lean)
-        seasonal = None
-        if subject.kind != "experiment":
-            season = timedelta(minutes=self.settings.season_minutes)
-            cube = self.reader.cube(
-                subject,
-                to_datetime(frame.window.fetch_start) - season,
-                to_datetime(frame.window.end) - season,
-                latency=subject.kind == "all",
-                lean=lean,
-            )
-            if len(cube):
-                shift = self.settings.season_minutes
-                seasonal = SubjectFrame(
-                    cube.assign(minute=cube["minute"] + shift),
-                    frame.window,
-                    subject,
-                    self.reader.schema.dimensions,
-                )
-        return change_point_check(
-            metric, frame, seasonal=seasonal, params=self.settings.change_point
-        )
-
-    def infra(self, start: datetime, end: datetime) -> CheckResult:
-        frame = self._frame(Subject(), start, end, lean=True)
-        result = infra_check(frame, params=self.settings.infra)
-        if result.verdict not in ("fail", "warn"):
-            return result
-        # Only a finding needs the per-experiment split that says whether an arm owns it.
-        experiments = self.reader.experiments(to_datetime(frame.window.fetch_start), end)
-        return infra_check(
-            frame, experiments=experiments, controls=self._controls(), params=self.settings.infra
-        )
+    def route(self, name: CheckName, arguments: Mapping[str, Any]) -> CheckResult:
+        """Run the check ``name``'s declared implementation on this toolbox."""
+        return check_entry(name).run(self, CheckCall(**arguments))
 
     def metric_series(
         self,
@@ -248,8 +89,8 @@ class Toolbox(Checks):
         experiment_id: str | None = None,
     ) -> pd.DataFrame:
         metric_spec(metric)
-        subject = self._subject(experiment_id, None)
-        frame = self._frame(subject, start, end, lean=subject.kind == "all" and metric != "ne")
+        subject = self.subject(experiment_id, None)
+        frame = self.frame(subject, start, end, lean=subject.kind == "all" and metric != "ne")
         w = frame.window
         parts = []
         for arm in frame.arms:
@@ -272,33 +113,31 @@ class Toolbox(Checks):
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _experiment(self, experiment_id: str) -> ExperimentInfo:
+    def experiment(self, experiment_id: str) -> ExperimentInfo:
+        """The experiment (NotFoundError if it is unknown)."""
         info = self.experiments.get(experiment_id)
         if info is None:
             raise NotFoundError("experiment", experiment_id)
         return info
 
-    def _subject_frame(
-        self, start: datetime, end: datetime, experiment_id: str | None, model_id: str | None
-    ) -> SubjectFrame:
+    def subject_frame(self, call: CheckCall) -> SubjectFrame:
         """The preamble of a check on one subject: validate it, read its frame."""
-        return self._frame(self._subject(experiment_id, model_id), start, end)
+        return self.frame(self.subject(call.experiment_id, call.model_id), call.start, call.end)
 
-    def _scored(
-        self, start: datetime, end: datetime, experiment_id: str | None, model_id: str | None
-    ) -> _Scored:
+    def scored(self, call: CheckCall) -> Scored:
         """The preamble of a check over scored predictions: the frame and the histogram."""
-        subject = self._subject(experiment_id, model_id)
-        frame = self._frame(subject, start, end)
-        hist, block = self._histogram(subject, start, end)
-        return _Scored(
+        subject = self.subject(call.experiment_id, call.model_id)
+        frame = self.frame(subject, call.start, call.end)
+        hist, block = self._histogram(subject, call.start, call.end)
+        return Scored(
             frame,
             {"hist": hist, "histogram": self.reader.histogram_spec, "block_minutes": block},
         )
 
-    def _subject(self, experiment_id: str | None, model_id: str | None) -> Subject:
+    def subject(self, experiment_id: str | None, model_id: str | None) -> Subject:
+        """The subject named (an experiment is looked up first)."""
         if experiment_id is not None:
-            self._experiment(experiment_id)
+            self.experiment(experiment_id)
             return Subject(experiment_id=experiment_id)
         return Subject(model_id=model_id)
 
@@ -308,7 +147,7 @@ class Toolbox(Checks):
             raise ConfigError("end", end, f"window end must be after its start {start}")
         return Window(lo - self.settings.baseline_minutes, lo, hi)
 
-    def _frame(
+    def frame(
         self, subject: Subject, start: datetime, end: datetime, *, lean: bool = False
     ) -> SubjectFrame:
         """The subject's wide aggregate over the window and its baseline, fetched once.
@@ -341,6 +180,23 @@ class Toolbox(Checks):
                 self._frames[key] = hit
             return hit
 
+    def attribution_inputs(self, call: CheckCall) -> tuple[SubjectFrame, pd.DataFrame]:
+        """All traffic's frame over the window and baseline, and the experiments' rows."""
+        start, end = call.start, call.end
+        baseline_start, baseline_end = call.baseline_start, call.baseline_end
+        if (baseline_start is None) != (baseline_end is None):
+            raise ConfigError("baseline_end", baseline_end, "give both baseline bounds or neither")
+        if baseline_start is None or baseline_end is None:
+            frame = self.frame(Subject(), start, end, lean=True)
+            lo = to_datetime(frame.window.fetch_start)
+        else:
+            frame = self._joined_frame(start, end, baseline_start, baseline_end)
+            lo = baseline_start
+        experiments = self._experiments_rows(
+            lo, end, baseline_start, baseline_end, start, frame.window
+        )
+        return frame, experiments
+
     def _joined_frame(
         self, start: datetime, end: datetime, baseline_start: datetime, baseline_end: datetime
     ) -> SubjectFrame:
@@ -350,11 +206,19 @@ class Toolbox(Checks):
             raise ConfigError(
                 "baseline_end", baseline_end, "the baseline must end by the window's start"
             )
-        window = self.reader.cube(Subject(), start, end, latency=True, lean=True)
-        base = self.reader.cube(Subject(), baseline_start, baseline_end, latency=True, lean=True)
-        cube = pd.concat([base, window], ignore_index=True)
-        w = Window(lo, w_lo, to_minute(end, ceil=True))
-        return SubjectFrame(cube, w, Subject(), self.reader.schema.dimensions)
+        key = (baseline_start, baseline_end, start, end)
+        with self._lock:
+            hit = self._joined.get(key)
+            if hit is None:
+                window = self.reader.cube(Subject(), start, end, latency=True, lean=True)
+                base = self.reader.cube(
+                    Subject(), baseline_start, baseline_end, latency=True, lean=True
+                )
+                cube = pd.concat([base, window], ignore_index=True)
+                w = Window(lo, w_lo, to_minute(end, ceil=True))
+                hit = SubjectFrame(cube, w, Subject(), self.reader.schema.dimensions)
+                self._joined[key] = hit
+            return hit
 
     def _experiments_rows(
         self,
@@ -363,13 +227,19 @@ class Toolbox(Checks):
         baseline_start: datetime | None,
         baseline_end: datetime | None,
         start: datetime,
+        w: Window,
     ) -> pd.DataFrame:
+        # Attribution sums each arm over its window and its baseline only: one row per span
+        # (not per minute), and one read when the baseline ends where the window starts.
+        spans = tuple((a, b) for a, b in ((w.start, w.end), (w.fetch_start, w.start)) if b > a)
         if baseline_start is None or baseline_end is None:
-            return self.reader.experiments(lo, end)
+            return self.reader.experiments(lo, end, spans=spans)
+        if baseline_end == start:
+            return self.reader.experiments(baseline_start, end, spans=spans)
         return pd.concat(
             [
-                self.reader.experiments(baseline_start, baseline_end),
-                self.reader.experiments(start, end),
+                self.reader.experiments(baseline_start, baseline_end, spans=spans),
+                self.reader.experiments(start, end, spans=spans),
             ],
             ignore_index=True,
         )
@@ -388,5 +258,6 @@ class Toolbox(Checks):
         """Minutes per histogram time block: at most ``max_blocks`` blocks over the fetch."""
         return max(1, math.ceil((w.end - w.fetch_start) / self.settings.max_blocks))
 
-    def _controls(self) -> dict[str, str]:
+    def controls(self) -> dict[str, str]:
+        """Experiment id -> its control arm."""
         return {e.id: e.control for e in self.experiments.values()}

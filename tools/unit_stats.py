@@ -34,7 +34,13 @@ from tools.aggregates import LATENCY_LADDER_MS, LOGLOSS_EPS, HistogramSpec, naiv
 from tools.errors import ConfigError, TelemetryQueryError
 from tools.schema import TelemetrySchema
 
-__all__ = ["REQUEST_SUMS", "UNIT_METRICS", "UnitStatsReader", "unit_sum_columns"]
+__all__ = [
+    "REQUEST_SUMS",
+    "UNIT_METRICS",
+    "UnitStatsReader",
+    "request_aggregates",
+    "unit_sum_columns",
+]
 
 UNIT_METRICS: tuple[str, ...] = ("revenue", "label", "fallback", "error")
 """Per-request metrics summed per unit: revenue, clicks, fallbacks, errors."""
@@ -70,10 +76,14 @@ def unit_sum_columns(request_sums: bool = False, latency: bool = False) -> list[
     return cols
 
 
-def _request_aggregates(
-    c: Any, *, request_sums: bool, latency: bool
-) -> list[sa.ColumnElement[Any]]:
-    """Per-unit request-level sums (summed again per arm): the cube's NE, calibration, latency."""
+def request_aggregates(c: Any, *, request_sums: bool, latency: bool) -> list[sa.ColumnElement[Any]]:
+    """Per-unit request-level sums (summed again per arm): the cube's NE, calibration, latency.
+
+    Args:
+        c: The requests table's column accessor (``TelemetrySchema.table(...).c``).
+        request_sums: Include :data:`REQUEST_SUMS`.
+        latency: Include ``lat_gt_<k>`` per latency ladder step (and the request sums).
+    """
     out: list[sa.ColumnElement[Any]] = []
     if request_sums or latency:
         p = c("prediction")
@@ -159,7 +169,7 @@ class UnitStatsReader:
             "fallback": as_int(r.c("fallback")),
             "error": as_int(r.c("error")),
         }
-        extra = _request_aggregates(r.c, request_sums=request_sums, latency=latency)
+        extra = request_aggregates(r.c, request_sums=request_sums, latency=latency)
         per_unit = (
             sa.select(
                 exp_col.label("experiment_id"),

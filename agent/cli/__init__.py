@@ -42,7 +42,7 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail to stderr."),
 ) -> None:
     from agent.cli._console import err
-    from lifecycle.settings import unknown_env_settings
+    from agent.settings import unknown_env_settings
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,

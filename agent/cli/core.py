@@ -22,6 +22,7 @@ from rich.table import Table
 
 from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
+from agent.settings import get_settings
 from lifecycle import (
     AuditEntry,
     ExperimentService,
@@ -29,7 +30,6 @@ from lifecycle import (
     GateInput,
     GateReport,
     KillScope,
-    get_settings,
 )
 from lifecycle.rollout import RolloutState, allowed_actions
 from lifecycle.validation import config_errors
@@ -129,9 +129,13 @@ def _print_status(v: ExperimentView) -> None:
     state = RolloutState(v.status, v.stage, v.prior)
     _out().print(f"[bold]{v.id}[/bold] {v.name}", highlight=False)
     _out().print(f"status: {v.status}" + (f" (was {v.prior})" if v.prior else ""), highlight=False)
+    where, least = (
+        ("shadow run (control served)", v.rollout.shadow_minutes)
+        if v.status == "shadow"
+        else (f"stage {_stage(v)}", stage.min_minutes)
+    )
     _out().print(
-        f"stage {_stage(v)}: {minutes:.0f} of at least {stage.min_minutes} minutes "
-        f"since {_time(v.stage_started_at)}",
+        f"{where}: {minutes:.0f} of at least {least} minutes since {_time(v.stage_started_at)}",
         highlight=False,
     )
     if v.blocked_by:
@@ -359,7 +363,8 @@ def models_list() -> None:
     with _service() as svc:
         models = svc.models()
     table = Table(title="Model registry")
-    for col in ("model", "version", "status", "serving", "refresh", "training NE", "registered"):
+    cols = ("model", "version", "status", "serving", "refresh", "training NE", "declared cost")
+    for col in (*cols, "registered"):
         table.add_column(col)
     for m in models:
         table.add_row(
@@ -369,6 +374,14 @@ def models_list() -> None:
             "●" if m.serving else "",
             "" if m.entry.refresh_minutes is None else f"{m.entry.refresh_minutes} min",
             "" if m.entry.training_ne is None else f"{m.entry.training_ne:.3f}",
+            ", ".join(
+                f"{value:g} {unit}"
+                for value, unit in (
+                    (m.entry.ms_per_request, "ms/request"),
+                    (m.entry.memory_gb, "GB"),
+                )
+                if value is not None
+            ),
             _time(m.registered_at),
         )
     _out().print(table)

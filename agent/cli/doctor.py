@@ -15,7 +15,7 @@ from typing import Any, Literal
 import typer
 
 from agent.cli._console import out as _out
-from lifecycle.settings import Settings, get_settings, unknown_env_settings
+from agent.settings import Settings, get_settings, unknown_env_settings
 from tools.vocabulary import utc_now
 
 __all__ = ["doctor", "driver_hint"]
@@ -145,13 +145,11 @@ def _check_telemetry(report: _Report, settings: Settings, now: datetime) -> None
     import sqlalchemy as sa
 
     from tools.errors import ConfigError
-    from tools.schema import CONTRACT_COLUMNS, TelemetrySchema
+    from tools.schema import CONTRACT_COLUMNS
 
     url = settings.telemetry_url
     try:
-        schema = TelemetrySchema.from_mappings(
-            settings.telemetry_tables, settings.telemetry_columns
-        )
+        schema = settings.telemetry_schema()
     except ConfigError as exc:
         report.line("FAIL", "telemetry mapping", str(exc))
         return

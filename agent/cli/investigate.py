@@ -25,7 +25,7 @@ from agent.cli._console import err as _err
 from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
 from agent.models import Alert, InvestigationView, MitigationView
-from lifecycle.settings import Settings, get_settings
+from agent.settings import Settings, get_settings
 from tools.errors import ConfigError, ConfigProblems
 
 __all__ = ["alert_from_file", "print_view", "register", "summary_json"]

@@ -22,7 +22,7 @@ from rich.table import Table
 from agent.cli._console import err as _err
 from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
-from lifecycle.settings import Settings, get_settings
+from agent.settings import Settings, get_settings
 
 __all__ = ["hide_password", "redacted", "register", "settings_markdown"]
 
@@ -31,31 +31,6 @@ config_app = typer.Typer(help="The effective settings (secrets redacted) and the
 _SECRETS = frozenset({"llm_api_key", "slack_bot_token", "slack_signing_secret", "console_secret"})
 _URLS = frozenset({"state_url", "telemetry_url", "checkpoint_url", "llm_base_url"})
 _HIDDEN = "***"
-
-# What the settings model's own descriptions leave unsaid, for docs/settings.md.
-_NOTES = {
-    "reports_dir": "Folder of the HTML reports.",
-    "llm_base_url": "OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, llama.cpp); unset: "
-    "the deterministic reasoner, no network.",
-    "llm_model": "Model name at that endpoint.",
-    "llm_api_key": "API key of the endpoint (secret).",
-    "llm_timeout_s": "Timeout of one LLM call, seconds; unset: llm_local_timeout_s or "
-    "llm_remote_timeout_s by the endpoint's host.",
-    "llm_max_retries": "Retries of a failed LLM call before falling back to the deterministic "
-    "reasoner.",
-    "llm_max_steps": "Tool-call rounds the LLM may take in one investigation.",
-    "llm_max_tokens": "Token budget of one investigation: new tokens per step from the server's "
-    "usage (prompt tokens the server had cached are not counted again).",
-    "redact_fields": "Fields removed from anything sent to the LLM.",
-    "slack_bot_token": "Slack bot token (xoxb-…, secret); unset: Slack off.",
-    "slack_signing_secret": "Slack signing secret (secret): requests are verified with it.",
-    "slack_channel": "Channel where investigations started by alerts are posted.",
-    "slack_api_url": "Slack Web API base URL.",
-    "public_url": "URL of this server as Slack users reach it (links in messages).",
-    "workers": "Investigations run at once by `vigil serve`.",
-    "queue_size": "Alerts waiting for a worker before the server answers 503.",
-    "monitor_interval_s": "Seconds between two evaluations of the monitors by `vigil serve`.",
-}
 
 
 def _source(env_name: str) -> str:
@@ -129,7 +104,7 @@ def settings_markdown() -> str:
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
         shown = "unset" if default is None else f"`{json.dumps(default, default=str)}`"
-        meaning = (field.description or _NOTES.get(name, "")).replace("|", "\\|")
+        meaning = (field.description or "").replace("|", "\\|")
         lines.append(f"| `VIGIL_{name.upper()}` | {shown} | {meaning} |")
     lines += [
         "",

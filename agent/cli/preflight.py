@@ -23,9 +23,9 @@ from agent.cli._console import out as _out
 from agent.cli.core import _ACTOR, _actor, _service
 from agent.preflight_report import render
 from agent.runtime import preflight_for, risk_model_path
+from agent.settings import Settings, get_settings
 from lifecycle.preflight import PreflightReport
 from lifecycle.risk import LAUNCH_FEATURES, LOG_FEATURES, RiskModel, select_kind
-from lifecycle.settings import Settings, get_settings
 from tools.errors import ApprovalError, ConfigError
 
 __all__ = ["register"]

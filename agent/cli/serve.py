@@ -18,7 +18,7 @@ from rich.table import Table
 
 from agent.cli._console import handle_errors as _handle_errors
 from agent.cli._console import out as _out
-from lifecycle.settings import Settings, get_settings
+from agent.settings import Settings, get_settings
 from tools.vocabulary import as_utc, utc_now
 
 __all__ = ["monitor", "register", "serve"]
@@ -38,10 +38,9 @@ def _settings(telemetry: str | None, state: str | None) -> Settings:
 
 def _monitors(settings: Settings, experiments: Any, ledger: Any) -> Any:
     from lifecycle.monitors import Monitors
-    from tools.schema import TelemetrySchema
     from tools.telemetry import TelemetryReader
 
-    schema = TelemetrySchema.from_mappings(settings.telemetry_tables, settings.telemetry_columns)
+    schema = settings.telemetry_schema()
     from tools.unit_stats import UnitStatsReader
 
     reader = TelemetryReader(settings.telemetry_url, schema)

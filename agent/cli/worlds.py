@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.models import InvestigationView
-from lifecycle.settings import Settings
+from agent.settings import Settings
 from tools.errors import ConfigError
 
 __all__ = ["Worlds", "provide", "worlds"]

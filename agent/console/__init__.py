@@ -5,7 +5,8 @@ proposal), the builder with its power analysis and templates, the Data page, inv
 their reports and approve/reject buttons, and the audit log. Sign-in is with an API token of
 ``VIGIL_API_TOKENS`` into a signed HTTP-only cookie; every form carries a CSRF token; decisions
 go through the agent's own approval policy. Assets (one stylesheet, a few lines of script for
-the dashboard's refresh) are served by the app; nothing is built. See ``docs/console.md``.
+the dashboard's refresh and an experiment's charts, which arrive as a fragment kept per complete
+minute of telemetry) are served by the app; nothing is built. See ``docs/console.md``.
 
 Usage (the server does this in :func:`agent.server.create_app`)::
 
@@ -14,8 +15,6 @@ Usage (the server does this in :func:`agent.server.create_app`)::
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,13 +32,12 @@ from agent.console.telemetry import ConsoleTelemetry
 from agent.console.views import Console, ConsoleExperiments
 from agent.models import MitigationView
 from agent.ports import Investigations
+from agent.settings import Settings
 from lifecycle.alerts import AlertLedger
-from lifecycle.settings import Settings
 
 __all__ = ["PREFIX", "Console", "ConsoleExperiments", "build_console", "install_console"]
 
 _STATIC = Path(__file__).parent / "static"
-_log = logging.getLogger(__name__)
 
 
 def build_console(
@@ -97,6 +95,7 @@ def install_console(app: FastAPI, parts: Any) -> Console | None:
     settings: Settings = parts.settings
     console = build_console(settings, parts.investigator, experiments, parts.ledger, parts.notifier)
     web = Web(settings, SessionCodec(console_secret(settings), settings.console_session_s))
+    web.compile_all()  # once per process: no first page pays for it
     route_class = type("BoundConsoleRoute", (ConsoleRoute,), {"web": web})
     router = APIRouter(prefix=PREFIX, route_class=route_class, include_in_schema=False)
     add_pages(router, console, web)
@@ -114,23 +113,18 @@ def install_console(app: FastAPI, parts: Any) -> Console | None:
 
 
 def _warm_on_start(app: FastAPI, console: Console) -> None:
-    """Read the experiments once in the background when the app starts serving.
+    """Read the experiments in the background when the app starts serving.
 
-    The first page would otherwise pay for reading every experiment (over a second with 1,000
-    of them on a small machine); later pages read only what changed (:mod:`.cache`).
+    The first page would otherwise pay for reading every experiment (about a second with 1,000
+    of them on a small machine); until that read is done the dashboard says so and fills itself
+    in (:meth:`agent.console.cache.StateCache.ready`); later pages read only what changed.
     """
     inner = app.router.lifespan_context
-
-    def warm() -> None:
-        try:
-            console.state.current()
-        except Exception as exc:  # a page will read it again, and say what is wrong
-            _log.debug("console warm-up: %s", exc)
 
     @asynccontextmanager
     async def lifespan(running: FastAPI) -> AsyncIterator[Any]:
         async with inner(running) as state:
-            threading.Thread(target=warm, name="vigil-console-warm", daemon=True).start()
+            console.state.read_in_background()
             yield state
 
     app.router.lifespan_context = lifespan

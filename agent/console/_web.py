@@ -8,6 +8,8 @@ configuration, 503 try again) instead of the API's JSON. A page that needs a use
 
 from __future__ import annotations
 
+import functools
+import math
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from markupsafe import Markup
 
 from agent.console.session import COOKIE, Session, SessionCodec
 from agent.report import inline_markdown
-from lifecycle.settings import Settings
+from agent.settings import Settings
 from tools.errors import (
     ApprovalError,
     ConfigError,
@@ -31,7 +33,7 @@ from tools.errors import (
     VigilError,
 )
 
-__all__ = ["PREFIX", "ConsoleRoute", "Forbidden", "NeedLogin", "Web"]
+__all__ = ["PREFIX", "ConsoleRoute", "Forbidden", "NeedLogin", "Web", "forget_compiled_templates"]
 
 PREFIX = "/console"
 
@@ -51,8 +53,46 @@ def _when(value: datetime | None) -> str:
     return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _clock(value: datetime | None) -> str:
+    """A time of today to the second (when a page's figures were computed)."""
+    if value is None:
+        return "—"
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%H:%M:%S UTC")
+
+
+def _ms(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:g} %"
+
+
+@functools.cache
+def _environment() -> Environment:
+    """The templates, shared by every app of the process (they depend on no setting), so each
+    is compiled once."""
+    env = Environment(
+        loader=PackageLoader("agent.console", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["pct"] = _pct
+    env.filters["clock"] = _clock
+    env.filters["ms"] = _ms
+    env.filters["md"] = inline_markdown
+    env.globals["prefix"] = PREFIX
+    return env
+
+
+def forget_compiled_templates() -> None:
+    """Drop the compiled templates, as a new process starts without them (the benchmark)."""
+    _environment.cache_clear()
 
 
 class Web:
@@ -66,16 +106,12 @@ class Web:
     def __init__(self, settings: Settings, codec: SessionCodec) -> None:
         self.settings = settings
         self.codec = codec
-        self.env = Environment(
-            loader=PackageLoader("agent.console", "templates"),
-            autoescape=select_autoescape(["html", "j2"]),
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters["when"] = _when
-        self.env.filters["pct"] = _pct
-        self.env.filters["md"] = inline_markdown
-        self.env.globals["prefix"] = PREFIX
+        self.env = _environment()
+
+    def compile_all(self) -> None:
+        """Compile every template now (Jinja keeps them), so that no first page pays for it."""
+        for name in self.env.list_templates(extensions=["j2"]):
+            self.env.get_template(name)
 
     # -- sessions -----------------------------------------------------------------------------
 

@@ -16,31 +16,16 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from agent._svg import line_chart
 from agent.console._web import PREFIX, Web, redirect
+from agent.console.charts import CHART_REFRESH_S, ChartPanel
+from agent.console.guardrails import GuardrailCharts
 from agent.console.session import user_for_token
-from agent.console.telemetry import GuardrailSeries
 from agent.console.views import Console
 from tools.errors import VigilError
 
 __all__ = ["Decision", "add_pages"]
 
 Decision = Literal["approve", "reject"]
-
-
-def _chart(series: GuardrailSeries) -> str | None:
-    tolerance = [-series.max_regression] * len(series.times)
-    return line_chart(
-        [
-            (f"{series.arm} vs control", series.times, series.lift),
-            ("confidence sequence (low)", series.times, series.low),
-            ("confidence sequence (high)", series.times, series.high),
-            (f"tolerance −{series.max_regression:.0%}", series.times, tolerance),
-        ],
-        f"{series.metric}: relative lift of {series.arm} (always-valid 95 % interval)",
-        width=600,
-        height=230,
-    )
 
 
 def _safe_next(target: str) -> str:
@@ -115,23 +100,36 @@ def add_pages(router: APIRouter, console: Console, web: Web) -> None:
     @router.get("/experiments/{experiment_id}", response_class=HTMLResponse)
     def experiment(request: Request, experiment_id: str) -> Response:
         user = web.user(request)
-        data = console.about(experiment_id)
-        charts: list[object] = []
+        # The charts arrive as a fragment (below): the page never waits for the warehouse.
+        return web.page(
+            request,
+            "experiment.html.j2",
+            me=user,
+            console=console,
+            chart_refresh_s=CHART_REFRESH_S,
+            **console.about(experiment_id),
+        )
+
+    @router.get("/fragments/experiments/{experiment_id}/charts", response_class=HTMLResponse)
+    def experiment_charts(request: Request, experiment_id: str) -> Response:
+        web.user(request)
+        view = console.experiments.get(experiment_id)
+        panel = ChartPanel(GuardrailCharts([], []))
         chart_error = ""
         try:
-            charts = [web.svg(_chart(s)) for s in console.telemetry.guardrail_series(data["view"])]
+            panel = console.charts.panel(view)
         except VigilError as exc:
             chart_error = str(exc)
         except Exception as exc:  # the warehouse's own error (a missing table)
             chart_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return web.page(
             request,
-            "experiment.html.j2",
-            me=user,
-            charts=[c for c in charts if c is not None],
+            "_experiment_charts.html.j2",
+            view=view,
+            panel=panel,
+            charts=[(s, web.svg(svg)) for s, svg in panel.drawn],
+            levels=panel.charts.levels,
             chart_error=chart_error,
-            console=console,
-            **data,
         )
 
     @router.post("/experiments/{experiment_id}/kill")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from lifecycle.settings import Settings
+from agent.settings import Settings
 from tools.errors import ConfigError
 
 __all__ = ["COOKIE", "Session", "SessionCodec", "console_secret", "user_for_token"]

@@ -2,14 +2,13 @@
 
 Everything goes through the telemetry contract's mapping (``telemetry_tables`` and
 ``telemetry_columns``) and aggregates in the warehouse: row counts and time ranges for the Data
-page, per-unit moments of a guardrail metric for the builder's power analysis, and the rollout
-gate's per-arm statistics at a few points in time for an experiment's guardrail charts (the same
-unit-clustered sums and confidence sequence as :mod:`lifecycle.gate`).
+page, per-unit moments of a guardrail metric for the builder's power analysis, and the per-arm
+sums at a few looks for an experiment's guardrail charts (:mod:`.looks`: the monitors' sums, in
+one statement for every look; judged by :mod:`lifecycle.gate` in :mod:`.guardrails`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,22 +16,23 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from agent.console.guardrails import GuardrailCharts, guardrail_charts
+from agent.console.looks import LOOKS, LookWindow, look_window, read_looks
 from agent.console.power import UnitMoments
-from lifecycle.gate import GateConfig, confidence_sequence, relative_lift
-from lifecycle.monitors import UNIT_METRIC, unit_statistics
-from lifecycle.settings import Settings
+from agent.settings import Settings
+from lifecycle.gate import GateConfig
+from lifecycle.monitors import UNIT_METRIC
 from lifecycle.views import ExperimentView
 from tools._dialect_sql import as_int
 from tools._queries import Queries
 from tools.aggregates import HistogramSpec
 from tools.errors import ConfigError, TelemetryError
 from tools.redaction import hide_passwords, redact_url
-from tools.schema import CONTRACT_COLUMNS, TelemetrySchema
+from tools.schema import CONTRACT_COLUMNS
 from tools.telemetry import TelemetryReader
-from tools.unit_stats import UnitStatsReader
 from tools.vocabulary import as_utc
 
-__all__ = ["ConsoleTelemetry", "GuardrailSeries", "TableStats"]
+__all__ = ["ConsoleTelemetry", "TableStats"]
 
 _TIME_COLUMN = {"model_snapshots": "published_at"}
 
@@ -49,29 +49,6 @@ class TableStats:
     error: str = ""
 
 
-@dataclass(frozen=True)
-class GuardrailSeries:
-    """One guardrail of one test arm against control over time, with its confidence sequence.
-
-    Attributes:
-        metric: The guardrail metric.
-        arm: The test arm.
-        max_regression: The tolerated relative regression.
-        times: Epoch seconds of each look.
-        lift: Relative lift of the arm on control at each look (NaN: no data).
-        low: Lower bound of the always-valid interval.
-        high: Upper bound.
-    """
-
-    metric: str
-    arm: str
-    max_regression: float
-    times: list[float]
-    lift: list[float]
-    low: list[float]
-    high: list[float]
-
-
 class ConsoleTelemetry:
     """The console's reads of the telemetry warehouse (engine opened on first use).
 
@@ -81,9 +58,7 @@ class ConsoleTelemetry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self.schema = TelemetrySchema.from_mappings(
-            settings.telemetry_tables, settings.telemetry_columns
-        )
+        self.schema = settings.telemetry_schema()
         self._engine: sa.Engine | None = None
 
     def engine(self) -> sa.Engine:
@@ -192,60 +167,50 @@ class ConsoleTelemetry:
 
     # -- an experiment's guardrail charts -----------------------------------------------------
 
-    def guardrail_series(
-        self, view: ExperimentView, looks: int = 8, gate: GateConfig | None = None
-    ) -> list[GuardrailSeries]:
-        """Each per-unit guardrail of each test arm at ``looks`` times since its first exposure.
+    def chart_clock(self, experiment_id: str) -> tuple[datetime | None, datetime | None]:
+        """An experiment's first exposure and the telemetry's newest request, in one statement.
 
-        Every look reads the unit-clustered sums from the start to that time (as the gate does
-        for a stage) and draws the confidence sequence at that sample size.
+        Charts start at the first exposure in the telemetry: a replayed or simulated world keeps
+        its own clock, which the audit log's launch time need not share.
         """
-        gate = gate or GateConfig()
-        guardrails = [g for g in view.guardrails if g.metric in UNIT_METRIC]
-        if not guardrails or view.status == "draft":
-            return []
-        # From its first exposure in the telemetry: a replayed or simulated world keeps its own
-        # clock, which the audit log's launch time need not share.
         e = self.schema.table("exposures", "e")
+        r = self.schema.table("requests", "r")
+        first = sa.select(sa.func.min(e.c("ts"))).where(e.c("experiment_id") == experiment_id)
+        newest = sa.select(sa.func.max(r.c("ts")))
         with self.engine().connect() as conn:
-            began = conn.execute(
-                sa.select(sa.func.min(e.c("ts"))).where(e.c("experiment_id") == view.id)
-            ).scalar()
-        units = UnitStatsReader(self.engine(), self.schema)
-        latest = units.latest()
-        if began is None or latest is None or as_utc(latest) <= as_utc(began):
-            return []
-        start, end = as_utc(began), as_utc(latest) + timedelta(minutes=1)
-        step = (end - start) / looks
-        times = [start + step * (k + 1) for k in range(looks)]
-        tests = [a for a in view.arms if a != view.control]
-        out: dict[tuple[str, str], GuardrailSeries] = {
-            (g.metric, arm): GuardrailSeries(g.metric, arm, g.max_regression, [], [], [], [])
-            for g in guardrails
-            for arm in tests
-        }
-        for t in times:
-            sums = units.arm_unit_sums({view.id: start}, t)
-            for g in guardrails:
-                stats = unit_statistics(sums, g.metric) if not sums.empty else {}
-                control = stats.get(view.control)
-                for arm in tests:
-                    series = out[(g.metric, arm)]
-                    series.times.append(t.timestamp())
-                    test = stats.get(arm)
-                    if control is None or test is None or min(control.n, test.n) < gate.min_n:
-                        series.lift.append(math.nan)
-                        series.low.append(math.nan)
-                        series.high.append(math.nan)
-                        continue
-                    lift, se, _ = relative_lift(control, test)
-                    lo, hi = confidence_sequence(
-                        lift, se, control.n + test.n, gate.alpha, gate.tuning_n
-                    )
-                    series.lift.append(lift)
-                    series.low.append(float(lo))
-                    series.high.append(float(hi))
-        return list(out.values())
+            row = conn.execute(sa.select(first.scalar_subquery(), newest.scalar_subquery())).one()
+        return _aware(row[0]), _aware(row[1])
+
+    def chart_window(self, view: ExperimentView, looks: int = LOOKS) -> LookWindow | None:
+        """Where an experiment's looks fall now (None: a draft, or no complete minute yet)."""
+        if view.status == "draft":
+            return None
+        first, newest = self.chart_clock(view.id)
+        if first is None or newest is None:
+            return None
+        return look_window(view.id, first, newest, looks)
+
+    def guardrail_charts(
+        self,
+        view: ExperimentView,
+        window: LookWindow | None = None,
+        gate: GateConfig | None = None,
+    ) -> GuardrailCharts:
+        """Every charted metric of each test arm at each look since its first exposure.
+
+        All looks and metrics come from one grouped statement (:func:`.looks.read_looks`);
+        :func:`agent.console.guardrails.guardrail_charts` judges each look with the gate's
+        confidence sequence.
+
+        Args:
+            view: The experiment.
+            window: Its looks; :meth:`chart_window` by default.
+            gate: The gate's level and tuning.
+        """
+        window = window if window is not None else self.chart_window(view)
+        if window is None:
+            return GuardrailCharts([], [])
+        return guardrail_charts(view, read_looks(self.engine(), self.schema, window), gate)
 
 
 def _aware(value: object) -> datetime | None:

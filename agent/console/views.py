@@ -11,20 +11,22 @@ alert ledger's open alerts, its kill switches and its investigations.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from agent.console.cache import DECISION_ACTIONS, StateCache
+from agent.console.charts import ChartCache
 from agent.console.telemetry import ConsoleTelemetry
 from agent.mitigation import ApprovalPolicy
 from agent.models import InvestigationView, MitigationView
 from agent.ports import Investigations
+from agent.settings import Settings
 from lifecycle.alerts import AlertLedger, AlertRecord
 from lifecycle.config import ExperimentFile, Layer
-from lifecycle.settings import Settings
 from lifecycle.views import AuditEntry, ExperimentView, KillSwitchView, ModelView
 from tools.errors import ApprovalError, ConfigError, NotFoundError
+from tools.vocabulary import utc_now
 
 __all__ = [
     "Console",
@@ -36,6 +38,7 @@ __all__ = [
 
 Health = Literal["killed", "harm", "alerting", "healthy", "idle"]
 _LIVE = ("ramping", "running")
+_WAIT_FOR_STATE_S = 0.03  # a page waits this long for the first read before saying "reading"
 
 
 @runtime_checkable
@@ -89,10 +92,10 @@ class ConsoleExperiments(Protocol):
 
 @dataclass(frozen=True)
 class LayerShare:
-    """A layer and the share of it no live or draft experiment holds."""
+    """A layer and the share of it no live or draft experiment holds (None: not read yet)."""
 
     id: str
-    free_pct: float
+    free_pct: float | None
 
 
 @dataclass
@@ -137,6 +140,7 @@ class Console:
         self.mitigations = mitigations
         self.propose_notice = propose_notice
         self.state = StateCache(experiments)
+        self.charts = ChartCache(telemetry)
         self.policy = ApprovalPolicy(
             oncall=tuple(settings.oncall),
             require_second_approver=settings.require_second_approver,
@@ -178,8 +182,16 @@ class Console:
         return self.inv.list(limit=min(limit, self.settings.max_page_size))
 
     def layer_shares(self, views: Sequence[ExperimentView] | None = None) -> list[LayerShare]:
-        """Every layer with its free share (as lifecycle plans ranges: completed ones free)."""
-        views = self.state.current().views if views is None else views
+        """Every layer with its free share (as lifecycle plans ranges: completed ones free).
+
+        Without ``views``, the console's copy; while its first read still runs the shares are
+        None (the builder says so; lifecycle checks the share when the form is saved anyway).
+        """
+        if views is None:
+            state = self.state.ready(wait_s=_WAIT_FOR_STATE_S)
+            if state is None:
+                return [LayerShare(layer.id, None) for layer in self.experiments.layers()]
+            views = state.views
         used: dict[str, float] = {}
         for v in views:
             if v.status != "completed":
@@ -193,9 +205,17 @@ class Console:
         self,
         views: Sequence[ExperimentView],
         investigations: Sequence[InvestigationView],
+        decisions: Mapping[str, str] | None = None,
     ) -> list[Row]:
-        """Each experiment with its health, last gate decision, open alerts, last investigation."""
-        decisions = self.state.current().decisions
+        """Each experiment with its health, last gate decision, open alerts, last investigation.
+
+        Args:
+            views: The experiments.
+            investigations: Recent investigations, newest first.
+            decisions: Experiment -> its last rollout decision; the state copy's by default.
+        """
+        if decisions is None:
+            decisions = self.state.current().decisions
         alerts: dict[str, list[AlertRecord]] = {}
         for record in self.ledger.open_alerts():
             if record.experiment_id:
@@ -228,20 +248,44 @@ class Console:
     # -- pages --------------------------------------------------------------------------------
 
     def dashboard(self) -> dict[str, Any]:
-        """Live experiments, decisions waiting, kill switches and the latest audit entries."""
-        state = self.state.current()
-        views = state.views
+        """Live experiments, decisions waiting, kill switches and the latest audit entries.
+
+        The experiments' health needs every experiment's state: while the console's first read
+        of it still runs (:meth:`StateCache.ready`), ``reading`` says since when and ``rows`` and
+        ``counts`` are None, and the rest (read directly, a few small queries) is shown. Health
+        is computed here, on each page, from the state as of ``as_of`` (and ``version``).
+        """
+        state = self.state.ready(wait_s=_WAIT_FOR_STATE_S)
+        as_of = utc_now()
         investigations = self.recent_investigations()
-        live = [v for v in views if v.status in _LIVE or v.killed]
-        rows = self.rows(live, investigations)
-        rows.sort(key=lambda r: (_HEALTH_ORDER[r.health], r.view.id))
         waiting = [i for i in investigations if i.status in ("awaiting_approval", "watching")]
         pending = [m for m in self.mitigations() if m.status == "proposed"]
-        return {
-            "rows": rows,
+        common: dict[str, Any] = {
             "waiting": waiting,
             "pending": pending,
             "switches": self.experiments.kill_switches(active_only=True),
+            "as_of": as_of,
+        }
+        if state is None:
+            return {
+                **common,
+                "rows": None,
+                "counts": None,
+                "version": None,
+                "reading": self.state.reading_since,
+                "read_error": self.state.read_error,
+                "audit": builtins.list(reversed(self.experiments.audit(limit=12))),
+            }
+        views = state.views
+        live = [v for v in views if v.status in _LIVE or v.killed]
+        rows = self.rows(live, investigations, state.decisions)
+        rows.sort(key=lambda r: (_HEALTH_ORDER[r.health], r.view.id))
+        return {
+            **common,
+            "rows": rows,
+            "version": state.version,
+            "reading": None,
+            "read_error": "",
             "audit": builtins.list(reversed(state.entries[-12:])),
             "counts": {
                 "experiments": len(views),
@@ -253,8 +297,24 @@ class Console:
     def experiment_list(
         self, layer: str = "", status: str = "", owner: str = "", health: str = ""
     ) -> dict[str, Any]:
-        """Experiments filtered by layer, status, owner and health."""
-        views = self.state.current().views
+        """Experiments filtered by layer, status, owner and health.
+
+        While the console's first read of every experiment still runs, ``rows`` is None and
+        ``reading`` says since when (the page reloads itself).
+        """
+        state = self.state.ready(wait_s=_WAIT_FOR_STATE_S)
+        if state is None:
+            return {
+                "rows": None,
+                "reading": self.state.reading_since,
+                "read_error": self.state.read_error,
+                "layers": [],
+                "owners": [],
+                "statuses": [],
+                "healths": builtins.list(_HEALTH_ORDER),
+                "total": None,
+            }
+        views = state.views
         chosen = [
             v
             for v in views
@@ -262,7 +322,7 @@ class Console:
             and (not status or v.status == status)
             and (not owner or v.owner == owner)
         ]
-        rows = self.rows(chosen, self.recent_investigations())
+        rows = self.rows(chosen, self.recent_investigations(), state.decisions)
         if health:
             rows = [r for r in rows if r.health == health]
         return {
@@ -294,7 +354,10 @@ class Console:
             for m in self.mitigations()
             if m.target == experiment_id and m.status in ("proposed", "approved", "executing")
         ]
-        (row,) = self.rows([view], investigations)
+        # Its last decision from its own trail: this page never waits for the whole state.
+        decided = [e for e in gate if e.action in DECISION_ACTIONS]
+        last = {view.id: f"{decided[-1].action} by {decided[-1].actor}"} if decided else {}
+        (row,) = self.rows([view], investigations, last)
         return {
             "view": view,
             "row": row,
@@ -310,12 +373,15 @@ class Console:
         """Audit entries, newest first, filtered by experiment, actor and action.
 
         An experiment's whole trail is read from the store; otherwise the newest entries the
-        console keeps (:mod:`agent.console.cache`) are searched.
+        console keeps (:mod:`agent.console.cache`) are searched, or, while its first read still
+        runs, the newest ``limit`` read from the store.
         """
         if experiment:
             entries = self.experiments.audit(experiment, limit=5000)
         else:
-            entries = builtins.list(self.state.current().entries)
+            state = self.state.ready(wait_s=_WAIT_FOR_STATE_S)
+            kept = state.entries if state is not None else self.experiments.audit(limit=limit)
+            entries = builtins.list(kept)
         chosen = [
             e
             for e in reversed(entries)

@@ -64,10 +64,10 @@ from agent.server.schemas import (
     install_openapi,
 )
 from agent.server.snapshots import snapshot_router
+from agent.settings import Settings
 from agent.slack.bot import SlackBot
 from agent.slack.notifier import SlackNotifier
 from lifecycle.alerts import AlertLedger
-from lifecycle.settings import Settings
 from tools.vocabulary import utc_now
 
 __all__ = ["Components", "KillRequest", "build_investigator", "create_app", "slack_notifier"]

@@ -29,8 +29,8 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from agent.settings import Settings
 from lifecycle.allocation import ConfigSnapshot
-from lifecycle.settings import Settings
 from lifecycle.wire import encode_delta, encode_envelope
 
 __all__ = ["Published", "SnapshotPublisher", "SnapshotSource", "snapshot_router"]
@@ -97,6 +97,7 @@ class SnapshotPublisher:
         self._published: Published | None = None
         self._snapshot: ConfigSnapshot | None = None
         self._checked = 0.0
+        self._waiters: set[asyncio.Future[None]] = set()
 
     @property
     def poll_s(self) -> float:
@@ -129,8 +130,40 @@ class SnapshotPublisher:
                 base = None if previous is None else previous.version
                 published = Published(snapshot, self._key, build_ms, delta, base)
                 self._published, self._snapshot = published, snapshot
+                self._wake_all()
             self._checked = time.monotonic()
             return published
+
+    def _wake_all(self) -> None:
+        """Wake every stream waiting in :meth:`newer` (from whichever thread published)."""
+        for waiter in list(self._waiters):
+            try:
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+            except RuntimeError:  # its event loop is closed: nobody is waiting on it any more
+                self._waiters.discard(waiter)
+
+    async def newer(self, version: int, timeout: float) -> None:
+        """Return when a version newer than ``version`` is published, or after ``timeout``.
+
+        One stream's check of the state version publishes for all of them: the others are
+        woken at once instead of at their own next check (at most ``poll_s`` later each).
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            published = self._published
+            if published is not None and published.version > version:
+                return
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return
+        finally:
+            self._waiters.discard(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _event(published: Published, after: int) -> bytes:
@@ -162,10 +195,11 @@ async def _stream(
             sent = published.version
             quiet_since = time.monotonic()
             yield event
-        elif time.monotonic() - quiet_since >= heartbeat_s:
+            continue  # a newer version may have been published meanwhile
+        if time.monotonic() - quiet_since >= heartbeat_s:
             quiet_since = time.monotonic()
             yield b": keep-alive\n\n"
-        await asyncio.sleep(publisher.poll_s)
+        await publisher.newer(sent, publisher.poll_s)
 
 
 def _last_event_id(request: Request) -> int:

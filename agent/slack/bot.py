@@ -26,6 +26,7 @@ from slack_sdk.errors import SlackApiError
 from agent.models import Alert, MitigationView
 from agent.ports import Experiments, Investigations
 from agent.ratelimit import RateLimited, RateLimiter
+from agent.settings import Settings
 from agent.slack.blocks import APPROVE_ACTION, REJECT_ACTION, escape, status_message
 from agent.slack.commands import (
     HELP_TEXT,
@@ -41,7 +42,6 @@ from agent.slack.commands import (
     question_hints,
 )
 from agent.slack.notifier import SlackNotifier
-from lifecycle.settings import Settings
 from tools.errors import ApprovalError, ConfigError, NotFoundError, RetryableError, VigilError
 from tools.vocabulary import VERDICT_MARKS, utc_now
 

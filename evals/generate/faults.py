@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from evals.generate.strength import BASELINE_MINUTES, Sample, distinct_units, signal_strength
+from evals.generate.strength import (
+    BASELINE_MINUTES,
+    STALE_FAIL_OVERDUE,
+    Sample,
+    distinct_units,
+    signal_strength,
+)
 from evals.generate.world import Exp, WorldDraw
 
 __all__ = ["SEVERITY", "STRENGTH_RANGE", "FaultDraw", "Scope", "draw_fault", "fault_sample"]
@@ -162,8 +168,10 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
     quality = float(world.model(world.production_model)["quality"])
     units = 0.0
     arm_share = 0.5
+    family = 1
     if fault.experiment is not None and fault.arm is not None:
         exp = fault.experiment
+        family = 2 * len(exp.arms) - 1
         pct = exp.traffic_pct / 100.0
         requests = float(rate.sum()) * pct * exp.weight(fault.arm) * where
         reference = float(rate.sum()) * pct * exp.weight(exp.control) * where
@@ -182,6 +190,17 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
     else:
         requests = float(rate.sum()) * where
         reference = float(ref_rate.sum()) * where
+    overdue = 0.0
+    if fault.kind == "stale_model":
+        stale = fault.model or world.production_model
+        if fault.experiment is not None and fault.arm is not None:
+            stale = fault.experiment.arms[fault.arm].get("model") or world.production_model
+        refresh = float(world.model(stale).get("refresh_minutes") or 0.0)
+        if refresh > 0:
+            # The last version published before the onset (boundaries k·refresh, the one at
+            # the onset itself never comes) ages from its publication onwards.
+            published = refresh * float(math.ceil(onset / refresh) - 1)
+            overdue = (alert - published) / ((1.0 + STALE_FAIL_OVERDUE) * refresh)
     return Sample(
         requests=requests,
         reference_requests=reference if reference > 0 else math.inf,
@@ -190,6 +209,9 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         arm_share=arm_share,
         quality=quality,
         hours=len(window) / 2.0 / 60.0,
+        family=family,
+        mode=fault.mode,
+        overdue=overdue,
     )
 
 

@@ -87,6 +87,7 @@ def scenario_strength(scenario: Scenario) -> float | None:
         model=spec.model,
         where={str(k): v for k, v in spec.where.items()},
         end_minute=spec.end_minute,
+        mode=spec.mode,
     )
     alert = max(scenario.alert.minute, spec.start_minute)
     return round(signal_strength(spec.kind, spec.severity, fault_sample(world, fault, alert)), 3)

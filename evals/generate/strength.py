@@ -1,13 +1,28 @@
-"""Signal strength: how large a fault is relative to the smallest effect its data could show.
+"""Signal strength: how large a fault is relative to the smallest effect the checks could call.
 
 A fault's **signal strength** is its effect on the metric that best reveals it, divided by the
-minimal detectable effect (MDE) of that metric given the traffic the fault touched between its
-onset and the alert::
+smallest effect Vigil's own checks would *fail* on, given the traffic the fault touched between its
+onset and the alert. Two things bound what a check can call (see docs/generated.md, "Detectable"):
 
-    strength = effect / (z · σ · sqrt(1/n + 1/n_ref))
+1. **Statistics** at the checks' own level. A check fails at a family-wise α of 10⁻³
+   (:data:`ALPHA_FAIL`), Bonferroni over the time segments it scans (:data:`SEGMENTS`) and Holm
+   over its family of comparisons (``family``: ``2·arms − 1`` in an experiment, every non-control
+   arm against control and every arm against its own baseline; 1 for a model or all traffic)::
 
-- ``z = z(1 − α/2) + z(power) = 1.96 + 0.84 = 2.80``: a two-sided test at α = 0.05 with 80 %
-  power (:data:`Z_DETECT`).
+       statistical = effect / (z · σ · sqrt(1/n + 1/n_ref)),
+       z = z(1 − α'/2) + z(power),  α' = ALPHA_FAIL / (SEGMENTS · family),  power 0.8
+
+   (:func:`z_checks`; about 4.9 for a two-arm experiment, against 2.80 for a single test at
+   α 0.05 — :data:`Z_DETECT`, the textbook figure, kept as :func:`statistical_strength`).
+2. **Materiality**: the smallest change the check calls a failure at all, taken from the checks'
+   own parameters (:func:`material_effect`): a doubling of a rare-event rate (fallback, errors,
+   invalid predictions; never below 2 in 10,000 requests), a calibration ratio of 1.1, +3 % NE,
+   a 3 % point mass of stuck predictions.
+
+``strength = min(statistical, effect / material)``. Below 1 an honest investigation should say
+"inconclusive" (too little data) or find nothing (too small to matter); at 1 and above the
+checks' own rules call it.
+
 - ``n``: the affected sample from the onset to the alert minute inclusive (the telemetry an
   investigation reads) — requests, clicks or units, in the unit the metric is counted in.
 - ``n_ref``: the reference the affected sample is compared with: for an experiment's arm, its
@@ -21,16 +36,20 @@ onset and the alert::
   ============================ =============== ================================================
   prediction_collapse,         share of        ``p1 − p0`` with ``p1 = p0 + s(1 − p0)``;
   model_fallback,              requests        ``σ = sqrt(p̄(1 − p̄))``, ``p̄ = (p0 + p1)/2``
-  infra_outage                 (requests)      (``p0``: 0.001, 0.001, 0.0005)
+  infra_outage                 (requests)      (``p0``: 0, 0.001, 0.0005, the simulator's
+                                               healthy rates); a ``mixed`` collapse is
+                                               two-thirds invalid
   logging_loss                 CTR (requests)  ``s · ctr``; ``σ = sqrt(ctr(1 − ctr))``
   miscalibration               Σpred/Σclicks   ``|s − 1|``; ``σ = 1`` (Poisson clicks)
                                (clicks)
   ne_regression                NE (requests)   ΔNE of ``s`` extra logit noise; σ of the
                                                per-request log loss ÷ entropy
   stale_model                  NE (requests)   as ne_regression with noise ``s · h̄``, ``h̄``
-                                               the mean hours since the onset
+                                               the mean hours since the onset; or the
+                                               snapshot's age (``Sample.overdue``), whichever
+                                               is stronger
   allocation_bug               arm share       ``w − w(1 − s)/(1 − w·s)``; ``σ = sqrt(w(1 − w))``
-                               (units)
+                               (units)         (one χ² test: no segments, no family)
   ============================ =============== ================================================
 
 NE's effect and σ come from the simulator's own model of a prediction (``docs/simulator.md``):
@@ -39,9 +58,7 @@ true CTR log-normal around the base CTR, a model of quality ``q`` adds logit noi
 numbers, so the difference is exact to the sample). Auction selection is ignored. Distinct units
 are approximated as ``U(1 − e^(−R/U))`` for ``R`` requests over a pool of ``U`` units.
 
-Strength 1 is the detectability floor: below it, an honest check cannot tell the fault from noise
-with the data at the alert (an investigation should say "inconclusive", not "no issue"), above it
-the evidence is there. Buckets for the eval's curve: :data:`BUCKETS`.
+Strength 1 is the detectability floor. Buckets for the eval's curve: :data:`BUCKETS`.
 """
 
 from __future__ import annotations
@@ -52,20 +69,44 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
+from scipy import stats as sps
+
+from tools.checks import (
+    CalibrationParams,
+    FallbackParams,
+    InfraParams,
+    NEParams,
+    PredictionParams,
+    StalenessParams,
+)
 
 __all__ = [
+    "ALPHA_FAIL",
     "BASELINE_MINUTES",
     "BUCKETS",
+    "SEGMENTS",
+    "STALE_FAIL_OVERDUE",
     "Z_DETECT",
     "Sample",
     "bucket",
     "distinct_units",
     "effect_and_sigma",
+    "material_effect",
     "ne_shift",
     "signal_strength",
+    "statistical_strength",
+    "z_checks",
 ]
 
 Z_DETECT = 1.96 + 0.84
+"""A single two-sided test at α 0.05 with 80 % power: the textbook figure."""
+ALPHA_FAIL = FallbackParams().alpha_fail
+"""The checks' family-wise level to fail (the same for every rate-like check and SRM)."""
+SEGMENTS = 6
+"""Time segments a check's scan corrects for: a 30-120-minute window's grid holds 5-7."""
+_POWER_Z = float(sps.norm.ppf(0.8))
+STALE_FAIL_OVERDUE = StalenessParams().fail_overdue
+"""A snapshot overdue by this share of its cadence fails the staleness check."""
 BASELINE_MINUTES = 120
 # (label, lower bound inclusive); the last bucket is open above.
 BUCKETS: tuple[tuple[str, float], ...] = (
@@ -75,7 +116,7 @@ BUCKETS: tuple[tuple[str, float], ...] = (
     ("2-4", 2.0),
     (">=4", 4.0),
 )
-_P0 = {"prediction_collapse": 0.001, "model_fallback": 0.001, "infra_outage": 0.0005}
+_P0 = {"prediction_collapse": 0.0, "model_fallback": 0.001, "infra_outage": 0.0005}
 _NE_SAMPLE = 100_000
 
 Unit = Literal["requests", "clicks", "units"]
@@ -94,6 +135,12 @@ class Sample:
         arm_share: The faulty arm's configured share of the experiment (``allocation_bug``).
         quality: Quality of the affected model (NE kinds).
         hours: Mean hours since the onset over the affected minutes (``stale_model``).
+        overdue: ``stale_model``: minutes from the last publication before the onset to the
+            alert, over ``(1 + fail_overdue) · cadence``: 1 when the staleness check's age rule
+            starts failing (published at ``k·cadence``, trained ``lag`` earlier, failing once
+            older than ``cadence + lag`` by ``fail_overdue`` of the cadence).
+        family: Comparisons in the check's family (``2·arms − 1`` in an experiment, else 1).
+        mode: How predictions collapse (``prediction_collapse``; None is ``mixed``).
     """
 
     requests: float
@@ -103,6 +150,9 @@ class Sample:
     arm_share: float = 0.5
     quality: float = 0.75
     hours: float = 0.0
+    family: int = 1
+    mode: str | None = None
+    overdue: float = 0.0
 
 
 def bucket(strength: float | None) -> str:
@@ -177,7 +227,10 @@ def effect_and_sigma(kind: str, severity: float, sample: Sample) -> tuple[float,
     """
     if kind in _P0:
         p0 = _P0[kind]
-        p1 = p0 + severity * (1.0 - p0)
+        share = severity
+        if kind == "prediction_collapse" and sample.mode in (None, "mixed"):
+            share = severity * 2.0 / 3.0  # a third of a mixed collapse is stuck, not invalid
+        p1 = p0 + share * (1.0 - p0)
         mean = (p0 + p1) / 2.0
         return p1 - p0, math.sqrt(mean * (1.0 - mean)), "requests"
     if kind == "logging_loss":
@@ -199,17 +252,56 @@ def effect_and_sigma(kind: str, severity: float, sample: Sample) -> tuple[float,
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
-def signal_strength(kind: str, severity: float, sample: Sample) -> float:
-    """``effect / (z · σ · sqrt(1/n + 1/n_ref))`` for a fault (module docstring).
+@lru_cache(maxsize=64)
+def _ne_base(quality: float, ctr: float) -> float:
+    """NE of the healthy model of ``quality`` at ``ctr`` (the reference of the +3 % floor)."""
+    _p, _y, _noise, base, entropy = _ne_sample(quality, ctr)
+    return base / entropy
+
+
+def z_checks(family: int = 1, segments: int = SEGMENTS) -> float:
+    """``z(1 − α'/2) + z(0.8)`` at the checks' per-comparison level (module docstring).
 
     Args:
-        kind: The fault kind.
-        severity: Its severity.
-        sample: The traffic it touched between its onset and the alert, and the reference.
-
-    Returns:
-        The strength (0 when the fault touched nothing).
+        family: Comparisons Holm corrects over.
+        segments: Time segments Bonferroni corrects over.
     """
+    alpha = ALPHA_FAIL / (max(segments, 1) * max(family, 1))
+    return float(sps.norm.isf(alpha / 2.0)) + _POWER_Z
+
+
+def material_effect(kind: str, severity: float, sample: Sample) -> float:
+    """The smallest effect (on :func:`effect_and_sigma`'s scale) the checks call a failure.
+
+    Read from the checks' own default parameters, so the generator follows the checks: a rare
+    rate must double (fallback, errors; any invalid prediction, at least
+    ``invalid_least_fail``), Σpred/Σclicks must move by ``ratio_fail``, NE rise by
+    ``rel_increase_fail``, a stuck constant fill ``mass_fail`` of the predictions. 0 where the
+    check has no floor (SRM).
+    """
+    if kind == "model_fallback":
+        f = FallbackParams()
+        return max(f.least_increase_fail, (f.relative_fail - 1.0) * _P0[kind])
+    if kind == "infra_outage":
+        i = InfraParams()
+        return max(i.error_least_fail, (i.error_relative_fail - 1.0) * _P0[kind])
+    if kind == "prediction_collapse":
+        pp = PredictionParams()
+        if sample.mode == "constant":
+            return pp.mass_fail
+        return max(pp.invalid_least_fail, (pp.invalid_relative - 1.0) * _P0[kind])
+    ratio = CalibrationParams().ratio_fail
+    if kind == "logging_loss":
+        return (1.0 - 1.0 / ratio) * sample.ctr  # Σpred/Σclicks = 1/(1 − s) reaches the ratio
+    if kind == "miscalibration":
+        return ratio - 1.0 if severity >= 1.0 else 1.0 - 1.0 / ratio
+    if kind in ("ne_regression", "stale_model"):
+        base = _ne_base(round(sample.quality, 3), round(sample.ctr, 4))
+        return NEParams().rel_increase_fail * base
+    return 0.0
+
+
+def _statistical(kind: str, severity: float, sample: Sample, z: float | None) -> float:
     effect, sigma, unit = effect_and_sigma(kind, severity, sample)
     if unit == "units":
         n, n_ref = sample.units, math.inf
@@ -219,5 +311,35 @@ def signal_strength(kind: str, severity: float, sample: Sample) -> float:
         n, n_ref = sample.requests, sample.reference_requests
     if n <= 0 or sigma <= 0:
         return 0.0
+    if z is None:
+        # SRM is one chi-square test over the window; the rate checks scan segments per family.
+        z = z_checks(1, 1) if kind == "allocation_bug" else z_checks(sample.family)
     inv = 1.0 / n + (0.0 if n_ref <= 0 or math.isinf(n_ref) else 1.0 / n_ref)
-    return effect / (Z_DETECT * sigma * math.sqrt(inv))
+    return effect / (z * sigma * math.sqrt(inv))
+
+
+def statistical_strength(kind: str, severity: float, sample: Sample) -> float:
+    """The textbook strength: ``effect / (2.80 · σ · sqrt(1/n + 1/n_ref))`` (α 0.05, no floor)."""
+    return _statistical(kind, severity, sample, Z_DETECT)
+
+
+def signal_strength(kind: str, severity: float, sample: Sample) -> float:
+    """``min(statistical, effect / material)`` at the checks' own α (module docstring).
+
+    Args:
+        kind: The fault kind.
+        severity: Its severity.
+        sample: The traffic it touched between its onset and the alert, and the reference.
+
+    Returns:
+        The strength (0 when the fault touched nothing).
+    """
+    stat = _statistical(kind, severity, sample, None)
+    floor = material_effect(kind, severity, sample)
+    if floor > 0:
+        effect, _sigma, _unit = effect_and_sigma(kind, severity, sample)
+        stat = min(stat, effect / floor)
+    if kind == "stale_model":
+        # The snapshot's age is read, not estimated: it fails on its own once overdue.
+        return max(stat, sample.overdue)
+    return stat

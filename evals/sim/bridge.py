@@ -20,7 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from evals.sim.scenario import Scenario
-from lifecycle.allocation import ConfigSnapshot, KillScope, assign_many, build_snapshot
+from lifecycle.allocation import (
+    ConfigSnapshot,
+    KillScope,
+    Status,
+    assign_many,
+    build_snapshot,
+)
 from lifecycle.config import Arm, Experiment, ExperimentFile, Layer, ModelEntry, RolloutPlan
 from tools.telemetry import TelemetryReader
 from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
@@ -112,14 +118,17 @@ def scenario_to_experiment_file(scenario: Scenario) -> ExperimentFile:
 def world_snapshot(
     scenario: Scenario, kill_switches: Iterable[tuple[KillScope, str]] = ()
 ) -> ConfigSnapshot:
-    """Compile the scenario's experiments (all running, full coverage) with active kill switches.
+    """Compile the scenario's experiments (all running, full coverage; ``shadow: true`` ones in
+    lifecycle's ``shadow`` state: served control, their drawn arms scored) with active kill
+    switches.
 
     Args:
         scenario: A validated scenario.
         kill_switches: Active ``(scope, target)`` pairs; blocked experiments allocate nobody.
     """
     file = scenario_to_experiment_file(scenario)
-    return build_snapshot(file.layers, file.experiments, kill_switches=kill_switches)
+    shadow: dict[str, Status] = {e.id: "shadow" for e in scenario.world.experiments if e.shadow}
+    return build_snapshot(file.layers, file.experiments, status=shadow, kill_switches=kill_switches)
 
 
 def unit_arms(

@@ -28,12 +28,14 @@ from evals.sim.bridge import minute_to_ts, scenario_to_experiment_file
 from evals.sim.engine import simulate_block
 from evals.sim.runner import _write_snapshots
 from evals.sim.scenario import Scenario
+from evals.sim.shadow import RunnerFor, log_shadow
 from evals.sim.store import TelemetryWriter, open_writer
 from evals.sim.world import World, build_world
-from lifecycle.allocation import assign_many
+from lifecycle.allocation import ConfigSnapshot, assign_many
 from lifecycle.config import RolloutPlan, RolloutStage
 from lifecycle.controller import Decision, RolloutController
 from lifecycle.gate import GateConfig
+from lifecycle.inference import ModelRunner, ShadowLog
 from lifecycle.service import ExperimentService
 from tools.errors import ConfigError
 from tools.unit_stats import UnitStatsReader
@@ -43,8 +45,9 @@ __all__ = ["RAMP_ACTOR", "RampOutcome", "RampSummary", "has_ramp", "simulate_ram
 RAMP_ACTOR = "vigil-scenario"
 """Who creates and starts the scenario's experiments in the state store."""
 
-ROLLBACK_ACTIONS = frozenset({"ramp_down", "kill", "alert"})
-"""Controller actions that count as a rollback (``alert`` is ``pause_and_alert``)."""
+ROLLBACK_ACTIONS = frozenset({"ramp_down", "kill", "alert", "pause"})
+"""Controller actions that count as a rollback (``alert`` is ``pause_and_alert``; ``pause`` is a
+failed shadow run, stopped before anyone was served the candidate)."""
 
 
 @dataclass
@@ -62,6 +65,11 @@ class RampOutcome:
             the end without one): 1 % of traffic for 30 minutes is 0.3.
         final_state: Where its rollout stood at the end, e.g. ``ramping(1)``, ``killed``.
         actions: The controller's non-hold actions as ``(minute, action, stage)``.
+        shadow: How its shadow run ended: ``passed`` (moved to its first stage), ``failed``
+            (paused), ``running`` (still in shadow at the end), None without a shadow run.
+        shadow_minute: The minute the controller ended the shadow run (None: it did not).
+        shadow_rows: Shadow predictions logged for it.
+        shadow_summary: The shadow step's summary when the run ended (each arm's verdict).
     """
 
     experiment_id: str
@@ -72,6 +80,10 @@ class RampOutcome:
     exposure_traffic_minutes: float = 0.0
     final_state: str = "draft"
     actions: list[tuple[int, str, int]] = field(default_factory=list)
+    shadow: str | None = None
+    shadow_minute: int | None = None
+    shadow_rows: int = 0
+    shadow_summary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,10 @@ def _create(scenario: Scenario, service: ExperimentService) -> None:
     full = RolloutPlan(stages=[RolloutStage(percent=100.0, min_minutes=0)])
     ramped = {e.id for e in scenario.world.experiments if e.rollout is not None}
     experiments = [
-        e if e.id in ramped else e.model_copy(update={"rollout": full}) for e in file.experiments
+        e
+        if e.id in ramped
+        else e.model_copy(update={"rollout": full.model_copy(update={"shadow": e.rollout.shadow})})
+        for e in file.experiments
     ]
     service.create(
         file.model_copy(update={"experiments": experiments}),
@@ -119,9 +134,34 @@ def _create(scenario: Scenario, service: ExperimentService) -> None:
     )
 
 
-def _allocate(world: World, service: ExperimentService) -> dict[str, float]:
-    """Point the world's allocation at the state store's snapshot; enrolled percent per id."""
-    snapshot = service.snapshot()
+def _runners(scenario: Scenario) -> RunnerFor:
+    """The world's model runner per served (reference) model, for the shadow log."""
+    from evals.replay import WorldRunner  # evals.replay imports evals.sim: import when needed
+
+    made: dict[str, ModelRunner] = {}
+
+    def runner_for(reference: str) -> ModelRunner:
+        if reference not in made:
+            made[reference] = WorldRunner(scenario, reference=reference)
+        return made[reference]
+
+    return runner_for
+
+
+def _shadow_counts(engine: sa.Engine) -> dict[str, int]:
+    if not sa.inspect(engine).has_table("shadow_predictions"):
+        return {}
+    query = "SELECT experiment_id, COUNT(*) FROM shadow_predictions GROUP BY experiment_id"
+    with engine.connect() as conn:
+        return {str(e): int(n) for e, n in conn.execute(sa.text(query))}
+
+
+def _allocate(world: World, snapshot: ConfigSnapshot) -> dict[str, float]:
+    """Point the world's allocation at the state store's snapshot; enrolled percent per id.
+
+    An experiment in shadow enrols units but serves them control (``assign_many``), so it
+    counts as enrolling none: nobody is served its candidates.
+    """
     enrolled = {}
     for i, exp_id in enumerate(world.exp_ids):
         world.exp_unit_arms[i] = assign_many(snapshot, world.unit_ids, exp_id)
@@ -171,7 +211,11 @@ def simulate_ramp(
     clock = {"now": minute_to_ts(scenario, 0).replace(tzinfo=UTC)}
     engine = _engine(telemetry_url, replace)
     service = ExperimentService(state_url, clock=lambda: clock["now"])
-    controller = RolloutController(state_url, UnitStatsReader(engine), gate=gate)
+    # The controller judges a shadow run from the shadow_predictions this loop logs.
+    controller = RolloutController(
+        state_url, UnitStatsReader(engine), gate=gate, shadow=ShadowLog(engine)
+    )
+    runner_for = _runners(scenario)
     try:
         _create(scenario, service)
         launches = {e.id: e.start_minute for e in scenario.world.experiments}
@@ -182,7 +226,7 @@ def simulate_ramp(
             writer.restore()
         outcomes = {k: RampOutcome(k) for k in ramps}
         coverage: dict[str, list[float]] = {k: [] for k in ramps}
-        rows = {"requests": 0, "exposures": 0}
+        rows = {"requests": 0, "exposures": 0, "shadow": 0}
         ticks = 0
         for lo in range(0, end, tick):
             hi = min(end, lo + tick)
@@ -195,11 +239,25 @@ def simulate_ramp(
                 decisions = controller.tick(now)
                 ticks += 1
                 _record(decisions, outcomes, lo)
-            enrolled = _allocate(world, service)
+            snapshot = service.snapshot()
+            enrolled = _allocate(world, snapshot)
             _account(scenario, world, service, outcomes, coverage, enrolled, lo, hi)
             written = _write_slice(world, engine, lo, hi)
             rows["requests"] += written[0]
             rows["exposures"] += written[1]
+            # What a serving process does beside serving: score the drawn candidates of the
+            # experiments in shadow and log them, for the controller's next tick to judge.
+            rows["shadow"] += log_shadow(
+                engine,
+                snapshot,
+                runner_for,
+                scenario,
+                minute_to_ts(scenario, lo),
+                minute_to_ts(scenario, hi),
+            )
+        for exp_id, n in _shadow_counts(engine).items():
+            if exp_id in outcomes:
+                outcomes[exp_id].shadow_rows = n
         for view in service.list():
             if view.id in outcomes:
                 state = view.status
@@ -248,7 +306,15 @@ def _write_slice(world: World, engine: sa.Engine, lo: int, hi: int) -> tuple[int
 def _record(decisions: list[Decision], outcomes: dict[str, RampOutcome], minute: int) -> None:
     for d in decisions:
         out = outcomes.get(d.experiment_id)
-        if out is None or d.action in ("hold", "skipped"):
+        if out is None:
+            continue
+        if d.before == "shadow":
+            out.shadow = out.shadow or "running"
+            if d.action in ("advance", "pause"):
+                out.shadow = "passed" if d.action == "advance" else "failed"
+                out.shadow_minute = minute
+                out.shadow_summary = "; ".join(d.reasons)
+        if d.action in ("hold", "skipped"):
             continue
         if d.action == "alert" and d.alert is None:
             continue  # the stage's alert is open already: nothing new was done

@@ -19,8 +19,10 @@ Keys the simulator adds to DESIGN §7 (all optional):
 - ``faults[].mode``: for ``prediction_collapse``, what the bad predictions look like: ``nan``,
   ``out_of_range``, ``constant`` or ``mixed`` (default, a third each).
 - ``tags``: free labels for grouping scenarios (``red_herring``, ``subtle`` ...).
-- ``world.experiments[].shadow``: shadow mode (issue 18): control's model serves every arm and the
-  candidates' predictions go to the ``shadow_predictions`` table instead.
+- ``world.experiments[].shadow``: shadow mode (issue 18): lifecycle's allocation serves control to
+  every enrolled unit and the candidates of the arms units drew score their requests into the
+  ``shadow_predictions`` table instead (``evals.sim.shadow``); with a ``rollout`` the controller
+  judges that run and ends it or pauses the experiment (``expect.rollout.shadow``).
 - ``expect.signal_strength``: the fault's size relative to the effect detectable with its data at
   the alert (``evals.generate.strength``); the eval's curve groups rows by it.
 """
@@ -136,8 +138,8 @@ class ExperimentSpec(_Strict):
     end_minute: int | None = Field(default=None, gt=0, description="Stop minute (exclusive).")
     shadow: bool = Field(
         default=False,
-        description="Shadow mode: every arm is served control's model; the other arms' models "
-        "score their requests in shadow (evals.replay.write_shadow logs shadow_predictions).",
+        description="Shadow mode: every enrolled unit is served control; the model of the arm "
+        "it drew scores its requests in shadow (evals.sim.shadow logs shadow_predictions).",
     )
 
     @property
@@ -203,6 +205,11 @@ class RampExpect(_Strict):
         default=None, gt=0, le=100, description="Rolled back before more of the layer enrolled."
     )
     full: bool = Field(default=False, description="Reaches full rollout (``running``).")
+    shadow: Literal["passed", "failed"] | None = Field(
+        default=None,
+        description="How the controller ends its shadow run: passed (to its first stage) or "
+        "failed (paused before any unit was served a candidate).",
+    )
 
 
 class PreflightExpect(_Strict):

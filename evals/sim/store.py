@@ -3,10 +3,12 @@
 * DuckDB (``duckdb:///file.duckdb``, the default warehouse): Arrow tables go straight into the
   table through the raw DuckDB connection (``INSERT ... SELECT`` over a registered Arrow table).
 * PostgreSQL (``postgresql+psycopg://``): binary ``COPY`` encoded by numpy, or CSV ``COPY`` into
-  a table whose column types are not the contract's (:mod:`evals.sim._bulk`); the tables are
-  analysed before the commit.
+  a table whose column types are not the contract's (:mod:`evals.sim._bulk`), sent by a thread of
+  its own so that the server parses one block while the next is simulated and encoded; the
+  tables are analysed (a small sample) before the commit.
 * chDB (``chdb:///path``): ``INSERT ... SELECT * FROM Python(arrow)`` into ``MergeTree`` tables
-  with ``DateTime64(6, 'UTC')`` times (ClickHouse's DDL, for the ClickHouse dialects).
+  with ``DateTime64(6, 'UTC')`` times (ClickHouse's DDL, for the ClickHouse dialects); string
+  columns go as Arrow dictionaries, ClickHouse's ``LowCardinality``.
 * Any other dialect (SQLite ...): chunked ``executemany`` inserts through SQLAlchemy Core.
 
 All of it in one transaction where the store has them. Tables are created when missing, with the
@@ -15,8 +17,10 @@ invalid)."""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +31,10 @@ from sqlalchemy.engine import make_url
 from evals.sim._bulk import (
     binary_ready,
     clickhouse_ddl,
-    copy_postgres,
+    copy_payload,
     insert_chdb,
     pg_column_types,
+    send_copy,
 )
 from tools._dialect_sql import CLICKHOUSE_DIALECTS
 from tools.errors import ConfigError, TelemetryError
@@ -42,46 +47,95 @@ _CHUNK_ROWS = 20_000
 # faster than many small ones, so Arrow tables are buffered until this many rows are waiting.
 _FLUSH_ROWS = 8 * 122_880
 
+# The contract's columns (DESIGN §3), ``name:kind`` in order; a kind is one SQLAlchemy type.
+_KINDS: dict[str, type[sa.types.TypeEngine[Any]]] = {
+    "time": sa.DateTime,
+    "id": sa.BigInteger,
+    "int": sa.Integer,
+    "text": sa.String,
+    "real": sa.Double,
+    "bool": sa.Boolean,
+}
+_EVENT = "ts:time request_id:id unit_id:id"  # what a request and its exposures share
+_CONTRACT = {
+    "requests": f"{_EVENT} country:text platform:text ad_type:text model_id:text "
+    "model_version:text prediction:real fallback:bool label:int revenue:real latency_ms:real "
+    "error:bool",
+    "exposures": f"{_EVENT} experiment_id:text arm:text",
+    "model_snapshots": "model_id:text model_version:text trained_at:time published_at:time "
+    "training_ne:real training_calibration:real",
+}
+
+# Encoded PostgreSQL COPY streams waiting for the sender thread: about 35 MB per block of the
+# simulator; two let the encoder run one block ahead of the server without unbounded memory.
+_COPY_QUEUE = 2
+
+# Statistics target of the ANALYZE after a load: the planner needs the tables' sizes and their
+# few distinct ids at once, which a 3 000-row sample gives for an eighth of the server's CPU of
+# the default (300 x 100 rows: about 15 % of a load's server CPU, measured); autovacuum analyses
+# again later with the server's own target.
+_ANALYZE_TARGET = 10
+
 metadata = sa.MetaData()
 TABLES: dict[str, sa.Table] = {
-    "requests": sa.Table(
-        "requests",
+    name: sa.Table(
+        name,
         metadata,
-        sa.Column("ts", sa.DateTime),
-        sa.Column("request_id", sa.BigInteger),
-        sa.Column("unit_id", sa.BigInteger),
-        sa.Column("country", sa.String),
-        sa.Column("platform", sa.String),
-        sa.Column("ad_type", sa.String),
-        sa.Column("model_id", sa.String),
-        sa.Column("model_version", sa.String),
-        sa.Column("prediction", sa.Double),
-        sa.Column("fallback", sa.Boolean),
-        sa.Column("label", sa.Integer),
-        sa.Column("revenue", sa.Double),
-        sa.Column("latency_ms", sa.Double),
-        sa.Column("error", sa.Boolean),
-    ),
-    "exposures": sa.Table(
-        "exposures",
-        metadata,
-        sa.Column("ts", sa.DateTime),
-        sa.Column("request_id", sa.BigInteger),
-        sa.Column("unit_id", sa.BigInteger),
-        sa.Column("experiment_id", sa.String),
-        sa.Column("arm", sa.String),
-    ),
-    "model_snapshots": sa.Table(
-        "model_snapshots",
-        metadata,
-        sa.Column("model_id", sa.String),
-        sa.Column("model_version", sa.String),
-        sa.Column("trained_at", sa.DateTime),
-        sa.Column("published_at", sa.DateTime),
-        sa.Column("training_ne", sa.Double),
-        sa.Column("training_calibration", sa.Double),
-    ),
+        *(
+            sa.Column(column, _KINDS[kind]())
+            for column, kind in (pair.split(":") for pair in spec.split())
+        ),
+    )
+    for name, spec in _CONTRACT.items()
 }
+
+
+class _CopySender:
+    """Sends encoded ``COPY`` streams through one psycopg connection from a thread of its own.
+
+    The server parses rows in its own process: while it does, the caller simulates and encodes
+    the next block instead of waiting on the socket, so both cores work (the sender thread
+    mostly waits in libpq's I/O, which releases the GIL). Errors are raised to the caller at
+    its next :meth:`put` or at :meth:`close`.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._queue: queue.Queue[tuple[str, list[str], list[bytes | memoryview], bool] | None]
+        self._queue = queue.Queue(maxsize=_COPY_QUEUE)
+        self._error: BaseException | None = None
+        self._failed = ""  # the table whose COPY failed
+        self._thread = threading.Thread(target=self._run, name="vigil-pg-copy", daemon=True)
+        self._thread.start()
+
+    def put(
+        self, table: str, columns: list[str], payload: list[bytes | memoryview], *, binary: bool
+    ) -> None:
+        """Queue one ``COPY`` (blocks while the queue is full)."""
+        self._raise()
+        self._queue.put((table, columns, payload, binary))
+
+    def close(self) -> None:
+        """Wait for every queued ``COPY``; raise the first error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain, so that a blocked put() returns and sees the error
+            table, columns, payload, binary = item
+            try:
+                send_copy(self._raw, table, columns, payload, binary=binary)
+            except BaseException as exc:  # raised again in the caller's thread
+                self._error, self._failed = exc, table
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            first = (str(self._error).strip().splitlines() or [type(self._error).__name__])[0]
+            why = hide_passwords(first)
+            raise TelemetryError(f"COPY into {self._failed} failed: {why}") from self._error
 
 
 def _prepare_path(url: str) -> sa.URL:
@@ -121,6 +175,7 @@ class TelemetryWriter:
             self._duck.execute("SET threads = 1")
         self.rows: dict[str, int] = dict.fromkeys(TABLES, 0)
         self._pg_types: dict[str, dict[str, str]] = {}
+        self._sender: _CopySender | None = None
         self._buffer: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
         self._buffered: dict[str, int] = dict.fromkeys(TABLES, 0)
 
@@ -139,10 +194,14 @@ class TelemetryWriter:
         self.rows[table] += data.num_rows
         if self._conn.dialect.name == "postgresql" and self._conn.dialect.driver == "psycopg":
             raw = self._conn.connection.driver_connection
-            if table not in self._pg_types:
-                self._pg_types[table] = pg_column_types(raw, table)
+            if (
+                not self._pg_types
+            ):  # every table's now: the sender thread holds the connection later
+                self._pg_types = {name: pg_column_types(raw, name) for name in TABLES}
             binary = binary_ready(data, self._pg_types[table])
-            copy_postgres(raw, table, columns, data, binary=binary)
+            if self._sender is None:
+                self._sender = _CopySender(raw)
+            self._sender.put(table, columns, copy_payload(data, binary=binary), binary=binary)
             return
         if self.dialect == "chdb":
             insert_chdb(self._conn, table, columns, data)
@@ -165,12 +224,25 @@ class TelemetryWriter:
         """
         for table in TABLES:
             self._flush(table)
+        self._close_sender()
         if self.dialect == "postgresql" and any(self.rows.values()):
             names = ", ".join(f'"{t}"' for t, n in self.rows.items() if n)
+            self._conn.exec_driver_sql(f"SET LOCAL default_statistics_target = {_ANALYZE_TARGET}")
             self._conn.exec_driver_sql(f"ANALYZE {names}")
 
+    def _close_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.close()
+
     def restore(self) -> None:
-        """Give the database its own thread count back."""
+        """Stop the ``COPY`` thread; give the database its own thread count back.
+
+        Called on the way out, after an error too: a ``COPY`` error then is not news (the
+        transaction rolls back), so it is not raised over the error already on its way.
+        """
+        with suppress(TelemetryError):
+            self._close_sender()
         if self._duck is not None and self._threads is not None:
             self._duck.execute(f"SET threads = {self._threads}")
             self._threads = None

@@ -229,8 +229,9 @@ def build_world(
         exp_arm_codes.append(np.array(codes, dtype=np.int8))
         specs = [e.arms[a] for a in order]
         if any(s.model is not None for s in specs):
-            served = [e.arms[e.control] if e.shadow else s for s in specs]  # shadow: control serves
-            lut = [model_index[s.model] if s.model is not None else -1 for s in served]
+            # A shadow experiment needs nothing here: lifecycle's assign_many puts nobody in it
+            # (they are served production), and its drawn arms are scored apart (evals.sim.shadow).
+            lut = [model_index[s.model] if s.model is not None else -1 for s in specs]
             model_luts.append((i, np.array([*lut, -1], dtype=np.int8)))
         if any(s.ad_load is not None and s.ad_load != 1.0 for s in specs):
             loads = [s.ad_load if s.ad_load is not None else 1.0 for s in specs]

@@ -10,7 +10,7 @@ import pytest
 
 from agent.models import Alert
 from agent.service import Investigator
-from lifecycle.settings import Settings
+from agent.settings import Settings
 from tests.agent.fake_llm import ScriptedLLM
 from tests.agent.fakes import FakeActions, FakeCatalog, FakeToolbox, RecordingNotifier, at
 

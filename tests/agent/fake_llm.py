@@ -31,6 +31,7 @@ __all__ = [
     "FALLBACK",
     "FALLBACK_ARGS",
     "TEXT_FORMS",
+    "TOOL_PATH",
     "Reply",
     "ScriptedLLM",
     "completion",
@@ -264,6 +265,10 @@ class ScriptedLLM:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+
+# The scripted server listens on loopback, which Vigil takes for a local model (no tools, a JSON
+# answer); tests of the tool-calling path ask for it as a hosted endpoint gets it by default.
+TOOL_PATH = {"llm_tools": "on", "llm_answer_format": "tool"}
 
 # A fallback fault in the test arm of 879, and the cause a model should answer for it.
 FALLBACK = {

@@ -7,7 +7,7 @@ from typing import get_args
 import pytest
 
 from agent.actions import ACTIONS, spec
-from agent.models import MitigationAction
+from agent.models import CAUSES, MitigationAction, RootCause
 from agent.runtime import ServiceActions
 from lifecycle.service import ExperimentService
 from lifecycle.validation import parse_experiment_file
@@ -45,3 +45,23 @@ def test_each_action_reaches_lifecycle_once_under_its_audit_name(
         assert entries[0].actor == "carol"
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("action", get_args(MitigationAction))
+def test_every_action_says_what_it_does_and_expects_for_every_cause(action: MitigationAction):
+    action_spec = spec(action)
+    for target in ("879", None):
+        said = action_spec.describe(target)
+        assert said and "{" not in said
+        if target is not None and action_spec.target is not None:
+            assert target in said
+        for cause in CAUSES:
+            top = RootCause(cause=cause, experiment="879", confidence=0.9)
+            expected = action_spec.expected(target, top, "fallback_rate +0.3")
+            assert expected and "{" not in expected
+    assert "stale model" in spec("kill_experiment").expected(
+        "879", RootCause(cause="stale_model", confidence=0.9), ""
+    )
+    assert "training pipeline" in spec("escalate_data").expected(
+        "ctr_v41", RootCause(cause="stale_model", confidence=0.9), ""
+    )

@@ -152,4 +152,7 @@ def test_an_srm_alert_with_a_warning_srm_check_ranks_the_allocation_bug(harness)
     assert view.root_causes[0].cause == "allocation_bug"
     assert view.root_causes[0].confidence < 0.5  # a warning's strength, not a failure's
     assert "noise or seasonality" not in view.report_markdown
-    assert view.status == "awaiting_approval"
+    # Too weak to act on: nothing is proposed, and follow-ups confirm or clear it.
+    assert view.status == "watching"
+    assert not view.mitigations
+    assert "only a warning supports allocation_bug" in view.report_markdown

@@ -251,3 +251,53 @@ def test_a_model_calibration_rise_is_blamed_on_the_side_that_moved(ranking, move
     assert causes[0].cause == cause
     assert ruled in {name for name, _ in ruled_out}
     assert ruled not in {c.cause for c in causes}
+
+
+@pytest.mark.parametrize(("beyond", "cause"), [(True, "ne_regression"), (False, "miscalibration")])
+def test_a_slope_that_fell_more_than_the_calibration_moved_rules_out_miscalibration(
+    ranking, beyond, cause
+):
+    calibration = fail("calibration", "arm test 0.71 vs control 1.00", estimate=0.71, unit="ratio")
+    slope = fail(
+        "ne",
+        "became over-confident (a noisier model)",
+        effect="reliability slope ratio (test ÷ reference)",
+        estimate=0.22,
+        unit="ratio",
+        params={"beyond_rescaling": beyond},
+    )
+    causes, ruled = rank_causes(
+        ranking, [EXP, ALL], outcomes(EXP, calibration=calibration, ne=slope)
+    )
+    assert causes[0].cause == cause
+    assert ("miscalibration" in [r[0] for r in ruled]) is beyond
+
+
+def test_an_overdue_snapshot_explains_clicks_lost_with_predictions_held(ranking):
+    lost = fail(
+        "calibration",
+        "clicks per request -13 %, predictions held",
+        arm=None,
+        estimate=1.2,
+        unit="ratio",
+        params={"scope": "subject", "moved": "clicks"},
+    )
+    found = outcomes(MODEL, calibration=lost, staleness=fail("staleness", "overdue", arm=None))
+    causes, _ = rank_causes(ranking, [MODEL, ALL], found)
+    names = [c.cause for c in causes]
+    assert names[0] == "stale_model"
+    assert names.index("logging_loss") > 0
+
+
+def test_a_warning_of_the_alert_s_own_check_on_the_production_model_is_a_candidate(ranking):
+    fallback_warn = CheckResult(
+        check="fallback", verdict="warn", summary="fallback 0.18 % from 0.10 %", p_value=1e-9
+    )
+    found = outcomes(MODEL, fallback=fallback_warn)
+    alert = Alert(metric="fallback_rate", fired_at=at(160), source="cli", name="x", summary="x")
+    causes, _ = rank_causes(ranking, [MODEL, ALL], found, alert=alert)
+    assert (causes[0].cause, causes[0].model) == ("model_fallback", "ctr_v41")
+    assert causes[1].cause == "none"  # only a warning: noise stays possible
+    # Without the alert on its metric it is no candidate.
+    causes, _ = rank_causes(ranking, [MODEL, ALL], found)
+    assert causes[0].cause == "none"

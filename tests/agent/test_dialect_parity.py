@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from agent.models import InvestigationView
+from agent.settings import Settings
 from evals.harness import create_experiments, eval_settings, investigate, prepare
 from evals.harness import scenario_settings as with_scenario
 from evals.sim import load_scenario, parse_scenario
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from tests.chdb import load_frames as load_chdb
 from tests.pg import PgServer
 from tests.pg import load_frames as load_pg

@@ -9,6 +9,7 @@ from agent.llm import LLMReasoner
 from agent.llm_tools import DATA_CLOSE, DATA_OPEN, check_tools, docstring_args
 from tests.agent.conftest import alert
 from tests.agent.fake_llm import (
+    TOOL_PATH,
     diagnosis,
     error,
     garbage,
@@ -47,6 +48,7 @@ def run(harness, server, *replies, toolbox=None, the_alert=None, **settings):
         "llm_model": "scripted",
         "llm_timeout_s": 5.0,
         "llm_max_retries": 2,
+        **TOOL_PATH,
         **settings,
     }
     h = harness(toolbox or world(), **options)

@@ -9,9 +9,9 @@ import pytest
 
 from agent.llm import LLMBudgetSpent, LLMReasoner, endpoint_timeout
 from agent.llm_tools import compact_result
-from agent.prompts import EXAMPLE, LLMDiagnosis, estimate_tokens, submit_tool
+from agent.prompts import EXAMPLE, LLMCause, LLMDiagnosis, estimate_tokens, submit_tool
 from tests.agent.conftest import alert, make_settings
-from tests.agent.fake_llm import FALLBACK, diagnosis, tool_call, usage
+from tests.agent.fake_llm import FALLBACK, TOOL_PATH, diagnosis, tool_call, usage
 from tests.agent.fake_llm import FALLBACK_ARGS as ARGS
 from tests.agent.fake_llm import fallback_world as world
 from tests.agent.fakes import at
@@ -22,7 +22,7 @@ from tools.result import CheckResult, Evidence
 def investigate(harness, server, *replies, **settings):
     server.add(*replies)
     options = {"llm_base_url": server.url, "llm_model": "scripted", "llm_timeout_s": 5.0}
-    h = harness(world(), **{**options, **settings})
+    h = harness(world(), **{**options, **TOOL_PATH, **settings})
     reasoner = LLMReasoner(h.settings)
     return reasoner, h.investigator(reasoner=reasoner).investigate(alert())
 
@@ -102,16 +102,24 @@ def test_the_schema_shown_is_the_schema_accepted(harness, llm):
     investigate(harness, llm, diagnosis([FALLBACK]))
     request = llm.requests[0]
     (submit,) = [t for t in request["tools"] if t["function"]["name"] == "submit_diagnosis"]
-    assert submit == submit_tool()
-    cause = submit["function"]["parameters"]["$defs"]["LLMCause"]["properties"]
-    assert {"where", "arm", "experiment", "model", "evidence"} <= set(cause)
+    params = submit["function"]["parameters"]
+    # Narrowed to the world's one admissible cause ("none" is refused: fallback fails on 879).
+    (only,) = params["properties"]["causes"]["items"]["anyOf"]
+    assert only["properties"]["cause"] == {"const": "model_fallback"}
+    assert only["properties"]["experiment"] == {"const": "879"}
+    assert only["properties"]["arm"] == {"const": "test"}
+    assert only["properties"]["evidence"] == {"const": ["fallback"]}
+    assert set(only["properties"]) <= set(LLMCause.model_fields)
+    assert set(params["properties"]) <= set(LLMDiagnosis.model_fields)
     system, user = (m["content"] for m in request["messages"][:2])
-    # The example in the instructions and the rule-based ranking both validate as an answer.
+    # The example in the instructions and the candidates both validate as an answer.
     example = json.loads(system[system.index('{"causes"') :])
     assert LLMDiagnosis.model_validate(example) == EXAMPLE
-    ranking = re.search(r"rule_based_ranking[^\n]*\n(.*)\n<<<END", user).group(1)
-    answer = LLMDiagnosis.model_validate({"causes": json.loads(ranking)})
-    assert answer.causes[0].cause == "model_fallback"
+    shown = re.search(r"DATA candidates>>>\n(.*)\n<<<END", user).group(1)
+    answer = LLMDiagnosis.model_validate({"causes": json.loads(shown)})
+    assert [(c.cause, c.experiment, c.evidence) for c in answer.causes] == [
+        ("model_fallback", "879", ["fallback"])
+    ]
 
 
 def test_the_first_prompt_is_compact(harness, llm):

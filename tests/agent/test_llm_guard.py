@@ -9,7 +9,7 @@ from agent.models import RootCause
 from agent.reasoning import ground
 from agent.state import CheckOutcome, Suspect
 from tests.agent.conftest import alert
-from tests.agent.fake_llm import diagnosis
+from tests.agent.fake_llm import TOOL_PATH, diagnosis
 from tests.agent.fakes import FakeToolbox, at, fail, ok
 
 FALLBACK = {
@@ -36,7 +36,9 @@ def world() -> FakeToolbox:
 
 def investigate(harness, server, *replies):
     server.add(*replies)
-    h = harness(world(), llm_base_url=server.url, llm_model="scripted", llm_timeout_s=5.0)
+    h = harness(
+        world(), llm_base_url=server.url, llm_model="scripted", llm_timeout_s=5.0, **TOOL_PATH
+    )
     return h.investigator(reasoner=LLMReasoner(h.settings)).investigate(alert())
 
 

@@ -9,7 +9,7 @@ import pytest
 from agent.llm import LLMReasoner
 from agent.llm_tools import parse_text_calls
 from tests.agent.conftest import alert
-from tests.agent.fake_llm import FALLBACK, TEXT_FORMS, diagnosis, text, written_call
+from tests.agent.fake_llm import FALLBACK, TEXT_FORMS, TOOL_PATH, diagnosis, text, written_call
 from tests.agent.fake_llm import FALLBACK_ARGS as ARGS
 from tests.agent.fake_llm import fallback_world as world
 
@@ -17,7 +17,7 @@ from tests.agent.fake_llm import fallback_world as world
 def investigate(harness, server, *replies):
     server.add(*replies)
     box = world()
-    h = harness(box, llm_base_url=server.url, llm_model="scripted", llm_timeout_s=5.0)
+    h = harness(box, llm_base_url=server.url, llm_model="scripted", llm_timeout_s=5.0, **TOOL_PATH)
     view = h.investigator(reasoner=LLMReasoner(h.settings)).investigate(alert())
     return box, view
 

@@ -148,3 +148,32 @@ def test_svg_charts_are_well_formed_escaped_and_break_at_gaps():
     bars = bar_chart(["911 (97%)", "900 (3%)"], [6.0, 0.1], "Attribution", "-log10 p")
     assert bars is not None
     assert len(ET.fromstring(bars).findall(f"{ns}rect")) == 3  # background + two bars
+
+
+@pytest.mark.parametrize(
+    ("first", "onset", "start"),
+    [
+        (None, None, 40),  # telemetry older than the look-back: the search window as is
+        (0, None, 44),  # world born at minute 0, alert at 118: half the spare minutes as baseline
+        (0, 79, 79),  # an onset well after the first row: the window starts there
+        (0, 5, 10),  # an onset too close to the first row keeps ten baseline minutes
+    ],
+)
+def test_the_checks_window_leaves_a_baseline_when_the_telemetry_starts_late(
+    first: int | None, onset: int | None, start: int
+) -> None:
+    from agent.localize import _check_window
+    from agent.state import Window
+
+    playbook = load_playbooks().get("ranking")  # look-back 120, at least 30, baseline 120
+    search = Window(start=at(-2), end=at(118))
+    if first is None:
+        search = Window(start=at(40), end=at(160))
+    window = _check_window(
+        search,
+        at(onset) if onset is not None else None,
+        playbook,
+        at(first) if first is not None else None,
+    )
+    assert window.start == at(start)
+    assert window.end == search.end

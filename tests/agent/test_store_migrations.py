@@ -51,7 +51,7 @@ def test_a_fresh_store_is_migrated_beside_the_experiment_core(tmp_path: Path) ->
         assert AGENT_TABLES | {VERSION_TABLE, LIFECYCLE_VERSION_TABLE, "experiments"} <= tables
         # Two chains, two version tables: neither records the other's revision.
         assert _revision(engine) == "0002"
-        assert _revision(engine, LIFECYCLE_VERSION_TABLE) == "0002"
+        assert _revision(engine, LIFECYCLE_VERSION_TABLE) == "0003"
         with engine.connect() as conn:
             # The migrated tables are the ones the code declares (lifecycle's are not ours).
             ours = {"include_name": lambda name, kind, _: kind != "table" or name in AGENT_TABLES}

@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 from evals.generate import generate, generate_scenario, write_scenarios
 from evals.generate.faults import FaultDraw, fault_sample
 from evals.generate.measure import scenario_strength
-from evals.generate.strength import Z_DETECT, Sample, bucket, signal_strength
+from evals.generate.strength import (
+    Z_DETECT,
+    Sample,
+    bucket,
+    signal_strength,
+    statistical_strength,
+    z_checks,
+)
 from evals.generate.world import Exp, Timeline, WorldDraw
 from evals.sim import load_scenario, parse_scenario
 from evals.sim.scenario import FAULT_KINDS
@@ -127,12 +134,22 @@ def test_stated_strengths_span_the_floor(batch: list[dict[str, Any]]) -> None:
             assert f"strength:{bucket(s['expect']['signal_strength'])}" in s["tags"]
 
 
-def test_strength_of_a_miscalibration_by_hand() -> None:
+def test_statistical_strength_of_a_miscalibration_by_hand() -> None:
     # 45 % over-calibration, 20 clicks since the onset, reference known exactly:
-    # 0.45 / (2.80 / sqrt(20)) = 0.7187.
+    # 0.45 / (2.80 / sqrt(20)) = 0.7187 (the textbook single test at alpha 0.05).
     sample = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
-    assert signal_strength("miscalibration", 1.45, sample) == pytest.approx(0.7187, abs=1e-4)
+    assert statistical_strength("miscalibration", 1.45, sample) == pytest.approx(0.7187, abs=1e-4)
     assert pytest.approx(2.80) == Z_DETECT
+
+
+def test_strength_at_the_checks_own_alpha_by_hand() -> None:
+    # The checks fail at 1e-3, Bonferroni over 6 segments, Holm over the family (1 here):
+    # z = z(1 - 1e-3 / 6 / 2) + z(0.8) = 3.7649 + 0.8416 = 4.6064.
+    assert z_checks(1) == pytest.approx(4.6064, abs=1e-3)
+    assert z_checks(3) > z_checks(1) > Z_DETECT
+    sample = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
+    want = 0.45 / (z_checks(1) / math.sqrt(20))
+    assert signal_strength("miscalibration", 1.45, sample) == pytest.approx(want, rel=1e-6)
 
 
 def test_strength_of_a_fallback_by_hand() -> None:
@@ -140,8 +157,35 @@ def test_strength_of_a_fallback_by_hand() -> None:
     sample = Sample(requests=500, reference_requests=500, ctr=0.02)
     sigma = math.sqrt(0.05095 * (1 - 0.05095))
     want = 0.0999 / (2.8 * sigma * math.sqrt(2 / 500))
-    assert signal_strength("model_fallback", 0.1, sample) == pytest.approx(want, rel=1e-6)
+    assert statistical_strength("model_fallback", 0.1, sample) == pytest.approx(want, rel=1e-6)
     assert want == pytest.approx(2.565, abs=1e-3)
+    assert signal_strength("model_fallback", 0.1, sample) == pytest.approx(
+        want * 2.8 / z_checks(1), rel=1e-6
+    )
+
+
+def test_a_fault_below_the_checks_materiality_is_below_the_floor_however_large_the_sample() -> None:
+    huge = Sample(requests=1e9, reference_requests=1e9, ctr=0.02)
+    # Fallback at 0.1 %: +0.05 pp is half a doubling, material only from +0.1 pp.
+    assert statistical_strength("model_fallback", 0.0005, huge) > 10
+    assert signal_strength("model_fallback", 0.0005, huge) == pytest.approx(0.0005 * 0.999 / 0.001)
+    assert signal_strength("model_fallback", 0.002, huge) > 1
+    # Calibration: a 5 % rescaling is below the checks' 1.1 ratio; 20 % is above it.
+    assert signal_strength("miscalibration", 1.05, huge) == pytest.approx(0.5, rel=1e-6)
+    assert signal_strength("miscalibration", 1.2, huge) > 1
+    # A constant collapse is seen as a point mass of 3 % of the predictions, not as invalid.
+    collapse = Sample(requests=1e9, reference_requests=1e9, ctr=0.02, mode="constant")
+    assert signal_strength("prediction_collapse", 0.015, collapse) == pytest.approx(0.5)
+    assert signal_strength("prediction_collapse", 0.015, huge) > 10
+
+
+def test_a_stale_model_is_as_strong_as_its_snapshot_is_overdue() -> None:
+    tiny = Sample(requests=10, reference_requests=10, ctr=0.02, quality=0.75, hours=0.1)
+    assert signal_strength("stale_model", 0.05, tiny) < 0.1
+    overdue = Sample(
+        requests=10, reference_requests=10, ctr=0.02, quality=0.75, hours=0.1, overdue=1.3
+    )
+    assert signal_strength("stale_model", 0.05, overdue) == pytest.approx(1.3)
 
 
 def test_the_sample_counts_the_arm_s_requests_from_onset_to_alert() -> None:

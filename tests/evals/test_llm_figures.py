@@ -14,11 +14,18 @@ class _Reasoner:
         self.usage = list(usage)
 
 
-def _row(name: str, truth: str, top: str, reasoner: str, tokens: int | None = None):
+def _row(
+    name: str, truth: str, top: str, reasoner: str, tokens: int | None = None, choices: int = 0
+):
     got = Got(causes=[RankedCause(cause=top)], reasoner=reasoner, seconds=10.0)
     if tokens is not None:
         usage = LLMUsage(
-            steps=2, tokens=tokens, first_prompt_tokens=2000, seconds=8.0, outcome="answered"
+            steps=2,
+            tokens=tokens,
+            first_prompt_tokens=2000,
+            seconds=8.0,
+            outcome="answered",
+            choices=choices,
         )
         got = got.model_copy(update=llm_fields(_Reasoner(usage)))
     return score(name, Expected(root_cause=truth), got)
@@ -63,6 +70,27 @@ def test_compare_puts_the_deterministic_reasoner_on_the_llm_rows(tmp_path):
     main([str(tmp_path / "l.json"), str(tmp_path / "d.json"), "--json", str(tmp_path / "o.json")])
     written = json.loads((tmp_path / "o.json").read_text())
     assert written["llm_used_rate"] == 0.5 and written["scenarios"] == ["a", "b"]
+
+
+def test_answers_with_a_single_choice_are_counted_apart():
+    rows = [
+        _row("healthy", "none", "none", "llm:qwen", 1000, choices=1),
+        _row("a", "model_fallback", "model_fallback", "llm:qwen", 1000, choices=3),
+        _row("b", "ne_regression", "stale_model", "deterministic", 1000, choices=2),
+    ]
+    block = llm_figures(summarize(rows))
+    assert block["llm_used_rate"] == 0.6667
+    assert block["single_choice_rows"] == 1
+    assert block["llm_used_rate_with_a_choice"] == 0.5  # a of a and b
+    assert block["choices"]["max"] == 3.0
+    det = summarize(
+        [
+            _row("healthy", "none", "none", "deterministic"),
+            _row("a", "model_fallback", "ne_regression", "deterministic"),
+            _row("b", "ne_regression", "ne_regression", "deterministic"),
+        ]
+    )
+    assert compare(summarize(rows), det)["llm_top_cause_agrees_with_deterministic"] == 0.5
 
 
 def test_a_reasoner_without_usage_adds_nothing():

@@ -78,6 +78,36 @@ def _only_in_scope(
     assert changed[scope].mean() > least
 
 
+def _arm_fault(
+    tmp_path: Path,
+    healthy: tuple[pd.DataFrame, pd.DataFrame],
+    kind: str,
+    severity: float,
+    *,
+    ios: bool = True,
+    onset: int = ONSET,
+    least: float = 0.05,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.DataFrame]:
+    """The world with ``kind`` on ``e1``'s test arm from ``onset`` (on iOS only if ``ios``).
+
+    Asserts the fault changed requests in its scope only, and returns the healthy requests, the
+    faulted ones, the scope and the faulted world's snapshots.
+    """
+    fault: dict[str, Any] = {
+        "kind": kind,
+        "experiment": "e1",
+        "start_minute": onset,
+        "severity": severity,
+    }
+    if ios:
+        fault["where"] = IOS
+    df, _, snapshots = _faulted(tmp_path, fault)
+    scope = _scope(df, where_ios=ios, onset=onset)
+    base = healthy[0]
+    _only_in_scope(base, df, scope, least)
+    return base, df, scope, snapshots
+
+
 def _ne(df: pd.DataFrame) -> float:
     valid = ~df.error & df.prediction.between(0, 1)
     p = df.prediction[valid].clip(1e-12, 1 - 1e-12)
@@ -88,19 +118,7 @@ def _ne(df: pd.DataFrame) -> float:
 
 
 def test_model_fallback(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, _ = _faulted(
-        tmp_path,
-        {
-            "kind": "model_fallback",
-            "experiment": "e1",
-            "where": IOS,
-            "start_minute": ONSET,
-            "severity": 0.3,
-        },
-    )
-    scope = _scope(df)
-    _only_in_scope(base, df, scope)
+    base, df, scope, _ = _arm_fault(tmp_path, healthy, "model_fallback", 0.3)
     assert df.fallback[scope].mean() == pytest.approx(0.3, abs=0.02)
     assert df.fallback[~scope].mean() < 0.002
     assert df.revenue[scope].sum() < 0.95 * base.revenue[scope].sum()
@@ -109,19 +127,7 @@ def test_model_fallback(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFram
 
 
 def test_prediction_collapse(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, _ = _faulted(
-        tmp_path,
-        {
-            "kind": "prediction_collapse",
-            "experiment": "e1",
-            "where": IOS,
-            "start_minute": ONSET,
-            "severity": 0.45,
-        },
-    )
-    scope = _scope(df)
-    _only_in_scope(base, df, scope)
+    base, df, scope, _ = _arm_fault(tmp_path, healthy, "prediction_collapse", 0.45)
     served = df[scope & ~df.error]
     assert (~served.prediction.between(0, 1)).mean() == pytest.approx(0.3, abs=0.02)
     assert served.prediction.isna().mean() == pytest.approx(0.15, abs=0.02)
@@ -133,19 +139,7 @@ def test_prediction_collapse(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.Dat
 
 
 def test_miscalibration(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, _ = _faulted(
-        tmp_path,
-        {
-            "kind": "miscalibration",
-            "experiment": "e1",
-            "where": IOS,
-            "start_minute": ONSET,
-            "severity": 2.0,
-        },
-    )
-    scope = _scope(df)
-    _only_in_scope(base, df, scope)
+    base, df, scope, _ = _arm_fault(tmp_path, healthy, "miscalibration", 2.0)
     # The ranking is unchanged: same ads, same clicks; every price and prediction of the model
     # doubles (the fallback model's do not; errors have none).
     assert (df.label[scope] == base.label[scope]).all()
@@ -158,13 +152,7 @@ def test_miscalibration(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFram
 
 
 def test_ne_regression(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, _ = _faulted(
-        tmp_path,
-        {"kind": "ne_regression", "experiment": "e1", "start_minute": ONSET, "severity": 2.0},
-    )
-    scope = _scope(df, where_ios=False)
-    _only_in_scope(base, df, scope)
+    base, df, scope, _ = _arm_fault(tmp_path, healthy, "ne_regression", 2.0, ios=False)
     assert _ne(df[scope]) > _ne(base[scope]) + 0.1
     clicks = df.label[scope].sum()
     calibration = df.prediction[scope & ~df.error].sum() / clicks
@@ -175,12 +163,9 @@ def test_ne_regression(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame
 
 
 def test_stale_model_in_an_arm(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, snapshots = _faulted(
-        tmp_path, {"kind": "stale_model", "experiment": "e1", "start_minute": 30, "severity": 3.0}
+    base, df, scope, snapshots = _arm_fault(
+        tmp_path, healthy, "stale_model", 3.0, ios=False, onset=30
     )
-    scope = _scope(df, where_ios=False, onset=30)
-    _only_in_scope(base, df, scope)
     # The version due at minute 30 never reaches the arm; everyone else gets it, and it is
     # published (an arm pinned to an old snapshot does not stop the pipeline).
     assert set(df.model_version[scope]) == {"261120.0600"}
@@ -210,19 +195,7 @@ def test_stale_production_model_stops_publication(tmp_path: Path) -> None:
 
 
 def test_infra_outage(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, _ = _faulted(
-        tmp_path,
-        {
-            "kind": "infra_outage",
-            "experiment": "e1",
-            "where": IOS,
-            "start_minute": ONSET,
-            "severity": 0.2,
-        },
-    )
-    scope = _scope(df)
-    _only_in_scope(base, df, scope)
+    base, df, scope, _ = _arm_fault(tmp_path, healthy, "infra_outage", 0.2)
     assert df.error[scope].mean() == pytest.approx(0.2, abs=0.02)
     assert df.error[~scope].mean() < 0.002
     errors = df[df.error]
@@ -253,19 +226,8 @@ def test_allocation_bug(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFram
 
 
 def test_logging_loss(tmp_path: Path, healthy: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    base, _ = healthy
-    df, _, _ = _faulted(
-        tmp_path,
-        {
-            "kind": "logging_loss",
-            "experiment": "e1",
-            "where": IOS,
-            "start_minute": ONSET,
-            "severity": 0.5,
-        },
-    )
-    scope = _scope(df)
-    _only_in_scope(base, df, scope, least=0.005)  # half the clicks of a 2 % CTR
+    # Half the clicks of a 2 % CTR: few requests change.
+    base, df, scope, _ = _arm_fault(tmp_path, healthy, "logging_loss", 0.5, least=0.005)
     assert ((df.label <= base.label)[scope]).all()  # clicks only disappear
     kept = df.label[scope].sum() / base.label[scope].sum()
     assert kept == pytest.approx(0.5, abs=4 * 0.5 / math.sqrt(base.label[scope].sum()))

@@ -13,13 +13,17 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
+from evals.pg_server import PgServer
 from evals.sim import simulate
 from evals.sim._bulk import binary_ready, copy_postgres, pg_column_types
 from evals.sim.engine import simulate_block
+from evals.sim.store import metadata
 from evals.sim.world import build_world
 from tests.evals.sim_worlds import ab_world, read_tables, run
+from tools.errors import TelemetryError
 
 FAULTS = [
     {"kind": "model_fallback", "experiment": "e1", "start_minute": 3, "severity": 0.3},
@@ -62,7 +66,7 @@ def test_postgres_gets_the_same_rows_as_duckdb(tmp_path: Path, pg_url: str) -> N
 
 
 def test_a_warehouse_table_with_timestamptz_gets_the_same_instants(
-    tmp_path: Path, pg_server
+    tmp_path: Path, pg_server: PgServer
 ) -> None:
     url = pg_server.url(pg_server.create_database("sim_tz"))
     plain = url.replace("postgresql+psycopg://", "postgresql://")
@@ -142,3 +146,27 @@ def test_binary_copy_of_many_distinct_strings(pg_url: str) -> None:
         copy_postgres(raw, "many", data.column_names, data, binary=True)
         rows = raw.execute("SELECT id, name, kind FROM many ORDER BY id").fetchall()
     assert rows == [(i, names[i], ("a", "bb", "ccc")[i % 3]) for i in range(n)]
+
+
+def test_a_failed_copy_is_one_line_and_writes_nothing(pg_server: PgServer) -> None:
+    """``COPY`` runs on a thread of its own; its error reaches the caller and rolls back all."""
+    url = pg_server.url(pg_server.create_database("sim_fail"))
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+            conn.exec_driver_sql(
+                "ALTER TABLE requests ADD CONSTRAINT latency_known CHECK (latency_ms < 0)"
+            )
+        scenario = ab_world(faults=FAULTS, minutes=3, rpm=1000)
+        with pytest.raises(TelemetryError) as caught:
+            simulate(scenario, url)
+        assert "latency_known" in str(caught.value) and "\n" not in str(caught.value)
+        with engine.connect() as conn:
+            counts = [
+                conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one()
+                for t in ("requests", "exposures", "model_snapshots")
+            ]
+    finally:
+        engine.dispose()
+    assert counts == [0, 0, 0]

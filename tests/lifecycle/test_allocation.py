@@ -296,7 +296,7 @@ def test_blocking_switches_are_one_rule_for_allocation_and_views() -> None:
 
 # --- allocation by layers (issue 17) ---------------------------------------------------------
 
-_STATUSES: list[Status] = ["running", "ramping", "paused", "draft", "killed", "completed"]
+_STATUSES: list[Status] = ["running", "ramping", "shadow", "paused", "draft", "killed", "completed"]
 
 
 @settings(max_examples=40, deadline=None)

@@ -91,3 +91,41 @@ def test_assign_many_reproduces_the_vectors(snapshot: ConfigSnapshot, kind: str)
         got = assign_many(snapshot, unit_ids, exp_id, {"country": countries})
         want = [-1 if r["arms"][exp_id] is None else arms.index(r["arms"][exp_id]) for r in rows]
         assert got.tolist() == want, exp_id
+
+
+def test_shadow_mode_serves_nobody_and_scores_the_golden_arm() -> None:
+    """In shadow nobody is in the experiment; the arm scored is the golden one."""
+    from lifecycle.shadow import shadow_arm, shadow_many
+
+    file = ExperimentFile.model_validate(VECTORS["config"])
+    shadow = build_snapshot(
+        file.layers,
+        file.experiments,
+        coverage_pct=VECTORS["coverage_pct"],
+        status={e.id: "shadow" for e in file.experiments},
+    )
+    allocator = Allocator(shadow)
+    for row in VECTORS["assignments"]:
+        request = {"unit_id": row["unit_id"], "country": row["country"]}
+        for exp_id, arm in row["arms"].items():
+            exp = shadow.get(exp_id)
+            control = exp.arms[exp.control]
+            assert assign(shadow, request, exp_id) is None
+            assert allocator.assign(request, exp_id) is None
+            assert not allocator.is_enabled(request, exp_id)
+            scored = shadow_arm(exp, False, request)
+            assert (exp.arms[scored] if scored >= 0 else None) == (arm if arm != control else None)
+        assert allocator.assignments(request) == {}
+    ints = [r for r in VECTORS["assignments"] if isinstance(r["unit_id"], int)]
+    ids = np.array([r["unit_id"] for r in ints], dtype=np.int64)
+    countries = np.array([r["country"] for r in ints])
+    for exp_id in VECTORS["ranges"]:
+        exp = shadow.get(exp_id)
+        got = shadow_many(shadow, ids, exp_id, {"country": countries})
+        want = [
+            -1
+            if r["arms"][exp_id] in (None, exp.arms[exp.control])
+            else exp.arms.index(r["arms"][exp_id])
+            for r in ints
+        ]
+        assert got.tolist() == want, exp_id

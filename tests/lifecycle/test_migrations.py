@@ -20,6 +20,7 @@ from lifecycle.store import VERSION_TABLE, metadata, migrate, open_engine
 
 MIGRATIONS = Path(__file__).parents[2] / "lifecycle" / "migrations"
 FIRED = datetime(2026, 11, 20, 8, 32, tzinfo=UTC)
+HEAD = "0003"  # the registry's declared costs (issue 18)
 
 
 def _revision(engine: sa.Engine) -> str | None:
@@ -40,9 +41,10 @@ def test_head_is_the_alert_ledger_revision() -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     scripts = ScriptDirectory.from_config(cfg)
-    assert scripts.get_heads() == ["0002"]  # one head: the chain is linear
-    assert [s.revision for s in scripts.walk_revisions()] == ["0002", "0001"]
+    assert scripts.get_heads() == [HEAD]  # one head: the chain is linear
+    assert [s.revision for s in scripts.walk_revisions()] == ["0003", "0002", "0001"]
     assert scripts.get_revision("0002").down_revision == "0001"
+    assert scripts.get_revision("0003").down_revision == "0002"
 
 
 def test_fresh_store_gets_the_ledger_from_the_migration(tmp_path: Path) -> None:
@@ -50,7 +52,7 @@ def test_fresh_store_gets_the_ledger_from_the_migration(tmp_path: Path) -> None:
     ledger = AlertLedger(url)
     engine = open_engine(url)
     try:
-        assert _revision(engine) == "0002"
+        assert _revision(engine) == HEAD
         assert {"alert_ledger", "experiments", "audit_log", VERSION_TABLE} <= _tables(engine)
         assert _indexes(engine, "alert_ledger") == {
             "ix_alert_ledger_open": True,
@@ -90,8 +92,8 @@ def test_store_at_0001_upgrades_to_head_keeping_its_data(tmp_path: Path) -> None
         assert [layer.id for layer in service.layers()] == ["ranking"]
     engine = open_engine(url)
     try:
-        assert _revision(engine) == "0002" and "alert_ledger" in _tables(engine)
-        assert migrate(engine) == "0002"  # at head: a no-op
+        assert _revision(engine) == HEAD and "alert_ledger" in _tables(engine)
+        assert migrate(engine) == HEAD  # at head: a no-op
     finally:
         engine.dispose()
     ledger = AlertLedger(url)
@@ -131,7 +133,7 @@ def test_store_whose_ledger_predates_the_migration_is_adopted(tmp_path: Path) ->
         ledger.close()
     engine = open_engine(url)
     try:
-        assert _revision(engine) == "0002"
+        assert _revision(engine) == HEAD
     finally:
         engine.dispose()
 

@@ -48,7 +48,7 @@ def test_both_chains_migrate_a_fresh_database_to_the_declared_schema(url: str) -
     engine = open_engine(url)
     try:
         assert engine.dialect.name == "postgresql"
-        assert _revision(engine, VERSION_TABLE) == "0002"
+        assert _revision(engine, VERSION_TABLE) == "0003"
         assert _revision(engine, AGENT_VERSION_TABLE) is not None
         with engine.connect() as conn:
             # No drift between the migrations and the tables the code declares, on PostgreSQL.
@@ -59,7 +59,7 @@ def test_both_chains_migrate_a_fresh_database_to_the_declared_schema(url: str) -
             assert diff[0][1].name == AGENT_VERSION_TABLE
         # Opening again is a no-op at head.
         ExperimentService(url).close()
-        assert _revision(engine, VERSION_TABLE) == "0002"
+        assert _revision(engine, VERSION_TABLE) == "0003"
     finally:
         engine.dispose()
 

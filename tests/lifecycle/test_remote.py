@@ -19,13 +19,13 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
-from agent.server.snapshots import snapshot_router
+from agent.server.snapshots import SnapshotPublisher, snapshot_router
+from agent.settings import Settings
 from lifecycle.allocation import assignments, build_snapshot
 from lifecycle.allocator import Allocator
 from lifecycle.config import Arm, Experiment, ExperimentFile, Layer
-from lifecycle.remote import RemoteAllocator
+from lifecycle.remote import BackgroundRefresh, RemoteAllocator
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from lifecycle.wire import (
     apply_delta,
     decode_envelope,
@@ -203,6 +203,49 @@ def test_latest_endpoint_has_an_etag_and_is_absent_without_a_key(tmp_path: Path)
         # Nothing to sign with: no snapshot endpoints at all.
         assert client.get("/snapshots/latest").status_code == 404
         assert client.get("/snapshots/stream").status_code == 404
+
+
+def test_one_check_of_the_state_wakes_every_waiting_stream_at_once(tmp_path: Path) -> None:
+    # Each stream waits up to its poll interval between checks; the first that sees a new
+    # version publishes it for all, and the others must not wait out their own interval.
+    service = _service(tmp_path)
+    publisher = SnapshotPublisher(lambda: service, KEY.encode(), poll_s=0.01)
+    first = publisher.latest()
+
+    async def scenario() -> float:
+        waiters = [asyncio.create_task(publisher.newer(first.version, 30.0)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waiters)  # nothing new: they keep waiting
+        service.kill("e0", "oncall", "revenue down")
+        began = time.monotonic()
+        published = await asyncio.to_thread(publisher.latest)  # as a stream's check does
+        assert published.version > first.version and published.delta is not None
+        await asyncio.wait_for(asyncio.gather(*waiters), 5.0)
+        # Already newer than the caller's version: no wait at all.
+        await asyncio.wait_for(publisher.newer(first.version, 30.0), 1.0)
+        return time.monotonic() - began
+
+    assert asyncio.run(scenario()) < 5.0
+
+
+def test_background_refresh_installs_another_process_kill_off_the_serving_thread(
+    tmp_path: Path,
+) -> None:
+    serving = _service(tmp_path)
+    allocator = serving.allocator()
+    request = _treated(allocator, "e0")
+    cli = ExperimentService(f"sqlite:///{tmp_path / 'state.db'}")  # another process's view
+    with BackgroundRefresh(serving, interval_s=0.01) as feed:
+        cli.kill("e0", "oncall", "revenue down")
+        # This thread only reads: the refresh thread installs the kill.
+        assert _until(lambda: not allocator.is_enabled(request, "e0"), timeout=3.0)
+        assert feed.refreshed >= 1 and feed.last_error is None
+        assert allocator.recompiled == 1  # incremental: only the killed experiment
+        assert allocator.version == cli.version()
+    with pytest.raises(ConfigError, match="interval_s"):
+        BackgroundRefresh(serving, interval_s=0)
+    cli.close()
+    serving.close()
 
 
 # --- the subscriber --------------------------------------------------------------------------

@@ -301,7 +301,7 @@ def test_migrations_build_the_declared_schema_and_keep_the_audit_log_append_only
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(ctx, metadata) == []
-        assert ctx.get_current_revision() == "0002"  # head: 0002 adds the alert ledger
+        assert ctx.get_current_revision() == "0003"  # head: 0003 adds declared model costs
     for sql in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
         with pytest.raises(DBAPIError) as err, engine.begin() as conn:
             conn.execute(text(sql))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any, Protocol, cast, get_args
 
 import pytest
 
+from tools._checkspec import bind, declare
 from tools.errors import ConfigError
 from tools.registry import (
     CHECKS,
+    CheckCall,
+    CheckContext,
     CheckName,
     Checks,
     RoutedChecks,
+    WindowCheck,
     check_entry,
     registry,
     run_check,
@@ -92,3 +96,40 @@ def test_a_protocol_holder_type_checks_against_the_toolbox():
         return checks.infra(T0, T1).check
 
     assert holder(Recorder()) == "infra"
+
+
+def test_the_toolbox_repeats_no_check_it_routes_each_to_its_declaration():
+    assert not set(CHECKS) & set(vars(Toolbox))  # no per-check method, signature or preamble
+    assert all(getattr(Toolbox, name) is entry.function for name, entry in registry().items())
+
+
+def test_each_declaration_composes_the_docstring_the_llm_reads():
+    lines = (check_entry("staleness").function.__doc__ or "").splitlines()
+    assert lines[0].startswith("Check the age of the served model snapshot")
+    assert "    experiment_id: Check every arm of this experiment." in lines  # its own words
+    assert "    start: Window start (UTC)." in lines  # the shape's
+    shared = (check_entry("fallback").function.__doc__ or "").splitlines()
+    assert any(line.startswith("    model_id: Without an experiment: compare") for line in shared)
+    assert lines[-2:] == [
+        "Returns:",
+        "    The check's result; ``onset`` is the first refresh that did not happen.",
+    ]
+
+
+def test_a_shape_without_the_argument_of_a_scope_is_refused():
+    class Bad(Protocol):
+        infra: WindowCheck = declare("model", run=_never, summary="Needs a model_id.")
+
+    with pytest.raises(ConfigError, match="takes no model_id"):
+        bind(Bad)
+
+
+def test_an_implementation_refuses_a_call_missing_what_it_needs():
+    with pytest.raises(ConfigError, match="experiment_id"):
+        check_entry("srm").run(cast(CheckContext, object()), CheckCall(T0, T1))
+    with pytest.raises(ConfigError, match="metric"):
+        check_entry("attribution").run(cast(CheckContext, object()), CheckCall(T0, T1))
+
+
+def _never(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    raise AssertionError("not run")

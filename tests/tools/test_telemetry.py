@@ -63,6 +63,24 @@ def test_cube_sums_match_pandas(telemetry) -> None:
     assert got.loc["control", "n_invalid"] == 0
 
 
+def test_experiment_spans_sum_the_minutes_of_each_span(telemetry) -> None:
+    # Attribution reads per-span sums: the same numbers as the per-minute rows, summed.
+    reader, _requests, _exposures = telemetry
+    m0 = to_minute(at(0))
+    spans = ((m0 + 20, m0 + 30), (m0 + 5, m0 + 20))
+    got = reader.experiments(at(0), at(30), spans=spans)
+    assert set(got["minute"]) == {m0 + 20, m0 + 5}
+    rows = reader.experiments(at(0), at(30))
+    rows = rows[rows["minute"] >= m0 + 5]
+    rows["minute"] = np.where(rows["minute"] >= m0 + 20, m0 + 20, m0 + 5)
+    keys = ["experiment_id", "arm", "minute"]
+    cols = ["n", "n_pred", "n_invalid", "sum_pred", "sum_label", "sum_revenue", "sum_revenue2"]
+    want = rows.groupby(keys)[cols].sum().sort_index()
+    pd.testing.assert_frame_equal(got.set_index(keys)[cols].sort_index(), want, rtol=1e-9)
+    with pytest.raises(ConfigError, match="spans"):
+        reader.experiments(at(0), at(30), spans=((m0 + 3, m0 + 3),))
+
+
 def test_experiment_sums_match_pandas_and_the_cube(telemetry) -> None:
     reader, requests, exposures = telemetry
     rows = reader.experiments(at(0), at(30))

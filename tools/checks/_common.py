@@ -22,8 +22,10 @@ __all__ = [
     "as_verdict",
     "fmt_p",
     "fmt_time",
+    "material_increase",
     "no_data",
     "params_of",
+    "reference_rate",
     "series_evidence",
     "subject_name",
     "to_result",
@@ -36,6 +38,50 @@ def params_of(params: Any, **extra: Any) -> dict[str, Any]:
     out = asdict(params)
     out.update(extra)
     return out
+
+
+def reference_rate(frame: SubjectFrame, events: str, exposure: str = "n") -> float:
+    """The rate ``events / exposure`` a subject's changes are judged against.
+
+    The higher of the subject's own baseline rate (every arm, before the window) and, for an
+    experiment, its control arm's rate over the window: the conservative choice, so a floor
+    derived from it is never lower than either reference allows. 0 without any reference traffic.
+    """
+    w = frame.window
+    rates = []
+    base = frame.sums("all", w.fetch_start, w.start) if "all" in frame.arms else None
+    if base is None:
+        parts = [frame.sums(a, w.fetch_start, w.start) for a in frame.arms]
+        base = sum(parts[1:], parts[0]) if parts else None
+    if base is not None and float(base[exposure]) > 0:
+        rates.append(float(base[events]) / float(base[exposure]))
+    if frame.control is not None and frame.control in frame.arms:
+        ctrl = frame.sums(frame.control, w.start, w.end)
+        if float(ctrl[exposure]) > 0:
+            rates.append(float(ctrl[events]) / float(ctrl[exposure]))
+    return max(rates, default=0.0)
+
+
+def material_increase(base: float, absolute: float, relative: float, least: float) -> float:
+    """The smallest increase of a rare-event rate that is material, given its reference rate.
+
+    An absolute floor alone (0.5 pp) makes a rare defect invisible when its base rate is tiny: an
+    error rate going from 0.05 % to 0.4 % is eight times the normal rate, and any invalid
+    prediction is a defect when a healthy model emits none. So an increase is material when it
+    reaches the absolute floor **or** multiplies the reference rate by ``relative`` (a doubling
+    for ``relative=2``), but never below ``least`` (the practical floor: a few requests in ten
+    thousand). Significance is tested separately at the check's α; this is only the size.
+
+    Args:
+        base: The reference rate (:func:`reference_rate`).
+        absolute: The absolute floor (a fraction: 0.005 = 0.5 pp).
+        relative: The multiple of ``base`` that is material (``> 1``).
+        least: The smallest increase ever material.
+
+    Returns:
+        ``min(absolute, max(least, (relative - 1) * base))``.
+    """
+    return min(absolute, max(least, (relative - 1.0) * max(base, 0.0)))
 
 
 def as_verdict(value: str) -> Verdict:

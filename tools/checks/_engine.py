@@ -75,6 +75,7 @@ class SubjectFrame:
         keys = {"minute", "arm", "model_id", "model_version", *self.dims}
         self.sum_cols = [c for c in self.cube.columns if c not in keys]
         self._minutes: dict[str, pd.DataFrame] = {}
+        self._derived: dict[str, pd.DataFrame] = {}
 
     @property
     def arms(self) -> list[str]:
@@ -119,6 +120,14 @@ class SubjectFrame:
             hit = rows.groupby("minute")[self.sum_cols].sum()
             hit = hit.reindex(range(self.window.fetch_start, self.window.end), fill_value=0.0)
             self._minutes[arm] = hit
+        return hit
+
+    def derived(self, key: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """``build()``, computed once per frame: a table several checks or metrics read (the
+        frame is immutable; callers must not modify the answer)."""
+        hit = self._derived.get(key)
+        if hit is None:
+            hit = self._derived[key] = build()
         return hit
 
     def sums(self, arm: str, a: int, b: int) -> pd.Series:

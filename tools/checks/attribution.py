@@ -181,16 +181,50 @@ def _contributions(
     return sorted(ranked, key=lambda c: (c.p_adjusted, c.p, -c.share))
 
 
-def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
-    """One row per combination of dimension values: the metric's sums now and in the baseline."""
+def _ranked_table(
+    contributions: list[_Contribution], causes: list[RootCause], delta: float
+) -> pd.DataFrame:
+    """Experiment arms by evidence, then dimension slices: built by column (a thousand
+    experiments make thousands of rows, and a dict per row is most of the cost)."""
+    if not contributions and not causes:
+        return pd.DataFrame()
+    none: list[float | None] = [None] * len(causes)
+    return pd.DataFrame(
+        {
+            "kind": ["experiment"] * len(contributions) + ["dimension"] * len(causes),
+            "candidate": [f"{x.experiment}/{x.arm}" for x in contributions]
+            + [cause.key() for cause in causes],
+            "contribution": [x.contribution for x in contributions]
+            + [cause.share * delta for cause in causes],
+            "share_of_change": [x.share for x in contributions] + [c.share for c in causes],
+            "p_value": [x.p for x in contributions] + none,
+            "p_adjusted": [x.p_adjusted for x in contributions] + none,
+        }
+    )
+
+
+_LEAF_SUMS = sorted({total for total, _ in ATTRIBUTABLE.values()} | {"n"})
+"""Every attributable metric's sum and the request count: one grouping serves them all."""
+
+
+def _leaf_sums(frame: SubjectFrame) -> pd.DataFrame:
+    """Per combination of dimension values, every :data:`_LEAF_SUMS` column now (``_w``) and
+    in the baseline (``_b``); computed once per frame, however many metrics are attributed."""
     w = frame.window
     c = frame.cube[frame.cube["arm"] == "all"]
     dims = list(frame.dims)
-    now = c[(c["minute"] >= w.start) & (c["minute"] < w.end)].groupby(dims)[[cols[0], "n"]].sum()
+    cols = [col for col in _LEAF_SUMS if col in c.columns]
+    now = c[(c["minute"] >= w.start) & (c["minute"] < w.end)].groupby(dims)[cols].sum()
     base = c[(c["minute"] >= w.fetch_start) & (c["minute"] < w.start)]
-    before = base.groupby(dims)[[cols[0], "n"]].sum()
+    before = base.groupby(dims)[cols].sum()
     both = now.merge(before, left_index=True, right_index=True, how="outer", suffixes=("_w", "_b"))
-    both = both.fillna(0.0).reset_index()
+    return both.fillna(0.0).reset_index()
+
+
+def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
+    """One row per combination of dimension values: the metric's sums now and in the baseline."""
+    dims = list(frame.dims)
+    both = frame.derived("attribution_leaves", lambda: _leaf_sums(frame))
     return pd.DataFrame(
         {
             **{d: both[d].astype(str) for d in dims},
@@ -296,31 +330,10 @@ def attribution_check(
         spec.direction,
     )
     causes, ranked = _dimensions(frame, cols, spec.direction, p)
-    rows = [
-        {
-            "kind": "experiment",
-            "candidate": f"{x.experiment}/{x.arm}",
-            "contribution": x.contribution,
-            "share_of_change": x.share,
-            "p_value": x.p,
-            "p_adjusted": x.p_adjusted,
-        }
-        for x in contributions
-    ] + [
-        {
-            "kind": "dimension",
-            "candidate": cause.key(),
-            "contribution": cause.share * delta,
-            "share_of_change": cause.share,
-            "p_value": None,
-            "p_adjusted": None,
-        }
-        for cause in causes
-    ]
     evidence: list[Evidence] = [
         table(
             "experiments ranked by evidence (Holm-adjusted p), then dimension slices",
-            pd.DataFrame(rows),
+            _ranked_table(contributions, causes, delta),
             note=span,
         )
     ]

@@ -22,7 +22,7 @@ from tools.checks._common import (
     table,
     to_result,
 )
-from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
+from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame, assess, judge
 from tools.histograms import bin_sums, calibration_buckets
 from tools.result import CheckResult, Evidence
 from tools.stats import Comparison, Direction, compare_rates, poisson_interval
@@ -220,6 +220,34 @@ def _with_movement(result: CheckResult, frame: SubjectFrame, f: Finding) -> Chec
     return result.model_copy(update={"summary": result.summary + detail, "params": params})
 
 
+def _shared_label_loss(
+    result: CheckResult, judgement: Judgement, p: CalibrationParams
+) -> CheckResult:
+    """Every arm's clicks fell at once, predictions held: a failure, though not the experiment's.
+
+    The engine keeps a shift of every arm at a warning so that it never blames the experiment;
+    when it is significant at ``alpha_fail``, material, and the logged clicks (not the
+    predictions) moved, it is strong evidence of lost click logs and fails as such. The result
+    names no arm, so no experiment cause can cite it (their signals need a non-control arm).
+    """
+    f = judgement.finding
+    if (
+        judgement.scope != "all_arms"
+        or result.params.get("moved") != "clicks"
+        or f is None
+        or not f.significant(p.alpha_fail, f.test.fail_effect)
+    ):
+        return result
+    return result.model_copy(
+        update={
+            "verdict": "fail",
+            "arm": None,
+            "summary": result.summary
+            + " Every arm lost clicks together: a measurement fault, not this experiment's.",
+        }
+    )
+
+
 def _arm_calibration(
     frame: SubjectFrame, training: Mapping[str, float], tolerance: float
 ) -> tuple[Evidence, list[str]]:
@@ -308,6 +336,7 @@ def calibration_check(
     )
     if result.verdict in ("fail", "warn") and judgement.finding is not None:
         result = _with_movement(result, frame, judgement.finding)
+        result = _shared_label_loss(result, judgement, p)
     if result.verdict == "ok" and off:
         return result.model_copy(
             update={

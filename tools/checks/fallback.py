@@ -11,7 +11,9 @@ from tools.checks._common import (
     Described,
     arm_table,
     fmt_time,
+    material_increase,
     params_of,
+    reference_rate,
     series_evidence,
     subject_name,
     to_result,
@@ -30,8 +32,16 @@ class FallbackParams:
     Attributes:
         alpha_fail: Family-wise error rate (Holm over arms, Bonferroni over time segments) to fail.
         alpha_warn: The same, to warn.
-        min_increase_fail: Smallest fallback-rate increase (absolute, 0.01 = 1 pp) that fails.
-        min_increase_warn: Smallest increase that warns.
+        min_increase_fail: Fallback-rate increase (absolute, 0.01 = 1 pp) that is always
+            material enough to fail.
+        min_increase_warn: The same, to warn.
+        relative_fail: A rate this many times its reference (control, else its own baseline) is
+            material to fail even below ``min_increase_fail`` (a doubling: fallbacks are rare,
+            0.1 % of requests, so 1 pp would be ten times the normal rate).
+        relative_warn: The same, to warn.
+        least_increase_fail: The smallest increase ever material to fail (0.0002: two requests
+            in ten thousand).
+        least_increase_warn: The same, to warn.
         min_requests: Fewest requests per side for a verdict.
     """
 
@@ -39,6 +49,10 @@ class FallbackParams:
     alpha_warn: float = 1e-2
     min_increase_fail: float = 0.01
     min_increase_warn: float = 0.003
+    relative_fail: float = 2.0
+    relative_warn: float = 1.5
+    least_increase_fail: float = 0.0002
+    least_increase_warn: float = 0.0001
     min_requests: int = 200
 
 
@@ -113,11 +127,12 @@ def fallback_check(frame: SubjectFrame, params: FallbackParams | None = None) ->
         reference, with the onset, the arm and the dimension values it is confined to.
     """
     p = params or FallbackParams()
+    base = reference_rate(frame, "n_fallback")
     test = proportion_test(
         "fallback rate",
         "n_fallback",
-        fail=p.min_increase_fail,
-        warn=p.min_increase_warn,
+        fail=material_increase(base, p.min_increase_fail, p.relative_fail, p.least_increase_fail),
+        warn=material_increase(base, p.min_increase_warn, p.relative_warn, p.least_increase_warn),
         min_n=p.min_requests,
     )
     findings = [assess(frame, c, test) for c in frame.comparands()]
@@ -135,7 +150,7 @@ def fallback_check(frame: SubjectFrame, params: FallbackParams | None = None) ->
         judgement,
         frame,
         words,
-        params_of(p),
+        params_of(p, reference_rate=base, material_fail=test.fail_effect),
         evidence,
         ok_summary=f"No fallback increase for {subject_name(frame)}.",
     )

@@ -16,8 +16,10 @@ import pandas as pd
 from tools.checks._common import (
     Described,
     fmt_time,
+    material_increase,
     no_data,
     params_of,
+    reference_rate,
     series_evidence,
     table,
     to_result,
@@ -47,8 +49,15 @@ class InfraParams:
     Attributes:
         alpha_fail: Family-wise error rate to fail.
         alpha_warn: The same, to warn.
-        error_increase_fail: Error-rate increase (absolute; 0.005 = 0.5 pp) that may fail.
+        error_increase_fail: Error-rate increase (absolute; 0.005 = 0.5 pp) that is always
+            material to fail.
         error_increase_warn: The same, to warn.
+        error_relative_fail: An error rate this many times its baseline is material even below
+            ``error_increase_fail`` (errors are rare, 0.05 % of requests: 0.5 pp would be eleven
+            times the normal rate).
+        error_relative_warn: The same, to warn.
+        error_least_fail: The smallest error-rate increase ever material to fail (0.0002).
+        error_least_warn: The same, to warn.
         slow_increase_fail: Increase of the share of requests slower than the baseline p99
             (1 % by definition) that may fail.
         slow_increase_warn: The same, to warn.
@@ -60,6 +69,10 @@ class InfraParams:
     alpha_warn: float = 1e-2
     error_increase_fail: float = 0.005
     error_increase_warn: float = 0.002
+    error_relative_fail: float = 2.0
+    error_relative_warn: float = 1.5
+    error_least_fail: float = 0.0002
+    error_least_warn: float = 0.0001
     slow_increase_fail: float = 0.02
     slow_increase_warn: float = 0.005
     owner_share: float = 0.7
@@ -147,11 +160,16 @@ def infra_check(
         return no_data(
             "infra", frame, "No baseline traffic before the window to compare with.", settings
         )
+    base = reference_rate(frame, "n_error")
     errors = proportion_test(
         "error rate",
         "n_error",
-        fail=p.error_increase_fail,
-        warn=p.error_increase_warn,
+        fail=material_increase(
+            base, p.error_increase_fail, p.error_relative_fail, p.error_least_fail
+        ),
+        warn=material_increase(
+            base, p.error_increase_warn, p.error_relative_warn, p.error_least_warn
+        ),
         min_n=p.min_requests,
     )
     comparand = frame.comparands()[0]

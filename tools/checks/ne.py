@@ -270,7 +270,11 @@ def ne_check(
             experiment=frame.subject.experiment_id,
             arm=culprit if frame.control is not None else None,
             evidence=evidence,
-            params={**params_of(p), "scope": scope},
+            params={
+                **params_of(p),
+                "scope": scope,
+                "beyond_rescaling": _beyond_rescaling(top, frame),
+            },
         )
     if result.verdict == "ok" and off:
         return result.model_copy(
@@ -284,6 +288,28 @@ def ne_check(
             }
         )
     return result
+
+
+def _beyond_rescaling(f: SlopeFinding, frame: SubjectFrame) -> bool:
+    """Whether the slope fell more than a rescaling of the predictions could make it fall.
+
+    Multiplying every prediction by ``c`` (a miscalibration) keeps the ranking: at click rates
+    well below 1/c the logistic reliability slope moves by a factor ``(1 − c·p)/(1 − p)``, far
+    less than ``c`` itself. Extra noise (a worse model) flattens the slope first and drags the
+    calibration along only a little. So when ``|log slope ratio|`` exceeds ``|log calibration
+    ratio|`` over the same comparison, the slope's fall is the primary change: a noisier model.
+    """
+    c = f.comparand
+    w = frame.window
+    ref_span = f.focus if c.concurrent else (w.fetch_start, min(w.start, f.focus[0]))
+    t = frame.sums(c.test, *f.focus)
+    r = frame.sums(c.ref, *ref_span)
+    parts = [float(t["sum_pred"]), float(t["sum_label_v"]), float(r["sum_pred"])]
+    parts.append(float(r["sum_label_v"]))
+    if min(parts) <= 0 or not (np.isfinite(f.ratio) and f.ratio > 0):
+        return False
+    shift = abs(float(np.log((parts[0] / parts[1]) / (parts[2] / parts[3]))))
+    return abs(float(np.log(f.ratio))) > shift
 
 
 def _slope_table(slopes: list[SlopeFinding]) -> Evidence:

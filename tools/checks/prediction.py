@@ -18,7 +18,9 @@ from tools.checks._common import (
     Described,
     arm_table,
     as_verdict,
+    material_increase,
     params_of,
+    reference_rate,
     series_evidence,
     subject_name,
     table,
@@ -48,8 +50,13 @@ class PredictionParams:
     Attributes:
         alpha_fail: Family-wise error rate to fail.
         alpha_warn: The same, to warn.
-        invalid_fail: Increase of the invalid share (absolute) that may fail.
+        invalid_fail: Increase of the invalid share (absolute) that is always material to fail.
         invalid_warn: The same, to warn.
+        invalid_relative: A share this many times its reference is material even below
+            ``invalid_fail`` (a healthy model emits no invalid prediction: any rise is a defect).
+        invalid_least_fail: The smallest increase of the invalid share ever material to fail
+            (0.0002: two requests in ten thousand).
+        invalid_least_warn: The same, to warn.
         collapse_ratio_fail: Ratio of the squared coefficient of variation of predictions
             (test ÷ reference) at or below which the check fails.
         collapse_ratio_warn: The same, to warn.
@@ -68,6 +75,9 @@ class PredictionParams:
     alpha_warn: float = 1e-2
     invalid_fail: float = 0.005
     invalid_warn: float = 0.001
+    invalid_relative: float = 2.0
+    invalid_least_fail: float = 0.0002
+    invalid_least_warn: float = 0.0001
     collapse_ratio_fail: float = 0.5
     collapse_ratio_warn: float = 0.75
     kurtosis_floor: float = 10.0
@@ -256,12 +266,17 @@ def prediction_check(
     """
     p = params or PredictionParams()
     comparands = frame.comparands()
+    base_share = reference_rate(frame, "n_invalid", "n_served")
     invalid = proportion_test(
         "invalid prediction share",
         "n_invalid",
         exposure="n_served",
-        fail=p.invalid_fail,
-        warn=p.invalid_warn,
+        fail=material_increase(
+            base_share, p.invalid_fail, p.invalid_relative, p.invalid_least_fail
+        ),
+        warn=material_increase(
+            base_share, p.invalid_warn, p.invalid_relative, p.invalid_least_warn
+        ),
         min_n=p.min_requests,
     )
     variance = _variance_test(p, _kurtosis(hist, histogram))
@@ -283,7 +298,7 @@ def prediction_check(
         arm_table(frame, ["invalid_rate"], (w.start, w.end), "invalid predictions per arm"),
         series_evidence(frame, "invalid_rate"),
     ]
-    settings = params_of(p)
+    settings = params_of(p, reference_invalid_share=base_share, material_fail=invalid.fail_effect)
     rank = {"fail": 2, "warn": 1}
     best = max((j_invalid, j_var), key=lambda j: rank.get(j.verdict, 0))
     flagged = best.finding is not None and best.verdict in rank

@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from agent.cli import ENTRY_POINT_GROUP, _register_all, app
-from lifecycle.settings import unknown_env_settings
+from agent.settings import unknown_env_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "experiments.yaml"

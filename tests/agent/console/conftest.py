@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from agent.server import create_app
 from agent.service import Investigator
+from agent.settings import Settings
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from tests.agent.server.conftest import AUTH, TOKENS, make_settings
 from tests.agent.server.fakes import make_experiments
 

@@ -203,3 +203,39 @@ def test_kill_button_files_a_proposal_and_pages_fit_a_phone(browser: Browser, st
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{where} is {overflow}px wider than a 390px screen"
     page.context.close()
+
+
+def test_the_experiment_page_charts_each_guardrail_and_the_models_health_at_both_widths(
+    browser: Browser, stack: Stack
+) -> None:
+    base = stack.server.url
+    for width in (1280, 390):
+        page = _page(browser, width=width)
+        _sign_in(page, base, "tok-bob", "/console/experiments/879")
+        # The page comes first; its charts arrive as a fragment, replacing the placeholder.
+        charts = page.locator("#guardrails figure.chart")
+        expect(charts).to_have_count(4, timeout=30_000)
+        expect(page.locator("#charts-pending")).to_have_count(0)
+        # As of the telemetry's last complete minute: the world's newest request is in 08:49.
+        as_of = page.locator("#charts-as-of")
+        expect(as_of).to_contain_text("Charts as of 2026-11-20 08:49 UTC")
+        # 879 declares revenue per request (and SRM); NE, calibration and latency are watched.
+        metrics = [charts.nth(k).get_attribute("data-metric") for k in range(charts.count())]
+        assert metrics == ["revenue_per_request", "ne", "calibration", "latency_p99"]
+        for k in range(charts.count()):
+            svg = charts.nth(k).locator("svg")
+            expect(svg).to_be_visible()
+            expect(svg).to_contain_text("confidence sequence (low)")
+            box = svg.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+        revenue = page.locator("#guardrails figure[data-metric=revenue_per_request]")
+        expect(revenue).to_contain_text("tolerance -2.0%")
+        expect(revenue.locator("figcaption")).to_contain_text("guardrail: at most 2.0 % worse")
+        ne = page.locator("#guardrails figure[data-metric=ne] figcaption")
+        expect(ne).to_contain_text("watched, not a guardrail")
+        levels = page.locator("#levels")
+        expect(levels.locator("tr[data-arm=control]")).to_contain_text("(control)")
+        expect(levels.locator("tr[data-arm=test]")).to_contain_text(re.compile(r"\d ms · \d+ ms"))
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the experiment page is {overflow}px wider than {width}px"
+        page.context.close()

@@ -17,9 +17,9 @@ import httpx
 
 from agent.server import create_app
 from agent.service import Investigator
+from agent.settings import Settings
 from evals.sim import minute_to_ts, parse_scenario, scenario_to_experiment_file, simulate
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from tests.agent.slack.test_end_to_end import SCENARIO as E2E_SCENARIO
 from tests.loopback import LoopbackServer
 

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent.server import create_app
+from agent.settings import Settings
 from lifecycle.alerts import AlertLedger
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from tests.agent.server.fakes import FakeInvestigator, make_experiments
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob", "tok-carol": "carol"}

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.server import create_app
 from agent.server.metrics import ServerMetrics
 from agent.service import Investigator
-from lifecycle.settings import Settings
-from tests.agent.fake_llm import ScriptedLLM, diagnosis, error, text, tool_call
+from agent.settings import Settings
+from tests.agent.fake_llm import TOOL_PATH, ScriptedLLM, diagnosis, error, text, tool_call
 from tests.agent.fakes import FakeActions, FakeCatalog, at
 from tests.agent.server.conftest import make_settings
 from tests.agent.server.fakes import make_experiments
@@ -45,6 +45,7 @@ def _llm_settings(tmp_path: Path, llm: ScriptedLLM) -> Settings:
         llm_backoff_s=0.0,
         production_model="ctr_v41",
         incident_window_minutes=0,  # two alerts of 879, two investigations (no grouping)
+        **TOOL_PATH,
     )
 
 

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from agent.models import Alert, InvestigationView
 from agent.server import create_app
 from agent.service import Investigator
+from agent.settings import Settings
 from lifecycle.alerts import AlertLedger
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from tests.agent.server.conftest import make_settings
 from tests.agent.server.fakes import FakeInvestigator, make_experiments
 from tests.agent.server.test_alertmanager import am_alert, payload

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent.server import create_app
+from agent.settings import Settings
 from lifecycle.service import ExperimentService
-from lifecycle.settings import Settings
 from tests.agent.server.conftest import make_settings
 from tests.agent.server.fakes import (
     BOT_TOKEN,

@@ -230,13 +230,13 @@ def test_demo_runs_the_whole_loop(workdir):
     assert Path(result["report_path"]).exists()
 
 
-SUITE = Path(__file__).parents[2] / "evals" / "scenarios"
+SUITE = Path(__file__).parents[3] / "evals" / "scenarios"
 
 
 def test_rollback_of_the_production_model_executes_and_verifies(cli, workdir):
+    from agent.settings import get_settings
     from evals.cli import world_settings
     from lifecycle.service import ExperimentService
-    from lifecycle.settings import get_settings
 
     scenario = SUITE / "prod-collapse-constant.yaml"  # the suite's: expects rollback_model
     out = workdir / "out.json"

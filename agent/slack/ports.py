@@ -1,5 +1,0 @@
-"""Moved to :mod:`agent.ports` (the server needs them without importing Slack); re-exported."""
-
-from agent.ports import Experiments, Investigations
-
-__all__ = ["Experiments", "Investigations"]
