@@ -52,6 +52,8 @@ __all__ = ["DeterministicReasoner", "cause_onset", "rank_causes"]
 _FAIL_P = 0.8
 _WARN_P = 0.3
 _EXPLAINED_DISCOUNT = 0.4
+_EXPLAINS_SHARE = 0.5
+"""An explaining cause must reach this share of the explained symptom (same unit)."""
 _MAX_CONFIDENCE = 0.97
 _MAX_CAUSES = 5
 
@@ -79,6 +81,30 @@ class _Candidate:
         if self.warned:
             return 2
         return 3
+
+
+def _primary_effect(c: _Candidate) -> tuple[float, str] | None:
+    """The size and unit of the candidate's failing primary finding, when it states one."""
+    primary = {sig.check for sig in c.rule.signals if sig.primary}
+    for o in c.matched:
+        effect = o.result.effect
+        if o.result.check in primary and o.result.verdict == "fail" and effect is not None:
+            return abs(effect.estimate), effect.unit
+    return None
+
+
+def _can_explain(other: _Candidate, c: _Candidate) -> bool:
+    """Whether ``other`` is large enough to explain ``c``'s symptom.
+
+    A cause explains another's symptom only for the requests it touches: a fallback on 0.6 % of
+    requests cannot account for 20 % invalid predictions. When both primary findings are
+    measured in the same unit (shares of requests, pp), the explaining one must reach half the
+    explained one; otherwise (different units) the playbook's ``explained_by`` stands.
+    """
+    mine, theirs = _primary_effect(c), _primary_effect(other)
+    if mine is None or theirs is None or mine[1] != theirs[1]:
+        return True
+    return theirs[0] >= _EXPLAINS_SHARE * mine[0]
 
 
 def _subjects(given: DiagnosisInput) -> list[Suspect]:
@@ -270,7 +296,7 @@ def rank_causes(
             same_place = (
                 other.subject.key in (c.subject.key, "global") or c.subject.scope == "global"
             )
-            if other.rule.cause in c.rule.explained_by and same_place:
+            if other.rule.cause in c.rule.explained_by and same_place and _can_explain(other, c):
                 c.explained_by = other.rule.cause
                 c.confidence *= _EXPLAINED_DISCOUNT
                 break

@@ -65,7 +65,7 @@ def _rename(doc: dict[str, Any], rng: random.Random) -> None:
     for f in doc.get("faults", []):
         if "experiment" in f:
             f["experiment"] = ids[f["experiment"]]
-    for part in (doc["alert"], doc["expect"]):
+    for part in (doc["alert"], doc["expect"], doc["expect"].get("rollout") or {}):
         if "experiment" in part:
             part["experiment"] = ids[part["experiment"]]
 

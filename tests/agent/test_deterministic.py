@@ -301,3 +301,24 @@ def test_a_warning_of_the_alert_s_own_check_on_the_production_model_is_a_candida
     # Without the alert on its metric it is no candidate.
     causes, _ = rank_causes(ranking, [MODEL, ALL], found)
     assert causes[0].cause == "none"
+
+
+def test_a_small_fallback_does_not_explain_a_large_collapse(ranking):
+    # 20 pp of invalid predictions cannot come from a fallback on 0.6 pp of requests: the
+    # collapse ranks first. A fallback as large as the collapse still explains it.
+    small = outcomes(
+        EXP,
+        prediction=fail("prediction", "NaN", estimate=20.3),
+        fallback=fail("fallback", "falls back", estimate=0.58, p=1e-4),
+    )
+    causes, _ = rank_causes(ranking, [EXP, ALL], small)
+    assert causes[0].cause == "prediction_collapse"
+    assert "explained by" not in causes[0].explanation
+    large = outcomes(
+        EXP,
+        prediction=fail("prediction", "stuck", estimate=20.3),
+        fallback=fail("fallback", "falls back", estimate=19.0),
+    )
+    causes, _ = rank_causes(ranking, [EXP, ALL], large)
+    names = [c.cause for c in causes]
+    assert names.index("model_fallback") < names.index("prediction_collapse")
