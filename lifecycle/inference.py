@@ -34,10 +34,9 @@ from tools.checks.replay import ReplaySample
 from tools.errors import (
     ConfigError,
     RetryableError,
-    TelemetryQueryError,
-    TelemetryUnavailable,
     TerminalError,
 )
+from tools.telemetry import READ_ERRORS, read_failed
 from tools.vocabulary import as_utc, naive_utc
 
 __all__ = [
@@ -315,10 +314,8 @@ class ShadowLog:
         """
         try:
             return self._read(experiment_id, start, end)
-        except sa.exc.OperationalError as exc:
-            raise TelemetryUnavailable(f"shadow predictions could not be read: {exc}") from exc
-        except sa.exc.SQLAlchemyError as exc:
-            raise TelemetryQueryError(f"shadow predictions could not be read: {exc}") from exc
+        except READ_ERRORS as exc:
+            raise read_failed(exc)(f"shadow predictions could not be read: {exc}") from exc
 
     def _read(self, experiment_id: str, start: datetime, end: datetime) -> list[ReplaySample]:
         if not sa.inspect(self._engine).has_table(self._table):

@@ -31,7 +31,7 @@ from lifecycle.allocation import ConfigSnapshot
 from lifecycle.allocator import Allocator
 from lifecycle.shadow import ShadowArm
 from lifecycle.wire import apply_delta, decode_envelope, envelope_base
-from tools.errors import ConfigError, RetryableError, SnapshotUnavailable
+from tools.errors import ConfigError, SnapshotUnavailable
 
 __all__ = ["BackgroundRefresh", "RemoteAllocator", "RemoteHealth"]
 
@@ -326,8 +326,9 @@ class BackgroundRefresh:
     the state (the CLI's kill, say), builds the new snapshot (incrementally: a kill recompiles
     the one experiment it stops) and swaps it into ``service.allocator()``. Called from a serving
     thread, that thread pays the rebuild; this calls it every ``interval_s`` on a daemon thread,
-    so serving threads only ever read the allocator. A busy store is retried at the next tick
-    (and shown in :attr:`last_error`).
+    so serving threads only ever read the allocator. A failed check (a busy store, or anything
+    else) is shown in :attr:`last_error` and retried at the next tick; the thread never dies
+    of it.
 
     Args:
         service: What to refresh (``ExperimentService``).
@@ -352,7 +353,10 @@ class BackgroundRefresh:
             try:
                 self.refreshed += bool(self._service.refresh())
                 self.last_error = None
-            except RetryableError as exc:
+            except Exception as exc:
+                # A retryable failure (a busy store) clears at a later tick; anything else is
+                # kept in last_error and retried too: a thread that died here would leave the
+                # allocator serving its last snapshot, kills and all, without a word.
                 self.last_error = f"{type(exc).__name__}: {exc}"
 
     def close(self) -> None:

@@ -16,32 +16,11 @@ from typer.testing import CliRunner
 
 from agent.cli import _register_all, app
 from agent.settings import Settings
+from tests.evals.sim_worlds import fallback_world
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FALLBACK = {
-    "name": "home-test",
-    "seed": 3,
-    "world": {
-        "start": "2026-11-20T06:00:00Z",
-        "minutes": 30,
-        "requests_per_minute": 1500,
-        "models": [{"id": "m1", "quality": 0.75}, {"id": "m2", "quality": 0.77}],
-        "production_model": "m1",
-        "experiments": [
-            {
-                "id": "5",
-                "name": "E",
-                "layer": "ranking",
-                "traffic_pct": 50,
-                "arms": {"control": {"model": "m1"}, "test": {"model": "m2"}},
-            }
-        ],
-    },
-    "faults": [{"kind": "model_fallback", "experiment": "5", "start_minute": 12, "severity": 0.6}],
-    "alert": {"metric": "fallback_rate", "minute": 24, "experiment": "5"},
-    "expect": {"root_cause": "model_fallback", "experiment": "5", "mitigation": "kill_experiment"},
-}
+FALLBACK = fallback_world("home-test", rpm=1500)
 
 
 def test_defaults_follow_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

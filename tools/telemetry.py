@@ -47,7 +47,7 @@ from tools.aggregates import (
     to_datetime,
     to_minute,
 )
-from tools.errors import ConfigError, TelemetryQueryError, TelemetryUnavailable
+from tools.errors import ConfigError, TelemetryError, TelemetryQueryError, TelemetryUnavailable
 from tools.redaction import redact_url
 from tools.schema import TelemetrySchema
 
@@ -57,9 +57,11 @@ __all__ = [
     "DUCKDB_MEMORY_LIMIT",
     "LATENCY_LADDER_MS",
     "LOGLOSS_EPS",
+    "READ_ERRORS",
     "HistogramSpec",
     "Subject",
     "TelemetryReader",
+    "read_failed",
     "to_datetime",
     "to_minute",
 ]
@@ -82,6 +84,17 @@ def _unavailable(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, sa.exc.OperationalError) and any(w in text for w in _PASSING)
+
+
+READ_ERRORS = (sa.exc.SQLAlchemyError, duckdb.Error)
+"""What a failed warehouse read raises; :func:`read_failed` says which of ours it is."""
+
+
+def read_failed(exc: BaseException) -> type[TelemetryError]:
+    """The error class for a failed warehouse read: :class:`TelemetryUnavailable` when trying
+    again may help (no connection, a timeout, a lock), else :class:`TelemetryQueryError` (a
+    missing table or column, a statement refused)."""
+    return TelemetryUnavailable if _unavailable(exc) else TelemetryQueryError
 
 
 class TelemetryReader:
@@ -324,9 +337,8 @@ class TelemetryReader:
                     return _fetch_chdb(conn, query)
                 result = conn.execute(query)
                 return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-        except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
-            kind = TelemetryUnavailable if _unavailable(exc) else TelemetryQueryError
-            raise kind(f"telemetry query on {tables} failed: {exc}") from exc
+        except READ_ERRORS as exc:
+            raise read_failed(exc)(f"telemetry query on {tables} failed: {exc}") from exc
         finally:
             self.query_seconds += time.perf_counter() - began
 

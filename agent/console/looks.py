@@ -36,8 +36,9 @@ from agent.console.guardrails import Look
 from tools._dialect_sql import as_int
 from tools._queries import EXPOSURE_MARGIN, Queries
 from tools.aggregates import HistogramSpec, to_datetime, to_minute
-from tools.errors import ConfigError, TelemetryQueryError
+from tools.errors import ConfigError
 from tools.schema import TelemetrySchema
+from tools.telemetry import READ_ERRORS, read_failed
 from tools.unit_stats import UNIT_METRICS, request_aggregates, unit_sum_columns
 from tools.vocabulary import as_utc
 
@@ -208,16 +209,17 @@ def read_looks(engine: sa.Engine, schema: TelemetrySchema, window: LookWindow) -
 
     Raises:
         TelemetryQueryError: The warehouse refused the statement (a missing table or column).
+        TelemetryUnavailable: The warehouse could not be reached (trying again may help).
     """
     query = looks_statement(schema, str(engine.dialect.name), window)
     try:
         with engine.connect() as conn:
             result = conn.execute(query)
             rows = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    except sa.exc.SQLAlchemyError as exc:
+    except READ_ERRORS as exc:
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         why = first[0][:200] if first else type(exc).__name__
-        raise TelemetryQueryError(f"the charts' looks of {window.experiment_id}: {why}") from exc
+        raise read_failed(exc)(f"the charts' looks of {window.experiment_id}: {why}") from exc
     columns = unit_sum_columns(request_sums=True, latency=True)
     if rows.empty:
         empty = pd.DataFrame(columns=["experiment_id", "arm", *columns])

@@ -10,7 +10,7 @@ import pandas as pd
 
 from evals.sim import Scenario, parse_scenario, simulate
 
-__all__ = ["ab_world", "read_tables", "run"]
+__all__ = ["ab_world", "fallback_world", "read_tables", "run"]
 
 START = "2026-11-20T06:00:00Z"
 
@@ -64,6 +64,40 @@ def ab_world(
         "expect": {"root_cause": "none"},
     }
     return parse_scenario(data)
+
+
+def fallback_world(name: str, rpm: int) -> dict[str, Any]:
+    """A 30-minute world whose experiment ``5`` falls back in its test arm from minute 12 (the
+    scenario file's form, alert at 24): small enough to simulate into every store in a test."""
+    return {
+        "name": name,
+        "seed": 3,
+        "world": {
+            "start": START,
+            "minutes": 30,
+            "requests_per_minute": rpm,
+            "models": [{"id": "m1", "quality": 0.75}, {"id": "m2", "quality": 0.77}],
+            "production_model": "m1",
+            "experiments": [
+                {
+                    "id": "5",
+                    "name": "E",
+                    "layer": "ranking",
+                    "traffic_pct": 50,
+                    "arms": {"control": {"model": "m1"}, "test": {"model": "m2"}},
+                }
+            ],
+        },
+        "faults": [
+            {"kind": "model_fallback", "experiment": "5", "start_minute": 12, "severity": 0.6}
+        ],
+        "alert": {"metric": "fallback_rate", "minute": 24, "experiment": "5"},
+        "expect": {
+            "root_cause": "model_fallback",
+            "experiment": "5",
+            "mitigation": "kill_experiment",
+        },
+    }
 
 
 def run(scenario: Scenario, tmp_path: Path, name: str = "t", **kwargs: Any) -> Path:

@@ -8,30 +8,9 @@ import yaml
 
 from evals.bench import SECTIONS, BenchOptions
 from evals.bench.stores import STORES, run
+from tests.evals.sim_worlds import fallback_world
 
-WORLD = {
-    "name": "bench-stores-test",
-    "seed": 3,
-    "world": {
-        "start": "2026-11-20T06:00:00Z",
-        "minutes": 30,
-        "requests_per_minute": 1200,
-        "models": [{"id": "m1", "quality": 0.75}, {"id": "m2", "quality": 0.77}],
-        "production_model": "m1",
-        "experiments": [
-            {
-                "id": "5",
-                "name": "E",
-                "layer": "ranking",
-                "traffic_pct": 50,
-                "arms": {"control": {"model": "m1"}, "test": {"model": "m2"}},
-            }
-        ],
-    },
-    "faults": [{"kind": "model_fallback", "experiment": "5", "start_minute": 12, "severity": 0.6}],
-    "alert": {"metric": "fallback_rate", "minute": 24, "experiment": "5"},
-    "expect": {"root_cause": "model_fallback", "experiment": "5", "mitigation": "kill_experiment"},
-}
+WORLD = fallback_world("bench-stores-test", rpm=1200)
 
 
 def test_stores_section_measures_all_three_and_their_ratios(tmp_path: Path) -> None:

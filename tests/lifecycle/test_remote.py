@@ -35,7 +35,7 @@ from lifecycle.wire import (
     snapshot_to_json,
 )
 from tests.loopback import LoopbackServer
-from tools.errors import ConfigError, SnapshotUnavailable
+from tools.errors import ConfigError, SnapshotUnavailable, StateError
 
 KEY = "test-snapshot-key"
 
@@ -351,3 +351,31 @@ def test_bad_signature_truncated_stream_and_restarts_keep_the_last_good_snapshot
         assert _until(lambda: remote.version == service.version())
         assert not remote.is_enabled(request, "e0")
         assert remote.health().status == "ok"
+
+
+def test_background_refresh_outlives_a_failure_and_says_so() -> None:
+    # A refresh that fails with anything (here a terminal error, then a bug) must not stop the
+    # thread: a dead thread would serve its last snapshot forever, without a kill, silently.
+    seen: list[str | None] = []
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.feed: BackgroundRefresh | None = None
+
+        def refresh(self) -> bool:
+            self.calls += 1
+            if self.feed is not None:
+                seen.append(self.feed.last_error)  # what the previous tick left to read
+            if self.calls == 1:
+                raise StateError("state store schema is newer than this code")
+            if self.calls == 2:
+                raise RuntimeError("bug")
+            return True
+
+    flaky = Flaky()
+    with BackgroundRefresh(flaky, interval_s=0.01) as feed:
+        flaky.feed = feed
+        assert _until(lambda: feed.refreshed >= 1, timeout=3.0)
+        assert feed.last_error is None
+    assert "RuntimeError: bug" in seen  # shown after the bug, then cleared by a good tick
