@@ -9,7 +9,9 @@ had data and enough of it. Otherwise the investigation ends
    (a lagging warehouse, a wrong column mapping, an alert dated after the last row), when no
    check on it could judge anything, or when the check of the alert's own metric (calibration for
    a calibration alert, SRM for an SRM alert ...) had too small a sample to rule out an effect of
-   the size in question;
+   the size in question; a business metric (revenue, CTR) has no check of its own, so each check
+   of a cause that could move it must have seen on the alert's subject or on what the subject's
+   arms share (the production model, all traffic): one that saw nowhere leaves it open;
 
 with the reason in one line, and the ``none`` cause says "No root cause could be established".
 A diagnosis that ranks a real cause stands: evidence found is evidence, whatever else was blind.
@@ -27,6 +29,8 @@ from tools.errors import ConfigError, NotFoundError, TelemetryError
 
 __all__ = [
     "ALERT_CHECKS",
+    "ALSO_MOVES",
+    "MOVES_BUSINESS",
     "NO_ROOT_CAUSE",
     "Blindness",
     "blind_spot",
@@ -51,6 +55,23 @@ ALERT_CHECKS: Mapping[str, str] = {
     "error_rate": "infra",
     "latency_p99": "infra",
 }
+
+
+MOVES_BUSINESS: frozenset[str] = frozenset(
+    {"prediction", "calibration", "ne", "staleness", "fallback", "infra"}
+)
+"""Checks of the causes that change what a request earns or how often it is clicked (revenue,
+CTR). An allocation bug loses units, not clicks: the SRM check is not among them."""
+
+
+ALSO_MOVES: Mapping[str, frozenset[str]] = {
+    "ne": frozenset({"staleness"}),
+    "calibration": frozenset({"staleness"}),
+}
+"""Checks (beyond the alert metric's own) whose ``inconclusive`` leaves that metric's all-clear
+open: a stale model degrades NE and calibration gradually, so the metric's own check can be
+steady while the snapshot is already overdue within its margin ("stale unless a new snapshot
+serves by 10:24"), a question the next minutes settle."""
 
 
 def _line(text: str) -> str:
@@ -125,9 +146,26 @@ def blind_spot(
         return _probe(toolbox, alert, localization, now)
     unsure = [o for o in judged if o.result.verdict == "inconclusive"]
     own_check = ALERT_CHECKS.get(alert.metric)
-    if len(unsure) < len(judged):
-        # Something could see: only the alert metric's own check being blind leaves it open.
-        unsure = [o for o in unsure if o.result.check == own_check]
+    if len(unsure) < len(judged) and own_check is not None:
+        # Something could see: only the alert metric's own check being blind, or a check of a
+        # cause that moves that metric without its own check seeing it yet (a snapshot just past
+        # its refresh drifts NE slowly), leaves it open.
+        also = ALSO_MOVES.get(own_check, frozenset())
+        unsure = [o for o in unsure if o.result.check == own_check or o.result.check in also]
+    elif len(unsure) < len(judged):
+        # A business metric has no check of its own: every check of what could move it must
+        # have seen, on the alert's subject or on what its arms share (the production model,
+        # all traffic), which is where power against a move of the alert's size usually is.
+        seen = {
+            o.result.check
+            for o in outcomes
+            if o.error is None
+            and o.result.verdict in ("ok", "warn", "fail")
+            and (o.subject.scope != "experiment" or o.subject.id == alert.experiment)
+        }
+        unsure = [
+            o for o in unsure if o.result.check in MOVES_BUSINESS and o.result.check not in seen
+        ]
     if unsure:
         reasons = "; ".join(_line(o.result.summary) for o in unsure[:_MAX_REASONS])
         more = f" (and {len(unsure) - _MAX_REASONS} more)" if len(unsure) > _MAX_REASONS else ""

@@ -14,17 +14,26 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    arm and its control: what hits every arm alike cannot open a gap between them (two faults at
    once are both ranked).
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
-   supported on the same subject (a fallback to a weak model also worsens NE); it ranks after.
+   supported on the same subject (a fallback to a weak model also worsens NE) and reaches every
+   request of the symptom (a fallback on ``country=BR`` does not explain invalid predictions in
+   every country); it ranks after. One fault seen twice is explained too: the same cause on an
+   experiment's arm and on the model it serves is the arm's when the model's effect is a
+   fraction of the arm's (diluted in the model's traffic), the model's when it is as large.
 5. A cause is a *candidate* when its primary signal only warned, on the alerted experiment (all
    traffic for a global alert), in the check of the alert's own metric (an SRM alert whose SRM
-   check says "possible issue", an error-rate alert whose infra check warns; for a global alert,
-   on all traffic or the production model, which serves most of it):
-   evidence that matches the alert is not noise, so it ranks before ``none``, with the lower
-   confidence of a warning.
+   check says "possible issue", an error-rate alert whose infra check warns; a CTR alert whose
+   calibration check says the logged clicks per request moved while the predictions held; for a
+   global alert, or an experiment's business metric, on all traffic or the production model,
+   which serves most of it): evidence that matches the alert is not noise, so it ranks before
+   ``none``, with the lower confidence of a warning. Any other warning of a primary signal is a
+   *hint*: ranked after ``none``, never dropped.
 6. Order: supported, then explained, then candidates, then ``none`` unless something ranks
-   above, then causes matched only by secondary failures. Ties: the score (signal weights, a
-   fail counting twice a warning), then the strength of the evidence (smallest p-value), then
-   the suspect's rank.
+   above, then hints and causes matched only by secondary failures. Among supported causes
+   behind a global alert, how much of the alert's traffic the subject reaches comes first (an
+   experiment's share of all traffic; the production model and all traffic reach nearly all of
+   it): two faults at once rank by how much of the alerted change each can explain. Ties: the
+   score (signal weights, a fail counting twice a warning), then the strength of the evidence
+   (smallest p-value), then the suspect's rank.
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
 discounted when explained, made non-increasing down the ranking. With no failure at all the
@@ -37,9 +46,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
+from agent._candidates import EXPLAINS_SHARE, Candidate, explain, reach_of
 from agent.coverage import ALERT_CHECKS
 from agent.models import Alert, RootCause
 from agent.playbook import CauseRule, Playbook, Signal
@@ -51,60 +60,15 @@ __all__ = ["DeterministicReasoner", "cause_onset", "rank_causes"]
 
 _FAIL_P = 0.8
 _WARN_P = 0.3
-_EXPLAINED_DISCOUNT = 0.4
-_EXPLAINS_SHARE = 0.5
-"""An explaining cause must reach this share of the explained symptom (same unit)."""
 _MAX_CONFIDENCE = 0.97
+_ALERT_FINDINGS: Mapping[str, tuple[str, Mapping[str, str]]] = {
+    **{metric: (check, {}) for metric, check in ALERT_CHECKS.items()},
+    # CTR is clicks per request: a calibration finding whose logged clicks per request moved
+    # (the predictions held) is a finding on the alert's own metric.
+    "ctr": ("calibration", {"moved": "clicks"}),
+}
+"""Per alert metric, the check (and the params of its result) that measures the metric itself."""
 _MAX_CAUSES = 5
-
-
-@dataclass
-class _Candidate:
-    rule: CauseRule
-    subject: Suspect
-    order: int
-    matched: list[CheckOutcome]
-    supported: bool
-    score: float
-    strength: float
-    confidence: float
-    ruled_out: str | None = None
-    explained_by: str | None = None
-    warned: bool = False
-
-    @property
-    def tier(self) -> int:
-        if self.supported and self.explained_by is None:
-            return 0
-        if self.supported:
-            return 1
-        if self.warned:
-            return 2
-        return 3
-
-
-def _primary_effect(c: _Candidate) -> tuple[float, str] | None:
-    """The size and unit of the candidate's failing primary finding, when it states one."""
-    primary = {sig.check for sig in c.rule.signals if sig.primary}
-    for o in c.matched:
-        effect = o.result.effect
-        if o.result.check in primary and o.result.verdict == "fail" and effect is not None:
-            return abs(effect.estimate), effect.unit
-    return None
-
-
-def _can_explain(other: _Candidate, c: _Candidate) -> bool:
-    """Whether ``other`` is large enough to explain ``c``'s symptom.
-
-    A cause explains another's symptom only for the requests it touches: a fallback on 0.6 % of
-    requests cannot account for 20 % invalid predictions. When both primary findings are
-    measured in the same unit (shares of requests, pp), the explaining one must reach half the
-    explained one; otherwise (different units) the playbook's ``explained_by`` stands.
-    """
-    mine, theirs = _primary_effect(c), _primary_effect(other)
-    if mine is None or theirs is None or mine[1] != theirs[1]:
-        return True
-    return theirs[0] >= _EXPLAINS_SHARE * mine[0]
 
 
 def _subjects(given: DiagnosisInput) -> list[Suspect]:
@@ -149,11 +113,12 @@ def _evaluate(
     order: int,
     results: dict[str, CheckOutcome],
     control: str,
-    focus: tuple[frozenset[str], str] | None = None,
-) -> _Candidate | None:
+    focus: tuple[frozenset[str], str, Mapping[str, str]] | None = None,
+) -> Candidate | None:
     matched: list[CheckOutcome] = []
     supported = False
     warned = False
+    hint = False
     score = 0.0
     miss = 1.0
     for sig in rule.signals:
@@ -169,9 +134,17 @@ def _evaluate(
             and sig.check == focus[1]
             and outcome.subject.key == subject.key
             and outcome.result.verdict == "warn"
+            and all(str(outcome.result.params.get(k)) == v for k, v in focus[2].items())
             and _as_warning(sig).matches(outcome.result)
         )
-        if not candidate and not sig.matches(outcome.result):
+        # Any other warning of a primary signal is a hint: ranked, but after ``none``.
+        hinted = (
+            sig.primary
+            and outcome.result.verdict == "warn"
+            and outcome.subject.key == subject.key
+            and _as_warning(sig).matches(outcome.result)
+        )
+        if not (candidate or hinted) and not sig.matches(outcome.result):
             continue
         if outcome.subject.key == subject.key and not _located(
             sig, subject, outcome.result, control
@@ -180,10 +153,11 @@ def _evaluate(
         fail = outcome.result.verdict == "fail"
         matched.append(outcome)
         supported = supported or (sig.primary and fail)
+        hint = hint or hinted
         warned = warned or candidate
         score += sig.weight * (1.0 if fail else 0.5)
         miss *= 1.0 - sig.weight * (_FAIL_P if fail else _WARN_P)
-    if not matched or not (warned or any(o.result.verdict == "fail" for o in matched)):
+    if not matched or not (warned or hint or any(o.result.verdict == "fail" for o in matched)):
         return None
     ruled_out = None
     controlled = subject.scope == "experiment" and any(
@@ -206,7 +180,7 @@ def _evaluate(
             continue
         ruled_out = out.reason
         break
-    return _Candidate(
+    return Candidate(
         rule=rule,
         subject=subject,
         order=order,
@@ -220,7 +194,7 @@ def _evaluate(
     )
 
 
-def _explanation(candidate: _Candidate) -> str:
+def _explanation(candidate: Candidate) -> str:
     parts = [f"{o.result.check}: {o.result.summary}" for o in candidate.matched]
     text = " ".join(parts)
     if candidate.explained_by:
@@ -228,7 +202,7 @@ def _explanation(candidate: _Candidate) -> str:
     return text
 
 
-def _root_cause(candidate: _Candidate) -> RootCause:
+def _root_cause(candidate: Candidate) -> RootCause:
     primary = next(
         (o for o in candidate.matched if o.result.verdict == "fail"), candidate.matched[0]
     )
@@ -251,6 +225,7 @@ def rank_causes(
     outcomes: Sequence[CheckOutcome],
     controls: Mapping[str, str] | None = None,
     alert: Alert | None = None,
+    reach: Mapping[str, float] | None = None,
 ) -> tuple[list[RootCause], list[tuple[str, str]]]:
     """Rank causes by the playbook's rules (see the module docstring).
 
@@ -261,22 +236,27 @@ def rank_causes(
         controls: Experiment id -> its control arm (``control`` when not given).
         alert: What fired; a warning of its own metric's check on its experiment is a
             candidate (None: only failures count).
+        reach: Experiment id -> its share of all traffic; behind a global alert, supported
+            causes in experiments rank by it (None: by evidence alone).
 
     Returns:
         The ranked causes (``none`` first when nothing failed) and the ruled-out
         ``(cause, reason)`` pairs.
     """
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     focus = None
     subjects = list(suspects)
-    if alert is not None and alert.metric in ALERT_CHECKS:
-        # A global alert's scope is all traffic, and the production model serves most of it.
-        keys = (
-            {"global", *(s.key for s in subjects if s.scope == "model")}
-            if alert.experiment is None
-            else {f"experiment:{alert.experiment}"}
-        )
-        focus = (frozenset(keys), ALERT_CHECKS[alert.metric])
+    found_on = _ALERT_FINDINGS.get(alert.metric) if alert is not None else None
+    if alert is not None and found_on is not None:
+        # A global alert's scope is all traffic, and the production model serves most of it;
+        # an experiment's business metric also moves with what its arms share (the model).
+        shared = {"global", *(s.key for s in subjects if s.scope == "model")}
+        keys: set[str] = set()
+        if alert.experiment is not None:
+            keys.add(f"experiment:{alert.experiment}")
+        if alert.experiment is None or alert.metric not in ALERT_CHECKS:
+            keys |= shared
+        focus = (frozenset(keys), *found_on)
     if not any(s.scope == "global" for s in subjects):
         subjects.append(Suspect(scope="global"))
     for order, subject in enumerate(subjects):
@@ -290,17 +270,8 @@ def rank_causes(
                 candidates.append(found)
     ruled = [c for c in candidates if c.ruled_out is not None]
     live = [c for c in candidates if c.ruled_out is None]
-    supported = [c for c in live if c.supported]
-    for c in supported:
-        for other in supported:
-            same_place = (
-                other.subject.key in (c.subject.key, "global") or c.subject.scope == "global"
-            )
-            if other.rule.cause in c.rule.explained_by and same_place and _can_explain(other, c):
-                c.explained_by = other.rule.cause
-                c.confidence *= _EXPLAINED_DISCOUNT
-                break
-    live.sort(key=lambda c: (c.tier, -c.score, -c.strength, c.order))
+    explain([c for c in live if c.supported])
+    live.sort(key=lambda c: (c.tier, -reach_of(c, alert, reach), -c.score, -c.strength, c.order))
     causes: list[RootCause] = []
     head = [c for c in live if c.tier < 3]
     tail = [c for c in live if c.tier == 3]
@@ -387,8 +358,11 @@ class DeterministicReasoner:
     def diagnose(self, given: DiagnosisInput) -> Diagnosis:
         """Rank the causes of ``given`` (see :func:`rank_causes`)."""
         controls = {k: v.control for k, v in given.experiments.items()}
+        reach = {
+            k: v.traffic_share for k, v in given.experiments.items() if v.traffic_share is not None
+        }
         causes, ruled_out = rank_causes(
-            given.playbook, _subjects(given), given.outcomes, controls, given.alert
+            given.playbook, _subjects(given), given.outcomes, controls, given.alert, reach
         )
         top = causes[0] if causes else None
         cited = {o.result.check: o.result for o in given.outcomes if not o.error}
@@ -411,4 +385,71 @@ class DeterministicReasoner:
                     conclusion="inconclusive",
                     reason=why + "; watching for it to confirm or clear",
                 )
+            rival = _open_explanation(given.playbook, top, given.outcomes)
+            if rival is not None:
+                return Diagnosis(
+                    causes=causes,
+                    reasoner=self.name,
+                    ruled_out=ruled_out,
+                    conclusion="inconclusive",
+                    reason=rival,
+                )
         return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)
+
+
+def _open_explanation(
+    playbook: Playbook, top: RootCause, outcomes: Sequence[CheckOutcome]
+) -> str | None:
+    """Why acting on ``top`` must wait: a cause that would explain it is not yet ruled out.
+
+    ``top`` is supported, but a more specific cause it lists in ``explained_by`` has its primary
+    check on the same subject ``inconclusive``, and that open question could explain it: either
+    it is a pending fact rather than a power shortfall (a snapshot just past its refresh: no
+    minimal detectable effect, the next minutes settle it), or what it could still hide, in the
+    same unit as ``top``'s own finding, reaches half of it (a fallback that cannot be ruled out
+    below 0.2 pp does not explain 30 pp of invalid predictions). The two causes call for
+    different mitigations, so nothing is proposed until that check settles (follow-ups), and the
+    reason names it. None when nothing is open.
+    """
+    rule = playbook.rule(top.cause)
+    if rule is None:
+        return None
+    own = _subject_key(top)
+    mine = {s.check for s in rule.signals if s.primary}
+    found = next(
+        (
+            o.result.effect
+            for o in outcomes
+            if o.error is None
+            and o.subject.key == own
+            and o.result.check in mine
+            and o.result.verdict == "fail"
+            and o.result.effect is not None
+        ),
+        None,
+    )
+    for name in rule.explained_by:
+        other = playbook.rule(name)
+        if other is None:
+            continue
+        primary = {s.check for s in other.signals if s.primary}
+        for o in outcomes:
+            r = o.result
+            if o.error is not None or o.subject.key != own or r.check not in primary:
+                continue
+            if r.verdict != "inconclusive":
+                continue
+            pending = r.mde is None
+            could_hide = (
+                r.mde is not None
+                and found is not None
+                and r.effect is not None
+                and r.effect.unit == found.unit
+                and abs(r.mde) >= EXPLAINS_SHARE * abs(found.estimate)
+            )
+            if pending or could_hide:
+                return (
+                    f"{top.cause} is supported, but {name} would explain it and is not ruled out "
+                    f"yet ({r.summary.rstrip('.')}); watching until it settles"
+                )
+    return None

@@ -10,7 +10,10 @@ p-value clears the playbook's ``alpha`` are the suspects, most
 significant first; only when the alert's metric itself moved significantly do its largest
 contributors fill the remaining places. Experiments that merely carry noise are not examined, so
 the suspect list stays short and a dozen concurrent experiments do not dilute it. The production
-model is examined too (a fault of the model serving everyone has no control arm to compare with).
+model is examined too (a fault of the model serving everyone has no control arm to compare with),
+also behind an alert naming an experiment when its metric is one the playbook looks beyond the
+experiment for (``beyond_experiment``: revenue and CTR move with anything the arms share), or
+once a check found every arm of the alerted experiment shifted at once (:func:`shared_suspect`).
 The onset is the change point of the alert's metric. The plan is every playbook check on every
 suspect of a scope the check runs on; the checks then run in parallel (``Send`` in the graph).
 """
@@ -42,6 +45,7 @@ __all__ = [
     "localize",
     "plan",
     "run_task",
+    "shared_suspect",
     "utc",
 ]
 
@@ -311,6 +315,17 @@ def localize(
     where: dict[str, str] = {}
     if alert.experiment is not None:
         suspects.append(Suspect(scope="experiment", id=alert.experiment, reason="named by alert"))
+        spec = playbook.suspects
+        if alert.metric in spec.beyond_experiment and spec.production_model and production_model:
+            # Every arm shares the production model and the logging: a cause outside the
+            # experiment moves its arms together, which no comparison inside it can see.
+            suspects.append(
+                Suspect(
+                    scope="model",
+                    id=production_model,
+                    reason="serves traffic outside tests (and the experiment's shared arms)",
+                )
+            )
     else:
         spec = playbook.suspects
         if spec.max_experiments > 0:
@@ -332,6 +347,38 @@ def localize(
         where=where,
         results=results,
     )
+
+
+def shared_suspect(
+    alert: Alert,
+    playbook: Playbook,
+    localization: Localization,
+    outcomes: Sequence[CheckOutcome],
+    production_model: str | None,
+) -> Suspect | None:
+    """The production model, when the alerted experiment's arms moved together and it is unjudged.
+
+    A check that finds every arm of the alerted experiment shifted at once (``scope: all_arms``)
+    says the cause is outside the experiment, in what its arms share; an alert whose metric the
+    playbook does not look beyond the experiment for then examines the production model too.
+    """
+    if alert.experiment is None or not playbook.suspects.production_model or not production_model:
+        return None
+    model = Suspect(
+        scope="model",
+        id=production_model,
+        reason="serves the experiment's arms, which moved together",
+    )
+    if any(s.key == model.key for s in localization.suspects):
+        return None
+    key = f"experiment:{alert.experiment}"
+    together = any(
+        o.subject.key == key
+        and o.result.verdict in ("warn", "fail")
+        and o.result.params.get("scope") == "all_arms"
+        for o in outcomes
+    )
+    return model if together else None
 
 
 def plan(playbook: Playbook, localization: Localization) -> list[CheckTask]:

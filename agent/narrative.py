@@ -146,6 +146,39 @@ def _cause_text(
     return f"{label} (`{cause.cause}`){where} — confidence {cause.confidence:.0%}"
 
 
+def _outside(
+    alert: Alert,
+    top: RootCause,
+    outcomes: Sequence[CheckOutcome],
+    experiments: Mapping[str, ExperimentMeta],
+) -> str:
+    """Why a cause outside the alerted experiment was blamed for its alert ("" when inside)."""
+    if alert.experiment is None or top.experiment == alert.experiment:
+        return ""
+    meta = experiments.get(alert.experiment)
+    control = meta.control if meta is not None else "control"
+    key = f"experiment:{alert.experiment}"
+    gap = [
+        o.result.check
+        for o in outcomes
+        if o.subject.key == key
+        and o.result.verdict == "fail"
+        and o.result.arm is not None
+        and o.result.arm != control
+    ]
+    if top.experiment:
+        where = _experiment(top.experiment, experiments)
+        return f"The cause lies outside experiment {alert.experiment}, in {where}."
+    shared = f"model {top.model}" if top.model else "all traffic"
+    text = f"The cause lies outside experiment {alert.experiment}, in {shared} (shared by its arms)"
+    if gap:
+        return text + f" (its own {', '.join(dict.fromkeys(gap))} also failed in a test arm)."
+    return (
+        text + ": no check found a gap between its arms, which moved together, so the "
+        "experiment itself is not to blame."
+    )
+
+
 def _mitigation_text(m: MitigationView) -> str:
     verb = spec(m.action).describe(m.target)
     status = _STATUS_WORDS.get(m.status, m.status)
@@ -220,6 +253,9 @@ def build_report(
         )
     else:
         cause = _cause_text(top, playbook, experiments)
+        outside = _outside(alert, top, outcomes, experiments)
+        if outside:
+            cause += f". {outside}"
     places = {
         f"experiment:{top.experiment}" if top.experiment else "",
         f"model:{top.model}" if top.model else "",

@@ -22,7 +22,7 @@ from agent.coverage import blind_spot, not_ruled_out, unknown_experiment, with_c
 from agent.deps import Deps
 from agent.deterministic import DeterministicReasoner, cause_onset
 from agent.followups import settle
-from agent.localize import localize, plan, run_task, utc
+from agent.localize import localize, plan, run_task, shared_suspect, utc
 from agent.mitigation import propose_for
 from agent.models import (
     InvestigationStatus,
@@ -34,7 +34,14 @@ from agent.models import (
 from agent.narrative import build_report
 from agent.reasoning import Baseline, DiagnosisInput, guard
 from agent.report import alert_series_plot, attribution_plot, check_plot, write_report
-from agent.state import CheckTask, Diagnosis, InvestigationState, Localization, Window
+from agent.state import (
+    CheckOutcome,
+    CheckTask,
+    Diagnosis,
+    InvestigationState,
+    Localization,
+    Window,
+)
 from agent.verify import measure_recovery
 from tools.errors import RetryableError
 
@@ -181,6 +188,8 @@ class Nodes:
 
     def _proposals(self, state: InvestigationState) -> list[MitigationView]:
         assert state.diagnosis is not None
+        if state.diagnosis.conclusion != "conclusive":
+            return []  # undecided (a rival cause still open, blind checks): nothing to act on
         return propose_for(
             state.investigation_id,
             state.diagnosis.causes,
@@ -239,20 +248,49 @@ class Nodes:
         box = self.deps.toolboxes.get(view.id, view.alert)
         return {"outcomes": [run_task(box, state)]}
 
-    def diagnose(self, state: InvestigationState) -> dict[str, Any]:
-        """Rank causes; an LLM's causes stand only if they cite failing checks."""
+    def _widened(self, state: InvestigationState) -> tuple[Localization, list[CheckOutcome]]:
+        """The production model's checks, when the alerted experiment's arms moved together."""
         assert state.localization is not None
+        playbook = self.deps.playbooks.get(state.playbook)
+        model = shared_suspect(
+            state.alert,
+            playbook,
+            state.localization,
+            state.outcomes,
+            self.deps.catalog.production_model(),
+        )
+        if model is None:
+            return state.localization, []
+        loc = state.localization
+        suspects = [*loc.suspects]
+        at = next((i for i, s in enumerate(suspects) if s.scope == "global"), len(suspects))
+        suspects.insert(at, model)
+        tasks = plan(playbook, loc.model_copy(update={"suspects": [model]}))
+        box = self._toolbox(state)
+        return loc.model_copy(update={"suspects": suspects}), [run_task(box, t) for t in tasks]
+
+    def diagnose(self, state: InvestigationState) -> dict[str, Any]:
+        """Rank causes; an LLM's causes stand only if they cite failing checks.
+
+        When a check found every arm of the alerted experiment shifted at once, the production
+        model (which its arms share) is checked first (:func:`agent.localize.shared_suspect`).
+        """
+        assert state.localization is not None
+        localization, widened = self._widened(state)
+        state = state.model_copy(
+            update={"localization": localization, "outcomes": [*state.outcomes, *widened]}
+        )
         given = DiagnosisInput(
             alert=state.alert,
             playbook=self.deps.playbooks.get(state.playbook),
-            localization=state.localization,
+            localization=localization,
             outcomes=list(state.outcomes),
             experiments=self.deps.catalog.experiments(),
             toolbox=self._toolbox(state),
         )
         diagnosis = self._diagnose(given)
         blind = unknown_experiment(state.alert, given.experiments) or blind_spot(
-            state.alert, state.localization, state.outcomes, given.toolbox, self.deps.clock()
+            state.alert, localization, state.outcomes, given.toolbox, self.deps.clock()
         )
         diagnosis = with_coverage(diagnosis, blind, not_ruled_out(state.alert, state.outcomes))
         outcomes = list(state.outcomes) + list(diagnosis.extra)
@@ -264,7 +302,8 @@ class Nodes:
         update: dict[str, Any] = {
             "diagnosis": diagnosis,
             "onset": onset,
-            "outcomes": list(diagnosis.extra),
+            "localization": localization,
+            "outcomes": [*widened, *diagnosis.extra],
             "proposals": self._proposals(
                 state.model_copy(update={"diagnosis": diagnosis, "outcomes": outcomes})
             ),

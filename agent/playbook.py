@@ -178,6 +178,10 @@ class WindowSpec(_Strict):
     verify_min_points: int = Field(default=5, gt=0, description="Minutes needed to verify.")
 
 
+def _business_metrics() -> list[AlertMetric]:
+    return ["revenue", "ctr"]
+
+
 class SuspectSpec(_Strict):
     """How a global alert picks the experiments and models to examine.
 
@@ -186,6 +190,8 @@ class SuspectSpec(_Strict):
     change). Experiments whose arm-vs-control shift is significant (Holm-adjusted over every arm,
     ``p <= alpha``) come first, most significant first; when the alert's metric itself moved
     significantly, its contributors of at least ``min_share`` fill the remaining places.
+    An alert naming an experiment examines that experiment, and for a ``beyond_experiment`` metric
+    the production model (when ``production_model``) and all traffic too.
     """
 
     max_experiments: int = Field(default=3, ge=0)
@@ -193,6 +199,15 @@ class SuspectSpec(_Strict):
     alpha: float = Field(default=0.01, gt=0, lt=1, description="Significance of a contribution.")
     scan_metrics: list[SeriesMetric] = Field(default_factory=list)
     production_model: bool = True
+    beyond_experiment: list[AlertMetric] = Field(
+        default_factory=_business_metrics,
+        description=(
+            "Alert metrics for which an alert naming an experiment also examines the production "
+            "model and all traffic: every arm of the experiment shares them, so a cause outside "
+            "the experiment moves its arms together. Default: the business metrics (revenue, "
+            "CTR), which move with anything."
+        ),
+    )
 
 
 class Playbook(_Strict):

@@ -24,6 +24,7 @@ import typer
 import yaml
 
 from agent.models import CAUSES, InvestigationView
+from agent.settings import Settings
 from evals.llm_figures import llm_fields, llm_line, with_llm_figures
 from evals.scoring import (
     Expected,
@@ -114,10 +115,11 @@ def _expected_from_raw(path: Path) -> tuple[str, Expected]:
     )
 
 
-def _expected(scenario: Any) -> Expected:
+def _expected(scenario: Any, followup_minutes: Sequence[int] = ()) -> Expected:
     from evals.generate.measure import scenario_strength
 
     expect = scenario.expect
+    last = scenario.alert.minute + followup_minutes[-1] if followup_minutes else None
     onset = getattr(expect, "onset_minute", None)
     return Expected(
         root_cause=expect.root_cause,
@@ -125,6 +127,11 @@ def _expected(scenario: Any) -> Expected:
         onset_minute=float(onset) if onset is not None else None,
         mitigation=getattr(expect, "mitigation", None),
         strength=scenario_strength(scenario),
+        strength_final=(
+            scenario_strength(scenario, minute=last)
+            if last is not None
+            else scenario_strength(scenario)
+        ),
     )
 
 
@@ -218,7 +225,7 @@ def run_scenario_file(path: Path, options: EvalOptions, run: int = 0) -> ResultR
     except Exception as exc:  # an invalid scenario is a failed row, named with its error
         name, expected = _expected_from_raw(path)
         return score(name, expected, crashed(_describe(exc)), run=run)
-    expected = _expected(scenario)
+    expected = _expected(scenario, Settings().followup_minutes)
     base = str(options.workdir) if options.workdir else None
     if options.workdir:
         options.workdir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,11 @@ Pure and deterministic: it reads :class:`Expected` (from a scenario's ``expect``
 - ``ac1_above_floor`` / ``ac3_above_floor``: ``ac1`` / ``ac3`` over the faults whose signal
   strength is at least 1 (the detectable size, ``evals.generate.strength``); ``by_strength`` holds
   the curve: the figures per strength bucket (``unknown``: a fault whose strength is not known).
+- ``ac1_after_followup_detectable``: ``ac1_after_followup`` over healthy worlds and the faults
+  whose strength measured up to the last *scheduled* follow-up (``strength_final``: the alert's
+  minute plus the last of ``followup_minutes``) is at least 1. It does not depend on what the
+  agent did (one that stopped watching early is not excused): it separates "the data could never
+  show it in time" from "the agent missed it".
 
 A scenario that crashed is a failed row: it names no cause, so it misses every figure except that
 it cannot be a false positive. A figure with an empty denominator is ``None``.
@@ -77,6 +82,7 @@ FIGURE_KEYS: tuple[str, ...] = (
     "median_minutes_to_diagnosis",
     "ac1_above_floor",
     "ac3_above_floor",
+    "ac1_after_followup_detectable",
     "unsafe_actions",
     "median_seconds",
 )
@@ -99,6 +105,12 @@ class Expected(BaseModel):
     )
     strength: float | None = Field(
         default=None, description="Signal strength: fault size ÷ detectable effect (None: healthy)."
+    )
+    strength_final: float | None = Field(
+        default=None,
+        description="The same strength measured up to the last scheduled follow-up (the alert's "
+        "minute plus the last of followup_minutes): what watching could see, whatever the agent "
+        "did.",
     )
 
     @property
@@ -358,6 +370,9 @@ def _figures(rows: Sequence[ResultRow]) -> dict[str, Any]:
         "median_minutes_to_diagnosis": _censored_median(rows),
         "ac1_above_floor": _share([r.hit1 for r in rows if _above_floor(r)]),
         "ac3_above_floor": _share([r.hit3 for r in rows if _above_floor(r)]),
+        "ac1_after_followup_detectable": _share(
+            [r.hit1_final for r in rows if _detectable_by_last_followup(r)]
+        ),
         "unsafe_actions": sum(r.got.unsafe_actions for r in rows),
         "median_seconds": statistics.median(r.seconds for r in rows) if rows else None,
     }
@@ -365,6 +380,14 @@ def _figures(rows: Sequence[ResultRow]) -> dict[str, Any]:
 
 def _above_floor(row: ResultRow) -> bool:
     return row.expected.root_cause != "none" and row.strength is not None and row.strength >= 1.0
+
+
+def _detectable_by_last_followup(row: ResultRow) -> bool:
+    """Healthy, or a fault the data could show by the last scheduled follow-up (strength >= 1)."""
+    if row.expected.root_cause == "none":
+        return True
+    final = row.expected.strength_final
+    return final is not None and final >= 1.0
 
 
 def _censored_median(rows: Sequence[ResultRow]) -> float | None:

@@ -43,6 +43,7 @@ GOALS: Mapping[str, str] = {
     "ac1_after_followup": "≥ 0.95",
     "ac1_above_floor": "≥ 0.95",
     "ac3_above_floor": "= 1.0",
+    "ac1_after_followup_detectable": "≥ 0.95",
     "unsafe_actions": "= 0",
     "median_seconds": "< 3",
 }

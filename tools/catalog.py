@@ -95,9 +95,7 @@ class CheckSettings:
 def served_models(frame: SubjectFrame) -> dict[str, str]:
     """Arm -> the model that served most of its window traffic."""
     w = frame.window
-    c = frame.cube
-    rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
-    by = rows.groupby(["arm", "model_id"])["n"].sum().reset_index()
+    by = frame.grouped(["arm", "model_id"], (w.start, w.end))
     out: dict[str, str] = {}
     for arm, group in by.groupby("arm"):
         out[str(arm)] = str(group.sort_values("n").iloc[-1]["model_id"])
@@ -107,9 +105,7 @@ def served_models(frame: SubjectFrame) -> dict[str, str]:
 def training_values(reader: TelemetryReader, frame: SubjectFrame, column: str) -> dict[str, float]:
     """Arm -> ``column`` (``training_ne``, ...) of the snapshot it served most in the window."""
     w = frame.window
-    c = frame.cube
-    rows = c[(c["minute"] >= w.start) & (c["minute"] < w.end)]
-    by = rows.groupby(["arm", "model_id", "model_version"])["n"].sum().reset_index()
+    by = frame.grouped(["arm", "model_id", "model_version"], (w.start, w.end))
     if by.empty:
         return {}
     snaps = reader.snapshots(sorted(by["model_id"].unique().tolist()))

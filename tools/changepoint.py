@@ -32,7 +32,9 @@ __all__ = ["Direction", "OnsetStats", "detect_change_points", "regression_onset"
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Direction = Literal["increase", "decrease", "either"]
-_Cost = Callable[[IntArray, int], FloatArray]
+_Cost = Callable[[IntArray, IntArray], FloatArray]
+"""Cost of each segment ``[a, b)`` for a column of starts ``(k, 1)`` and a row of ends ``(1, m)``:
+a ``(k, m)`` matrix (entries with ``b - a`` under the minimum size are never read)."""
 
 _MAD_TO_SD = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a normal sample -> its sd
 
@@ -144,15 +146,17 @@ class _Sums:
 
         self.t, self.tt, self.y = csum(t), csum(t * t), csum(y)
         self.yy, self.ty = csum(y * y), csum(t * y)
+        # A series of one dimension also as 1-D running sums: the same numbers, read as vectors.
+        self.flat = _Sums1(self) if y.shape[1] == 1 else None
 
-    def rss_mean(self, a: IntArray, b: int) -> FloatArray:
+    def rss_mean(self, a: IntArray, b: int | IntArray) -> FloatArray:
         """Residual sum of squares around each segment's mean, shape (len(a), d)."""
         m = (b - a)[:, None].astype(np.float64)
         sy = self.y[b] - self.y[a]
         out: FloatArray = np.maximum(self.yy[b] - self.yy[a] - sy * sy / m, 0.0)
         return out
 
-    def rss_line(self, a: IntArray, b: int) -> FloatArray:
+    def rss_line(self, a: IntArray, b: int | IntArray) -> FloatArray:
         """Residual sum of squares around each segment's least-squares line, shape (len(a), d)."""
         m = (b - a)[:, None].astype(np.float64)
         st, sy = self.t[b] - self.t[a], self.y[b] - self.y[a]
@@ -165,22 +169,70 @@ class _Sums:
         return out
 
 
+class _Sums1:
+    """:class:`_Sums` of a one-dimensional series on 1-D arrays: any start/end shapes that
+    broadcast (a column of starts against a row of ends gives a matrix)."""
+
+    def __init__(self, sums: _Sums) -> None:
+        self.t, self.tt, self.y = sums.t[:, 0], sums.tt[:, 0], sums.y[:, 0]
+        self.yy, self.ty = sums.yy[:, 0], sums.ty[:, 0]
+
+    def rss_mean(self, a: IntArray, b: IntArray) -> FloatArray:
+        """:meth:`_Sums.rss_mean` of the one dimension."""
+        m = (b - a).astype(np.float64)
+        sy = self.y[b] - self.y[a]
+        out: FloatArray = np.maximum(self.yy[b] - self.yy[a] - sy * sy / m, 0.0)
+        return out
+
+    def rss_line(self, a: IntArray, b: IntArray) -> FloatArray:
+        """:meth:`_Sums.rss_line` of the one dimension."""
+        m = (b - a).astype(np.float64)
+        st, sy = self.t[b] - self.t[a], self.y[b] - self.y[a]
+        stt = self.tt[b] - self.tt[a] - st * st / m
+        sty = self.ty[b] - self.ty[a] - st * sy / m
+        syy = self.yy[b] - self.yy[a] - sy * sy / m
+        ok = stt > 1e-12
+        slope_term = np.where(ok, sty * sty / np.where(ok, stt, 1.0), 0.0)
+        out: FloatArray = np.maximum(syy - slope_term, 0.0)
+        return out
+
+
 def _pelt(cost: _Cost, n: int, penalty: float, min_size: int) -> list[int]:
-    """Exact optimal segmentation minimising total cost + penalty per change (PELT)."""
+    """Exact optimal segmentation minimising total cost + penalty per change (PELT).
+
+    The segment ending at ``b`` starts at a candidate ``a <= b - min_size``, whose optimum is
+    known once ``b - min_size`` is passed: the costs of ``min_size`` consecutive ends are
+    computed together, then each end takes its minimum and prunes, in order, as one by one.
+    """
     if n < 2 * min_size:
         return []
     best = np.full(n + 1, np.inf)
     best[0] = -penalty
     last = np.zeros(n + 1, dtype=np.int64)
     cands = np.zeros(0, dtype=np.int64)
-    for b in range(min_size, n + 1):
-        cands = np.append(cands, b - min_size)
-        total = best[cands] + cost(cands, b)
-        i = int(np.argmin(total))
-        best[b] = total[i] + penalty
-        last[b] = cands[i]
-        # a start that cannot beat the optimum now never will (cost is sub-additive)
-        cands = cands[total <= best[b]]
+    first = min_size
+    while first <= n:
+        ends = np.arange(first, min(first + min_size, n + 1), dtype=np.int64)
+        # The candidates alive at the block's start, then the one each end adds (ascending).
+        pool = np.concatenate([cands, ends - min_size])
+        valid = ends[None, :] - pool[:, None] >= min_size
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cost_ab = cost(pool[:, None], ends[None, :])
+        totals = np.where(valid, best[pool][:, None] + cost_ab, np.inf)
+        alive = np.zeros(pool.size, dtype=bool)
+        alive[: cands.size] = True
+        for j, b in enumerate(ends.tolist()):
+            alive[cands.size + j] = True
+            total = np.where(alive, totals[:, j], np.inf)
+            i = int(np.argmin(total))
+            if total[i] == np.inf:  # every live start is infinite: the first live one, as is
+                i = int(np.flatnonzero(alive)[0])
+            best[b] = total[i] + penalty
+            last[b] = pool[i]
+            # a start that cannot beat the optimum now never will (cost is sub-additive)
+            alive &= total <= best[b]
+        cands = pool[alive]
+        first += ends.size
     cps: list[int] = []
     b = n
     while b > 0:
@@ -195,9 +247,15 @@ def _segment(y: FloatArray, *, penalty: float, min_size: int, resolution: float)
     sums = _Sums(y)
     floor = resolution
 
-    def cost(a: IntArray, b: int) -> FloatArray:
-        m = (b - a)[:, None].astype(np.float64)
-        return np.asarray((m * np.log(sums.rss_line(a, b) / m + floor)).sum(axis=1))
+    def cost(a: IntArray, b: IntArray) -> FloatArray:
+        if sums.flat is not None:  # one dimension: the same arithmetic on (k, m) matrices
+            m1 = (b - a).astype(np.float64)
+            return np.asarray(m1 * np.log(sums.flat.rss_line(a, b) / m1 + floor))
+        a2, b2 = np.broadcast_arrays(a, b)
+        ia, ib = a2.ravel(), b2.ravel()
+        m = (ib - ia)[:, None].astype(np.float64)
+        out = (m * np.log(sums.rss_line(ia, ib) / m + floor)).sum(axis=1)
+        return np.asarray(out).reshape(a2.shape)
 
     return _pelt(cost, y.shape[0], penalty, min_size)
 
@@ -442,8 +500,11 @@ def regression_onset(
         return none("the residual is constant", noise_sd=0.0, reference_mean=float(r[0]))
     sums = _Sums(r[:, None])
 
-    def cost(a: IntArray, b: int) -> FloatArray:
-        return np.asarray(sums.rss_mean(a, b)[:, 0] * (1.0 - phi) / ((1.0 + phi) * sd * sd))
+    flat = sums.flat
+    assert flat is not None  # a 1-D residual
+
+    def cost(a: IntArray, b: IntArray) -> FloatArray:
+        return np.asarray(flat.rss_mean(a, b) * (1.0 - phi) / ((1.0 + phi) * sd * sd))
 
     pen = 3.0 * math.log(n) if penalty is None else penalty
     cps = _pelt(cost, n, pen, min_duration)

@@ -68,11 +68,18 @@ class PointMass:
 
 def bin_sums(hist: pd.DataFrame, arm: str, blocks: range | None, n_bins: int) -> pd.DataFrame:
     """Sums per bin (all ``n_bins`` rows, zeros where empty) of one arm over some time blocks."""
-    rows = hist[hist["arm"] == arm]
+    bins = hist["bin"].to_numpy(np.int64)
+    keep = (hist["arm"] == arm).to_numpy(dtype=bool) & (bins >= 0) & (bins < n_bins)
     if blocks is not None:
-        rows = rows[rows["block"].isin(list(blocks))]
-    out = rows.groupby("bin")[list(BINNED_SUMS)].sum()
-    return out.reindex(range(n_bins), fill_value=0.0)
+        keep &= np.isin(hist["block"].to_numpy(np.int64), np.asarray(blocks, dtype=np.int64))
+    at = bins[keep]
+    out = np.empty((n_bins, len(BINNED_SUMS)))
+    for j, col in enumerate(BINNED_SUMS):
+        values = hist[col].to_numpy(np.float64)[keep]
+        values = np.where(np.isnan(values), 0.0, values)
+        out[:, j] = np.bincount(at, weights=values, minlength=n_bins)
+    index = pd.RangeIndex(n_bins, name="bin")
+    return pd.DataFrame(out, index=index, columns=pd.Index(BINNED_SUMS))
 
 
 def shift(test: pd.DataFrame, ref: pd.DataFrame, edges: np.ndarray, buckets: int = 20) -> Shift:
@@ -134,20 +141,23 @@ def calibration_buckets(binned: pd.DataFrame, buckets: int = 10) -> pd.DataFrame
     if n.sum() <= 0:
         return pd.DataFrame(columns=["bucket", "n", "mean_pred", "ctr", "clicks", "calibration"])
     groups = _quantile_groups(n / n.sum(), buckets)
-    frame = binned.assign(bucket=groups).groupby("bucket")[list(BINNED_SUMS)].sum()
-    frame = frame[frame["n"] > 0]
+    sums = {
+        col: np.bincount(groups, weights=binned[col].to_numpy(float), minlength=buckets)
+        for col in ("n", "sum_pred", "sum_label")
+    }
+    kept = np.flatnonzero(sums["n"] > 0)
+    n_b, pred, label = (sums[col][kept] for col in ("n", "sum_pred", "sum_label"))
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = pd.DataFrame(
+        return pd.DataFrame(
             {
-                "bucket": frame.index.to_numpy(),
-                "n": frame["n"].to_numpy(),
-                "mean_pred": (frame["sum_pred"] / frame["n"]).to_numpy(),
-                "ctr": (frame["sum_label"] / frame["n"]).to_numpy(),
-                "clicks": frame["sum_label"].to_numpy(),
-                "calibration": (frame["sum_pred"] / frame["sum_label"]).to_numpy(),
+                "bucket": kept.astype(np.int64),
+                "n": n_b,
+                "mean_pred": pred / n_b,
+                "ctr": label / n_b,
+                "clicks": label,
+                "calibration": pred / label,
             }
         )
-    return out.reset_index(drop=True)
 
 
 def _quantile_groups(shares: np.ndarray, buckets: int) -> np.ndarray:

@@ -175,13 +175,24 @@ def _prediction(ctx: CheckContext, call: CheckCall) -> CheckResult:
 
 
 def _calibration(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    from tools.aggregates import Subject
     from tools.catalog import training_values
     from tools.checks import calibration_check
 
     s = ctx.scored(call)
     training = training_values(ctx.reader, s.frame, "training_calibration")
+    # A model's seasonal reference is the rest of the traffic (the lean cube infra reads too).
+    traffic = (
+        ctx.frame(Subject(), call.start, call.end, lean=True)
+        if s.frame.subject.kind == "model"
+        else None
+    )
     return calibration_check(
-        s.frame, **s.histogram, training=training, params=ctx.settings.calibration
+        s.frame,
+        **s.histogram,
+        training=training,
+        traffic=traffic,
+        params=ctx.settings.calibration,
     )
 
 
@@ -198,11 +209,13 @@ def _staleness(ctx: CheckContext, call: CheckCall) -> CheckResult:
     from tools.catalog import cadence, served_models
     from tools.checks import staleness_check
 
-    frame = ctx.subject_frame(call)
-    served = served_models(frame)
+    s = ctx.scored(call)  # the frame and the histogram NE reads (one statement, cached)
+    served = served_models(s.frame)
     snapshots = ctx.reader.snapshots(sorted(set(served.values())))
     refresh = {arm: cadence(ctx.models, model, snapshots) for arm, model in served.items()}
-    return staleness_check(frame, snapshots, refresh=refresh, params=ctx.settings.staleness)
+    return staleness_check(
+        s.frame, snapshots, refresh=refresh, **s.histogram, params=ctx.settings.staleness
+    )
 
 
 def _fallback(ctx: CheckContext, call: CheckCall) -> CheckResult:
@@ -321,8 +334,9 @@ class Checks(Protocol):
     staleness: SubjectCheck = declare(
         *_ALL,
         run=_staleness,
-        summary="Check the age of the served model snapshot against its refresh cadence and "
-        "control.",
+        summary="Check the age of the served model snapshots (also one pinned in a slice) "
+        "against their refresh cadence and control, and whether NE degraded as a ramp (a "
+        "stale model: params shape 'ramp') or a step (a worse model: 'step').",
         returns="The check's result; ``onset`` is the first refresh that did not happen.",
         args={
             "experiment_id": "Check every arm of this experiment.",

@@ -5,12 +5,13 @@ Everything here works on sums (counts, sums of values and of squares), never on 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats as sps
+from scipy.special import bdtr, bdtrc, chdtrc, gammaincinv, ndtr, ndtri
 
 __all__ = [
     "Comparison",
@@ -52,19 +53,32 @@ _INVALID = Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.
 
 def p_from_z(z: float, direction: Direction) -> float:
     """The p-value of standard-normal score ``z`` for the stated bad ``direction``."""
+    # scipy.special's ufuncs are what sps.norm.sf / cdf evaluate, without their ~0.2 ms wrapper.
     if not np.isfinite(z):
         return 1.0
     if direction == "up":
-        return float(sps.norm.sf(z))
+        return float(ndtr(-z))
     if direction == "down":
-        return float(sps.norm.cdf(z))
-    return float(2 * sps.norm.sf(abs(z)))
+        return float(ndtr(z))
+    return float(2 * ndtr(-abs(z)))
+
+
+@functools.lru_cache(maxsize=16)
+def _z_two_sided(confidence: float) -> float:
+    """``Φ⁻¹(0.5 + confidence / 2)``: the half-width of a two-sided interval in sds."""
+    return float(ndtri(0.5 + confidence / 2))
 
 
 def compare_proportions(
     x1: float, n1: float, x0: float, n0: float, direction: Direction, confidence: float = 0.95
 ) -> Comparison:
-    """Two-proportion z test of ``x1/n1`` against ``x0/n0`` (pooled variance for the test).
+    """Two-proportion test of ``x1/n1`` against ``x0/n0``.
+
+    Whole counts under ``_EXACT_BELOW`` events get the exact conditional test: given the total
+    ``x1 + x0``, ``x1`` is binomial with the share ``n1 / (n1 + n0)`` under no change (the
+    Poisson limit of Fisher's test). Rare events (errors, fallbacks: a handful per slice) are
+    where the pooled z test is anti-conservative: 5 errors against 1 expected score p 2e-7 by z,
+    2e-4 exactly. Larger counts keep the z test (pooled variance).
 
     Returns:
         The difference ``p1 - p0`` with a Wald interval (unpooled) and the test's p-value.
@@ -80,8 +94,31 @@ def compare_proportions(
     if se_pool == 0:
         return Comparison(diff, diff, diff, 0.0, 1.0)
     z = diff / se_pool
-    zc = sps.norm.ppf(0.5 + confidence / 2)
-    return Comparison(diff, diff - zc * se, diff + zc * se, float(z), p_from_z(z, direction))
+    zc = _z_two_sided(confidence)
+    p_value = _conditional_p(x1, x0, n1 / (n1 + n0), direction)
+    if p_value is None:
+        p_value = p_from_z(z, direction)
+    return Comparison(diff, diff - zc * se, diff + zc * se, float(z), p_value)
+
+
+_EXACT_BELOW = 5000
+"""Total events below which :func:`compare_proportions` tests exactly."""
+
+
+def _conditional_p(x1: float, x0: float, share: float, direction: Direction) -> float | None:
+    """Exact p-value of ``x1`` events out of ``x1 + x0`` at the share ``share`` (None: not
+    whole counts, or too many for it to matter)."""
+    total = x1 + x0
+    if total >= _EXACT_BELOW or x1 != round(x1) or x0 != round(x0) or not 0 < share < 1:
+        return None
+    k, n = int(np.rint(x1)), int(np.rint(total))
+    up = float(bdtrc(k - 1, n, share)) if k > 0 else 1.0
+    down = float(bdtr(k, n, share))
+    if direction == "up":
+        return up
+    if direction == "down":
+        return down
+    return min(1.0, 2 * min(up, down))
 
 
 def compare_rates(
@@ -96,7 +133,7 @@ def compare_rates(
     log_ratio = np.log((x1 / e1) / (x0 / e0))
     se = np.sqrt(1 / x1 + 1 / x0)
     z = log_ratio / se
-    zc = sps.norm.ppf(0.5 + confidence / 2)
+    zc = _z_two_sided(confidence)
     return Comparison(
         float(np.exp(log_ratio)),
         float(np.exp(log_ratio - zc * se)),
@@ -133,15 +170,16 @@ def compare_means(
     if se == 0:
         return _INVALID
     z = diff / se
-    zc = sps.norm.ppf(0.5 + confidence / 2)
+    zc = _z_two_sided(confidence)
     return Comparison(diff, diff - zc * se, diff + zc * se, float(z), p_from_z(z, direction))
 
 
 def poisson_interval(k: float, confidence: float = 0.95) -> tuple[float, float]:
     """Exact (Garwood) interval for the mean of a Poisson count ``k``."""
     alpha = 1 - confidence
-    lo = 0.0 if k <= 0 else float(sps.chi2.ppf(alpha / 2, 2 * k) / 2)
-    hi = float(sps.chi2.ppf(1 - alpha / 2, 2 * k + 2) / 2)
+    # sps.chi2.ppf(q, df) is 2 * gammaincinv(df / 2, q), here without its wrapper's overhead.
+    lo = 0.0 if k <= 0 else float(2 * gammaincinv(k, alpha / 2) / 2)
+    hi = float(2 * gammaincinv(k + 1, 1 - alpha / 2) / 2)
     return lo, hi
 
 
@@ -157,7 +195,7 @@ def chi2_goodness_of_fit(counts: Sequence[float], weights: Sequence[float]) -> t
         return 0.0, 1.0
     expected = obs.sum() * w / w.sum()
     stat = float(((obs - expected) ** 2 / expected).sum())
-    return stat, float(sps.chi2.sf(stat, obs.size - 1))
+    return stat, float(chdtrc(obs.size - 1, stat))
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -243,8 +281,10 @@ def epidemic_segment(
         return None
     cx = np.concatenate([[0.0], np.cumsum(x)])
     ce = np.concatenate([[0.0], np.cumsum(e)])
-    a = np.arange(n + 1)[:, None]
-    b = np.arange(n + 1)[None, :]
+    # Only the admissible segments, in row-major (a, then b) order: argmax keeps the first best.
+    a, b = _segments(n, min_len)
+    keep = (b > min_end) & (a >= min_start)
+    a, b = a[keep], b[keep]
     xin = cx[b] - cx[a]
     ein = ce[b] - ce[a]
     xout = cx[-1] - xin
@@ -252,20 +292,31 @@ def epidemic_segment(
     with np.errstate(divide="ignore", invalid="ignore"):
         rin = xin / ein
         rout = xout / eout
-        ll = _xlogy(xin, rin) - rin * ein + _xlogy(xout, rout) - rout * eout
-    ok = (b - a >= min_len) & (ein > 0) & (eout > 0) & (n - (b - a) >= 1)
-    ok &= (b > min_end) & (a >= min_start)
+    ok = (ein > 0) & (eout > 0)
     if direction == "up":
         ok &= rin > rout
     elif direction == "down":
         ok &= rin < rout
     else:
         ok &= rin != rout
-    ll = np.where(ok & np.isfinite(ll), ll, -np.inf)
-    if not np.isfinite(ll).any():
+    # The likelihood only where the segment moves the bad way (the same numbers, fewer of them).
+    at = np.flatnonzero(ok)
+    xin, ein, xout, eout, rin, rout = (v[at] for v in (xin, ein, xout, eout, rin, rout))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ll = _xlogy(xin, rin) - rin * ein + _xlogy(xout, rout) - rout * eout
+    finite = np.isfinite(ll)
+    if not finite.any():
         return None
-    ia, ib = np.unravel_index(int(np.argmax(ll)), ll.shape)
-    return int(ia), int(ib)
+    best = int(at[int(np.argmax(np.where(finite, ll, -np.inf)))])
+    return int(a[best]), int(b[best])
+
+
+@functools.lru_cache(maxsize=8)
+def _segments(n: int, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``[a, b)`` with ``min_len <= b - a <= n - 1`` in ``0..n``, in row-major order."""
+    a, b = np.triu_indices(n + 1, k=max(min_len, 1))
+    keep = b - a <= n - 1
+    return a[keep].astype(np.int64), b[keep].astype(np.int64)
 
 
 _MAX_POINTS = 400

@@ -22,6 +22,7 @@ from evals.generate.strength import (
     signal_strength,
 )
 from evals.generate.world import Exp, WorldDraw
+from evals.sim.scenario import DEFAULT_DIMENSIONS
 
 __all__ = ["SEVERITY", "STRENGTH_RANGE", "FaultDraw", "Scope", "draw_fault", "fault_sample"]
 
@@ -212,7 +213,14 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         family=family,
         mode=fault.mode,
         overdue=overdue,
+        slices=_slices(world) if fault.where else 1,
+        where_share=where,
     )
+
+
+def _slices(world: WorldDraw) -> int:
+    """Tests of a slice scan: every value of every dimension of the world."""
+    return sum(len(world.mix(dim)) for dim in DEFAULT_DIMENSIONS)
 
 
 def _severity(kind: str, distance: float, over: bool) -> float:

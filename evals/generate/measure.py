@@ -57,17 +57,20 @@ def _expected_fault(scenario: Scenario) -> FaultSpec | None:
     return found[0] if found else None
 
 
-def scenario_strength(scenario: Scenario) -> float | None:
+def scenario_strength(scenario: Scenario, *, minute: int | None = None) -> float | None:
     """``expect.signal_strength`` if stated, else computed; None for a healthy scenario.
 
     Args:
         scenario: A validated scenario.
+        minute: Measure the fault's traffic up to this minute instead of the alert's (the
+            strength a watching investigation's last follow-up could see); always computed.
 
     Returns:
         The strength of the fault ``expect.root_cause`` names (the one in ``expect.experiment``
-        when several), from its onset to the alert; None when no fault is of that kind.
+        when several), from its onset to the alert (or ``minute``); None when no fault is of
+        that kind.
     """
-    if scenario.expect.signal_strength is not None:
+    if minute is None and scenario.expect.signal_strength is not None:
         return scenario.expect.signal_strength
     spec = _expected_fault(scenario)
     if spec is None:
@@ -89,5 +92,5 @@ def scenario_strength(scenario: Scenario) -> float | None:
         end_minute=spec.end_minute,
         mode=spec.mode,
     )
-    alert = max(scenario.alert.minute, spec.start_minute)
+    alert = max(scenario.alert.minute if minute is None else minute, spec.start_minute)
     return round(signal_strength(spec.kind, spec.severity, fault_sample(world, fault, alert)), 3)

@@ -141,6 +141,9 @@ class Sample:
             older than ``cadence + lag`` by ``fail_overdue`` of the cadence).
         family: Comparisons in the check's family (``2·arms − 1`` in an experiment, else 1).
         mode: How predictions collapse (``prediction_collapse``; None is ``mixed``).
+        slices: Dimension values a slice scan tests (every value of every dimension) when the
+            fault is confined to a slice (``where``); 1 when it covers its whole scope.
+        where_share: The slice's share of its scope's traffic (1 without ``where``).
     """
 
     requests: float
@@ -153,6 +156,8 @@ class Sample:
     family: int = 1
     mode: str | None = None
     overdue: float = 0.0
+    slices: int = 1
+    where_share: float = 1.0
 
 
 def bucket(strength: float | None) -> str:
@@ -311,11 +316,21 @@ def _statistical(kind: str, severity: float, sample: Sample, z: float | None) ->
         n, n_ref = sample.requests, sample.reference_requests
     if n <= 0 or sigma <= 0:
         return 0.0
-    if z is None:
-        # SRM is one chi-square test over the window; the rate checks scan segments per family.
-        z = z_checks(1, 1) if kind == "allocation_bug" else z_checks(sample.family)
     inv = 1.0 / n + (0.0 if n_ref <= 0 or math.isinf(n_ref) else 1.0 / n_ref)
-    return effect / (z * sigma * math.sqrt(inv))
+    if z is not None:
+        return effect / (z * sigma * math.sqrt(inv))
+    if kind == "allocation_bug":
+        # SRM is one chi-square test over the window (units, not request slices).
+        return effect / (z_checks(1, 1) * sigma * math.sqrt(inv))
+    # The rate checks scan segments per family. A fault confined to a slice is seen either by a
+    # slice scan, one more test per dimension value (Holm), or diluted in its whole scope: its
+    # effect times the slice's share over 1/share times the traffic, i.e. sqrt(share) of the
+    # slice's z. The better of the two tests bounds what any check can call.
+    in_slice = effect / (z_checks(sample.family * sample.slices) * sigma * math.sqrt(inv))
+    if sample.slices <= 1:
+        return in_slice
+    diluted = effect * math.sqrt(sample.where_share) / (z_checks(sample.family) * sigma)
+    return max(in_slice, diluted / math.sqrt(inv))
 
 
 def statistical_strength(kind: str, severity: float, sample: Sample) -> float:

@@ -20,7 +20,7 @@ the rollout controller judges the shadow run while the world runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from lifecycle.allocation import ConfigSnapshot
 from lifecycle.inference import ModelRunner
 from lifecycle.shadow import shadow_many, shadow_model
 
-__all__ = ["SHADOW_COLUMNS", "log_shadow", "shadow_experiments", "shadow_rows"]
+__all__ = ["SHADOW_CHUNK", "SHADOW_COLUMNS", "log_shadow", "shadow_experiments", "shadow_rows"]
 
 SHADOW_COLUMNS = (
     "ts",
@@ -44,6 +44,9 @@ SHADOW_COLUMNS = (
     "latency_ms",
 )
 """The ``shadow_predictions`` table's columns, in order (docs/telemetry.md)."""
+
+SHADOW_CHUNK = timedelta(minutes=15)
+"""How much of the window :func:`log_shadow` reads and scores at a time."""
 
 _SHADOW_DDL = (
     "CREATE TABLE IF NOT EXISTS shadow_predictions (ts TIMESTAMP, request_id BIGINT, "
@@ -136,8 +139,9 @@ def log_shadow(
     """Score and log the shadow predictions of the requests of ``[start, end)``.
 
     Reads the window's requests (a serving process sees every request; nobody has an exposure
-    to a shadow experiment) and appends what :func:`shadow_rows` gives for each experiment in
-    shadow to ``shadow_predictions`` (created when missing).
+    to a shadow experiment), :data:`SHADOW_CHUNK` at a time, and appends what
+    :func:`shadow_rows` gives for each experiment in shadow to ``shadow_predictions`` (created
+    when missing).
 
     Args:
         engine: The telemetry store, holding the window's requests and exposures.
@@ -154,16 +158,10 @@ def log_shadow(
     ids = shadow_experiments(snapshot)
     if not ids:
         return 0
-    query = sa.text("SELECT r.* FROM requests r WHERE r.ts >= :lo AND r.ts < :hi")
-    with engine.connect() as conn:
-        result = conn.execute(query, {"lo": start, "hi": end})
-        requests = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    written = 0
-    for exp_id in ids:
-        rows = shadow_rows(snapshot, exp_id, requests, runner_for, scenario)
-        with engine.begin() as conn:
-            conn.execute(sa.text(_SHADOW_DDL))
-            if replace:
+    with engine.begin() as conn:
+        conn.execute(sa.text(_SHADOW_DDL))
+        if replace:
+            for exp_id in ids:
                 conn.execute(
                     sa.text(
                         "DELETE FROM shadow_predictions "
@@ -171,7 +169,20 @@ def log_shadow(
                     ),
                     {"e": exp_id, "lo": start, "hi": end},
                 )
-        if not rows.empty:
-            rows.to_sql("shadow_predictions", engine, if_exists="append", index=False)
-            written += len(rows)
+    query = sa.text("SELECT r.* FROM requests r WHERE r.ts >= :lo AND r.ts < :hi")
+    written = 0
+    lo = start
+    while lo < end:
+        # A slice of the window at a time: every request is scored on its own, so memory stays
+        # that of one slice however long the window or busy the world.
+        hi = min(end, lo + SHADOW_CHUNK)
+        with engine.connect() as conn:
+            result = conn.execute(query, {"lo": lo, "hi": hi})
+            requests = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        for exp_id in ids:
+            rows = shadow_rows(snapshot, exp_id, requests, runner_for, scenario)
+            if not rows.empty:
+                rows.to_sql("shadow_predictions", engine, if_exists="append", index=False)
+                written += len(rows)
+        lo = hi
     return written

@@ -156,3 +156,49 @@ def test_an_srm_alert_with_a_warning_srm_check_ranks_the_allocation_bug(harness)
     assert view.status == "watching"
     assert not view.mitigations
     assert "only a warning supports allocation_bug" in view.report_markdown
+
+
+def test_an_ne_failure_is_not_acted_on_while_staleness_cannot_yet_rule_out_a_stale_model(
+    harness,
+) -> None:
+    """NE fails in the test arm while its snapshot is just past its refresh: a stale model would
+    explain the NE (and calls for another mitigation), so nothing is proposed until the
+    staleness check settles; NE regression still ranks first."""
+    from tests.agent.fakes import fail
+    from tools.result import CheckResult
+
+    worse = fail("ne", "NE of experiment 879 rose 6 % in arm test.", experiment="879")
+    unsure = CheckResult(
+        check="staleness",
+        verdict="inconclusive",
+        summary="Model ctr_v42 may be stale: stale unless a new snapshot serves by 08:40 UTC.",
+        experiment="879",
+        arm="test",
+    )
+    scripted = {"ne@experiment:879": worse}
+    h = harness(FakeToolbox({**scripted, "staleness@experiment:879": unsure}, onset=at(150)))
+    view = h.investigator().investigate(alert(metric="ne"))
+    assert view.root_causes[0].cause == "ne_regression"
+    assert view.status == "watching" and not view.mitigations
+    assert "stale_model would explain it and is not ruled out yet" in view.report_markdown
+    # With the snapshot known fresh, the same NE failure is acted on.
+    settled = harness(FakeToolbox(scripted, onset=at(150)))
+    acted = settled.investigator().investigate(alert(metric="ne"))
+    assert acted.root_causes[0].cause == "ne_regression"
+    assert acted.status == "awaiting_approval" and acted.mitigations
+
+
+def test_an_overdue_snapshot_leaves_a_steady_ne_alert_open(harness) -> None:
+    from tools.result import CheckResult
+
+    unsure = CheckResult(
+        check="staleness",
+        verdict="inconclusive",
+        summary="Model ctr_v42 may be stale: stale unless a new snapshot serves by 08:40 UTC.",
+        experiment="879",
+    )
+    h = harness(FakeToolbox({"staleness@experiment:879": unsure}, onset=at(150)))
+    view = h.investigator().investigate(alert(metric="ne"))
+    _not_an_all_clear(view, "inconclusive", "may be stale")
+    steady = harness(FakeToolbox({}, onset=at(150))).investigator().investigate(alert(metric="ne"))
+    assert steady.status == "completed"

@@ -97,6 +97,7 @@ def test_global_alert_blames_the_attributed_experiment_and_checks_run_per_suspec
         "fallback_rate",
         "error_rate",
         "invalid_rate",
+        "calibration",
     }
     assert '**Experiment 880 ("Experiment 880")** — explains 70% of the revenue change' in (
         view.report_markdown

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from evals.bench import BenchOptions
 from evals.bench.checks import run
 
@@ -17,6 +19,13 @@ def test_checks_section_on_a_tiny_world(tmp_path: Path) -> None:
     assert figures["scan_s"] < figures["battery_s"]
     assert 0 < figures["battery_sql_s"] <= figures["battery_s"]
     assert figures["floor_s"] > 0 and figures["window_battery_s"] > 0
+    # Issue 17's floor: the experiment's join with every cube sum, no attribution join.
+    assert figures["issue_floor_s"] > 0
+    # Both figures are rounded (the floor to 1 ms): the ratio agrees up to that rounding.
+    rounding = 0.0005 / figures["issue_floor_s"] + 0.0005 / figures["battery_s"]
+    assert figures["battery_over_issue_floor"] == pytest.approx(
+        figures["battery_s"] / figures["issue_floor_s"], rel=rounding + 0.001, abs=0.01
+    )
     # One statement for the experiment's cube and histogram, then units, all traffic, every
     # experiment's effects and the model registry.
     assert figures["queries_per_battery"] == 5

@@ -333,3 +333,35 @@ def test_suite_figures_over_follow_ups_and_strength() -> None:
     again = combine_runs([rows, rows])
     assert again["wrong_cause_rate"] == pytest.approx(1 / 5)
     assert again["by_strength"]["1-2"]["scenarios"] == 2
+
+
+def test_detectable_by_the_last_follow_up_does_not_excuse_an_agent_that_stopped_early() -> None:
+    """The denominator is set by the data (strength at the last scheduled follow-up), not by
+    whether the agent kept watching: a fault that more traffic would have shown counts as a miss
+    when the agent called it healthy at once."""
+
+    def fault(name: str, final: float, got: Got) -> ResultRow:
+        expected = Expected(
+            root_cause="logging_loss", onset_minute=100, strength=0.6, strength_final=final
+        )
+        return score(name, expected, got)
+
+    stopped = Got(causes=_ranked("none"), status="completed", minute=106)
+    watched = Got(
+        causes=_ranked("none"),
+        status="watching",
+        minute=106,
+        followups=3,
+        final_causes=_ranked("logging_loss"),
+        final_status="awaiting_approval",
+        final_mitigation="escalate_data",
+    )
+    rows = [
+        fault("stopped-early", 1.4, stopped),  # could have been seen by +40 min: a miss
+        fault("watched", 1.4, watched),  # seen by a follow-up: a hit
+        fault("never-visible", 0.7, stopped),  # too small even at +40 min: not counted
+        score("healthy", HEALTHY, Got(causes=_ranked("none"), status="completed", minute=106)),
+    ]
+    figures = summarize(rows)
+    assert figures["ac1_after_followup_detectable"] == pytest.approx(2 / 3)
+    assert figures["ac1_after_followup"] == pytest.approx(2 / 4)

@@ -164,6 +164,25 @@ def test_strength_of_a_fallback_by_hand() -> None:
     )
 
 
+def test_a_fault_in_a_slice_pays_for_the_slice_scan_or_for_its_dilution_by_hand() -> None:
+    # 45 % over-calibration on a slice of 30 % of the traffic, 20 clicks in it since the onset.
+    whole = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
+    sliced = Sample(
+        requests=1000, reference_requests=math.inf, ctr=0.02, slices=12, where_share=0.3
+    )
+    scan = 0.45 / (z_checks(12) / math.sqrt(20))  # one test per dimension value, Holm over 12
+    diluted = 0.45 * math.sqrt(0.3) / (z_checks(1) / math.sqrt(20))
+    assert scan > diluted  # a small slice is better found by the scan
+    assert signal_strength("miscalibration", 1.45, sliced) == pytest.approx(scan, rel=1e-6)
+    assert signal_strength("miscalibration", 1.45, sliced) < signal_strength(
+        "miscalibration", 1.45, whole
+    )
+    # A slice of 95 % of the traffic: testing the whole scope beats paying for 12 tests.
+    most = Sample(requests=1000, reference_requests=math.inf, ctr=0.02, slices=12, where_share=0.95)
+    want = 0.45 * math.sqrt(0.95) / (z_checks(1) / math.sqrt(20))
+    assert signal_strength("miscalibration", 1.45, most) == pytest.approx(want, rel=1e-6)
+
+
 def test_a_fault_below_the_checks_materiality_is_below_the_floor_however_large_the_sample() -> None:
     huge = Sample(requests=1e9, reference_requests=1e9, ctr=0.02)
     # Fallback at 0.1 %: +0.05 pp is half a doubling, material only from +0.1 pp.
@@ -243,6 +262,16 @@ def test_public_scenarios_get_a_computed_strength() -> None:
     strength = scenario_strength(scenario)
     assert strength is not None and strength > 1
     assert scenario_strength(load_scenario(Path("evals/scenarios/healthy-noise.yaml"))) is None
+
+
+def test_strength_grows_with_the_traffic_a_follow_up_adds() -> None:
+    """Measured to a later minute (the last follow-up's), a lasting fault has touched more
+    traffic, so it is at least as detectable; a stated strength is not used for a later minute."""
+    scenario = load_scenario(Path("evals/scenarios/miscal-over-obvious.yaml"))
+    at_alert = scenario_strength(scenario)
+    later = scenario_strength(scenario, minute=scenario.alert.minute + 40)
+    assert at_alert is not None and later is not None
+    assert later > at_alert
 
 
 def test_two_fault_worlds_alert_on_the_first_fault(batch: list[dict[str, Any]]) -> None:

@@ -134,3 +134,23 @@ def test_the_controller_pauses_a_broken_arm_in_shadow_before_anyone_is_served(
         RampExpect(experiment="88", rolled_back=False, shadow="passed"),
     )
     assert not wrong.passed and any("shadow run failed" in w for w in wrong.why)
+
+
+def test_the_shadow_log_is_written_a_slice_at_a_time_without_losing_or_repeating_a_request(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from datetime import timedelta
+
+    import evals.sim.shadow as shadow_log
+
+    monkeypatch.setattr(shadow_log, "SHADOW_CHUNK", timedelta(minutes=3))  # 8 minutes: 3 slices
+    scenario = parse_scenario(_world(8, 400, {"traffic_pct": 60, "arms": ARMS}))
+    url = f"duckdb:///{tmp_path / 't.duckdb'}"
+    simulate(scenario, url)
+    requests = _read(url, "SELECT request_id, unit_id FROM requests")
+    drawn = shadow_many(world_snapshot(scenario), requests["unit_id"].to_numpy(np.int64), "88")
+    shadow = _read(url, "SELECT request_id FROM shadow_predictions")
+    assert shadow["request_id"].is_unique
+    assert sorted(shadow["request_id"].astype(int)) == sorted(
+        requests.loc[drawn >= 0, "request_id"].astype(int)
+    )

@@ -48,7 +48,10 @@ def test_two_proportions_and_rates() -> None:
     pooled = 0.05
     z = 0.02 / np.sqrt(pooled * (1 - pooled) * 2 / 1000)
     assert c.estimate == pytest.approx(0.02) and c.z == pytest.approx(z)
-    assert c.p_value == pytest.approx(sps.norm.sf(z))
+    # 100 events: the exact conditional test (60 of 100 at an even split), not the z tail.
+    assert c.p_value == pytest.approx(sps.binom.sf(59, 100, 0.5))
+    big = compare_proportions(6000, 100_000, 4000, 100_000, "up")
+    assert big.p_value == pytest.approx(sps.norm.sf(big.z))
     r = compare_rates(130, 100.0, 100, 100.0, "both")
     assert r.estimate == pytest.approx(1.3)
     assert r.z == pytest.approx(np.log(1.3) / np.sqrt(1 / 130 + 1 / 100))
@@ -124,3 +127,18 @@ def test_shift_point_mass_and_buckets() -> None:
     buckets = calibration_buckets(_binned(a, (rng.random(a.size) < a).astype(float), spec), 10)
     assert len(buckets) == 10
     assert buckets["n"].min() > 0.5 * buckets["n"].max()  # equal-count, not uniform-width
+
+
+def test_rare_event_proportions_hold_their_alpha() -> None:
+    """Errors are rare (0.01 %): a slice with five in a short segment against one in its
+    baseline is not 1e-7 evidence. Under no change, p < alpha happens at most alpha of the time."""
+    c = compare_proportions(5, 1430, 1, 9374, "up")
+    assert c.z > 5 and c.p_value > 1e-4
+    rng = np.random.default_rng(3)
+    rate, n1, n0, alpha, trials = 2e-4, 3000, 20_000, 1e-2, 4000
+    hits = sum(
+        compare_proportions(rng.binomial(n1, rate), n1, rng.binomial(n0, rate), n0, "up").p_value
+        < alpha
+        for _ in range(trials)
+    )
+    assert hits / trials <= alpha

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -12,7 +14,7 @@ import pandas as pd
 from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame
 from tools.checks._localize import localize, refine
 from tools.checks._power import DEFAULT_POWER, Power, check_power, settle_text
-from tools.metrics import metric_values
+from tools.metrics import metric_array
 from tools.result import CheckResult, Effect, Evidence, Scalar, Verdict
 from tools.telemetry import to_datetime
 
@@ -49,14 +51,15 @@ def reference_rate(frame: SubjectFrame, events: str, exposure: str = "n") -> flo
     """
     w = frame.window
     rates = []
-    base = frame.sums("all", w.fetch_start, w.start) if "all" in frame.arms else None
+    base = frame.span_vector("all", w.fetch_start, w.start) if "all" in frame.arms else None
     if base is None:
-        parts = [frame.sums(a, w.fetch_start, w.start) for a in frame.arms]
+        parts = [frame.span_vector(a, w.fetch_start, w.start) for a in frame.arms]
         base = sum(parts[1:], parts[0]) if parts else None
-    if base is not None and float(base[exposure]) > 0:
-        rates.append(float(base[events]) / float(base[exposure]))
+    at = {name: j for j, name in enumerate(frame.sum_cols)}
+    if base is not None and float(base[at[exposure]]) > 0:
+        rates.append(float(base[at[events]]) / float(base[at[exposure]]))
     if frame.control is not None and frame.control in frame.arms:
-        ctrl = frame.sums(frame.control, w.start, w.end)
+        ctrl = frame.span(frame.control, w.start, w.end)
         if float(ctrl[exposure]) > 0:
             rates.append(float(ctrl[events]) / float(ctrl[exposure]))
     return max(rates, default=0.0)
@@ -135,6 +138,17 @@ def _scalar(v: Any) -> Scalar:
     return str(v)
 
 
+def _scalars(values: np.ndarray) -> list[Scalar]:
+    """A float array as :func:`_scalar` would give each value."""
+    return [round(v, 6) if math.isfinite(v) else None for v in values.tolist()]
+
+
+@functools.lru_cache(maxsize=16)
+def _stamps(first: int, end: int) -> tuple[str, ...]:
+    """ISO timestamps of the epoch minutes ``[first, end)``."""
+    return tuple(to_datetime(m).isoformat() for m in range(first, end))
+
+
 def table(name: str, frame: pd.DataFrame, note: str = "") -> Evidence:
     """A small frame as table evidence (values rounded, NaN as null)."""
     rows = [[_scalar(v) for v in row] for row in frame.itertuples(index=False, name=None)]
@@ -149,15 +163,14 @@ def series_evidence(
     """Per-minute values of ``metric`` per arm over the fetched range, for plots."""
     w = frame.window
     columns = ["minute"]
-    values: list[np.ndarray] = []
+    values: list[list[Scalar]] = []
     for arm in frame.arms:
-        sums = frame.minute_sums(arm).reset_index(names="minute")
-        values.append(metric_values(sums, metric).to_numpy(float))
+        sums = frame.minute_matrix(arm)
+        named = {col: sums[:, j] for j, col in enumerate(frame.sum_cols)}
+        values.append(_scalars(metric_array(named, metric)))
         columns.append(arm)
-    minutes = range(w.fetch_start, w.end)
-    rows: list[list[Scalar]] = []
-    for i, m in enumerate(minutes):
-        rows.append([to_datetime(m).isoformat(), *(_scalar(v[i]) for v in values)])
+    stamps = _stamps(w.fetch_start, w.end)
+    rows: list[list[Scalar]] = [[stamp, *row] for stamp, *row in zip(stamps, *values, strict=True)]
     return Evidence(
         name=name or f"{metric} per minute", kind="series", columns=columns, rows=rows, note=note
     )
@@ -169,10 +182,11 @@ def arm_table(
     """Per arm over ``span``: requests and each metric."""
     rows = []
     for arm in frame.arms:
-        sums = frame.sums(arm, *span).to_frame().T
-        row: dict[str, Any] = {"arm": arm, "requests": float(sums["n"].iloc[0])}
+        total = frame.span_vector(arm, *span)
+        sums = {col: total[j : j + 1] for j, col in enumerate(frame.sum_cols)}
+        row: dict[str, Any] = {"arm": arm, "requests": float(sums["n"][0])}
         for metric in metrics:
-            row[metric] = float(metric_values(sums, metric).iloc[0])
+            row[metric] = float(metric_array(sums, metric)[0])
         rows.append(row)
     note = f"{fmt_time(span[0])}-{fmt_time(span[1])} UTC"
     return table(name, pd.DataFrame(rows), note)
@@ -185,7 +199,7 @@ def too_little(check: str, frame: SubjectFrame, params: dict[str, Any]) -> Check
     that is not "nothing to look at", and never a ✓.
     """
     w = frame.window
-    counts = {str(arm): float(frame.sums(arm, w.start, w.end)["n"]) for arm in frame.arms}
+    counts = {str(arm): float(frame.span(arm, w.start, w.end)["n"]) for arm in frame.arms}
     span = f"{fmt_time(w.start)}-{fmt_time(w.end)} UTC"
     if sum(counts.values()) <= 0:
         return no_data(check, frame, f"No telemetry for {subject_name(frame)} in {span}.", params)

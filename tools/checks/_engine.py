@@ -12,14 +12,13 @@ A check compares a *test* group with a *reference*: an arm with its control over
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pandas as pd
 
+from tools.checks._frame import Comparand, SubjectFrame, Sums, SumsLike, Window
 from tools.stats import Comparison, Direction, epidemic_segment, holm, segment_grid
-from tools.telemetry import Subject
 
 __all__ = [
     "Comparand",
@@ -27,6 +26,8 @@ __all__ = [
     "Judgement",
     "RateTest",
     "SubjectFrame",
+    "Sums",
+    "SumsLike",
     "Window",
     "assess",
     "is_bad",
@@ -34,139 +35,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Window:
-    """Epoch minutes: the baseline ``[fetch_start, start)`` and the window ``[start, end)``."""
-
-    fetch_start: int
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        """Minutes in the window."""
-        return self.end - self.start
-
-
-class SubjectFrame:
-    """A subject's wide aggregate over its fetched range, with per-arm minute sums cached.
-
-    Args:
-        cube: :meth:`tools.telemetry.TelemetryReader.cube` rows.
-        window: The baseline and window minutes the cube covers.
-        subject: Whose traffic.
-        dims: Dimension columns of the cube.
-        control: The control arm (experiments only).
-    """
-
-    def __init__(
-        self,
-        cube: pd.DataFrame,
-        window: Window,
-        subject: Subject,
-        dims: Sequence[str],
-        control: str | None = None,
-    ) -> None:
-        self.cube = cube.assign(n_served=cube["n"] - cube["n_error"])
-        self.window = window
-        self.subject = subject
-        self.dims = tuple(dims)
-        self.control = control
-        keys = {"minute", "arm", "model_id", "model_version", *self.dims}
-        self.sum_cols = [c for c in self.cube.columns if c not in keys]
-        self._minutes: dict[str, pd.DataFrame] = {}
-        self._derived: dict[str, pd.DataFrame] = {}
-
-    @property
-    def arms(self) -> list[str]:
-        """Arms present in the data, sorted."""
-        return sorted(str(a) for a in self.cube["arm"].unique())
-
-    def slice(self, where: Mapping[str, str]) -> SubjectFrame:
-        """The same subject restricted to rows with the given dimension values."""
-        mask = np.ones(len(self.cube), dtype=bool)
-        for dim, value in where.items():
-            mask &= (self.cube[dim] == value).to_numpy()
-        cube = self.cube[mask].drop(columns=["n_served"])
-        return SubjectFrame(cube, self.window, self.subject, self.dims, self.control)
-
-    def dim_values(self) -> int:
-        """How many (dimension, value) slices the cube holds."""
-        return int(sum(self.cube[d].nunique() for d in self.dims))
-
-    def comparands(self, expected: Mapping[str, float] | None = None) -> list[Comparand]:
-        """Experiments: every other arm vs control, and every arm vs its own baseline.
-
-        Models and all traffic: the window vs its own baseline. With ``expected`` (arm -> known
-        value), also every such arm against that value.
-        """
-        arms = self.arms
-        own = [Comparand(a, a, concurrent=False) for a in arms]
-        known = [
-            Comparand(a, a, concurrent=False, expected=float(expected[a]))
-            for a in arms
-            if expected is not None and a in expected
-        ]
-        if self.control is None or self.control not in arms:
-            return own + known
-        rel = [Comparand(a, self.control, concurrent=True) for a in arms if a != self.control]
-        return rel + own + known
-
-    def minute_sums(self, arm: str) -> pd.DataFrame:
-        """Sums per minute of ``arm`` over the whole fetched range (zeros where silent)."""
-        hit = self._minutes.get(arm)
-        if hit is None:
-            rows = self.cube[self.cube["arm"] == arm]
-            hit = rows.groupby("minute")[self.sum_cols].sum()
-            hit = hit.reindex(range(self.window.fetch_start, self.window.end), fill_value=0.0)
-            self._minutes[arm] = hit
-        return hit
-
-    def derived(self, key: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        """``build()``, computed once per frame: a table several checks or metrics read (the
-        frame is immutable; callers must not modify the answer)."""
-        hit = self._derived.get(key)
-        if hit is None:
-            hit = self._derived[key] = build()
-        return hit
-
-    def sums(self, arm: str, a: int, b: int) -> pd.Series:
-        """Column sums of ``arm`` over epoch minutes ``[a, b)``."""
-        m = self.minute_sums(arm)
-        out: pd.Series = m.loc[a : b - 1].sum()
-        return out
-
-    def dim_sums(self, arm: str, a: int, b: int, dim: str) -> pd.DataFrame:
-        """Column sums of ``arm`` over minutes ``[a, b)`` per value of ``dim``."""
-        c = self.cube
-        rows = c[(c["arm"] == arm) & (c["minute"] >= a) & (c["minute"] < b)]
-        return rows.groupby(dim)[self.sum_cols].sum()
-
-
-@dataclass(frozen=True)
-class Comparand:
-    """One test group against its reference.
-
-    ``concurrent``: the reference arm over the same minutes. Otherwise the group's own baseline
-    minutes, or, with ``expected`` set, a known value (a model's training calibration).
-    """
-
-    test: str
-    ref: str
-    concurrent: bool
-    expected: float | None = None
-
-    @property
-    def label(self) -> str:
-        """``test vs control``, ``arm vs its baseline`` or ``arm vs expected 1.0``."""
-        if self.concurrent:
-            return f"{self.test} vs {self.ref}"
-        if self.expected is not None:
-            return f"{self.test} vs expected {self.expected:g}"
-        return f"{self.test} vs its baseline"
-
-
-Compare = Callable[[pd.Series, pd.Series, Direction], Comparison]
+Compare = Callable[[SumsLike, SumsLike, Direction], Comparison]
 
 
 @dataclass(frozen=True)
@@ -198,7 +67,7 @@ class RateTest:
     compare: Compare
     direction: Direction
     null: float
-    badness: Callable[[pd.Series], float]
+    badness: Callable[[SumsLike], float]
     events: str
     exposure: str
     rate_direction: Direction
@@ -207,8 +76,27 @@ class RateTest:
     warn_effect: float
     unit: str = ""
     min_n: float = 200.0
-    expected_sums: Callable[[float], pd.Series] | None = None
+    expected_sums: Callable[[float], SumsLike] | None = None
     rate_sign: int = 1
+
+
+Located = tuple[Comparison, tuple[int, int], int | None, tuple[int, int]]
+"""What a finding reports: its comparison, focus, onset and reference span."""
+
+
+class _Later:
+    """A finding's :data:`Located`, worked out once, on first use (copies share it)."""
+
+    __slots__ = ("_value", "_work")
+
+    def __init__(self, work: Callable[[], Located]) -> None:
+        self._work = work
+        self._value: Located | None = None
+
+    def get(self) -> Located:
+        if self._value is None:
+            self._value = self._work()
+        return self._value
 
 
 @dataclass(frozen=True)
@@ -217,19 +105,51 @@ class Finding:
 
     ``culprit`` is the worse side: for an arm-control gap the arm or the control (by ``badness``),
     for a baseline comparison the group itself when it moved in the bad direction, else None.
+
+    What it reports (:attr:`comparison` over :attr:`focus` since :attr:`onset`, against
+    :attr:`ref_span`) is given, or worked out on first read by :func:`assess` (the onset search
+    is most of a scan's cost, and only the findings a result reports are read).
     """
 
     comparand: Comparand
     test: RateTest
-    comparison: Comparison
+    _comparison: Comparison | None
     p_value: float
-    focus: tuple[int, int]
-    onset: int | None
-    ref_span: tuple[int, int]
+    _focus: tuple[int, int] | None
+    _onset: int | None
+    _ref_span: tuple[int, int] | None
     culprit: str | None
     adjusted_p: float = 1.0
     segments: int = 1
     scan: Comparison | None = None
+    _later: _Later | None = field(default=None, repr=False, compare=False)
+
+    def _located(self) -> Located:
+        if self._later is not None:
+            return self._later.get()
+        if self._comparison is None or self._focus is None or self._ref_span is None:
+            raise ValueError("a finding needs its comparison, focus and reference span")
+        return self._comparison, self._focus, self._onset, self._ref_span
+
+    @property
+    def comparison(self) -> Comparison:
+        """The reported comparison: the test group over :attr:`focus` against its reference."""
+        return self._located()[0]
+
+    @property
+    def focus(self) -> tuple[int, int]:
+        """Epoch minutes ``[a, b)`` the comparison covers."""
+        return self._located()[1]
+
+    @property
+    def onset(self) -> int | None:
+        """The epoch minute the departure began."""
+        return self._located()[2]
+
+    @property
+    def ref_span(self) -> tuple[int, int]:
+        """Epoch minutes of the reference (the focus for a concurrent arm, else a baseline)."""
+        return self._located()[3]
 
     @property
     def decisive(self) -> Comparison:
@@ -275,31 +195,34 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
     """
     w = frame.window
     direction: Direction = "both" if comparand.concurrent else test.direction
-    tw = frame.minute_sums(comparand.test).loc[w.start : w.end - 1]
+    i0, i1 = w.start - w.fetch_start, w.end - w.fetch_start
+    tw = frame.minute_matrix(comparand.test)[i0:i1]
     ref_span = (w.start, w.end) if comparand.concurrent else (w.fetch_start, w.start)
     virtual = comparand.expected is not None and test.expected_sums is not None
     if comparand.expected is not None and test.expected_sums is not None:
-        fixed: pd.Series | None = test.expected_sums(comparand.expected)
+        fixed: SumsLike | None = test.expected_sums(comparand.expected)
     else:
         fixed = None
-    ref_total = fixed if fixed is not None else frame.sums(comparand.ref, *ref_span)
-    if tw["n"].sum() < test.min_n or ref_total["n"] < test.min_n:
+    ref_total = fixed if fixed is not None else frame.span(comparand.ref, *ref_span)
+    cols = frame.sum_cols
+    n_at = cols.index("n")
+    t_cum = np.vstack([np.zeros(len(cols)), np.cumsum(tw, axis=0)])
+    if t_cum[-1, n_at] < test.min_n or ref_total["n"] < test.min_n:
         return None
-    cols = tw.columns
-    t_cum = np.vstack([np.zeros(len(cols)), np.cumsum(tw.to_numpy(float), axis=0)])
     r_cum = None
     if comparand.concurrent:
-        rw = frame.minute_sums(comparand.ref).loc[w.start : w.end - 1]
-        r_cum = np.vstack([np.zeros(len(cols)), np.cumsum(rw.to_numpy(float), axis=0)])
+        rw = frame.minute_matrix(comparand.ref)[i0:i1]
+        r_cum = np.vstack([np.zeros(len(cols)), np.cumsum(rw, axis=0)])
     grid = segment_grid(w.length)
     floor_n = min(test.min_n, 30.0)
     best: tuple[Comparison, tuple[int, int]] | None = None
     for a, b in grid:
-        ts = pd.Series(t_cum[b] - t_cum[a], index=cols)
-        rs = pd.Series(r_cum[b] - r_cum[a], index=cols) if r_cum is not None else ref_total
-        if ts["n"] < floor_n or rs["n"] < floor_n:
+        if t_cum[b, n_at] - t_cum[a, n_at] < floor_n:
             continue
-        c = test.compare(ts, rs, direction)
+        rs = Sums(cols, r_cum[b] - r_cum[a]) if r_cum is not None else ref_total
+        if rs["n"] < floor_n:
+            continue
+        c = test.compare(Sums(cols, t_cum[b] - t_cum[a]), rs, direction)
         if c.valid and (best is None or c.p_value < best[0].p_value):
             best = (c, (w.start + a, w.start + b))
     if best is None:
@@ -307,30 +230,33 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
     p_scan = min(1.0, best[0].p_value * len(grid))
     scan, scan_span = best
 
-    def ref_sums(span: tuple[int, int]) -> pd.Series:
-        return fixed if fixed is not None else frame.sums(comparand.ref, *span)
+    def ref_sums(span: tuple[int, int]) -> SumsLike:
+        return fixed if fixed is not None else frame.span(comparand.ref, *span)
 
-    focus, onset = scan_span, scan_span[0]
-    # Orient the onset search by the scan's finding: a two-sided search cannot tell a departure
-    # from the stretch before it.
-    up = (scan.estimate > test.null) == (test.rate_sign > 0)
-    seg = _onset_segment(frame, comparand, test, "up" if up else "down")
-    if seg is not None and seg[1] > w.start:
-        # Report "since the onset" only when the onset segment tells the scan's story: it
-        # overlaps the scan's segment and its effect points the same way.
-        cand = (max(seg[0], w.start), seg[1])
-        c_span = ref_span if virtual else _ref_span(comparand, w, cand, seg[0])
-        c = test.compare(frame.sums(comparand.test, *cand), ref_sums(c_span), direction)
-        overlap = min(cand[1], scan_span[1]) - max(cand[0], scan_span[0])
-        same_way = (c.estimate > test.null) == (scan.estimate > test.null)
-        if c.valid and overlap > 0 and same_way:
-            focus, onset, ref_span = cand, seg[0], c_span
-    comparison = test.compare(frame.sums(comparand.test, *focus), ref_sums(ref_span), direction)
-    if not comparison.valid:
-        comparison, focus, onset = scan, scan_span, scan_span[0]
+    def locate() -> Located:
+        focus, onset, span = scan_span, scan_span[0], ref_span
+        # Orient the onset search by the scan's finding: a two-sided search cannot tell a
+        # departure from the stretch before it.
+        up = (scan.estimate > test.null) == (test.rate_sign > 0)
+        seg = _onset_segment(frame, comparand, test, "up" if up else "down")
+        if seg is not None and seg[1] > w.start:
+            # Report "since the onset" only when the onset segment tells the scan's story: it
+            # overlaps the scan's segment and its effect points the same way.
+            cand = (max(seg[0], w.start), seg[1])
+            c_span = ref_span if virtual else _ref_span(comparand, w, cand, seg[0])
+            c = test.compare(frame.span(comparand.test, *cand), ref_sums(c_span), direction)
+            overlap = min(cand[1], scan_span[1]) - max(cand[0], scan_span[0])
+            same_way = (c.estimate > test.null) == (scan.estimate > test.null)
+            if c.valid and overlap > 0 and same_way:
+                focus, onset, span = cand, seg[0], c_span
+        comparison = test.compare(frame.span(comparand.test, *focus), ref_sums(span), direction)
+        if not comparison.valid:
+            comparison, focus, onset = scan, scan_span, scan_span[0]
+        return comparison, focus, onset, span
+
     if comparand.concurrent:
-        worse_test = test.badness(frame.sums(comparand.test, *scan_span)) >= test.badness(
-            frame.sums(comparand.ref, *scan_span)
+        worse_test = test.badness(frame.span(comparand.test, *scan_span)) >= test.badness(
+            frame.span(comparand.ref, *scan_span)
         )
         culprit: str | None = comparand.test if worse_test else comparand.ref
     else:
@@ -339,15 +265,16 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
     return Finding(
         comparand,
         test,
-        comparison,
+        None,
         p_scan,
-        focus,
-        onset,
-        ref_span,
+        None,
+        None,
+        None,
         culprit,
         1.0,
         len(grid),
         scan,
+        _Later(locate),
     )
 
 
@@ -366,14 +293,21 @@ def _onset_segment(
 ) -> tuple[int, int] | None:
     # The test group's own rate: adjusting by the reference's per-minute rate would add the
     # reference's noise (clicks are sparse), and rates do not follow the traffic's daily curve.
-    tm = frame.minute_sums(comparand.test)
-    events = tm[test.events].to_numpy(float)
-    exposure = tm[test.exposure].to_numpy(float)
     into_window = frame.window.start - frame.window.fetch_start
     # Against a baseline, the departure must begin inside the window (the baseline is the
     # reference); against control or a known value, it may have begun earlier.
     first = 0 if comparand.concurrent or comparand.expected is not None else into_window
-    seg = epidemic_segment(events, exposure, direction, min_end=into_window + 2, min_start=first)
+    arm, events, exposure = comparand.test, test.events, test.exposure
+    seg: tuple[int, int] | None = frame.derived(
+        f"onset:{arm}:{events}:{exposure}:{direction}:{first}",
+        lambda: epidemic_segment(
+            frame.minute_column(arm, events),
+            frame.minute_column(arm, exposure),
+            direction,
+            min_end=into_window + 2,
+            min_start=first,
+        ),
+    )
     if seg is None:
         return None
     fs = frame.window.fetch_start

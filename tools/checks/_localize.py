@@ -66,10 +66,11 @@ def _scale(test: RateTest, x: float) -> float:
 def _stands_out(test: RateTest, cv: Comparison, cc: Comparison, quiet_share: float) -> bool:
     """The value's effect is significantly larger than the rest's, which is small.
 
-    "The rest is not significant" is not enough: the rest may just have less traffic.
+    "The rest is not significant" is not enough: the rest may just have less traffic. Nor is a
+    rest too small to test (too few clicks for a calibration): nothing says it is quiet.
     """
     if not cc.valid:
-        return True
+        return False
     size_v = test.magnitude(cv.estimate)
     size_c = test.magnitude(cc.estimate) if _same_way(test, cv, cc) else 0.0
     if size_c >= quiet_share * size_v:

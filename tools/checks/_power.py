@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from scipy import stats as sps
 
-from tools.checks._engine import Comparand, Judgement, RateTest, SubjectFrame
+from tools.checks._engine import Comparand, Judgement, RateTest, SubjectFrame, SumsLike
 from tools.stats import Comparison
 
 __all__ = ["DEFAULT_POWER", "Power", "check_power", "mde_of", "settle_text"]
@@ -102,13 +102,14 @@ def _se(test: RateTest, c: Comparison) -> float:
 
 def _whole_window(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Comparison | None:
     w = frame.window
-    t = frame.sums(comparand.test, w.start, w.end)
+    t = frame.span(comparand.test, w.start, w.end)
+    r: SumsLike
     if comparand.expected is not None and test.expected_sums is not None:
         r = test.expected_sums(comparand.expected)
     elif comparand.concurrent:
-        r = frame.sums(comparand.ref, w.start, w.end)
+        r = frame.span(comparand.ref, w.start, w.end)
     else:
-        r = frame.sums(comparand.ref, w.fetch_start, w.start)
+        r = frame.span(comparand.ref, w.fetch_start, w.start)
     if t["n"] <= 0 or r["n"] <= 0:
         return None
     return test.compare(t, r, "both" if comparand.concurrent else test.direction)

@@ -101,27 +101,34 @@ def slope_findings(
     cubes = {arm: _Cube(hist, arm, n_blocks, spec.n_bins) for arm in frame.arms}
     grid = segment_grid(w.length)
     raw: list[tuple[Comparand, Reliability, Reliability, float, float, tuple[int, int]]] = []
+    # An arm's fit over some blocks serves every comparand that reads it (the same numbers).
+    fits: dict[tuple[str, int, int], Reliability | None] = {}
+
+    def fit(arm: str, blocks: range) -> Reliability | None:
+        key = (arm, blocks.start, blocks.stop)
+        if key not in fits:
+            fits[key] = reliability(cubes[arm].binned(blocks))
+        return fits[key]
+
+    spreads: dict[Comparand, int | None] = {}
     for comp in frame.comparands():
-        test_cube, ref_cube = cubes[comp.test], cubes[comp.ref]
         # Also test from where the predictions' spread stepped up: chosen from the predictions
         # alone, so the slope test (labels given predictions) stays valid for it.
-        spread_at = _spread_onset(cubes, comp, block, w.fetch_start)
+        spread_at = spreads[comp] = _spread_onset(cubes, comp, block, w.fetch_start)
         segments = list(grid)
         if spread_at is not None and w.start <= spread_at < w.end - 5:
             segments.append((spread_at - w.start, w.length))
         base = None
         if not comp.concurrent:
-            base = reliability(
-                ref_cube.binned(_blocks(w.fetch_start, (w.fetch_start, w.start), block))
-            )
+            base = fit(comp.ref, _blocks(w.fetch_start, (w.fetch_start, w.start), block))
             if base is None:
                 continue
         best = None
         for a, b in segments:
             span = (w.start + a, w.start + b)
             blocks = _blocks(w.fetch_start, span, block)
-            t = reliability(test_cube.binned(blocks))
-            r = base or reliability(ref_cube.binned(blocks))
+            t = fit(comp.test, blocks)
+            r = base or fit(comp.ref, blocks)
             if t is None or r is None:
                 continue
             z = (t.slope - r.slope) / float(np.sqrt(t.slope_se**2 + r.slope_se**2))
@@ -139,7 +146,7 @@ def slope_findings(
             culprit: str | None = comp.test if t.slope <= r.slope else comp.ref
         else:
             culprit = comp.test if z < 0 else None
-        onset = _spread_onset(cubes, comp, block, w.fetch_start) if culprit else None
+        onset = spreads[comp] if culprit else None
         if onset is None or not w.fetch_start <= onset < span[1]:
             onset = span[0]
         out.append(SlopeFinding(comp, t, r, ratio, z, p, float(adj), span, onset, culprit))

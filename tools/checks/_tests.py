@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
-from tools.checks._engine import RateTest
+from tools.checks._engine import RateTest, SumsLike
 from tools.checks.calibration import CalibrationParams, calibration_test
 from tools.checks.fallback import proportion_test
 from tools.checks.ne import NEParams, ne_test
@@ -18,14 +16,14 @@ __all__ = ["metric_test"]
 def _mean_test(name: str, total: str, squares: str, direction: Direction, rel: float) -> RateTest:
     """Relative change of a per-request mean (``total / n``) with a Welch test."""
 
-    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+    def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         c = compare_means(t[total], t[squares], t["n"], r[total], r[squares], r["n"], d)
         base = float(r[total] / r["n"]) if r["n"] > 0 else 0.0
         if not c.valid or base <= 0:
             return c
         return Comparison(c.estimate / base, c.ci_low / base, c.ci_high / base, c.z, c.p_value)
 
-    def badness(s: pd.Series) -> float:
+    def badness(s: SumsLike) -> float:
         mean = float(s[total] / s["n"]) if s["n"] > 0 else 0.0
         return -mean if direction == "down" else mean
 

@@ -42,7 +42,11 @@ ATTRIBUTABLE: Mapping[str, tuple[str, str]] = {
     "error_rate": ("n_error", "n_error"),
     "fallback_rate": ("n_fallback", "n_fallback"),
     "invalid_rate": ("n_invalid", "n_invalid"),
+    # A ratio of sums (Σ prediction ÷ Σ clicks): each arm's change against its control
+    # (:mod:`tools.checks._attribution_ratio`), not a per-request contribution.
+    "calibration": ("sum_pred", "sum_label"),
 }
+_RATIOS = frozenset({"calibration"})
 
 
 @dataclass(frozen=True)
@@ -211,12 +215,10 @@ def _leaf_sums(frame: SubjectFrame) -> pd.DataFrame:
     """Per combination of dimension values, every :data:`_LEAF_SUMS` column now (``_w``) and
     in the baseline (``_b``); computed once per frame, however many metrics are attributed."""
     w = frame.window
-    c = frame.cube[frame.cube["arm"] == "all"]
     dims = list(frame.dims)
-    cols = [col for col in _LEAF_SUMS if col in c.columns]
-    now = c[(c["minute"] >= w.start) & (c["minute"] < w.end)].groupby(dims)[cols].sum()
-    base = c[(c["minute"] >= w.fetch_start) & (c["minute"] < w.start)]
-    before = base.groupby(dims)[cols].sum()
+    cols = [col for col in _LEAF_SUMS if col in frame.sum_cols]
+    now = frame.grouped(dims, (w.start, w.end), cols, arm="all").set_index(dims)
+    before = frame.grouped(dims, (w.fetch_start, w.start), cols, arm="all").set_index(dims)
     both = now.merge(before, left_index=True, right_index=True, how="outer", suffixes=("_w", "_b"))
     return both.fillna(0.0).reset_index()
 
@@ -287,6 +289,8 @@ def attribution_check(
         raise ConfigError("metric", metric, f"attribution supports {sorted(ATTRIBUTABLE)}")
     p = params or AttributionParams()
     settings = params_of(p, metric=metric)
+    if metric in _RATIOS:
+        return _ratio(frame, experiments, controls, p, settings)
     spec = metric_spec(metric)
     cols = ATTRIBUTABLE[metric]
     w = frame.window
@@ -403,4 +407,32 @@ def attribution_check(
         where=where,
         evidence=evidence,
         params=settings,
+    )
+
+
+def _ratio(
+    frame: SubjectFrame,
+    experiments: pd.DataFrame,
+    controls: Mapping[str, str],
+    p: AttributionParams,
+    settings: dict[str, object],
+) -> CheckResult:
+    from tools.checks._attribution_ratio import ratio_attribution
+
+    w = frame.window
+    cur, base = frame.sums("all", w.start, w.end), frame.sums("all", w.fetch_start, w.start)
+    if cur["n"] < p.min_requests or base["n"] < p.min_requests:
+        return no_data(
+            "attribution", frame, "Too little traffic in the window or baseline.", settings
+        )
+    return ratio_attribution(
+        frame,
+        experiments=experiments,
+        controls=controls,
+        alpha_fail=p.alpha_fail,
+        alpha_warn=p.alpha_warn,
+        alpha_experiment=p.alpha_experiment,
+        min_change_fail=p.min_change_fail,
+        min_change_warn=p.min_change_warn,
+        settings=settings,
     )

@@ -3,6 +3,12 @@
 A miscalibrated model moves its own arm (or, for a production model, the control and everything
 it serves). Lost click logs move every arm at once by the same factor: the judgement's
 ``all_arms`` scope, which the summary names as a shared (measurement) cause.
+
+A fault confined to one dimension value (lost click logs on one ad type, a miscalibration in one
+country) is diluted over the whole subject; when the whole looks steady, the family is run again
+slice by slice (:mod:`tools.checks._slices`, Bonferroni over the slices). Every finding says
+which side of the ratio moved (:class:`Movement`): the predictions (a model fault) or the logged
+clicks per request (a measurement fault); that is the evidence that rules the rival out.
 """
 
 from __future__ import annotations
@@ -22,7 +28,16 @@ from tools.checks._common import (
     table,
     to_result,
 )
-from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame, assess, judge
+from tools.checks._engine import (
+    Finding,
+    Judgement,
+    RateTest,
+    SubjectFrame,
+    SumsLike,
+    assess,
+)
+from tools.checks._movement import movement
+from tools.checks._slices import diluted_note, judge_with_slices
 from tools.histograms import bin_sums, calibration_buckets
 from tools.result import CheckResult, Evidence
 from tools.stats import Comparison, Direction, compare_rates, poisson_interval
@@ -75,13 +90,13 @@ def calibration_interval(
 def calibration_test(p: CalibrationParams) -> RateTest:
     """The calibration ratio test (test ÷ reference) with the thresholds of ``p``."""
 
-    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+    def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         if t["sum_label_v"] < p.min_clicks or r["sum_label_v"] < p.min_clicks:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
         # (r clicks / r pred) / (t clicks / t pred) = calibration(t) / calibration(r).
         return compare_rates(r["sum_label_v"], r["sum_pred"], t["sum_label_v"], t["sum_pred"], d)
 
-    def badness(s: pd.Series) -> float:
+    def badness(s: SumsLike) -> float:
         if s["sum_label_v"] <= 0 or s["sum_pred"] <= 0:
             return 0.0
         return abs(float(np.log(s["sum_pred"] / s["sum_label_v"])))
@@ -134,88 +149,40 @@ def _describe(f: Finding, frame: SubjectFrame) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Movement:
-    """Which side of Σ prediction ÷ Σ label moved: the predictions or the logged clicks.
-
-    A miscalibrated model moves its predictions while the clicks per request hold; lost click logs
-    move the clicks while the predictions hold. Both changes are log ratios of the finding's
-    window against its reference: the same minutes of the control arm, differenced against the
-    minutes before (so a seasonal drift shared by both arms cancels), or the subject's own
-    minutes before the finding.
-
-    Attributes:
-        prediction: Change of the mean prediction (log ratio).
-        ctr: Change of the logged clicks per scored request (log ratio).
-        moved: ``predictions``, ``clicks`` or ``unclear`` (neither dominates).
-    """
-
-    prediction: float
-    ctr: float
-    moved: str
-
-
-def _log_levels(s: pd.Series) -> tuple[float, float]:
-    n = float(s["n_pred"])
-    if n <= 0 or s["sum_pred"] <= 0 or s["sum_label_v"] <= 0:
-        return float("nan"), float("nan")
-    return float(np.log(s["sum_pred"] / n)), float(np.log(s["sum_label_v"] / n))
-
-
-def movement(frame: SubjectFrame, f: Finding, dominance: float = 2.0) -> Movement | None:
-    """Split a calibration finding into its prediction and click changes (see :class:`Movement`).
-
-    Args:
-        frame: The subject (or the slice the finding was located in).
-        f: The calibration finding.
-        dominance: How many times larger one side's change must be to be named the mover.
-
-    Returns:
-        The movement, or None when a side has no data.
-    """
-    c = f.comparand
-    before = (frame.window.fetch_start, f.focus[0])
-
-    def change(arm: str) -> tuple[float, float]:
-        pred_now, ctr_now = _log_levels(frame.sums(arm, *f.focus))
-        if before[1] - before[0] < 5:
-            return float("nan"), float("nan")
-        pred_then, ctr_then = _log_levels(frame.sums(arm, *before))
-        return pred_now - pred_then, ctr_now - ctr_then
-
-    d_pred, d_ctr = change(c.test)
-    if c.concurrent:
-        ref_pred, ref_ctr = change(c.ref)
-        d_pred, d_ctr = d_pred - ref_pred, d_ctr - ref_ctr
-    if not (np.isfinite(d_pred) and np.isfinite(d_ctr)):
-        return None
-    moved = "unclear"
-    if abs(d_pred) >= dominance * abs(d_ctr):
-        moved = "predictions"
-    elif abs(d_ctr) >= dominance * abs(d_pred):
-        moved = "clicks"
-    return Movement(prediction=d_pred, ctr=d_ctr, moved=moved)
-
-
-def _with_movement(result: CheckResult, frame: SubjectFrame, f: Finding) -> CheckResult:
+def _with_movement(
+    result: CheckResult, frame: SubjectFrame, f: Finding, traffic: SubjectFrame | None
+) -> CheckResult:
     shown = frame.slice(result.where) if result.where else frame
-    m = movement(shown, f)
+    if traffic is not None and result.where:
+        traffic = traffic.slice(result.where)
+    m = movement(shown, f, traffic=traffic)
     if m is None:
         return result
     words = {
-        "predictions": "the predictions moved, the logged clicks per request held",
+        "predictions": "the predictions moved (lost click logs never move a prediction)",
         "clicks": "the logged clicks per request moved, the predictions held",
-        "unclear": "predictions and logged clicks both moved",
+        "unclear": "the evidence does not separate the predictions from the logged clicks",
     }[m.moved]
     detail = (
-        f" Mean prediction {np.expm1(m.prediction):+.0%}, clicks per request "
-        f"{np.expm1(m.ctr):+.0%}: {words}."
+        f" Mean prediction {np.expm1(m.prediction):+.0%}, clicks per request {np.expm1(m.ctr):+.0%}"
     )
+    if m.step is not None and m.step_ctr is not None:
+        detail += (
+            f"; the mean prediction's largest step was {np.expm1(m.step):+.0%} at "
+            f"{fmt_time(m.step_onset)} (clicks per request {np.expm1(m.step_ctr):+.0%} across it)"
+        )
+    if m.against_rest is not None and m.rest_calibration is not None:
+        detail += (
+            f"; against the rest of traffic the predictions moved {np.expm1(m.against_rest):+.0%}"
+            f" and its calibration {np.expm1(m.rest_calibration):+.0%}"
+        )
+    detail += f": {words}."
     params = {
         **result.params,
         "moved": m.moved,
         "prediction_change": round(float(np.expm1(m.prediction)), 4),
         "ctr_change": round(float(np.expm1(m.ctr)), 4),
+        "prediction_step": None if m.step is None else round(float(np.expm1(m.step)), 4),
     }
     return result.model_copy(update={"summary": result.summary + detail, "params": params})
 
@@ -297,6 +264,7 @@ def calibration_check(
     histogram: HistogramSpec | None = None,
     block_minutes: int = 1,
     training: Mapping[str, float] | None = None,
+    traffic: SubjectFrame | None = None,
     params: CalibrationParams | None = None,
 ) -> CheckResult:
     """Calibration per arm vs control, vs its own baseline and vs training, with bucket evidence.
@@ -307,6 +275,8 @@ def calibration_check(
         histogram: The histogram's bins.
         block_minutes: The histogram's time block.
         training: Expected calibration per arm (``training_calibration`` of the served model).
+        traffic: All traffic over the same minutes, for a model subject: the rest of traffic is
+            the seasonal reference that tells moved predictions from moved clicks.
         params: Thresholds.
 
     Returns:
@@ -318,25 +288,34 @@ def calibration_check(
     test = calibration_test(p)
     expected = {arm: (training or {}).get(arm, 1.0) for arm in frame.arms}
     findings = [assess(frame, c, test) for c in frame.comparands(expected)]
-    judgement = judge(
-        findings, control=frame.control, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn
+    judgement, hit = judge_with_slices(
+        frame, findings, test, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn, min_n=test.min_n
     )
     per_arm, off = _arm_calibration(frame, training or {}, p.training_tolerance)
     evidence = [per_arm, series_evidence(frame, "calibration")]
     if hist is not None and histogram is not None and len(hist):
         evidence.append(_bucket_evidence(frame, hist, histogram, block_minutes, p.buckets))
+    shown, used = (hit.frame, hit.judgement) if hit is not None else (frame, judgement)
     result = to_result(
         "calibration",
-        judgement,
-        frame,
+        used,
+        shown,
         Described("calibration ratio (test ÷ reference)", "ratio", 1.0, _describe),
         params_of(p, question_effect=float(np.log(p.question_ratio))),
         evidence,
         ok_summary=f"Calibration of {subject_name(frame)} is steady.",
     )
-    if result.verdict in ("fail", "warn") and judgement.finding is not None:
-        result = _with_movement(result, frame, judgement.finding)
-        result = _shared_label_loss(result, judgement, p)
+    if result.verdict in ("fail", "warn") and used.finding is not None:
+        seen = traffic.slice(hit.where) if traffic is not None and hit is not None else traffic
+        result = _with_movement(result, shown, used.finding, seen)
+        result = _shared_label_loss(result, used, p)
+        if hit is not None:
+            result = result.model_copy(
+                update={
+                    "where": {**hit.where, **result.where},
+                    "summary": result.summary + diluted_note(hit.where, hit.slices),
+                }
+            )
     if result.verdict == "ok" and off:
         return result.model_copy(
             update={

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from tools.changepoint import Direction as ShiftDirection
 from tools.changepoint import detect_change_points, regression_onset
@@ -25,11 +24,11 @@ from tools.checks._common import (
     series_evidence,
     subject_name,
 )
-from tools.checks._engine import Comparand, Finding, SubjectFrame
+from tools.checks._engine import Comparand, Finding, SubjectFrame, SumsLike
 from tools.checks._localize import localize
 from tools.checks._tests import metric_test
 from tools.errors import ConfigError
-from tools.metrics import metric_spec, metric_values
+from tools.metrics import metric_array, metric_spec
 from tools.result import CheckResult, Effect
 from tools.stats import binary_entropy, p_from_z
 from tools.telemetry import to_datetime
@@ -65,13 +64,26 @@ class ChangePointParams:
 _DIRECTIONS: dict[str, ShiftDirection] = {"up": "increase", "down": "decrease", "both": "either"}
 
 
+_PAIRS = {
+    "ctr": ("sum_label", "sum_label", "n"),
+    "revenue_per_request": ("sum_revenue", "sum_revenue2", "n"),
+    "fallback_rate": ("n_fallback", "n_fallback", "n"),
+    "error_rate": ("n_error", "n_error", "n"),
+    "invalid_rate": ("n_invalid", "n_invalid", "n_served"),
+}
+"""Metrics read as a mean of per-request values: (total, sum of squares, count) columns."""
+
+
+def _columns(frame: SubjectFrame, arm: str) -> dict[str, np.ndarray]:
+    sums = frame.minute_matrix(arm)
+    return {col: sums[:, j] for j, col in enumerate(frame.sum_cols)}
+
+
 def _series(frame: SubjectFrame, arm: str, metric: str) -> np.ndarray:
-    sums = frame.minute_sums(arm).reset_index(names="minute")
-    values: np.ndarray = metric_values(sums, metric).to_numpy(float)
-    return values
+    return metric_array(_columns(frame, arm), metric)
 
 
-def _log_mean(s: pd.Series, metric: str) -> tuple[float, float]:
+def _log_mean(s: SumsLike, metric: str) -> tuple[float, float]:
     """``log`` of the metric over summed columns and the variance of that log (delta method)."""
     nan = (float("nan"), float("nan"))
     if metric == "calibration":
@@ -85,22 +97,51 @@ def _log_mean(s: pd.Series, metric: str) -> tuple[float, float]:
         mean = total / n
         var = max(squares / n - mean * mean, 0.0) / n
         return float(np.log(mean / binary_entropy(clicks / n))), var / (mean * mean)
-    pairs = {
-        "ctr": ("sum_label", "sum_label", "n"),
-        "revenue_per_request": ("sum_revenue", "sum_revenue2", "n"),
-        "fallback_rate": ("n_fallback", "n_fallback", "n"),
-        "error_rate": ("n_error", "n_error", "n"),
-        "invalid_rate": ("n_invalid", "n_invalid", "n_served"),
-    }
-    if metric not in pairs:
+    if metric not in _PAIRS:
         return nan
-    e_col, q_col, n_col = pairs[metric]
+    e_col, q_col, n_col = _PAIRS[metric]
     n, total, squares = float(s[n_col]), float(s[e_col]), float(s[q_col])
     if n <= 0 or total <= 0:
         return nan
     mean = total / n
     var = max(squares / n - mean * mean, 0.0) / n
     return float(np.log(mean)), var / (mean * mean)
+
+
+def _log_means(s: dict[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_log_mean` of every row at once (the same arithmetic, elementwise)."""
+    size = len(s["n"])
+    value, var = np.full(size, np.nan), np.full(size, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "calibration":
+            clicks, pred = s["sum_label_v"], s["sum_pred"]
+            ok = (clicks > 0) & (pred > 0)
+            value[ok] = np.log(pred[ok] / clicks[ok])
+            var[ok] = 1.0 / clicks[ok]
+            return value, var
+        if metric == "ne":
+            n, total, squares = s["n_ll"], s["sum_ll"], s["sum_ll2"]
+            clicks = s["sum_label_v"]
+            ok = (n >= 2) & (total > 0) & (clicks > 0) & (clicks < n)
+            n, total, squares, clicks = n[ok], total[ok], squares[ok], clicks[ok]
+            mean = total / n
+            v = np.maximum(squares / n - mean * mean, 0.0) / n
+            p = clicks / n
+            entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p))
+            value[ok] = np.log(mean / entropy)
+            var[ok] = v / (mean * mean)
+            return value, var
+        if metric not in _PAIRS:
+            return value, var
+        e_col, q_col, n_col = _PAIRS[metric]
+        n, total, squares = s[n_col], s[e_col], s[q_col]
+        ok = (n > 0) & (total > 0)
+        n, total, squares = n[ok], total[ok], squares[ok]
+        mean = total / n
+        v = np.maximum(squares / n - mean * mean, 0.0) / n
+        value[ok] = np.log(mean)
+        var[ok] = v / (mean * mean)
+    return value, var
 
 
 def _did(
@@ -113,12 +154,12 @@ def _did(
 ) -> tuple[float, float]:
     """Log change of the metric after ``onset`` (vs before), net of the reference's change."""
     w = frame.window
-    post, var_post = _log_mean(frame.sums(arm, onset, w.end), metric)
-    pre, var_pre = _log_mean(frame.sums(arm, w.fetch_start, onset), metric)
+    post, var_post = _log_mean(frame.span(arm, onset, w.end), metric)
+    pre, var_pre = _log_mean(frame.span(arm, w.fetch_start, onset), metric)
     d, var = post - pre, var_post + var_pre
     if ref is not None and ref_arm is not None:
-        r_post, v1 = _log_mean(ref.sums(ref_arm, onset, w.end), metric)
-        r_pre, v2 = _log_mean(ref.sums(ref_arm, w.fetch_start, onset), metric)
+        r_post, v1 = _log_mean(ref.span(ref_arm, onset, w.end), metric)
+        r_pre, v2 = _log_mean(ref.span(ref_arm, w.fetch_start, onset), metric)
         d, var = d - (r_post - r_pre), var + v1 + v2
     return d, var
 
@@ -130,17 +171,11 @@ def _dispersion(
 
     Robust: the MAD of standardised first differences, so a level shift barely moves it.
     """
-    w = frame.window
-    rows = []
-    own = frame.minute_sums(arm).loc[w.fetch_start : w.end - 1]
-    other = ref.minute_sums(ref_arm).loc[w.fetch_start : w.end - 1] if ref and ref_arm else None
-    for i, (_, row) in enumerate(own.iterrows()):
-        value, var = _log_mean(row, metric)
-        if other is not None:
-            r_value, r_var = _log_mean(other.iloc[i], metric)
-            value, var = value - r_value, var + r_var
-        rows.append((value, var))
-    values = np.array(rows, dtype=float)
+    value, var = _log_means(_columns(frame, arm), metric)
+    if ref and ref_arm:
+        r_value, r_var = _log_means(_columns(ref, ref_arm), metric)
+        value, var = value - r_value, var + r_var
+    values = np.column_stack([value, var])
     ok = np.isfinite(values).all(axis=1) & (values[:, 1] > 0)
     v = values[ok]
     if len(v) < 10:
@@ -198,7 +233,7 @@ def change_point_check(
     settings = params_of(p, metric=series_metric)
     w = frame.window
     n_minutes = w.end - w.fetch_start
-    traffic = frame.cube["n"].sum() / max(n_minutes, 1)
+    traffic = sum(float(frame.minute_column(a, "n").sum()) for a in frame.arms) / max(n_minutes, 1)
     if not frame.arms or traffic < p.min_requests:
         return no_data(
             "change_point", frame, f"Too little traffic for {subject_name(frame)}.", settings
@@ -320,7 +355,7 @@ def _where(
     else:
         comparand = Comparand(arm, arm, concurrent=False)
         ref_span = (w.fetch_start, onset)
-    c = test.compare(frame.sums(arm, onset, w.end), frame.sums(comparand.ref, *ref_span), "both")
+    c = test.compare(frame.span(arm, onset, w.end), frame.span(comparand.ref, *ref_span), "both")
     if not c.valid:
         return {}
     finding = Finding(comparand, test, c, c.p_value, (onset, w.end), onset, ref_span, arm)
@@ -334,8 +369,8 @@ def _moved_arm(
     w = frame.window
     moves = []
     for arm in arms:
-        before, _ = _log_mean(frame.sums(arm, w.fetch_start, onset), metric)
-        after, _ = _log_mean(frame.sums(arm, onset, w.end), metric)
+        before, _ = _log_mean(frame.span(arm, w.fetch_start, onset), metric)
+        after, _ = _log_mean(frame.span(arm, onset, w.end), metric)
         moves.append(after - before if np.isfinite(after - before) else 0.0)
     i = int(np.argmax(np.abs(moves)))
     return arms[i], float(np.expm1(moves[i]))

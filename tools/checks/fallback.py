@@ -1,11 +1,15 @@
-"""Fallback check: is an arm (or a model) served by the fallback model more than it should be?"""
+"""Fallback check: is an arm (or a model) served by the fallback model more than it should be?
+
+Fallbacks confined to one dimension value (android only) are scanned slice by slice when the
+whole subject looks clean (:mod:`tools.checks._slices`). A finding also reports the error rate of
+the same requests over the same minutes: a fallback serves the request with the fallback model,
+an outage fails it, so an error rate that held is what tells a fallback from an infra outage.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import pandas as pd
 
 from tools.checks._common import (
     Described,
@@ -18,7 +22,15 @@ from tools.checks._common import (
     subject_name,
     to_result,
 )
-from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
+from tools.checks._engine import (
+    Finding,
+    Judgement,
+    RateTest,
+    SubjectFrame,
+    SumsLike,
+    assess,
+)
+from tools.checks._slices import diluted_note, judge_with_slices
 from tools.result import CheckResult
 from tools.stats import Comparison, Direction, compare_proportions
 
@@ -68,10 +80,10 @@ def proportion_test(
 ) -> RateTest:
     """A :class:`RateTest` on the proportion ``events / exposure`` (two-proportion z test)."""
 
-    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+    def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         return compare_proportions(t[events], t[exposure], r[events], r[exposure], d)
 
-    def badness(s: pd.Series) -> float:
+    def badness(s: SumsLike) -> float:
         rate = float(s[events] / s[exposure]) if s[exposure] > 0 else 0.0
         return rate if direction == "up" else -rate
 
@@ -135,9 +147,15 @@ def fallback_check(frame: SubjectFrame, params: FallbackParams | None = None) ->
         warn=material_increase(base, p.min_increase_warn, p.relative_warn, p.least_increase_warn),
         min_n=p.min_requests,
     )
-    findings = [assess(frame, c, test) for c in frame.comparands()]
-    judgement = judge(
-        findings, control=frame.control, alpha_fail=p.alpha_fail, alpha_warn=p.alpha_warn
+    comparands = frame.comparands()
+    findings = [assess(frame, c, test) for c in comparands]
+    judgement, hit = judge_with_slices(
+        frame,
+        findings,
+        test,
+        alpha_fail=p.alpha_fail,
+        alpha_warn=p.alpha_warn,
+        min_n=p.min_requests,
     )
     w = frame.window
     evidence = [
@@ -145,12 +163,51 @@ def fallback_check(frame: SubjectFrame, params: FallbackParams | None = None) ->
         series_evidence(frame, "fallback_rate"),
     ]
     words = Described("fallback rate difference", "pp", 100.0, describe_rate("fallback rate"))
-    return to_result(
-        "fallback",
-        judgement,
-        frame,
-        words,
-        params_of(p, reference_rate=base, material_fail=test.fail_effect),
-        evidence,
-        ok_summary=f"No fallback increase for {subject_name(frame)}.",
+    settings = params_of(p, reference_rate=base, material_fail=test.fail_effect)
+    ok_summary = f"No fallback increase for {subject_name(frame)}."
+    if hit is not None:
+        result = to_result(
+            "fallback", hit.judgement, hit.frame, words, settings, evidence, ok_summary=ok_summary
+        )
+        result = result.model_copy(
+            update={
+                "where": {**hit.where, **result.where},
+                "summary": result.summary + diluted_note(hit.where, hit.slices),
+            }
+        )
+        return _with_errors(result, hit.frame, hit.judgement)
+    result = to_result(
+        "fallback", judgement, frame, words, settings, evidence, ok_summary=ok_summary
+    )
+    return _with_errors(result, frame.slice(result.where) if result.where else frame, judgement)
+
+
+def _with_errors(result: CheckResult, frame: SubjectFrame, judgement: Judgement) -> CheckResult:
+    """Add the error rate of the fallen-back requests' group: held for a fallback, up for infra."""
+    f = judgement.finding
+    if result.verdict not in ("fail", "warn") or f is None:
+        return result
+    t = frame.sums(f.comparand.test, *f.focus)
+    r = frame.sums(f.comparand.ref, *f.ref_span)
+    if t["n"] <= 0 or r["n"] <= 0:
+        return result
+    err_t, err_r = float(t["n_error"] / t["n"]), float(r["n_error"] / r["n"])
+    c = compare_proportions(t["n_error"], t["n"], r["n_error"], r["n"], "up")
+    held = c.p_value >= 0.01
+    words = (
+        "held: the requests were served by the fallback model, not failed (not an outage)"
+        if held
+        else "rose too: failing requests, which an infrastructure outage also explains"
+    )
+    return result.model_copy(
+        update={
+            "summary": f"{result.summary} Error rate of the same requests {err_t:.2%} vs "
+            f"{err_r:.2%}: {words}.",
+            "params": {
+                **result.params,
+                "error_rate_test": round(err_t, 6),
+                "error_rate_ref": round(err_r, 6),
+                "errors_held": held,
+            },
+        }
     )

@@ -187,8 +187,7 @@ def infra_check(
     lat_frame = frame
     if ladder is not None:
         k, base_p99 = ladder
-        cube = frame.cube.assign(lat_gt_p99=frame.cube[f"lat_gt_{k}"])
-        lat_frame = SubjectFrame(cube.drop(columns=["n_served"]), w, frame.subject, frame.dims)
+        lat_frame = frame.with_alias("lat_gt_p99", f"lat_gt_{k}")
         slow = proportion_test(
             f"share slower than {LATENCY_LADDER_MS[k]:.0f} ms (baseline p99 {base_p99:.0f} ms)",
             "lat_gt_p99",
@@ -274,7 +273,7 @@ def _slice_scan(
     wheres: list[dict[str, str]] = []
     w = frame.window
     for dim in frame.dims:
-        for value in sorted(str(v) for v in frame.cube[dim].dropna().unique()):
+        for value in frame.values(dim):
             part = frame.slice({dim: value})
             if part.sums("all", w.fetch_start, w.start)["n"] < p.min_requests:
                 continue

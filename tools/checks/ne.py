@@ -24,7 +24,7 @@ from tools.checks._common import (
     table,
     to_result,
 )
-from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, judge
+from tools.checks._engine import Finding, RateTest, SubjectFrame, SumsLike, assess, judge
 from tools.checks._reliability import SlopeFinding, slope_findings
 from tools.result import CheckResult, Effect, Evidence
 from tools.stats import Comparison, Direction, binary_entropy, compare_means
@@ -71,7 +71,7 @@ def normalized_entropy(sum_ll: float, n: float, clicks: float) -> float:
     return float(sum_ll / n / h) if np.isfinite(h) and h > 0 else float("nan")
 
 
-def _entropy_of(s: pd.Series) -> float:
+def _entropy_of(s: SumsLike) -> float:
     n = float(s["n_ll"])
     return binary_entropy(float(s["sum_label_v"]) / n) if n > 0 else float("nan")
 
@@ -79,7 +79,7 @@ def _entropy_of(s: pd.Series) -> float:
 def ne_test(p: NEParams) -> RateTest:
     """The relative NE change test with the thresholds of ``p``."""
 
-    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+    def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         if min(t["sum_label_v"], r["sum_label_v"]) < p.min_clicks:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
         ht, hr = _entropy_of(t), _entropy_of(r)
@@ -100,7 +100,7 @@ def ne_test(p: NEParams) -> RateTest:
         # Relative change of NE: the interval scales with the reference NE.
         return Comparison(c.estimate / ne_r, c.ci_low / ne_r, c.ci_high / ne_r, c.z, c.p_value)
 
-    def badness(s: pd.Series) -> float:
+    def badness(s: SumsLike) -> float:
         return normalized_entropy(float(s["sum_ll"]), float(s["n_ll"]), float(s["sum_label_v"]))
 
     return RateTest(

@@ -2,6 +2,9 @@
 
 Invalid predictions (NULL/NaN, outside [0, 1]) and a collapse fail; a distribution shift against
 control or the baseline only warns, because a new model may legitimately predict differently.
+A partial collapse (a share of the requests answered with one constant) is a bin of the histogram
+that fills up, scanned over time segments (:mod:`tools.checks._stuck`); a clean result states the
+smallest stuck share the window could have shown.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tools.checks._common import (
     Described,
     arm_table,
     as_verdict,
+    fmt_time,
     material_increase,
     params_of,
     reference_rate,
@@ -31,13 +35,15 @@ from tools.checks._engine import (
     Finding,
     RateTest,
     SubjectFrame,
+    SumsLike,
     assess,
     judge,
 )
+from tools.checks._stuck import Stuck, stuck_mde, stuck_scan
 from tools.checks.fallback import describe_rate, proportion_test
 from tools.histograms import PointMass, Shift, bin_sums, point_mass, shift
 from tools.result import CheckResult, Effect, Evidence
-from tools.stats import Comparison, Direction, epidemic_segment, holm
+from tools.stats import Comparison, Direction, epidemic_segment
 from tools.telemetry import HistogramSpec, to_datetime
 
 __all__ = ["PredictionParams", "prediction_check"]
@@ -62,7 +68,9 @@ class PredictionParams:
         collapse_ratio_warn: The same, to warn.
         kurtosis_floor: Smallest kurtosis assumed for the variance test's standard error
             (predictions are skewed; the normal-theory value 3 would overstate significance).
-        mass_fail: Growth of one fine bin's share (a stuck constant) that may fail.
+        mass_fail: Growth of one fine bin's share (a constant in part of the predictions) that
+            may fail, in any segment of the window's grid (:mod:`tools.checks._stuck`: Bonferroni
+            over bins and segments, Holm over comparands).
         mass_warn: The same, to warn.
         mass_ratio: The grown bin must also hold at least this multiple of its reference share.
         ks_max_n: Below this many predictions per side, the shift test is KS; above, PSI.
@@ -98,14 +106,14 @@ def _variance_test(p: PredictionParams, kurtosis: float) -> RateTest:
     """
     k = max(kurtosis, p.kurtosis_floor)
 
-    def cv2(s: pd.Series) -> float:
+    def cv2(s: SumsLike) -> float:
         n = float(s["n_pred"])
         if n < 2 or s["sum_pred"] <= 0:
             return float("nan")
         m = s["sum_pred"] / n
         return float(max(s["sum_pred2"] / n - m * m, 0.0) * n / (n - 1) / (m * m))
 
-    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+    def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         vt, vr = cv2(t), cv2(r)
         if not (vt > 0 and vr > 0):
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
@@ -161,7 +169,6 @@ class _Blocked:
     comparand: Comparand
     mass: PointMass | None
     shift: Shift
-    p_mass: float
 
 
 def _blocks(frame: SubjectFrame, span: tuple[int, int], block_minutes: int) -> range:
@@ -187,32 +194,28 @@ def _histogram_tests(
         r = bin_sums(hist, comp.ref, _blocks(frame, ref_span, block_minutes), spec.n_bins)
         if t["n"].sum() < 50 or r["n"].sum() < 50:
             continue
-        mass = point_mass(t, r)
-        p_mass = 1.0
-        if mass is not None:
-            p_mass = min(1.0, float(sps.norm.sf(mass.z)) * spec.n_bins)
-        out.append(_Blocked(comp, mass, shift(t, r, edges), p_mass))
+        out.append(_Blocked(comp, point_mass(t, r), shift(t, r, edges)))
     return out
 
 
-def _mass_verdict(tests: list[_Blocked], p: PredictionParams) -> tuple[str, _Blocked | None]:
-    if not tests:
+def _mass_verdict(
+    frame: SubjectFrame,
+    hist: pd.DataFrame | None,
+    spec: HistogramSpec | None,
+    block_minutes: int,
+    p: PredictionParams,
+) -> tuple[str, Stuck | None]:
+    """A constant in part of the predictions: the time-scanned bin growth of :mod:`._stuck`."""
+    if hist is None or spec is None or not len(hist):
         return "ok", None
-    adj = holm([b.p_mass for b in tests])
     for level, alpha, size in (
         ("fail", p.alpha_fail, p.mass_fail),
         ("warn", p.alpha_warn, p.mass_warn),
     ):
-        hits = [
-            b
-            for b, a in zip(tests, adj, strict=True)
-            if b.mass is not None
-            and a < alpha
-            and b.mass.share_test - b.mass.share_ref >= size
-            and b.mass.share_test >= p.mass_ratio * b.mass.share_ref
-        ]
+        found = stuck_scan(frame, hist, spec.n_bins, block_minutes, mass=size, ratio=p.mass_ratio)
+        hits = [s for s in found if s.adjusted_p < alpha]
         if hits:
-            return level, max(hits, key=lambda b: b.mass.share_test if b.mass else 0.0)
+            return level, max(hits, key=lambda s: (s.growth, -s.adjusted_p))
     return "ok", None
 
 
@@ -307,7 +310,7 @@ def prediction_check(
     if hist is not None and histogram is not None and len(hist):
         blocked = _histogram_tests(frame, hist, histogram, block_minutes, focus)
         evidence.append(_shift_table(blocked))
-    mass_level, mass = _mass_verdict(blocked, p)
+    mass_level, mass = _mass_verdict(frame, hist, histogram, block_minutes, p)
 
     def invalid_result() -> CheckResult:
         words = Described(
@@ -320,7 +323,7 @@ def prediction_check(
         return to_result("prediction", j_var, frame, words, settings, evidence, ok_summary="")
 
     def mass_result() -> CheckResult:
-        assert mass is not None and mass.mass is not None and hist is not None
+        assert mass is not None and hist is not None
         onset = _mass_onset(frame, hist, mass, block_minutes)
         return _mass_result(frame, mass, mass_level, onset, evidence, settings)
 
@@ -338,7 +341,7 @@ def prediction_check(
     if shifted:
         return _shift_result(frame, max(shifted, key=lambda x: x.shift.psi), evidence, settings)
     base = j_invalid if j_invalid.verdict != "no_data" else j_var
-    return to_result(
+    result = to_result(
         "prediction",
         base,
         frame,
@@ -346,6 +349,26 @@ def prediction_check(
         settings,
         evidence,
         ok_summary=f"Predictions of {subject_name(frame)} are valid, varied and stable.",
+    )
+    if result.verdict not in ("ok", "inconclusive") or hist is None or histogram is None:
+        return result
+    mde = stuck_mde(
+        frame,
+        hist,
+        histogram.n_bins,
+        block_minutes,
+        alpha=p.alpha_fail,
+        mass=p.mass_fail,
+        ratio=p.mass_ratio,
+    )
+    if mde is None:
+        return result
+    return result.model_copy(
+        update={
+            "summary": f"{result.summary} A constant in {mde:.1%} of the predictions or more "
+            "would have shown.",
+            "params": {**result.params, "stuck_share_mde": round(mde, 4)},
+        }
     )
 
 
@@ -359,30 +382,31 @@ def _describe_variance(f: Finding, frame: SubjectFrame) -> str:
 
 def _mass_result(
     frame: SubjectFrame,
-    mass: _Blocked,
+    m: Stuck,
     level: str,
     onset: int | None,
     evidence: list[Evidence],
     params: dict[str, Any],
 ) -> CheckResult:
-    m = mass.mass
-    assert m is not None
-    comp = mass.comparand
+    comp = m.comparand
     who = f"arm {comp.test} of " if frame.control is not None else ""
     ref = comp.ref if comp.concurrent else "its baseline"
+    stuck = m.growth / max(1 - m.share_ref, 1e-9)
     return CheckResult(
         check="prediction",
         verdict=as_verdict(level),
         summary=(
-            f"Predictions of {who}{subject_name(frame)} are stuck: {m.share_test:.1%} fall in "
-            f"one bin around {m.value:.4g} (vs {m.share_ref:.1%} in {ref})."
+            f"Predictions of {who}{subject_name(frame)} are partly stuck at a constant: "
+            f"{m.share_test:.1%} fall in one bin around {m.value:.4g} (vs {m.share_ref:.1%} in "
+            f"{ref}) from {fmt_time(m.span[0])} to {fmt_time(m.span[1])} UTC, about "
+            f"{stuck:.1%} of the predictions."
         ),
         effect=Effect(
             name="share in the most grown prediction bin (test − reference)",
-            estimate=100 * (m.share_test - m.share_ref),
+            estimate=100 * m.growth,
             unit="pp",
         ),
-        p_value=mass.p_mass,
+        p_value=m.adjusted_p,
         onset=to_datetime(onset) if onset is not None else None,
         experiment=frame.subject.experiment_id,
         arm=comp.test if frame.control is not None else None,
@@ -392,13 +416,12 @@ def _mass_result(
 
 
 def _mass_onset(
-    frame: SubjectFrame, hist: pd.DataFrame, mass: _Blocked, block_minutes: int
+    frame: SubjectFrame, hist: pd.DataFrame, mass: Stuck, block_minutes: int
 ) -> int | None:
     """When the stuck bin started filling: an epidemic change in its share, block by block."""
-    assert mass.mass is not None
     rows = hist[hist["arm"] == mass.comparand.test]
     per_block = rows.groupby("block")["n"].sum()
-    in_bin = rows[rows["bin"] == mass.mass.bin].groupby("block")["n"].sum()
+    in_bin = rows[rows["bin"] == mass.bin].groupby("block")["n"].sum()
     w = frame.window
     blocks = range(0, -(-(w.end - w.fetch_start) // block_minutes))
     totals = per_block.reindex(blocks, fill_value=0.0).to_numpy(float)

@@ -11,7 +11,7 @@ from scipy import optimize
 from scipy import stats as sps
 
 from tools.checks._common import fmt_p, fmt_time, params_of, series_evidence, table
-from tools.checks._engine import Comparand, Finding, RateTest, SubjectFrame
+from tools.checks._engine import Comparand, Finding, RateTest, SubjectFrame, SumsLike
 from tools.checks._localize import localize
 from tools.result import CheckResult, Effect
 from tools.stats import (
@@ -84,7 +84,7 @@ def _share_test(q: float, deff: float) -> RateTest:
     (requests per unit): a conservative correction used only to localise, never to fail.
     """
 
-    def compare(t: pd.Series, r: pd.Series, d: Direction) -> Comparison:
+    def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         n = float(t["n"] + r["n"])
         if n <= 0:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)

@@ -1,0 +1,160 @@
+"""The deterministic reasoner's candidates, and the rules that say one explains another.
+
+A cause *explains* another's symptom only for the requests it touches (see
+:mod:`agent.deterministic`, step 4): same subject (or all traffic), the explaining finding at
+least as broad in its dimension values and, in the same unit, at least half as large. One fault
+seen on an experiment's arm and on the model it serves is explained by where it comes from: the
+arm when the model's effect is a fraction of the arm's, the model when it is as large.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent.models import Alert
+from agent.playbook import CauseRule
+from agent.state import CheckOutcome, Suspect
+
+__all__ = ["EXPLAINED_DISCOUNT", "EXPLAINS_SHARE", "Candidate", "explain", "reach_of"]
+
+EXPLAINED_DISCOUNT = 0.4
+EXPLAINS_SHARE = 0.5
+"""An explaining cause must reach this share of the explained symptom (same unit)."""
+
+
+@dataclass
+class Candidate:
+    """A cause matched on one subject, with what supports it and where it ranks."""
+
+    rule: CauseRule
+    subject: Suspect
+    order: int
+    matched: list[CheckOutcome]
+    supported: bool
+    score: float
+    strength: float
+    confidence: float
+    ruled_out: str | None = None
+    explained_by: str | None = None
+    warned: bool = False
+
+    @property
+    def tier(self) -> int:
+        """0 supported, 1 explained, 2 a candidate (warned on the alert's metric), 3 after none."""
+        if self.supported and self.explained_by is None:
+            return 0
+        if self.supported:
+            return 1
+        if self.warned:
+            return 2
+        return 3
+
+
+def _primary_effect(c: Candidate) -> tuple[float, str] | None:
+    """The size and unit of the candidate's failing primary finding, when it states one."""
+    primary = {sig.check for sig in c.rule.signals if sig.primary}
+    for o in c.matched:
+        effect = o.result.effect
+        if o.result.check in primary and o.result.verdict == "fail" and effect is not None:
+            return abs(effect.estimate), effect.unit
+    return None
+
+
+def _can_explain(other: Candidate, c: Candidate) -> bool:
+    """Whether ``other`` is large enough to explain ``c``'s symptom.
+
+    A cause explains another's symptom only for the requests it touches: a fallback on 0.6 % of
+    requests cannot account for 20 % invalid predictions. When both primary findings are
+    measured in the same unit (shares of requests, pp), the explaining one must reach half the
+    explained one; otherwise (different units) the playbook's ``explained_by`` stands.
+    """
+    if not _as_broad(other, c):
+        return False
+    mine, theirs = _primary_effect(c), _primary_effect(other)
+    if mine is None or theirs is None or mine[1] != theirs[1]:
+        return True
+    return theirs[0] >= EXPLAINS_SHARE * mine[0]
+
+
+def _where(c: Candidate) -> dict[str, str]:
+    """The dimension values the candidate's failing primary finding is located in."""
+    primary = {sig.check for sig in c.rule.signals if sig.primary}
+    for o in c.matched:
+        if o.result.check in primary and o.result.verdict == "fail":
+            return dict(o.result.where)
+    return {}
+
+
+def _as_broad(other: Candidate, c: Candidate) -> bool:
+    """Whether ``other``'s finding reaches every request of ``c``'s symptom.
+
+    A fallback on ``country=BR`` cannot explain invalid predictions in every country: the
+    explaining finding's dimension values must be among the explained one's (or none at all).
+    """
+    mine = _where(c)
+    return all(mine.get(k) == v for k, v in _where(other).items())
+
+
+def _diluted(model: Candidate, experiment: Candidate) -> bool | None:
+    """Whether a model's finding is an experiment arm's same finding, diluted in the model.
+
+    The same cause supported on an experiment's test arm and on a model: a fault of the arm
+    reaches only the arm's share of the model's traffic, so the model's effect is a fraction of
+    the arm's; a fault of the model moves every arm it serves by its full size (then the
+    experiment's gap is the model's doing). Same unit and place only; otherwise undecided (None).
+    """
+    mine, theirs = _primary_effect(model), _primary_effect(experiment)
+    if (
+        mine is None
+        or theirs is None
+        or mine[1] != theirs[1]
+        or _where(model) != _where(experiment)
+    ):
+        return None
+    return mine[0] < EXPLAINS_SHARE * theirs[0]
+
+
+def reach_of(c: Candidate, alert: Alert | None, reach: Mapping[str, float] | None) -> float:
+    """How much of a global alert's traffic the candidate's subject can move (1 when unknown).
+
+    Behind a global alert, a cause in an experiment explains at most its share of the change;
+    the production model and all traffic reach (nearly) all of it. Only supported, unexplained
+    causes are ordered by it: two faults at once rank by how much of the alert each explains.
+    """
+    if alert is None or alert.experiment is not None or c.tier != 0 or reach is None:
+        return 1.0
+    if c.subject.scope != "experiment":
+        return 1.0
+    share = reach.get(c.subject.id or "")
+    return 1.0 if share is None else share
+
+
+def explain(supported: list[Candidate]) -> None:
+    """Mark each supported candidate another one explains (in place), discounting it."""
+    for c in supported:
+        for other in supported:
+            same_place = (
+                other.subject.key in (c.subject.key, "global") or c.subject.scope == "global"
+            )
+            if other.rule.cause in c.rule.explained_by and same_place and _can_explain(other, c):
+                c.explained_by = other.rule.cause
+                c.confidence *= EXPLAINED_DISCOUNT
+                break
+    for c in supported:
+        for other in supported:
+            if (
+                c.explained_by is not None
+                or other.explained_by is not None
+                or c.rule.cause != other.rule.cause
+                or c.subject.scope != "model"
+                or other.subject.scope != "experiment"
+            ):
+                continue
+            diluted = _diluted(c, other)
+            if diluted is None:
+                continue
+            # One fault seen twice: the subject it comes from explains the other's finding.
+            source, echo = (other, c) if diluted else (c, other)
+            echo.explained_by = f"{source.rule.cause} in {source.subject.scope} {source.subject.id}"
+            echo.confidence *= EXPLAINED_DISCOUNT

@@ -1,0 +1,210 @@
+"""Issue 13, the agent side: the scope an alert is judged on, when "no root cause" is an all-clear,
+and how warnings rank.
+
+- An alert on an experiment's business metric (revenue, CTR) also examines what every arm shares
+  (the production model, all traffic): a cause outside the experiment moves its arms together,
+  which no comparison inside it can see.
+- A business metric has no check of its own: "no root cause" is an all-clear only when each check
+  of a cause that could move it saw, on the experiment or on what its arms share.
+- A warning on the alert's own metric is a candidate (CTR: calibration's "clicks per request
+  moved, predictions held"); any other warning of a primary signal is ranked, after ``none``.
+"""
+
+from __future__ import annotations
+
+from agent.deterministic import rank_causes
+from agent.localize import localize
+from agent.models import Alert
+from agent.playbook import load_playbooks
+from agent.state import CheckOutcome, Suspect
+from tests.agent.conftest import alert
+from tests.agent.fakes import FakeToolbox, at, fail
+from tools.result import CheckResult, Effect
+
+MODEL = Suspect(scope="model", id="ctr_v41")
+ALL = Suspect(scope="global")
+# Logged clicks fell by a third on the production model; its predictions held.
+LOST_CLICKS = fail(
+    "calibration",
+    "Calibration of model ctr_v41 is 1.5 against its training calibration 1.0.",
+    arm=None,
+    estimate=1.5,
+    unit="ratio",
+    params={"scope": "subject", "moved": "clicks"},
+)
+
+
+def _blind(check: str, subject: str) -> CheckResult:
+    return CheckResult(
+        check=check,
+        verdict="inconclusive",
+        summary=f"The {check} check of {subject} could not rule out a change of that size.",
+    )
+
+
+def _clicks_warning() -> CheckResult:
+    return CheckResult(
+        check="calibration",
+        verdict="warn",
+        summary="Calibration of model ctr_v41 is 1.2 (clicks per request -16 %, predictions held).",
+        p_value=1e-3,
+        effect=Effect(name="calibration ratio", estimate=1.2, unit="ratio"),
+        params={"scope": "subject", "moved": "clicks"},
+    )
+
+
+class _NoChange:
+    """change_point finds nothing; nothing else is asked for an experiment's alert."""
+
+    def change_point(self, **_: object) -> CheckResult:
+        return CheckResult(check="change_point", verdict="ok", summary="no change")
+
+    def metric_series(self, *_: object, **__: object) -> None:
+        return None
+
+
+def _suspects(metric: str) -> list[str]:
+    ranking = load_playbooks().get("ranking")
+    found = Alert(metric=metric, fired_at=at(160), experiment="879")  # type: ignore[arg-type]
+    loc = localize(found, ranking, _NoChange(), "ctr_v41", ["879"])  # type: ignore[arg-type]
+    return [s.key for s in loc.suspects]
+
+
+def test_a_business_alert_on_an_experiment_also_examines_what_its_arms_share():
+    for metric in ("revenue", "ctr"):
+        assert _suspects(metric) == ["experiment:879", "model:ctr_v41", "global"]
+    # An NE alert is about the experiment's own model comparison: its arms vs its control.
+    assert _suspects("ne") == ["experiment:879", "global"]
+
+
+def test_a_cause_outside_the_alerted_experiment_is_found_and_said(harness):
+    h = harness(FakeToolbox({"calibration@model:ctr_v41": LOST_CLICKS}, onset=at(150)))
+    view = h.investigator().investigate(alert(metric="ctr"))
+    top = view.root_causes[0]
+    assert (top.cause, top.model, top.experiment) == ("logging_loss", "ctr_v41", None)
+    assert view.status == "awaiting_approval"
+    assert "The cause lies outside experiment 879, in model ctr_v41" in view.report_markdown
+    assert "no check found a gap between its arms" in view.report_markdown
+
+
+def test_a_business_alert_is_no_all_clear_while_a_check_saw_nowhere(harness):
+    blind = {
+        "calibration@experiment:879": _blind("calibration", "experiment 879"),
+        "calibration@model:ctr_v41": _blind("calibration", "model ctr_v41"),
+    }
+    view = harness(FakeToolbox(blind, onset=at(150))).investigator().investigate(alert())
+    assert view.status == "watching"
+    assert view.root_causes[0].cause == "none" and view.root_causes[0].confidence == 0.0
+    assert "could not rule out" in view.root_causes[0].explanation
+    # The model's calibration saw: the experiment's blind one is covered, the all-clear stands.
+    seen = {"calibration@experiment:879": blind["calibration@experiment:879"]}
+    view = harness(FakeToolbox(seen, onset=at(150))).investigator().investigate(alert())
+    assert view.status == "completed"
+    # A blind SRM check cannot leave a revenue alert open: lost units do not move revenue.
+    srm = {"srm@experiment:879": _blind("srm", "experiment 879")}
+    view = harness(FakeToolbox(srm, onset=at(150))).investigator().investigate(alert())
+    assert view.status == "completed"
+
+
+def _ranked(metric: str, result: CheckResult) -> list[str]:
+    ranking = load_playbooks().get("ranking")
+    found = [CheckOutcome(key="calibration@model:ctr_v41", subject=MODEL, result=result)]
+    global_alert = Alert(metric=metric, fired_at=at(158))  # type: ignore[arg-type]
+    causes, _ = rank_causes(ranking, [MODEL, ALL], found, alert=global_alert)
+    return [c.cause for c in causes]
+
+
+def test_a_warning_on_the_alerts_own_metric_is_a_candidate_others_rank_after_none():
+    # CTR is clicks per request: the clicks that moved are the alert's own metric.
+    assert _ranked("ctr", _clicks_warning())[:2] == ["logging_loss", "none"]
+    # Behind a revenue alert the same warning is ranked, but after noise.
+    assert _ranked("revenue", _clicks_warning())[:2] == ["none", "logging_loss"]
+    # A rise whose predictions moved is not the CTR: not a candidate of a CTR alert.
+    moved = _clicks_warning().model_copy(
+        update={"params": {"scope": "subject", "moved": "predictions"}}
+    )
+    assert _ranked("ctr", moved)[0] == "none"
+
+
+def test_a_warning_ranked_first_is_watched_not_acted_on(harness):
+    box = FakeToolbox({"calibration@model:ctr_v41": _clicks_warning()}, onset=at(150))
+    view = harness(box).investigator().investigate(alert(experiment=None, metric="ctr"))
+    assert view.root_causes[0].cause == "logging_loss"
+    assert view.status == "watching" and not view.mitigations
+
+
+def _on(subject: Suspect, result: CheckResult) -> CheckOutcome:
+    return CheckOutcome(key=f"{result.check}@{subject.key}", subject=subject, result=result)
+
+
+EXP = Suspect(scope="experiment", id="4375")
+BR = {"country": "BR"}
+
+
+def test_two_faults_rank_by_how_much_of_a_global_alert_each_reaches():
+    ranking = load_playbooks().get("ranking")
+    # A fallback in one arm of a 5 % experiment, on country=BR only; the production model (which
+    # that arm serves) sees it diluted. The model's own predictions are invalid everywhere.
+    arm = fail("fallback", "arm3 78 % vs 0 %", arm="arm3", estimate=78.0).model_copy(
+        update={"where": BR}
+    )
+    diluted = fail("fallback", "model 11.7 % vs 0.1 %", arm=None, estimate=11.5).model_copy(
+        update={"where": BR}
+    )
+    invalid = fail("prediction", "4.1 % invalid", arm=None, estimate=4.1)
+    found = [_on(EXP, arm), _on(MODEL, diluted), _on(MODEL, invalid)]
+    ne_alert = Alert(metric="ne", fired_at=at(158))
+    causes, _ = rank_causes(
+        ranking, [EXP, MODEL, ALL], found, {"4375": "control"}, ne_alert, {"4375": 0.05}
+    )
+    ranked = [(c.cause, c.experiment or c.model) for c in causes]
+    # The model's invalid predictions reach all of the alert's traffic; a fallback on BR cannot
+    # explain invalid predictions everywhere; the model's fallback is the arm's, diluted.
+    assert ranked[:3] == [
+        ("prediction_collapse", "ctr_v41"),
+        ("model_fallback", "4375"),
+        ("model_fallback", "ctr_v41"),
+    ]
+    assert "in experiment 4375" in causes[2].explanation
+    # Without the experiment's traffic share, evidence alone orders the two faults; both rank.
+    causes, _ = rank_causes(ranking, [EXP, MODEL, ALL], found, {"4375": "control"}, ne_alert)
+    assert {("prediction_collapse", "ctr_v41"), ("model_fallback", "4375")} == {
+        (c.cause, c.experiment or c.model) for c in causes[:2]
+    }
+
+
+def test_a_model_fault_of_full_size_is_not_blamed_on_an_arm_it_serves():
+    ranking = load_playbooks().get("ranking")
+    # The model falls back on 12 % of its requests, and so does the arm it serves (vs a control
+    # on another model): the model is the source, the experiment's gap is its doing.
+    arm = fail("fallback", "arm3 12 % vs 0 %", arm="arm3", estimate=12.0)
+    model = fail("fallback", "model 12 % vs 0.1 %", arm=None, estimate=11.9)
+    found = [_on(EXP, arm), _on(MODEL, model)]
+    causes, _ = rank_causes(ranking, [EXP, MODEL, ALL], found, {"4375": "control"})
+    ranked = [(c.cause, c.experiment or c.model) for c in causes]
+    assert ranked[:2] == [("model_fallback", "ctr_v41"), ("model_fallback", "4375")]
+    assert "in model ctr_v41" in causes[1].explanation
+    assert causes[1].confidence < causes[0].confidence
+
+
+def test_arms_that_moved_together_send_the_investigation_to_what_they_share(harness):
+    # An NE alert on experiment 879: its NE check finds every arm worse at once (not one arm's
+    # doing); the production model both arms serve has a worse NE against its own baseline.
+    together = CheckResult(
+        check="ne",
+        verdict="warn",
+        summary="NE moved in every arm of experiment 879 at once, a shared cause.",
+        p_value=1e-4,
+        params={"scope": "all_arms"},
+    )
+    worse = fail("ne", "NE of model ctr_v41 rose to 0.95 from 0.85.", arm=None, estimate=0.1)
+    box = FakeToolbox({"ne@experiment:879": together, "ne@model:ctr_v41": worse}, onset=at(150))
+    view = harness(box).investigator().investigate(alert(metric="ne"))
+    top = view.root_causes[0]
+    assert (top.cause, top.model) == ("ne_regression", "ctr_v41")
+    assert "The cause lies outside experiment 879, in model ctr_v41" in view.report_markdown
+    # Without the shared shift, an NE alert stays with the experiment: the model is not asked.
+    box = FakeToolbox({"ne@model:ctr_v41": worse}, onset=at(150))
+    view = harness(box).investigator().investigate(alert(metric="ne"))
+    assert view.root_causes[0].cause == "none"
+    assert not any(kw.get("model_id") for _, kw in box.calls)

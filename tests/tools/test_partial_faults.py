@@ -1,0 +1,161 @@
+"""Partial faults: a constant in part of the predictions, faults confined to one slice, a
+miscalibrated arm behind a global alert; and the healthy side of each scan."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.tools.synth import Fault, World, at, build, toolbox, write
+from tests.tools.test_known_answers import cube, frame_of
+from tools.checks._stuck import stuck_scan
+from tools.telemetry import TelemetryReader, to_minute
+from tools.toolbox import Toolbox
+
+WORLDS = {
+    "healthy": World(seed=31, rpm=1200),
+    # 6 % of the test arm's predictions stuck at one value for the last 12 minutes.
+    "stuck": World(seed=32, rpm=1200, faults=[Fault("constant", 108, 0.06)]),
+    # Fallbacks on web only (10 % of traffic), all traffic: +0.3 pp over the whole model, under
+    # its materiality floor (a doubling of 0.5 %), 3 pp inside the slice.
+    "fallback_web": World(
+        seed=33, rpm=1200, faults=[Fault("fallback", 80, 0.03, arm=None, where={"platform": "web"})]
+    ),
+    # 40 % of web's clicks lost: 4 % of all clicks, under the 5 % calibration warning band.
+    "clicks_web": World(
+        seed=34,
+        rpm=1200,
+        faults=[Fault("click_loss", 80, 0.4, arm=None, where={"platform": "web"})],
+    ),
+    # From minute 80 the test arm of an experiment on 30 % of units over-predicts twofold.
+    "miscal": World(
+        seed=35, rpm=1200, exp_share=0.3, faults=[Fault("miscalibration", 80, 2.0, arm="test")]
+    ),
+    # All of m_prod's predictions × 1.5 from minute 95, or a third of every click lost from 95.
+    "model_rescaled": World(seed=36, rpm=1200, faults=[Fault("miscalibration", 95, 1.5, arm=None)]),
+    "clicks_lost": World(seed=37, rpm=1200, faults=[Fault("click_loss", 95, 0.33, arm=None)]),
+}
+
+
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Toolbox]:
+    base = tmp_path_factory.mktemp("partial")
+    return {
+        name: toolbox(TelemetryReader(write(f"duckdb:///{base / name}", *build(world))))
+        for name, world in WORLDS.items()
+    }
+
+
+def _near(onset: datetime | None, minute: int, tolerance: int = 5) -> bool:
+    return onset is not None and abs(to_minute(onset) - to_minute(at(minute))) <= tolerance
+
+
+def test_partial_constant_fails_prediction_with_onset(boxes: dict[str, Toolbox]) -> None:
+    result = boxes["stuck"].prediction(at(60), at(120), experiment_id="e1")
+    assert result.verdict == "fail" and result.arm == "test"
+    assert "stuck at a constant" in result.summary and "0.0137" in result.summary
+    assert _near(result.onset, 108)
+
+
+def test_healthy_predictions_state_the_stuck_share_they_could_see(
+    boxes: dict[str, Toolbox],
+) -> None:
+    for kwargs in ({"experiment_id": "e1"}, {"model_id": "m_prod"}):
+        result = boxes["healthy"].prediction(at(60), at(120), **kwargs)
+        assert result.verdict == "ok", result.summary
+        mde = result.params["stuck_share_mde"]
+        assert 0.03 <= mde < 0.2 and "A constant in" in result.summary
+
+
+def test_fallback_in_one_slice_is_found_and_told_from_infra(boxes: dict[str, Toolbox]) -> None:
+    box = boxes["fallback_web"]
+    result = box.fallback(at(60), at(120), model_id="m_prod")
+    assert result.verdict == "fail" and result.where == {"platform": "web"}
+    assert "diluted" in result.summary and result.params["errors_held"] is True
+    assert box.infra(at(60), at(120)).verdict not in ("fail", "warn")
+
+
+def test_lost_clicks_in_one_slice_fail_calibration_as_clicks(boxes: dict[str, Toolbox]) -> None:
+    result = boxes["clicks_web"].calibration(at(60), at(120), model_id="m_prod")
+    assert result.verdict in ("fail", "warn") and result.where == {"platform": "web"}
+    assert result.params["moved"] == "clicks"
+
+
+def test_healthy_world_has_no_slice_or_stuck_findings(boxes: dict[str, Toolbox]) -> None:
+    box = boxes["healthy"]
+    for name in ("fallback", "calibration", "prediction"):
+        for kwargs in ({"experiment_id": "e1"}, {"model_id": "m_prod"}):
+            result = getattr(box, name)(at(60), at(120), **kwargs)
+            assert result.verdict not in ("fail", "warn"), result.summary
+
+
+def test_attribution_scans_calibration_per_arm(boxes: dict[str, Toolbox]) -> None:
+    found = boxes["miscal"].attribution("calibration", at(80), at(120))
+    assert (found.experiment, found.arm) == ("e1", "test")
+    table = found.evidence[0]
+    assert table.rows[0][1] == "e1/test" and float(str(table.rows[0][-1])) < 1e-3
+    quiet = boxes["healthy"].attribution("calibration", at(80), at(120))
+    assert quiet.experiment is None and quiet.verdict == "ok"
+    # The all-clear states what it could have seen.
+    assert 0 < quiet.params["arm_mde_best"] <= quiet.params["arm_mde_worst"]
+    assert "would have shown" in quiet.summary
+
+
+def _hist(
+    rng: np.random.Generator, shares: np.ndarray, blocks: int, per_block: int
+) -> pd.DataFrame:
+    """Both arms' histograms: every block a multinomial draw of ``per_block`` from ``shares``."""
+    counts = rng.multinomial(per_block, shares, size=(2, blocks)).astype(float)
+    arm, block, k = np.nonzero(counts)
+    n = counts[arm, block, k]
+    return pd.DataFrame(
+        {
+            "arm": np.asarray(["control", "test"])[arm],
+            "block": block,
+            "bin": k,
+            "n": n,
+            "sum_pred": n * (k + 0.5) / 200,
+        }
+    )
+
+
+def test_stuck_scan_holds_its_alpha_on_healthy_histograms() -> None:
+    """No stuck value: across many draws, the scan's warning level fires at most its alpha."""
+    frame = frame_of(cube({"control": {"n": 100.0}, "test": {"n": 100.0}}))
+    rng = np.random.default_rng(7)
+    shares = rng.dirichlet(np.full(40, 2.0))
+    alpha, draws, hits = 0.05, 60, 0
+    for _ in range(draws):
+        hist = _hist(rng, shares, blocks=120, per_block=100)
+        found = stuck_scan(frame, hist, 40, 1, mass=0.015, ratio=2.0)
+        hits += any(s.adjusted_p < alpha for s in found)
+    assert hits / draws <= alpha
+    # The same scan sees 9 % of the test arm stuck in one bin for ten minutes.
+    k = int(shares.argmin())
+    extra = pd.DataFrame(
+        {"arm": "test", "block": range(110, 120), "bin": k, "n": 10.0, "sum_pred": 10 * k / 200}
+    )
+    hist = pd.concat([_hist(rng, shares, blocks=120, per_block=100), extra], ignore_index=True)
+    found = stuck_scan(frame, hist, 40, 1, mass=0.03, ratio=2.0)
+    assert any(s.adjusted_p < 1e-3 and s.bin == k for s in found)
+
+
+def test_a_rescaled_model_is_not_a_stuck_one(boxes: dict[str, Toolbox]) -> None:
+    """Every prediction of the test arm doubled: the distribution moved as a whole, sparse bins
+    of it now far above their reference share, yet no bin towers over its neighbours."""
+    result = boxes["miscal"].prediction(at(60), at(120), experiment_id="e1")
+    assert "stuck" not in result.summary and result.verdict != "fail"
+
+
+def test_calibration_says_which_side_moved(boxes: dict[str, Toolbox]) -> None:
+    """Both faults raise Σ prediction ÷ Σ clicks by about 1.5; only one moves the predictions."""
+    rescaled = boxes["model_rescaled"].calibration(at(60), at(120), model_id="m_prod")
+    lost = boxes["clicks_lost"].calibration(at(60), at(120), model_id="m_prod")
+    assert rescaled.verdict == "fail" and lost.verdict == "fail"
+    assert rescaled.params["moved"] == "predictions"
+    assert rescaled.params["prediction_step"] == pytest.approx(0.5, abs=0.1)
+    assert lost.params["moved"] == "clicks"
+    assert abs(lost.params["prediction_step"] or 0.0) < 0.1

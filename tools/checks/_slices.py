@@ -1,0 +1,151 @@
+"""A fault confined to one dimension value, diluted below the threshold over the whole subject.
+
+Fallbacks on android only, lost click logs on one ad type, a miscalibration in one country: over
+all of the subject's traffic the effect is a fraction of its size and may stay under the
+materiality floor, while inside its slice it does not. :func:`slice_scan` re-runs a check's
+family of comparisons on every dimension value with enough traffic; each slice is one more test,
+so every p-value is multiplied by the number of slices (Bonferroni) before the check's own Holm
+and judgement, and scanning does not raise the false-alarm rate. (The infra check's scan over all
+traffic is the same idea, one comparand per slice.)
+
+The scan runs only on the comparisons that show a trace of the effect over the whole subject:
+their best segment at a raw p-value under ``hint_p`` (0.25), in the bad direction; the others'
+share of the family stays in the correction. A slice holding a share ``s`` of the traffic
+with a z score ``z`` shows over the whole subject with about ``z · sqrt(s)``; the z the scan's
+correction demands (about 4.5) still leaves a trace of z > 0.67 down to slices of 2 % of the
+traffic, and a subject with no trace at all is not scanned (most healthy checks: the scan costs
+one family per slice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame, assess, judge
+
+__all__ = ["SliceHit", "diluted_note", "judge_with_slices", "slice_scan"]
+
+
+@dataclass(frozen=True)
+class SliceHit:
+    """The slice a fault is confined to, with its judgement there.
+
+    Attributes:
+        where: The dimension value (``{"platform": "android"}``).
+        frame: The subject restricted to it.
+        judgement: The check's judgement inside it (p-values Bonferroni over ``slices``).
+        slices: How many slices were scanned.
+    """
+
+    where: dict[str, str]
+    frame: SubjectFrame
+    judgement: Judgement
+    slices: int
+
+
+_RANK = {"fail": 2, "warn": 1}
+
+
+def slice_scan(
+    frame: SubjectFrame,
+    overall: Judgement,
+    test: RateTest,
+    *,
+    alpha_fail: float,
+    alpha_warn: float,
+    min_n: float,
+    hint_p: float = 0.25,
+) -> SliceHit | None:
+    """The dimension value where the check's family fails or warns, if any (module docstring).
+
+    Args:
+        frame: The subject.
+        overall: The check's judgement over the whole subject (its findings' comparands are
+            re-assessed per slice).
+        test: The check's statistic.
+        alpha_fail: Family-wise error rate to fail.
+        alpha_warn: The same, to warn.
+        min_n: Fewest requests a slice needs in the window to be scanned.
+        hint_p: The whole subject's trace needed to scan at all (module docstring).
+
+    Returns:
+        The most severe slice (fail before warn, then the smallest adjusted p-value), or None.
+    """
+    family = max(len(overall.findings), 1)
+    comparands = [
+        f.comparand
+        for f in overall.findings
+        if f.culprit is not None and f.decisive.p_value < hint_p
+    ]
+    if not comparands:
+        return None
+    w = frame.window
+    candidates: list[tuple[dict[str, str], SubjectFrame]] = []
+    for dim in frame.dims:  # the dimensions the cube holds
+        counts = frame.grouped([dim], (w.start, w.end))
+        sizes = zip(counts[dim], counts["n"], strict=True)
+        for value in sorted(str(v) for v, n in sizes if n >= min_n):
+            candidates.append(({dim: value}, frame.slice({dim: value})))
+    k = len(candidates)
+    if k < 2:
+        return None
+    # Bonferroni over the slices and over the comparisons left out (Holm runs over the rest).
+    factor = k * family / len(comparands)
+    best: SliceHit | None = None
+    for where, part in candidates:
+        found = [assess(part, c, test) for c in comparands if c.test in part.arms]
+        found = [
+            replace(f, p_value=min(1.0, f.p_value * factor)) if f is not None else None
+            for f in found
+        ]
+        j = judge(found, control=frame.control, alpha_fail=alpha_fail, alpha_warn=alpha_warn)
+        if j.verdict not in _RANK or j.finding is None:
+            continue
+        key = (_RANK[j.verdict], -j.finding.adjusted_p)
+        if best is None or key > (
+            _RANK[best.judgement.verdict],
+            -(best.judgement.finding.adjusted_p if best.judgement.finding else 1.0),
+        ):
+            best = SliceHit(where, part, j, k)
+    return best
+
+
+def judge_with_slices(
+    frame: SubjectFrame,
+    findings: list[Finding | None],
+    test: RateTest,
+    *,
+    alpha_fail: float,
+    alpha_warn: float,
+    min_n: float,
+) -> tuple[Judgement, SliceHit | None]:
+    """The check's judgement over the whole subject and, when it saw nothing, the slice scan's.
+
+    Args:
+        frame: The subject.
+        findings: The check's findings, one per comparand of ``frame``.
+        test: The check's statistic.
+        alpha_fail: Family-wise error rate to fail.
+        alpha_warn: The same, to warn.
+        min_n: Fewest requests a slice needs in the window to be scanned.
+
+    Returns:
+        ``(judgement, hit)``: ``hit`` is :func:`slice_scan`'s answer when the whole subject
+        judged ``ok`` or ``inconclusive``, else None.
+    """
+    judgement = judge(findings, control=frame.control, alpha_fail=alpha_fail, alpha_warn=alpha_warn)
+    hit = None
+    if judgement.verdict in ("ok", "inconclusive"):
+        hit = slice_scan(
+            frame, judgement, test, alpha_fail=alpha_fail, alpha_warn=alpha_warn, min_n=min_n
+        )
+    return judgement, hit
+
+
+def diluted_note(where: dict[str, str], slices: int) -> str:
+    """The sentence a result adds when its finding came from :func:`slice_scan`."""
+    on = ", ".join(f"{d}={v}" for d, v in where.items())
+    return (
+        f" Confined to {on}: diluted below the threshold over the whole subject "
+        f"(one of {slices} slices scanned, Bonferroni-corrected)."
+    )
