@@ -166,11 +166,46 @@ def blind_spot(
         unsure = [
             o for o in unsure if o.result.check in MOVES_BUSINESS and o.result.check not in seen
         ]
+    if not unsure and own_check is not None:
+        unsure = _blind_to_material(alert, own, own_check)
     if unsure:
-        reasons = "; ".join(_line(o.result.summary) for o in unsure[:_MAX_REASONS])
+        reasons = "; ".join(_why(o) for o in unsure[:_MAX_REASONS])
         more = f" (and {len(unsure) - _MAX_REASONS} more)" if len(unsure) > _MAX_REASONS else ""
         return "inconclusive", reasons + more
     return None
+
+
+def _blind_to_material(
+    alert: Alert, own: Sequence[CheckOutcome], own_check: str
+) -> list[CheckOutcome]:
+    """The alert metric's own check said ``ok`` but could not have seen a material change.
+
+    Its ``ok`` is honest about the size in question (a ±25 % calibration change), yet the alert
+    says this very metric moved: clearing it needs the power to see the smallest change the
+    check fails on (a ±10 % calibration change, +3 % NE). For a global alert only all traffic
+    and the models count (a small experiment's arms never have that power, and do not speak
+    for the alert).
+    """
+    return [
+        o
+        for o in own
+        if o.error is None
+        and o.result.check == own_check
+        and o.result.verdict == "ok"
+        and o.result.params.get("sees_material") is False
+        and (alert.experiment is not None or o.subject.scope != "experiment")
+    ]
+
+
+def _why(o: CheckOutcome) -> str:
+    """One line on why an outcome leaves the alert open."""
+    r = o.result
+    if r.verdict != "ok":
+        return _line(r.summary)
+    more = r.params.get("material_settle_text")
+    settle = f"; {more} would settle it" if more else ""
+    material = r.params.get("material_effect_text", "a material change")
+    return f"{_line(r.summary)}, but not a material change of {material}{settle}"
 
 
 def not_ruled_out(alert: Alert, outcomes: Sequence[CheckOutcome]) -> str | None:

@@ -202,3 +202,35 @@ def test_an_overdue_snapshot_leaves_a_steady_ne_alert_open(harness) -> None:
     _not_an_all_clear(view, "inconclusive", "may be stale")
     steady = harness(FakeToolbox({}, onset=at(150))).investigator().investigate(alert(metric="ne"))
     assert steady.status == "completed"
+
+
+def test_a_steady_alert_metric_that_could_not_show_a_material_change_is_not_an_all_clear(
+    harness,
+) -> None:
+    """The alert says calibration moved; its check saw no change but could only have seen ±25 %,
+    not the ±10 % it fails on: the investigation watches, saying what would settle it."""
+    from tools.result import CheckResult
+
+    def steady(sees_material: bool) -> CheckResult:
+        return CheckResult(
+            check="calibration",
+            verdict="ok",
+            summary="Calibration of experiment 879 is steady: a change of ±19% would have shown.",
+            experiment="879",
+            params={
+                "sees_material": sees_material,
+                "material_effect_text": "±10% (calibration ratio)",
+                "material_settle_text": "about 40 more minutes of traffic",
+            },
+        )
+
+    blind = harness(FakeToolbox({"calibration@experiment:879": steady(False)}, onset=at(150)))
+    view = blind.investigator().investigate(alert(metric="calibration"))
+    _not_an_all_clear(view, "inconclusive", "but not a material change of ±10%")
+    assert "about 40 more minutes of traffic would settle it" in view.root_causes[0].explanation
+    able = harness(FakeToolbox({"calibration@experiment:879": steady(True)}, onset=at(150)))
+    assert able.investigator().investigate(alert(metric="calibration")).status == "completed"
+    # Behind a revenue alert the calibration check is not the alert's own: it does not hold it.
+    other = blind.investigator().investigate(alert(metric="revenue"))
+    assert other.status == "completed"
+    assert "material change" not in other.report_markdown

@@ -51,6 +51,31 @@ def test_fallback_with_ample_traffic_is_ok_and_says_what_it_could_see() -> None:
     assert f"{result.mde:.2g} pp or more would have shown" in result.summary
 
 
+def test_an_ok_says_whether_it_could_have_seen_a_material_change() -> None:
+    """Calibration's ``ok`` is about ±25 %; it also says whether ±10 % (what it fails on) would
+    have shown, and how much more traffic that needs, for an alert on calibration itself."""
+
+    def steady(clicks_per_minute: float) -> dict[str, object]:
+        data = cube(
+            {
+                "control": _arm(20_000, clicks_per_minute, clicks_per_minute / 20_000),
+                "test": _arm(20_000, clicks_per_minute, clicks_per_minute / 20_000),
+            }
+        )
+        result = calibration_check(frame_of(data))
+        assert result.verdict == "ok", result.summary
+        return result.params
+
+    some = steady(30.0)  # 1,800 clicks a side: ±25 % shows, ±10 % does not
+    assert some["sees_material"] is False
+    assert some["material_effect_size"] == pytest.approx(1.1)
+    more = some["minutes_to_material"]
+    assert isinstance(more, float) and more > 0
+    assert "more" in str(some["material_settle_text"])
+    plenty = steady(400.0)  # 24,000 clicks a side: ±10 % shows too
+    assert plenty["sees_material"] is True and "minutes_to_material" not in plenty
+
+
 def test_calibration_mde_is_the_poisson_ratio_formula() -> None:
     clicks_per_minute = 2.0
     data = cube(

@@ -298,6 +298,16 @@ def to_result(
         if power is not None:
             mde = _in_unit(power.mde, f.test, words) if np.isfinite(power.mde) else None
             params = {**params, **_power_params(power, f.test, words)}
+            # Whether a *material* change (the smallest the check fails on) would have shown,
+            # not only one of the size in question: the alert's own check needs it to clear.
+            material = f.test.fail_effect
+            params["sees_material"] = bool(power.statistical <= material)
+            params["material_effect_size"] = _in_unit(material, f.test, words)
+            params["material_effect_text"] = _fmt_size(material, f.test, words)
+            if not params["sees_material"] and material > 0 and np.isfinite(power.statistical):
+                more = power.minutes * ((power.statistical / material) ** 2 - 1.0)
+                params["minutes_to_material"] = round(float(more), 1)
+                params["material_settle_text"] = settle_text(more)
             if power.enough:
                 seen = _fmt_size(power.mde, f.test, words)
                 summary = f"{ok_summary.rstrip('.')}: a change of {seen} or more would have shown."
