@@ -48,7 +48,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from agent._candidates import EXPLAINS_SHARE, Candidate, explain, reach_of
+from agent._candidates import Candidate, explain, reach_of
 from agent.coverage import ALERT_CHECKS
 from agent.models import Alert, RootCause
 from agent.playbook import CauseRule, Playbook, Signal
@@ -403,31 +403,21 @@ def _open_explanation(
     """Why acting on ``top`` must wait: a cause that would explain it is not yet ruled out.
 
     ``top`` is supported, but a more specific cause it lists in ``explained_by`` has its primary
-    check on the same subject ``inconclusive``, and that open question could explain it: either
-    it is a pending fact rather than a power shortfall (a snapshot just past its refresh: no
-    minimal detectable effect, the next minutes settle it), or what it could still hide, in the
-    same unit as ``top``'s own finding, reaches half of it (a fallback that cannot be ruled out
-    below 0.2 pp does not explain 30 pp of invalid predictions). The two causes call for
-    different mitigations, so nothing is proposed until that check settles (follow-ups), and the
-    reason names it. None when nothing is open.
+    check on the same subject ``inconclusive`` on a pending fact rather than for want of power:
+    an excess already observed that the next minutes confirm or clear (a snapshot 8 minutes past
+    its refresh, within the margin before it fails) — a result with no power analysis (no
+    minimal detectable effect, no ``mde_alpha``) and a positive effect. A fresh snapshot whose NE
+    moved (shape not told yet) is not one: nothing is late, and the NE finding stands. The two
+    causes call for different mitigations, so nothing is proposed until that check settles
+    (follow-ups), and the reason names it. A rival that is only
+    under-powered in another quantity (calibration could not rule out ±25 % beside an NE
+    regression) does not hold the action: its size says nothing about the finding's. None when
+    nothing is open.
     """
     rule = playbook.rule(top.cause)
     if rule is None:
         return None
     own = _subject_key(top)
-    mine = {s.check for s in rule.signals if s.primary}
-    found = next(
-        (
-            o.result.effect
-            for o in outcomes
-            if o.error is None
-            and o.subject.key == own
-            and o.result.check in mine
-            and o.result.verdict == "fail"
-            and o.result.effect is not None
-        ),
-        None,
-    )
     for name in rule.explained_by:
         other = playbook.rule(name)
         if other is None:
@@ -435,19 +425,19 @@ def _open_explanation(
         primary = {s.check for s in other.signals if s.primary}
         for o in outcomes:
             r = o.result
-            if o.error is not None or o.subject.key != own or r.check not in primary:
-                continue
-            if r.verdict != "inconclusive":
-                continue
-            pending = r.mde is None
-            could_hide = (
-                r.mde is not None
-                and found is not None
+            pending = (
+                r.mde is None
+                and "mde_alpha" not in r.params
                 and r.effect is not None
-                and r.effect.unit == found.unit
-                and abs(r.mde) >= EXPLAINS_SHARE * abs(found.estimate)
+                and r.effect.estimate > 0
             )
-            if pending or could_hide:
+            if (
+                o.error is None
+                and o.subject.key == own
+                and r.check in primary
+                and r.verdict == "inconclusive"
+                and pending
+            ):
                 return (
                     f"{top.cause} is supported, but {name} would explain it and is not ruled out "
                     f"yet ({r.summary.rstrip('.')}); watching until it settles"

@@ -165,18 +165,26 @@ def test_an_ne_failure_is_not_acted_on_while_staleness_cannot_yet_rule_out_a_sta
     explain the NE (and calls for another mitigation), so nothing is proposed until the
     staleness check settles; NE regression still ranks first."""
     from tests.agent.fakes import fail
-    from tools.result import CheckResult
+    from tools.result import CheckResult, Effect
+
+    def staleness(overdue: float, summary: str) -> CheckResult:
+        return CheckResult(
+            check="staleness",
+            verdict="inconclusive",
+            summary=summary,
+            effect=Effect(
+                name="served snapshot age beyond cadence + lag", estimate=overdue, unit="minutes"
+            ),
+            experiment="879",
+            arm="test",
+        )
 
     worse = fail("ne", "NE of experiment 879 rose 6 % in arm test.", experiment="879")
-    unsure = CheckResult(
-        check="staleness",
-        verdict="inconclusive",
-        summary="Model ctr_v42 may be stale: stale unless a new snapshot serves by 08:40 UTC.",
-        experiment="879",
-        arm="test",
+    late = staleness(
+        8.0, "Model ctr_v42 may be stale: stale unless a new snapshot serves by 08:40."
     )
     scripted = {"ne@experiment:879": worse}
-    h = harness(FakeToolbox({**scripted, "staleness@experiment:879": unsure}, onset=at(150)))
+    h = harness(FakeToolbox({**scripted, "staleness@experiment:879": late}, onset=at(150)))
     view = h.investigator().investigate(alert(metric="ne"))
     assert view.root_causes[0].cause == "ne_regression"
     assert view.status == "watching" and not view.mitigations
@@ -186,6 +194,11 @@ def test_an_ne_failure_is_not_acted_on_while_staleness_cannot_yet_rule_out_a_sta
     acted = settled.investigator().investigate(alert(metric="ne"))
     assert acted.root_causes[0].cause == "ne_regression"
     assert acted.status == "awaiting_approval" and acted.mitigations
+    # A fresh snapshot whose NE shape cannot be told yet is nothing late: the NE finding stands.
+    fresh = staleness(-40.0, "Snapshots are fresh; too soon to tell a step from a ramp.")
+    unclear = harness(FakeToolbox({**scripted, "staleness@experiment:879": fresh}, onset=at(150)))
+    still = unclear.investigator().investigate(alert(metric="ne"))
+    assert still.status == "awaiting_approval" and still.mitigations
 
 
 def test_an_overdue_snapshot_leaves_a_steady_ne_alert_open(harness) -> None:
