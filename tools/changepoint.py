@@ -151,22 +151,11 @@ class _Sums:
 
     def rss_mean(self, a: IntArray, b: int | IntArray) -> FloatArray:
         """Residual sum of squares around each segment's mean, shape (len(a), d)."""
-        m = (b - a)[:, None].astype(np.float64)
-        sy = self.y[b] - self.y[a]
-        out: FloatArray = np.maximum(self.yy[b] - self.yy[a] - sy * sy / m, 0.0)
-        return out
+        return _rss_mean(self, a, b, (b - a)[:, None].astype(np.float64))
 
     def rss_line(self, a: IntArray, b: int | IntArray) -> FloatArray:
         """Residual sum of squares around each segment's least-squares line, shape (len(a), d)."""
-        m = (b - a)[:, None].astype(np.float64)
-        st, sy = self.t[b] - self.t[a], self.y[b] - self.y[a]
-        stt = self.tt[b] - self.tt[a] - st * st / m
-        sty = self.ty[b] - self.ty[a] - st * sy / m
-        syy = self.yy[b] - self.yy[a] - sy * sy / m
-        ok = stt > 1e-12
-        slope_term = np.where(ok, sty * sty / np.where(ok, stt, 1.0), 0.0)
-        out: FloatArray = np.maximum(syy - slope_term, 0.0)
-        return out
+        return _rss_line(self, a, b, (b - a)[:, None].astype(np.float64))
 
 
 class _Sums1:
@@ -179,22 +168,30 @@ class _Sums1:
 
     def rss_mean(self, a: IntArray, b: IntArray) -> FloatArray:
         """:meth:`_Sums.rss_mean` of the one dimension."""
-        m = (b - a).astype(np.float64)
-        sy = self.y[b] - self.y[a]
-        out: FloatArray = np.maximum(self.yy[b] - self.yy[a] - sy * sy / m, 0.0)
-        return out
+        return _rss_mean(self, a, b, (b - a).astype(np.float64))
 
     def rss_line(self, a: IntArray, b: IntArray) -> FloatArray:
         """:meth:`_Sums.rss_line` of the one dimension."""
-        m = (b - a).astype(np.float64)
-        st, sy = self.t[b] - self.t[a], self.y[b] - self.y[a]
-        stt = self.tt[b] - self.tt[a] - st * st / m
-        sty = self.ty[b] - self.ty[a] - st * sy / m
-        syy = self.yy[b] - self.yy[a] - sy * sy / m
-        ok = stt > 1e-12
-        slope_term = np.where(ok, sty * sty / np.where(ok, stt, 1.0), 0.0)
-        out: FloatArray = np.maximum(syy - slope_term, 0.0)
-        return out
+        return _rss_line(self, a, b, (b - a).astype(np.float64))
+
+
+def _rss_mean(s: _Sums | _Sums1, a: IntArray, b: int | IntArray, m: FloatArray) -> FloatArray:
+    """Residual sum of squares around the mean of each segment ``[a, b)`` of length ``m``."""
+    sy = s.y[b] - s.y[a]
+    out: FloatArray = np.maximum(s.yy[b] - s.yy[a] - sy * sy / m, 0.0)
+    return out
+
+
+def _rss_line(s: _Sums | _Sums1, a: IntArray, b: int | IntArray, m: FloatArray) -> FloatArray:
+    """Residual sum of squares around the least-squares line of each segment ``[a, b)``."""
+    st, sy = s.t[b] - s.t[a], s.y[b] - s.y[a]
+    stt = s.tt[b] - s.tt[a] - st * st / m
+    sty = s.ty[b] - s.ty[a] - st * sy / m
+    syy = s.yy[b] - s.yy[a] - sy * sy / m
+    ok = stt > 1e-12
+    slope_term = np.where(ok, sty * sty / np.where(ok, stt, 1.0), 0.0)
+    out: FloatArray = np.maximum(syy - slope_term, 0.0)
+    return out
 
 
 def _pelt(cost: _Cost, n: int, penalty: float, min_size: int) -> list[int]:

@@ -249,7 +249,11 @@ class SubjectFrame:
 
         def core() -> Core:
             c = self._arrays()
-            columns = lambda: np.vstack([c.columns, c.columns[j : j + 1]])  # noqa: E731
+
+            def columns() -> _Floats:
+                out: _Floats = np.vstack([c.columns, c.columns[j : j + 1]])
+                return out
+
             return Core(columns, c.offsets, c.codes, c.uniques)
 
         def minutes() -> _Floats:
