@@ -357,18 +357,24 @@ class Queries:
         )
 
     def experiments(
-        self, lo: datetime, hi: datetime, spans: Sequence[tuple[int, int]] = ()
+        self,
+        lo: datetime,
+        hi: datetime,
+        spans: Sequence[tuple[int, int]] = (),
+        sums: Sequence[str] | None = None,
     ) -> sa.Select[Any]:
         """Sums per experiment x arm x minute over every experiment's exposed requests.
 
         With ``spans`` (epoch-minute ranges ``[a, b)``), per experiment x arm x span instead:
         ``minute`` is the first minute of the span a row's minute falls in (the first that
-        holds it), and rows in no span are left out. Built by
+        holds it), and rows in no span are left out. ``sums``: only these of
+        :data:`tools._experiments_sql.EXPERIMENT_SUMS` (None: all). Built by
         :func:`tools._experiments_sql.experiments_statement` (on DuckDB, in pieces).
         """
-        from tools._experiments_sql import experiments_statement  # it imports this module
+        # It imports this module.
+        from tools._experiments_sql import EXPERIMENT_SUMS, experiments_statement
 
-        return experiments_statement(self, lo, hi, spans)
+        return experiments_statement(self, lo, hi, spans, EXPERIMENT_SUMS if sums is None else sums)
 
     def snapshots(self, ids: tuple[str, ...] | None) -> sa.Select[Any]:
         """Rows of the model registry, optionally for some models only."""

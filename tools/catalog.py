@@ -22,6 +22,7 @@ from tools.checks import (
     StalenessParams,
     SubjectFrame,
 )
+from tools.checks._snapshots import top_served
 from tools.telemetry import TelemetryReader
 
 __all__ = [
@@ -94,30 +95,23 @@ class CheckSettings:
 
 def served_models(frame: SubjectFrame) -> dict[str, str]:
     """Arm -> the model that served most of its window traffic."""
-    w = frame.window
-    by = frame.grouped(["arm", "model_id"], (w.start, w.end))
-    out: dict[str, str] = {}
-    for arm, group in by.groupby("arm"):
-        out[str(arm)] = str(group.sort_values("n").iloc[-1]["model_id"])
-    return out
+    top, _ = top_served(frame, ("model_id",))
+    return {arm: keys[0] for arm, keys in top.items()}
 
 
 def training_values(reader: TelemetryReader, frame: SubjectFrame, column: str) -> dict[str, float]:
     """Arm -> ``column`` (``training_ne``, ...) of the snapshot it served most in the window."""
-    w = frame.window
-    by = frame.grouped(["arm", "model_id", "model_version"], (w.start, w.end))
-    if by.empty:
+    top, model_ids = top_served(frame, ("model_id", "model_version"))
+    if not top:
         return {}
-    snaps = reader.snapshots(sorted(by["model_id"].unique().tolist()))
+    snaps = reader.snapshots(model_ids)
+    ids, versions = snaps["model_id"].to_numpy(object), snaps["model_version"].to_numpy(object)
+    values = snaps[column].to_numpy(np.float64)
     out: dict[str, float] = {}
-    for arm, group in by.groupby("arm"):
-        top = group.sort_values("n").iloc[-1]
-        row = snaps[
-            (snaps["model_id"] == top["model_id"])
-            & (snaps["model_version"] == top["model_version"])
-        ]
-        if len(row) and np.isfinite(row[column].iloc[0]):
-            out[str(arm)] = float(row[column].iloc[0])
+    for arm, (model_id, version) in top.items():
+        row = np.flatnonzero((ids == model_id) & (versions == version))
+        if row.size and np.isfinite(values[row[0]]):
+            out[arm] = float(values[row[0]])
     return out
 
 

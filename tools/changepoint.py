@@ -194,12 +194,20 @@ def _rss_line(s: _Sums | _Sums1, a: IntArray, b: int | IntArray, m: FloatArray) 
     return out
 
 
+PELT_CHUNK = 16
+"""Ends whose segment costs :func:`_pelt` computes in one call of the cost function."""
+
+
 def _pelt(cost: _Cost, n: int, penalty: float, min_size: int) -> list[int]:
     """Exact optimal segmentation minimising total cost + penalty per change (PELT).
 
-    The segment ending at ``b`` starts at a candidate ``a <= b - min_size``, whose optimum is
-    known once ``b - min_size`` is passed: the costs of ``min_size`` consecutive ends are
-    computed together, then each end takes its minimum and prunes, in order, as one by one.
+    The segment ending at ``b`` starts at a candidate ``a <= b - min_size``. The costs of a
+    chunk of consecutive ends against every candidate alive at its start and every candidate
+    its ends add are computed together (one call of ``cost``); then each end, in order, adds
+    its candidate (``b - min_size``, whose optimum is known by then), takes its minimum over
+    the live candidates and prunes, as one by one. A candidate is live only from its own end
+    on, where its segments are at least ``min_size`` long, so the costs of shorter (or empty)
+    segments the chunk also computes are never read.
     """
     if n < 2 * min_size:
         return []
@@ -209,21 +217,25 @@ def _pelt(cost: _Cost, n: int, penalty: float, min_size: int) -> list[int]:
     cands = np.zeros(0, dtype=np.int64)
     first = min_size
     while first <= n:
-        ends = np.arange(first, min(first + min_size, n + 1), dtype=np.int64)
-        # The candidates alive at the block's start, then the one each end adds (ascending).
+        ends = np.arange(first, min(first + max(PELT_CHUNK, min_size), n + 1), dtype=np.int64)
+        # The candidates alive at the chunk's start, then the one each end adds (ascending).
         pool = np.concatenate([cands, ends - min_size])
-        valid = ends[None, :] - pool[:, None] >= min_size
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cost_ab = cost(pool[:, None], ends[None, :])
-        totals = np.where(valid, best[pool][:, None] + cost_ab, np.inf)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            costs = np.ascontiguousarray(cost(pool[:, None], ends[None, :]).T)  # one row per end
+        # Candidates not live yet at an end (their segments too short) are masked out below:
+        # a finite placeholder keeps the sums quiet.
+        costs[pool[None, :] > ends[:, None] - min_size] = 0.0
+        start = best[pool]  # a candidate's optimum, read when it joins
         alive = np.zeros(pool.size, dtype=bool)
         alive[: cands.size] = True
         for j, b in enumerate(ends.tolist()):
-            alive[cands.size + j] = True
-            total = np.where(alive, totals[:, j], np.inf)
-            i = int(np.argmin(total))
+            k = cands.size + j
+            alive[k] = True
+            start[k] = best[pool[k]]
+            total = np.where(alive, start + costs[j], np.inf)
+            i = int(total.argmin())
             if total[i] == np.inf:  # every live start is infinite: the first live one, as is
-                i = int(np.flatnonzero(alive)[0])
+                i = int(alive.argmax())
             best[b] = total[i] + penalty
             last[b] = pool[i]
             # a start that cannot beat the optimum now never will (cost is sub-additive)

@@ -24,6 +24,7 @@ __all__ = [
     "logit_spread",
     "point_mass",
     "reliability",
+    "reliability_of",
     "shift",
 ]
 
@@ -188,13 +189,24 @@ def reliability(binned: pd.DataFrame, iterations: int = 25) -> Reliability | Non
     Grouped logistic regression by Newton's method on the bins' mean predictions; the slope's
     standard error comes from the inverse Fisher information. None without enough clicks.
     """
-    n = binned["n"].to_numpy(float)
-    y = binned["sum_label"].to_numpy(float)
+    return reliability_of(
+        binned["n"].to_numpy(float),
+        binned["sum_pred"].to_numpy(float),
+        binned["sum_label"].to_numpy(float),
+        iterations,
+    )
+
+
+def reliability_of(
+    n: np.ndarray, sum_pred: np.ndarray, sum_label: np.ndarray, iterations: int = 25
+) -> Reliability | None:
+    """:func:`reliability` on the bins' sums as arrays."""
+    y = sum_label
     keep = n > 0
     n, y = n[keep], y[keep]
     if y.sum() < 20 or (n - y).sum() < 20 or keep.sum() < 3:
         return None
-    p = np.clip(binned["sum_pred"].to_numpy(float)[keep] / n, 1e-9, 1 - 1e-9)
+    p = np.clip(sum_pred[keep] / n, 1e-9, 1 - 1e-9)
     x = np.log(p / (1 - p))
     design = np.column_stack([np.ones_like(x), x])
     beta = np.array([0.0, 1.0])

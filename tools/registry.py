@@ -292,7 +292,9 @@ def _infra(ctx: CheckContext, call: CheckCall) -> CheckResult:
     if result.verdict not in ("fail", "warn"):
         return result
     # Only a finding needs the per-experiment split that says whether an arm owns it.
-    experiments = ctx.reader.experiments(to_datetime(frame.window.fetch_start), call.end)
+    experiments = ctx.reader.experiments(
+        to_datetime(frame.window.fetch_start), call.end, sums=("n", "n_error")
+    )
     return infra_check(
         frame, experiments=experiments, controls=ctx.controls(), params=ctx.settings.infra
     )

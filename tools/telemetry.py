@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +26,11 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import sqlalchemy as sa
 
+from tools._experiments_sql import EXPERIMENT_SUMS
 from tools._queries import (
     GROUPING_SETS_DIALECTS,
     GROUPING_SETS_SLOWER,
@@ -136,6 +138,8 @@ class TelemetryReader:
         """How many SQL queries this reader has run (cached answers do not count)."""
         self.query_seconds = 0.0
         """Wall time those queries took, answers fetched into frames included."""
+        self.recent_queries: deque[tuple[str, float]] = deque(maxlen=32)
+        """The latest queries (at most 32): the tables each read and its seconds, oldest first."""
 
     @property
     def engine(self) -> sa.Engine:
@@ -244,7 +248,12 @@ class TelemetryReader:
         return self._cached(key, lambda: self._query_units(experiment_id, lo, hi, suffixes))
 
     def experiments(
-        self, start: datetime, end: datetime, *, spans: Sequence[tuple[int, int]] = ()
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        spans: Sequence[tuple[int, int]] = (),
+        sums: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Sums per experiment x arm x minute over every experiment's exposed requests.
 
@@ -255,19 +264,34 @@ class TelemetryReader:
                 is then the span's ``a``; rows whose minute is in no span are left out). What
                 attribution reads: the same sums over its window and baseline, without a row
                 per experiment arm and minute.
+            sums: Only these sums (``n`` always comes along); None: all of them. Each sum is a
+                pass over the joined rows; a cached answer with more sums serves fewer.
 
         Returns:
-            Columns ``experiment_id, arm, minute, n, sum_label, sum_revenue, sum_revenue2,
-            n_error, n_fallback, n_pred, n_invalid, sum_pred``.
+            Columns ``experiment_id, arm, minute`` and the sums, in this order: ``n, sum_label,
+            sum_revenue, sum_revenue2, n_error, n_fallback, n_pred, n_invalid, sum_pred``.
         """
         lo, hi = _window(start, end)
         chosen = tuple((int(a), int(b)) for a, b in spans)
         for a, b in chosen:
             if b <= a:
                 raise ConfigError("spans", chosen, f"span [{a}, {b}) is empty")
-        return self._cached(
-            ("experiments", lo, hi, chosen), lambda: self._query_experiments(lo, hi, chosen)
-        )
+        if sums is None:
+            names = EXPERIMENT_SUMS
+        else:
+            unknown = sorted(set(sums) - set(EXPERIMENT_SUMS))
+            if unknown:
+                raise ConfigError("sums", unknown, f"unknown sums; choose from {EXPERIMENT_SUMS}")
+            names = tuple(n for n in EXPERIMENT_SUMS if n == "n" or n in sums)
+        with self._lock:
+            for key, frame in self._cache.items():
+                if key[:4] == ("experiments", lo, hi, chosen) and set(names) <= set(key[4]):
+                    self._cache.move_to_end(key)
+                    return frame[["experiment_id", "arm", "minute", *names]].copy()
+            return self._cached(
+                ("experiments", lo, hi, chosen, names),
+                lambda: self._query_experiments(lo, hi, chosen, names),
+            )
 
     def sample_requests(
         self, start: datetime, end: datetime, *, model_id: str | None = None, limit: int = 20_000
@@ -310,7 +334,9 @@ class TelemetryReader:
                 self._store(key, hit)
             else:
                 self._cache.move_to_end(key)
-            return hit.copy()
+            # Copy-on-write (pandas 3): a caller's change to its frame never reaches the cache,
+            # so a shallow copy protects it without copying the columns.
+            return hit.copy(deep=False)
 
     def _store(self, key: tuple[Any, ...], frame: pd.DataFrame) -> None:
         with self._lock:
@@ -340,7 +366,9 @@ class TelemetryReader:
         except READ_ERRORS as exc:
             raise read_failed(exc)(f"telemetry query on {tables} failed: {exc}") from exc
         finally:
-            self.query_seconds += time.perf_counter() - began
+            took = time.perf_counter() - began
+            self.query_seconds += took
+            self.recent_queries.append((tables, took))
 
     def _query_cube(
         self, subject: Subject, lo: datetime, hi: datetime, latency: bool, lean: bool
@@ -357,20 +385,29 @@ class TelemetryReader:
         )
         frame = self._fetch(query, self._sql.tables(subject))
         on_hist = pd.to_numeric(frame[HIST_SET]).to_numpy() == 1
-        # Columns first, then rows: each part copies only the columns it keeps.
-        cube = frame.drop(columns=[HIST_SET, "block", "bin"])[~on_hist].reset_index(drop=True)
+        # Columns first (no copy), then each part's rows as its columns are typed.
+        cube = frame.drop(columns=[HIST_SET, "block", "bin"])
         cols = {"n_pred": "n", "sum_pred": "sum_pred", "sum_pred2": "sum_pred2"}
         cols |= {"sum_label_v": "sum_label", "sum_ll": "sum_ll"}
         # The NULL bin holds the invalid predictions, which the histogram leaves out.
         keep = on_hist & frame["bin"].notna().to_numpy()
-        hist = frame[["arm", "block", "bin", *cols]][keep].reset_index(drop=True)
-        hist = hist.rename(columns=cols)
-        return self._typed_cube(cube, latency=latency, lean=False), self._typed_histogram(hist)
+        hist = frame[["arm", "block", "bin", *cols]].rename(columns=cols)
+        return (
+            self._typed_cube(cube, latency=latency, lean=False, rows=~on_hist),
+            self._typed_histogram(hist, rows=keep),
+        )
 
-    def _typed_cube(self, frame: pd.DataFrame, *, latency: bool, lean: bool) -> pd.DataFrame:
+    def _typed_cube(
+        self,
+        frame: pd.DataFrame,
+        *,
+        latency: bool,
+        lean: bool,
+        rows: npt.NDArray[np.bool_] | None = None,
+    ) -> pd.DataFrame:
         keys = self._sql.cube_keys(lean)
         sums = [c for c in frame.columns if c not in keys]
-        out = _typed(frame, ints=["minute"], strs=keys[1:], floats=sums)
+        out = _typed(frame, ints=["minute"], strs=keys[1:], floats=sums, rows=rows)
         if lean:
             out.insert(2, "model_id", "*")
             out.insert(3, "model_version", "*")
@@ -384,16 +421,32 @@ class TelemetryReader:
         query = self._sql.histogram(subject, lo, hi, block_minutes)
         return self._typed_histogram(self._fetch(query, self._sql.tables(subject)))
 
-    def _typed_histogram(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _typed_histogram(
+        self, frame: pd.DataFrame, rows: npt.NDArray[np.bool_] | None = None
+    ) -> pd.DataFrame:
         frame = _typed(
             frame,
             ints=["block", "bin"],
             strs=["arm"],
             floats=["n", "sum_pred", "sum_pred2", "sum_label", "sum_ll"],
+            rows=rows,
         )
         # Rounding can put p == 1 one bin past the end; fold it back.
-        frame["bin"] = frame["bin"].clip(0, self.histogram_spec.n_bins - 1)
-        return frame.groupby(["arm", "block", "bin"], as_index=False).sum()
+        last_bin = self.histogram_spec.n_bins - 1
+        raw_bins = frame["bin"].to_numpy()
+        if ((raw_bins < 0) | (raw_bins > last_bin)).any():  # (a column write copies its block)
+            frame["bin"] = frame["bin"].clip(0, last_bin)
+        keys = ["arm", "block", "bin"]
+        # Sorted by the keys, as the group-by below gives it; without a repeated key (a folded
+        # bin meeting its neighbour), sorting is all the group-by would do.
+        arm, _ = pd.factorize(frame["arm"], sort=True)
+        block, bins = frame["block"].to_numpy(), frame["bin"].to_numpy()
+        order = np.lexsort((bins, block, arm))
+        a, b, k = arm[order], block[order], bins[order]
+        if not ((a[1:] == a[:-1]) & (b[1:] == b[:-1]) & (k[1:] == k[:-1])).any():
+            rest = [c for c in frame.columns if c not in keys]
+            return frame[keys + rest].take(order).reset_index(drop=True)
+        return frame.groupby(keys, as_index=False).sum()
 
     def _query_units(
         self, experiment_id: str, lo: datetime, hi: datetime, suffixes: Sequence[int]
@@ -404,26 +457,15 @@ class TelemetryReader:
         return _typed(frame, ints=[], strs=["arm"], floats=floats)
 
     def _query_experiments(
-        self, lo: datetime, hi: datetime, spans: tuple[tuple[int, int], ...]
+        self,
+        lo: datetime,
+        hi: datetime,
+        spans: tuple[tuple[int, int], ...],
+        sums: tuple[str, ...],
     ) -> pd.DataFrame:
-        query = self._sql.experiments(lo, hi, spans)
+        query = self._sql.experiments(lo, hi, spans, sums)
         frame = self._fetch(query, self._sql.tables(Subject(experiment_id="*")))
-        return _typed(
-            frame,
-            ints=["minute"],
-            strs=["experiment_id", "arm"],
-            floats=[
-                "n",
-                "sum_label",
-                "sum_revenue",
-                "sum_revenue2",
-                "n_error",
-                "n_fallback",
-                "n_pred",
-                "n_invalid",
-                "sum_pred",
-            ],
-        )
+        return _typed(frame, ints=["minute"], strs=["experiment_id", "arm"], floats=list(sums))
 
     def _query_snapshots(self, ids: tuple[str, ...] | None) -> pd.DataFrame:
         query = self._sql.snapshots(ids)
@@ -530,21 +572,43 @@ def _window(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 
 
 def _typed(
-    frame: pd.DataFrame, *, ints: list[str], strs: list[str], floats: list[str]
+    frame: pd.DataFrame,
+    *,
+    ints: list[str],
+    strs: list[str],
+    floats: list[str],
+    rows: npt.NDArray[np.bool_] | None = None,
 ) -> pd.DataFrame:
-    """Give every column a fixed dtype, also on an empty answer (NULL sums become 0)."""
-    frame = frame.reset_index(drop=True)
+    """Give every column a fixed dtype, also on an empty answer (NULL sums become 0).
+
+    ``rows``: keep only these rows, taken column by column (no intermediate frame).
+    """
+    if rows is None:
+        frame = frame.reset_index(drop=True)
+        index = frame.index
+    else:
+        index = pd.RangeIndex(int(np.count_nonzero(rows)))
+
+    def column(col: str) -> pd.Series:
+        values = frame[col]
+        return values if rows is None else pd.Series(values.array[rows], index=index, name=col)
+
     cols: dict[str, Any] = {}
     for col in ints:
-        cols[col] = pd.to_numeric(frame[col]).to_numpy(dtype="int64")
+        cols[col] = pd.to_numeric(column(col)).to_numpy(dtype="int64")
     for col in strs:
-        values = frame[col]
+        values = column(col)
         if values.isna().any():
             values = values.astype(object).where(values.notna(), "(null)")
         cols[col] = values.astype(str)
     for col in floats:
-        cols[col] = pd.to_numeric(frame[col]).to_numpy(dtype="float64", na_value=0.0)
+        if frame[col].dtype == np.float64:  # the common case, without pandas' NA machinery
+            out = frame[col].to_numpy(copy=True) if rows is None else frame[col].to_numpy()[rows]
+            out[np.isnan(out)] = 0.0
+            cols[col] = out
+        else:
+            cols[col] = pd.to_numeric(column(col)).to_numpy(dtype="float64", na_value=0.0)
     for col in frame.columns:
         if col not in cols:
-            cols[col] = frame[col]
-    return pd.DataFrame(cols, index=frame.index)
+            cols[col] = column(col)
+    return pd.DataFrame(cols, index=index)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from tools.catalog import CheckSettings, ExperimentInfo, ModelInfo
 from tools.checks import SubjectFrame, Window
+from tools.checks.attribution import ATTRIBUTABLE
 from tools.errors import ConfigError, NotFoundError
 from tools.metrics import metric_spec, metric_values
 from tools.registry import CHECKS, CheckCall, CheckName, Checks, RoutedChecks, Scored, check_entry
@@ -128,7 +129,10 @@ class Toolbox(RoutedChecks):
         """The preamble of a check over scored predictions: the frame and the histogram."""
         subject = self.subject(call.experiment_id, call.model_id)
         frame = self.frame(subject, call.start, call.end)
-        hist, block = self._histogram(subject, call.start, call.end)
+        # One histogram object per frame: the checks share its arrays (tools.checks._hist).
+        hist, block = frame.derived(
+            "histogram", lambda: self._histogram(subject, call.start, call.end)
+        )
         return Scored(
             frame,
             {"hist": hist, "histogram": self.reader.histogram_spec, "block_minutes": block},
@@ -193,7 +197,7 @@ class Toolbox(RoutedChecks):
             frame = self._joined_frame(start, end, baseline_start, baseline_end)
             lo = baseline_start
         experiments = self._experiments_rows(
-            lo, end, baseline_start, baseline_end, start, frame.window
+            lo, end, baseline_start, baseline_end, start, frame.window, _attributed(call.metric)
         )
         return frame, experiments
 
@@ -228,18 +232,20 @@ class Toolbox(RoutedChecks):
         baseline_end: datetime | None,
         start: datetime,
         w: Window,
+        sums: tuple[str, ...] | None,
     ) -> pd.DataFrame:
         # Attribution sums each arm over its window and its baseline only: one row per span
-        # (not per minute), and one read when the baseline ends where the window starts.
+        # (not per minute), and one read when the baseline ends where the window starts; only
+        # the sums of its metric.
         spans = tuple((a, b) for a, b in ((w.start, w.end), (w.fetch_start, w.start)) if b > a)
         if baseline_start is None or baseline_end is None:
-            return self.reader.experiments(lo, end, spans=spans)
+            return self.reader.experiments(lo, end, spans=spans, sums=sums)
         if baseline_end == start:
-            return self.reader.experiments(baseline_start, end, spans=spans)
+            return self.reader.experiments(baseline_start, end, spans=spans, sums=sums)
         return pd.concat(
             [
-                self.reader.experiments(baseline_start, baseline_end, spans=spans),
-                self.reader.experiments(start, end, spans=spans),
+                self.reader.experiments(baseline_start, baseline_end, spans=spans, sums=sums),
+                self.reader.experiments(start, end, spans=spans, sums=sums),
             ],
             ignore_index=True,
         )
@@ -261,3 +267,9 @@ class Toolbox(RoutedChecks):
     def controls(self) -> dict[str, str]:
         """Experiment id -> its control arm."""
         return {e.id: e.control for e in self.experiments.values()}
+
+
+def _attributed(metric: str | None) -> tuple[str, ...] | None:
+    """The experiments' sums attribution reads for ``metric`` (None: every sum)."""
+    cols = ATTRIBUTABLE.get(metric or "")
+    return None if cols is None else tuple(dict.fromkeys(("n", *cols)))

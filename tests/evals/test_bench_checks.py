@@ -19,6 +19,13 @@ def test_checks_section_on_a_tiny_world(tmp_path: Path) -> None:
     assert figures["scan_s"] < figures["battery_s"]
     assert 0 < figures["battery_sql_s"] <= figures["battery_s"]
     assert figures["floor_s"] > 0 and figures["window_battery_s"] > 0
+    # The earlier protocol's single run beside the best of three, against the same floor (both
+    # rounded to 1 ms: the ratio agrees up to that rounding).
+    assert figures["battery_cold_s"] > 0
+    rounded = 0.0005 / figures["floor_s"] + 0.0005 / figures["battery_cold_s"]
+    assert figures["battery_cold_over_floor"] == pytest.approx(
+        figures["battery_cold_s"] / figures["floor_s"], rel=rounded + 0.001, abs=0.01
+    )
     # Issue 17's floor: the experiment's join with every cube sum, no attribution join.
     assert figures["issue_floor_s"] > 0
     # Both figures are rounded (the floor to 1 ms): the ratio agrees up to that rounding.
@@ -29,6 +36,10 @@ def test_checks_section_on_a_tiny_world(tmp_path: Path) -> None:
     # One statement for the experiment's cube and histogram, then units, all traffic, every
     # experiment's effects and the model registry.
     assert figures["queries_per_battery"] == 5
+    # Each statement of the timed battery, with its seconds: together its SQL time.
+    statements = figures["battery_statements"]
+    assert len(statements) == 5 and all(seconds >= 0 for _, seconds in statements)
+    assert sum(s for _, s in statements) == pytest.approx(figures["battery_sql_s"], abs=0.01)
     assert figures["peak_rss_mb"] > 0
     verdicts = dict(v.split(":") for v in figures["verdicts"])
     assert set(verdicts) == {

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from tools.telemetry import TelemetryReader
+from tools.telemetry import CUBE_SUMS, TelemetryReader
 from tools.toolbox import ExperimentInfo, ModelInfo, Toolbox
 
 T0 = datetime(2026, 11, 20, 6, 0)
@@ -194,3 +194,30 @@ def toolbox(reader: TelemetryReader) -> Toolbox:
     """The checks over a synthetic world's telemetry (experiment ``e1``, production ``m_prod``)."""
     models = {"m_prod": ModelInfo("m_prod", None), "m_test": ModelInfo("m_test", None)}
     return Toolbox(reader, {"e1": EXPERIMENT}, models, "m_prod")
+
+
+def random_cube(
+    rng: np.random.Generator,
+    rows: int,
+    minutes: tuple[int, int],
+    arms: dict[str, float],
+    models: dict[str, object],
+) -> pd.DataFrame:
+    """Cube rows (one per minute, arm, model and dimension values) with random sums, for the
+    frame's array reads against the pandas reads they replace: every :data:`CUBE_SUMS` column a
+    small whole number, ``sum_pred`` not (summation order shows). ``minutes``: ``[lo, hi)``;
+    ``arms``: arm -> probability; ``models``: ``model_id``/``model_version`` -> a value or
+    choices."""
+    data: dict[str, object] = {
+        "minute": rng.integers(*minutes, rows),
+        "arm": rng.choice(list(arms), rows, p=list(arms.values())),
+        **{k: rng.choice(v, rows) if isinstance(v, list) else v for k, v in models.items()},
+        "country": rng.choice(["BR", "DE", "US"], rows),
+        "platform": rng.choice(["android", "ios", "web"], rows),
+        "ad_type": rng.choice(["feed", "story"], rows),
+    }
+    for col in CUBE_SUMS:
+        data[col] = rng.integers(0, 50, rows).astype(float)
+    frame = pd.DataFrame(data)
+    frame["sum_pred"] = rng.random(rows) * 3.7
+    return frame

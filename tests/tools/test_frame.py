@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.tools.synth import random_cube
 from tools.checks import SubjectFrame, Window
-from tools.telemetry import CUBE_SUMS, Subject
+from tools.telemetry import Subject
 
 M0 = 29_919_240
 WINDOW = Window(M0, M0 + 40, M0 + 90)
@@ -21,20 +22,9 @@ REL = 1e-12
 
 def _cube(seed: int = 3, rows: int = 3000) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    data: dict[str, object] = {
-        # a few rows fall outside the fetched range: no read may count them
-        "minute": rng.integers(M0 - 2, M0 + 92, rows),
-        "arm": rng.choice(["control", "test", "test_b"], rows, p=[0.45, 0.45, 0.1]),
-        "model_id": "m",
-        "model_version": "1",
-        "country": rng.choice(["BR", "DE", "US"], rows),
-        "platform": rng.choice(["android", "ios", "web"], rows),
-        "ad_type": rng.choice(["feed", "story"], rows),
-    }
-    for col in CUBE_SUMS:
-        data[col] = rng.integers(0, 50, rows).astype(float)
-    frame = pd.DataFrame(data)
-    frame["sum_pred"] = rng.random(rows) * 3.7  # not whole numbers: summation order shows
+    # a few rows fall outside the fetched range: no read may count them
+    arms = {"control": 0.45, "test": 0.45, "test_b": 0.1}
+    frame = random_cube(rng, rows, (M0 - 2, M0 + 92), arms, {"model_id": "m", "model_version": "1"})
     frame["sum_revenue"] = rng.gamma(2.0, 1.3, rows)
     frame.loc[frame.sample(frac=0.05, random_state=seed).index, "sum_ll"] = np.nan
     return frame

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from tests.tools.synth import T0, Fault, World, at, build, write
+from tools._queries import Queries
+from tools.aggregates import HistogramSpec
 from tools.errors import ConfigError, TelemetryError
 from tools.schema import TelemetrySchema
 from tools.telemetry import LOGLOSS_EPS, Subject, TelemetryReader, to_datetime, to_minute
@@ -79,6 +81,41 @@ def test_experiment_spans_sum_the_minutes_of_each_span(telemetry) -> None:
     pd.testing.assert_frame_equal(got.set_index(keys)[cols].sort_index(), want, rtol=1e-9)
     with pytest.raises(ConfigError, match="spans"):
         reader.experiments(at(0), at(30), spans=((m0 + 3, m0 + 3),))
+
+
+def test_experiment_sums_read_only_what_is_asked_and_reuse_a_wider_answer(telemetry) -> None:
+    # Attribution of revenue asks for three sums; each sum it skips is a pass over the join.
+    reader, _requests, _exposures = telemetry
+    m0 = to_minute(at(0))
+    spans = ((m0 + 20, m0 + 30), (m0 + 10, m0 + 20))
+    keys = ["experiment_id", "arm", "minute"]
+    full = reader.experiments(at(0), at(30), spans=spans)
+    narrow = reader.experiments(at(0), at(30), spans=spans, sums=("sum_revenue2", "sum_revenue"))
+    assert list(narrow.columns) == [*keys, "n", "sum_revenue", "sum_revenue2"]
+    pd.testing.assert_frame_equal(
+        narrow.set_index(keys).sort_index(),
+        full.set_index(keys)[["n", "sum_revenue", "sum_revenue2"]].sort_index(),
+    )
+    # Answered from the wider answer already fetched: no query.
+    before = reader.queries
+    again = reader.experiments(at(0), at(30), spans=spans, sums=("n_error",))
+    assert reader.queries == before and list(again.columns) == [*keys, "n", "n_error"]
+    # A narrow answer does not serve a wider question.
+    other = ((m0 + 25, m0 + 30), (m0 + 5, m0 + 25))
+    reader.experiments(at(0), at(30), spans=other, sums=("n_error",))
+    wider = reader.experiments(at(0), at(30), spans=other, sums=("n_error", "sum_pred"))
+    assert reader.queries == before + 2 and "sum_pred" in wider.columns
+    with pytest.raises(ConfigError, match="sums"):
+        reader.experiments(at(0), at(30), sums=("revenue",))
+
+
+def test_experiment_statement_reads_only_the_columns_of_its_sums() -> None:
+    q = Queries("duckdb", TelemetrySchema(), HistogramSpec())
+    m0 = to_minute(at(0))
+    sql = str(q.experiments(at(0), at(30), ((m0 + 20, m0 + 30), (m0, m0 + 20)), ("n",)))
+    assert "revenue" in str(q.experiments(at(0), at(30), (), ("n", "sum_revenue")))
+    for column in ("revenue", "prediction", "label", "fallback", "error"):
+        assert f"r.{column}" not in sql
 
 
 def test_experiment_sums_match_pandas_and_the_cube(telemetry) -> None:

@@ -39,13 +39,22 @@ class Core:
         self.codes = codes  # key column -> code per row (into ``uniques[key]``, sorted)
         self.uniques = uniques
         self._lookup: dict[str, dict[str, int]] = {}
+        self._labels: dict[str, npt.NDArray[np.object_]] = {}
 
     def code(self, key: str, value: str) -> int:
         """The code of ``value`` in key column ``key``, or -1 when it never occurs."""
         table = self._lookup.get(key)
         if table is None:
-            table = self._lookup[key] = {str(v): i for i, v in enumerate(self.uniques[key])}
+            table = self._lookup[key] = {v: i for i, v in enumerate(self.labels(key))}
         return table.get(value, -1)
+
+    def labels(self, key: str) -> npt.NDArray[np.object_]:
+        """``uniques[key]`` as an array of Python strings (reading a string index value by
+        value costs a pandas call each; shared, read-only)."""
+        hit = self._labels.get(key)
+        if hit is None:
+            hit = self._labels[key] = np.array([str(v) for v in self.uniques[key]], dtype=object)
+        return hit
 
     @property
     def columns(self) -> Floats:
@@ -63,7 +72,7 @@ class Core:
             Codes(self.codes, rows),
             self.uniques,
         )
-        out._lookup = self._lookup
+        out._lookup, out._labels = self._lookup, self._labels
         return out
 
 

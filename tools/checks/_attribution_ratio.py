@@ -152,7 +152,7 @@ def ratio_attribution(
         experiment's miscalibration hides in the global figure), ``ok`` otherwise.
     """
     w = frame.window
-    cur, base = frame.sums("all", w.start, w.end), frame.sums("all", w.fetch_start, w.start)
+    cur, base = frame.span("all", w.start, w.end), frame.span("all", w.fetch_start, w.start)
     c = compare_rates(
         float(base["sum_label"]),
         float(base["sum_pred"]),

@@ -170,7 +170,7 @@ def series_evidence(
         values.append(_scalars(metric_array(named, metric)))
         columns.append(arm)
     stamps = _stamps(w.fetch_start, w.end)
-    rows: list[list[Scalar]] = [[stamp, *row] for stamp, *row in zip(stamps, *values, strict=True)]
+    rows: list[list[Scalar]] = list(map(list, zip(stamps, *values, strict=True)))
     return Evidence(
         name=name or f"{metric} per minute", kind="series", columns=columns, rows=rows, note=note
     )

@@ -61,6 +61,8 @@ class RateTest:
             with ``expected``); None when the statistic has no absolute reference.
         rate_sign: +1 when a higher estimate means a higher ``events / exposure`` rate, -1 when
             it means a lower one (calibration = exposure / events).
+        reads: Every column ``compare`` and ``badness`` read, when declared: a scan of many
+            slices then carries those (and ``n``) alone. None: any column.
     """
 
     name: str
@@ -78,6 +80,13 @@ class RateTest:
     min_n: float = 200.0
     expected_sums: Callable[[float], SumsLike] | None = None
     rate_sign: int = 1
+    reads: tuple[str, ...] | None = None
+
+    def lean(self, frame: SubjectFrame) -> SubjectFrame:
+        """``frame`` with only the columns this test reads (and ``n``), when it declares them."""
+        if self.reads is None:
+            return frame
+        return frame.select(list(dict.fromkeys(["n", self.events, self.exposure, *self.reads])))
 
 
 Located = tuple[Comparison, tuple[int, int], int | None, tuple[int, int]]
@@ -204,8 +213,8 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
     else:
         fixed = None
     ref_total = fixed if fixed is not None else frame.span(comparand.ref, *ref_span)
-    cols = frame.sum_cols
-    n_at = cols.index("n")
+    cols, at = frame.sum_cols, frame.column_at
+    n_at = at["n"]
     t_cum = np.vstack([np.zeros(len(cols)), np.cumsum(tw, axis=0)])
     if t_cum[-1, n_at] < test.min_n or ref_total["n"] < test.min_n:
         return None
@@ -219,10 +228,10 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
     for a, b in grid:
         if t_cum[b, n_at] - t_cum[a, n_at] < floor_n:
             continue
-        rs = Sums(cols, r_cum[b] - r_cum[a]) if r_cum is not None else ref_total
+        rs = Sums(at, r_cum[b] - r_cum[a]) if r_cum is not None else ref_total
         if rs["n"] < floor_n:
             continue
-        c = test.compare(Sums(cols, t_cum[b] - t_cum[a]), rs, direction)
+        c = test.compare(Sums(at, t_cum[b] - t_cum[a]), rs, direction)
         if c.valid and (best is None or c.p_value < best[0].p_value):
             best = (c, (w.start + a, w.start + b))
     if best is None:

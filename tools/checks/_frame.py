@@ -13,15 +13,15 @@ relative, never in a verdict.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from tools.checks._arrays import Core, binned, core_of
+from tools.checks._sums import Comparand, Sums, SumsLike, Window
 from tools.telemetry import Subject
 
 __all__ = ["Comparand", "SubjectFrame", "Sums", "SumsLike", "Window"]
@@ -34,72 +34,6 @@ _T = TypeVar("_T")
 TENSOR_CELLS = 4_000_000
 """Largest per-dimension tensor (values x arms x minutes x columns; 32 MB) a frame keeps; past it
 (a week-long range) slices and drill-downs read the rows directly."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """Epoch minutes: the baseline ``[fetch_start, start)`` and the window ``[start, end)``."""
-
-    fetch_start: int
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        """Minutes in the window."""
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class Comparand:
-    """One test group against its reference.
-
-    ``concurrent``: the reference arm over the same minutes. Otherwise the group's own baseline
-    minutes, or, with ``expected`` set, a known value (a model's training calibration).
-    """
-
-    test: str
-    ref: str
-    concurrent: bool
-    expected: float | None = None
-
-    @property
-    def label(self) -> str:
-        """``test vs control``, ``arm vs its baseline`` or ``arm vs expected 1.0``."""
-        if self.concurrent:
-            return f"{self.test} vs {self.ref}"
-        if self.expected is not None:
-            return f"{self.test} vs expected {self.expected:g}"
-        return f"{self.test} vs its baseline"
-
-
-class SumsLike(Protocol):
-    """Summed cube columns read by name: a :class:`Sums` or a ``pd.Series`` of the same."""
-
-    def __getitem__(self, key: str, /) -> Any:
-        """The sum of column ``key``."""
-
-
-class Sums(Mapping[str, np.float64]):
-    """Column sums of one group, read by name like the ``pd.Series`` they stand in for.
-
-    Values are ``np.float64`` (as a float Series gives), so arithmetic on them behaves the same;
-    building one costs a dict, not a Series (the scans build hundreds).
-    """
-
-    __slots__ = ("_values",)
-
-    def __init__(self, columns: Sequence[str], values: _Floats) -> None:
-        self._values: dict[str, np.float64] = dict(zip(columns, values, strict=True))
-
-    def __getitem__(self, key: str, /) -> np.float64:
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 class SubjectFrame:
@@ -179,6 +113,11 @@ class SubjectFrame:
         return self.window.end - self.window.fetch_start
 
     @property
+    def column_at(self) -> Mapping[str, int]:
+        """:attr:`sum_cols` name -> position (shared, read-only)."""
+        return self._at
+
+    @property
     def _columns(self) -> pd.Index:
         """:attr:`sum_cols` as an index (built once: a string index costs a pandas array)."""
         if self._columns_index is None:
@@ -215,9 +154,9 @@ class SubjectFrame:
             hit = self._seen[key] = self._arms_of()
         if hit is None:
             core = self._arrays()
-            uniques = core.uniques[key]
-            counts = np.bincount(core.codes[key], minlength=len(uniques))
-            hit = tuple(sorted(str(uniques[int(i)]) for i in np.flatnonzero(counts)))
+            labels = core.labels(key)
+            counts = np.bincount(core.codes[key], minlength=len(labels))
+            hit = tuple(sorted(labels[np.flatnonzero(counts)].tolist()))
             self._seen[key] = hit
         return hit
 
@@ -267,6 +206,31 @@ class SubjectFrame:
             [*self.sum_cols, name],
             minutes,
         )
+
+    def select(self, columns: Sequence[str]) -> SubjectFrame:
+        """The same rows with only the additive ``columns``: a scan of many slices that reads a
+        few columns (a proportion's events and exposure) builds its per-slice sums over those
+        alone. Every sum is the same number as the full frame's. One per column list."""
+        return self.derived(f"select:{','.join(columns)}", lambda: self._select(columns))
+
+    def _select(self, columns: Sequence[str]) -> SubjectFrame:
+        idx = [self._at[c] for c in columns]
+
+        def core() -> Core:
+            c = self._arrays()
+            out = Core(lambda: c.columns[idx], c.offsets, c.codes, c.uniques)
+            out._lookup, out._labels = c._lookup, c._labels
+            return out
+
+        def rows() -> pd.DataFrame:
+            keep = [c for c in self.cube.columns if c not in self._at or c in columns]
+            return self.cube[keep]
+
+        # The parent's minute sums when it has them; else the child adds its own columns alone.
+        minutes = (lambda: self._per_minute()[:, :, idx]) if self._minutes is not None else None
+        child = self._child(core, rows, list(columns), minutes)
+        child._seen = self._seen  # the same rows: the same arms and values
+        return child
 
     def dim_values(self) -> int:
         """How many (dimension, value) slices the cube holds."""
@@ -326,7 +290,7 @@ class SubjectFrame:
 
     def span(self, arm: str, a: int, b: int) -> Sums:
         """Column sums of ``arm`` over ``[a, b)`` as a light :class:`Sums`."""
-        return Sums(self.sum_cols, self.span_vector(arm, a, b))
+        return Sums(self._at, self.span_vector(arm, a, b))
 
     def sums(self, arm: str, a: int, b: int) -> pd.Series:
         """Column sums of ``arm`` over epoch minutes ``[a, b)``."""
@@ -352,6 +316,23 @@ class SubjectFrame:
         ``model_id``, ``model_version``, dimensions) over the minutes ``span`` (every row when
         None), of one ``arm`` or all: ``cube.groupby(keys)[columns].sum().reset_index()``,
         combinations sorted."""
+        seen, sums = self.group_sums(keys, span, columns, arm=arm)
+        out: dict[str, Any] = self.key_values(keys, seen)
+        for j, col in enumerate(columns):
+            out[col] = sums[j]
+        return pd.DataFrame(out)
+
+    def group_sums(
+        self,
+        keys: Sequence[str],
+        span: tuple[int, int] | None = None,
+        columns: Sequence[str] = ("n",),
+        *,
+        arm: str | None = None,
+    ) -> tuple[_Ints, _Floats]:
+        """:meth:`grouped` as arrays: the combinations with rows there, as flat indexes into
+        the keys' codes (``np.ravel_multi_index``, ascending: sorted by value), and their sums
+        (one row per column, rows added in order)."""
         core = self._arrays()
         if span is None:
             keep = np.ones(len(core.offsets), dtype=bool)
@@ -366,17 +347,62 @@ class SubjectFrame:
         sizes = tuple(len(core.uniques[k]) for k in keys)
         group = np.ravel_multi_index(codes, sizes) if keys else np.zeros(int(keep.sum()), int)
         seen, inverse = np.unique(group, return_inverse=True)
-        out: dict[str, Any] = {}
-        for k, c in zip(keys, np.unravel_index(seen, sizes), strict=True):
-            out[k] = core.uniques[k].take(np.asarray(c, dtype=np.int64))
-        for col in columns:
+        sums = np.empty((len(columns), seen.size))
+        for j, col in enumerate(columns):
             values = core.columns[self._at[col]][keep]
-            out[col] = np.bincount(inverse, weights=values, minlength=seen.size)
-        return pd.DataFrame(out)
+            sums[j] = np.bincount(inverse, weights=values, minlength=seen.size)
+        return seen, sums
+
+    def key_values(self, keys: Sequence[str], flat: _Ints) -> dict[str, pd.Index]:
+        """The key values of combinations given as :meth:`group_sums`' flat indexes."""
+        if not keys:
+            return {}
+        core = self._arrays()
+        sizes = tuple(len(core.uniques[k]) for k in keys)
+        return {
+            k: core.uniques[k].take(np.asarray(c, dtype=np.int64))
+            for k, c in zip(keys, np.unravel_index(flat, sizes), strict=True)
+        }
+
+    def key_codes(self, keys: Sequence[str]) -> tuple[list[_Ints], list[pd.Index]]:
+        """Per key column (``arm``, ``model_id``, ``model_version``, dimensions): every row's
+        code, and the sorted values the codes index (shared, read-only)."""
+        core = self._arrays()
+        codes = [core.codes[k] for k in keys]  # factorises a model key on first read
+        return codes, [core.uniques[k] for k in keys]
+
+    def code(self, key: str, value: str) -> int:
+        """The code of ``value`` in key column ``key`` (-1 when it never occurs)."""
+        return self._arrays().code(key, value)
+
+    def row_column(self, column: str) -> _Floats:
+        """Every row's value of the additive column ``column`` (NaN as 0; shared, read-only)."""
+        out: _Floats = self._arrays().columns[self._at[column]]
+        return out
+
+    def row_minutes(self) -> _Ints:
+        """Every row's epoch minute (shared, read-only)."""
+        hit: _Ints | None = self._derived.get("row_minutes")
+        if hit is None:
+            offsets = self._arrays().offsets
+            if (offsets < 0).any():  # rows outside the fetched range: read them from the rows
+                hit = self.cube["minute"].to_numpy(np.int64)
+            else:
+                hit = offsets + self.window.fetch_start
+            self._derived["row_minutes"] = hit
+        return hit
 
     def dim_sums(self, arm: str, a: int, b: int, dim: str) -> pd.DataFrame:
         """Column sums of ``arm`` over minutes ``[a, b)`` per value of ``dim`` (the values with
         rows there, sorted)."""
+        values, out = self.dim_arrays(arm, a, b, dim)
+        return pd.DataFrame(out, index=pd.Index(values, name=dim), columns=self._columns)
+
+    def dim_arrays(
+        self, arm: str, a: int, b: int, dim: str
+    ) -> tuple[npt.NDArray[np.object_], _Floats]:
+        """:meth:`dim_sums` as arrays: the values (strings), and their sums (values x
+        :attr:`sum_cols`)."""
         core = self._arrays()
         w = self.window
         length = w.end - w.fetch_start
@@ -398,8 +424,7 @@ class SubjectFrame:
             out = np.empty((at.size, len(self.sum_cols)))
             for j, column in enumerate(core.columns[:, keep]):
                 out[:, j] = np.bincount(codes, weights=column, minlength=len(uniques))[at]
-        index = pd.Index(uniques[present], name=dim)
-        return pd.DataFrame(out, index=index, columns=self._columns)
+        return core.labels(dim)[present], out
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -410,9 +435,8 @@ class SubjectFrame:
         if code < 0:
             return ()
         _, rows = self._dim_tensor(dim)
-        uniques = core.uniques["arm"]
         present = np.flatnonzero(rows[code].sum(axis=1))
-        return tuple(sorted(str(uniques[int(i)]) for i in present))
+        return tuple(sorted(core.labels("arm")[present].tolist()))
 
     def _arm_index(self, arm: str) -> int | None:
         code = self._arrays().code("arm", arm)

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 
 from tools.checks._engine import Finding, RateTest, SubjectFrame, assess, is_bad
+from tools.checks._frame import Sums, SumsLike
 from tools.stats import Comparison, Direction, holm
 
 __all__ = ["localize", "refine"]
@@ -28,23 +28,35 @@ def localize(
     direction: Direction = "both" if comp.concurrent else test.direction
     way: Direction = "up" if finding.comparison.estimate > test.null else "down"
     results: list[tuple[str, str, Comparison, Comparison]] = []
+    frame = test.lean(frame)  # each value's sums of what the test reads alone
+    at = frame.column_at
+    fixed = None
+    if comp.expected is not None and test.expected_sums is not None:
+        fixed = test.expected_sums(comp.expected)  # every value's reference, and the rest's
     for dim in frame.dims:
-        t = frame.dim_sums(comp.test, *finding.focus, dim)
-        if comp.expected is not None and test.expected_sums is not None:
-            fixed = test.expected_sums(comp.expected)
-            r = pd.DataFrame([fixed] * len(t), index=t.index)
+        t_values, t = frame.dim_arrays(comp.test, *finding.focus, dim)
+        if fixed is None:
+            r_values, r = frame.dim_arrays(comp.ref, *finding.ref_span, dim)
         else:
-            r = frame.dim_sums(comp.ref, *finding.ref_span, dim)
-        values = [v for v in t.index if v in r.index]
+            r_values, r = t_values, t
+        r_row = {str(v): i for i, v in enumerate(r_values)}
+        values = [(i, str(v)) for i, v in enumerate(t_values) if str(v) in r_row]
         if len(values) < 2:
             continue
-        t_all, r_all = t.sum(), r.sum()
-        for v in values:
-            rest = r.loc[v] if comp.expected is not None else r_all - r.loc[v]
-            cv = test.compare(t.loc[v], r.loc[v], direction)
-            cc = test.compare(t_all - t.loc[v], rest, direction)
+        # Column sums as a frame's .sum() adds them (each column's values contiguous).
+        t_all = np.ascontiguousarray(t.T).sum(axis=1)
+        r_all = np.ascontiguousarray(r.T).sum(axis=1)
+        for i, v in values:
+            ref: SumsLike
+            rest: SumsLike
+            if fixed is None:
+                ref, rest = Sums(at, r[r_row[v]]), Sums(at, r_all - r[r_row[v]])
+            else:
+                ref = rest = fixed
+            cv = test.compare(Sums(at, t[i]), ref, direction)
+            cc = test.compare(Sums(at, t_all - t[i]), rest, direction)
             if cv.valid:
-                results.append((dim, str(v), cv, cc))
+                results.append((dim, v, cv, cc))
     if not results:
         return {}
     adj = holm([cv.p_value for _, _, cv, _ in results])

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from scipy import stats as sps
+from scipy.special import ndtri
 
 from tools.checks._engine import Comparand, Judgement, RateTest, SubjectFrame, SumsLike
 from tools.stats import Comparison
@@ -85,8 +86,9 @@ def mde_of(se: float, alpha: float, *, two_sided: bool, power: float = DEFAULT_P
     """
     if not math.isfinite(se) or se < 0:
         return math.inf
-    z_alpha = float(sps.norm.isf(alpha / (2 if two_sided else 1)))
-    return (z_alpha + float(sps.norm.ppf(power))) * se
+    # ndtri is what sps.norm.isf / ppf evaluate (isf(q) = -ndtri(q)), without their wrapper.
+    z_alpha = -float(ndtri(alpha / (2 if two_sided else 1)))
+    return (z_alpha + float(ndtri(power))) * se
 
 
 def _se(test: RateTest, c: Comparison) -> float:

@@ -15,7 +15,8 @@ import pandas as pd
 
 from tools.changepoint import regression_onset
 from tools.checks._engine import Comparand, SubjectFrame
-from tools.histograms import Reliability, reliability
+from tools.checks._hist import hist_arrays
+from tools.histograms import Reliability, reliability_of
 from tools.stats import holm, p_from_z, segment_grid
 from tools.telemetry import HistogramSpec
 
@@ -38,22 +39,22 @@ class SlopeFinding:
     culprit: str | None
 
 
+_FIT_SUMS = ("n", "sum_pred", "sum_label")
+"""The bins' sums a reliability fit reads, in :func:`tools.histograms.reliability_of`'s order."""
+
+
 class _Cube:
     """One arm's histogram as block x bin matrices of n, Σ prediction and Σ label."""
 
     def __init__(self, hist: pd.DataFrame, arm: str, n_blocks: int, n_bins: int) -> None:
-        rows = hist[(hist["arm"] == arm) & (hist["block"] < n_blocks) & (hist["block"] >= 0)]
-        b = rows["block"].to_numpy(int)
-        k = rows["bin"].to_numpy(int)
-        self.m = {}
-        for col in ("n", "sum_pred", "sum_label"):
-            mat = np.zeros((n_blocks, n_bins))
-            np.add.at(mat, (b, k), rows[col].to_numpy(float))
-            self.m[col] = mat
+        arrays = hist_arrays(hist, n_blocks, n_bins)
+        self.m = {col: arrays.matrix(arm, col) for col in _FIT_SUMS}
 
-    def binned(self, blocks: range) -> pd.DataFrame:
+    def binned(self, blocks: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per bin, the sums of n, Σ prediction and Σ label over ``blocks``."""
         sl = slice(max(blocks.start, 0), max(blocks.stop, 0))
-        return pd.DataFrame({col: mat[sl].sum(axis=0) for col, mat in self.m.items()})
+        n, pred, label = (self.m[col][sl].sum(axis=0) for col in _FIT_SUMS)
+        return n, pred, label
 
     def spread(self) -> np.ndarray:
         """Variance of logit(prediction) in each block (NaN for empty blocks)."""
@@ -107,7 +108,7 @@ def slope_findings(
     def fit(arm: str, blocks: range) -> Reliability | None:
         key = (arm, blocks.start, blocks.stop)
         if key not in fits:
-            fits[key] = reliability(cubes[arm].binned(blocks))
+            fits[key] = reliability_of(*cubes[arm].binned(blocks))
         return fits[key]
 
     spreads: dict[Comparand, int | None] = {}

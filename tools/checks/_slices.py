@@ -80,12 +80,13 @@ def slice_scan(
     if not comparands:
         return None
     w = frame.window
+    small = test.lean(frame)  # the slices' sums of what the test reads alone
     candidates: list[tuple[dict[str, str], SubjectFrame]] = []
     for dim in frame.dims:  # the dimensions the cube holds
-        counts = frame.grouped([dim], (w.start, w.end))
-        sizes = zip(counts[dim], counts["n"], strict=True)
+        seen, counts = small.group_sums([dim], (w.start, w.end))
+        sizes = zip(small.key_values([dim], seen)[dim].tolist(), counts[0], strict=True)
         for value in sorted(str(v) for v, n in sizes if n >= min_n):
-            candidates.append(({dim: value}, frame.slice({dim: value})))
+            candidates.append(({dim: value}, small.slice({dim: value})))
     k = len(candidates)
     if k < 2:
         return None
@@ -106,7 +107,7 @@ def slice_scan(
             _RANK[best.judgement.verdict],
             -(best.judgement.finding.adjusted_p if best.judgement.finding else 1.0),
         ):
-            best = SliceHit(where, part, j, k)
+            best = SliceHit(where, part if small is frame else frame.slice(where), j, k)
     return best
 
 

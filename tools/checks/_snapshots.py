@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from tools.checks._engine import SubjectFrame
 from tools.telemetry import to_datetime, to_minute
 
-__all__ = ["Served", "serving"]
+__all__ = ["Served", "Versions", "serving", "top_served", "versions"]
 
 _SHARP = 0.1
 """A version localises to the dimension values where it serves over 90 % (under 10 % elsewhere)."""
@@ -92,39 +93,41 @@ def serving(
     """
     w = frame.window
     keys = ["model_id", "model_version"]
-    c = frame.cube
-    arm_rows = c.loc[c["arm"].to_numpy() == arm, ["minute", "n", *keys, *frame.dims]]
-    minute = arm_rows["minute"].to_numpy()
-    rows = arm_rows[(minute < w.end) & (arm_rows["n"].to_numpy() > 0)]
-    if rows.empty:
+    v = versions(frame, arm)
+    inside = v.minute < w.end
+    if not inside.any():
         return []
-    end = int(rows["minute"].max())
-    recent = rows[rows["minute"].to_numpy() > end - recent_minutes]
-    total = float(recent["n"].sum())
-    by = recent.groupby(keys, sort=False, observed=True)["n"].sum()
-    span = rows.groupby(keys, sort=False, observed=True)["minute"]
-    firsts, lasts = span.min().to_dict(), span.max().to_dict()
+    minute, pair = v.minute[inside], v.pair[inside]
+    end = int(minute.max())
+    recent_rows = minute > end - recent_minutes
+    recent_pair, recent_n = pair[recent_rows], v.n[inside][recent_rows]
+    # Requests are counts: their float sums are exact in any order.
+    total = float(recent_n.sum())
+    seen, first_at, inverse = np.unique(recent_pair, return_index=True, return_inverse=True)
+    by_n = np.bincount(inverse.ravel(), weights=recent_n, minlength=seen.size)
+    firsts, lasts = _extremes(pair, minute)
     out: list[Served] = []
     raw_keys: list[object] = []
-    per_model: dict[str, tuple[pd.DataFrame, float]] = {}
-    for key, n in by.items():
-        model_id, version = (str(k) for k in key) if isinstance(key, tuple) else ("", "")
-        share = float(n) / total if total > 0 else 0.0
+    per_model: dict[str, _Model] = {}
+    until = np.datetime64(to_datetime(w.end))
+    for i in np.argsort(first_at, kind="stable"):  # in order of appearance, as groupby(sort=False)
+        code = int(seen[i])
+        key = v.keys[code]
+        model_id, version = key
+        share = float(by_n[i]) / total if total > 0 else 0.0
         if share < min_share:
             continue
         if model_id not in per_model:
-            mine = snapshots[snapshots["model_id"] == model_id]
-            lags = (mine["published_at"] - mine["trained_at"]).dt.total_seconds() / 60
-            per_model[model_id] = (mine, float(lags.median()) if len(lags) else 0.0)
-        snaps, median_lag = per_model[model_id]
-        row = snaps[snaps["model_version"] == version]
-        trained = to_minute(row["trained_at"].iloc[0].to_pydatetime()) if len(row) else None
-        lag = lag_minutes if lag_minutes is not None else median_lag
-        newer = snaps[
-            (snaps["trained_at"] > (row["trained_at"].iloc[0] if len(row) else pd.Timestamp.max))
-            & (snaps["published_at"] < to_datetime(w.end))
-        ].sort_values("published_at")
-        first, last = int(firsts[key]), int(lasts[key])
+            per_model[model_id] = _Model.of(snapshots, model_id)
+        m = per_model[model_id]
+        at = np.flatnonzero(m.versions == version)
+        trained = _minute(m.trained[at[0]]) if at.size else None
+        lag = lag_minutes if lag_minutes is not None else m.median_lag
+        later = (m.trained > m.trained[at[0]]) if at.size else np.zeros(len(m.versions), bool)
+        newer = np.flatnonzero(later & (m.published < until))
+        if newer.size:  # the first published (the order pandas' sort_values gives)
+            newer = newer[np.argsort(m.published[newer], kind="quicksort")]
+        first, last = firsts[code], lasts[code]
         out.append(
             Served(
                 arm=arm,
@@ -136,10 +139,8 @@ def serving(
                 share=share,
                 refresh=refresh,
                 lag=lag,
-                newer=str(newer["model_version"].iloc[0]) if len(newer) else None,
-                newer_published=(
-                    to_minute(newer["published_at"].iloc[0].to_pydatetime()) if len(newer) else None
-                ),
+                newer=str(m.versions[newer[0]]) if newer.size else None,
+                newer_published=_minute(m.published[newer[0]]) if newer.size else None,
                 where={},
             )
         )
@@ -147,10 +148,90 @@ def serving(
     # Where a version serves is asked only of one overdue while others serve the same arm.
     partial = [i for i, a in enumerate(out) if a.overdue > 0 and a.share < 1.0 - min_share]
     if partial:
+        c = frame.cube
+        rows = c.loc[c["arm"].to_numpy() == arm, ["minute", "n", *keys, *frame.dims]]
+        rows = rows[(rows["minute"].to_numpy() < w.end) & (rows["n"].to_numpy() > 0)]
+        recent = rows[rows["minute"].to_numpy() > end - recent_minutes]
         tables = _dim_tables(frame, recent, keys)
         for i in partial:
             out[i] = replace(out[i], where=_where(tables, raw_keys[i]))
     return out
+
+
+@dataclass(frozen=True)
+class _Model:
+    """One model's snapshots as arrays, and its median training-to-publishing lag."""
+
+    versions: npt.NDArray[np.object_]
+    trained: npt.NDArray[np.datetime64]
+    published: npt.NDArray[np.datetime64]
+    median_lag: float
+
+    @classmethod
+    def of(cls, snapshots: pd.DataFrame, model_id: str) -> _Model:
+        mine = snapshots[snapshots["model_id"] == model_id]
+        lags = (mine["published_at"] - mine["trained_at"]).dt.total_seconds() / 60
+        return cls(
+            mine["model_version"].to_numpy(object),
+            mine["trained_at"].to_numpy(),
+            mine["published_at"].to_numpy(),
+            float(lags.median()) if len(lags) else 0.0,
+        )
+
+
+def _minute(at: np.datetime64) -> int:
+    return to_minute(pd.Timestamp(at).to_pydatetime())
+
+
+@dataclass(frozen=True)
+class Versions:
+    """An arm's rows with requests: their minute, requests and (model, version) pair.
+
+    ``pair`` indexes ``keys``, the (model_id, model_version) pairs of the whole subject.
+    """
+
+    minute: npt.NDArray[np.int64]
+    n: npt.NDArray[np.float64]
+    pair: npt.NDArray[np.int64]
+    keys: list[tuple[str, str]]
+
+    def first_served(self) -> dict[tuple[str, str], int]:
+        """(model_id, model_version) -> the first minute it served the arm."""
+        firsts, _ = _extremes(self.pair, self.minute)
+        return {self.keys[code]: first for code, first in firsts.items()}
+
+
+def versions(frame: SubjectFrame, arm: str) -> Versions:
+    """``arm``'s rows with requests and what served them, from the frame's arrays (computed
+    once per frame and arm)."""
+
+    def build() -> Versions:
+        codes, uniques = frame.key_codes(["arm", "model_id", "model_version"])
+        n = frame.row_column("n")
+        keep = (codes[0] == frame.code("arm", arm)) & (n > 0)
+        ids, vers = [str(v) for v in uniques[1]], [str(v) for v in uniques[2]]
+        seen, pair = np.unique(codes[1][keep] * len(vers) + codes[2][keep], return_inverse=True)
+        keys = [(ids[int(c) // len(vers)], vers[int(c) % len(vers)]) for c in seen]
+        return Versions(frame.row_minutes()[keep], n[keep], pair.ravel(), keys)
+
+    return frame.derived(f"versions:{arm}", build)
+
+
+def _extremes(
+    pair: npt.NDArray[np.int64], minute: npt.NDArray[np.int64]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Pair code -> its first and its last minute."""
+    if not pair.size:
+        return {}, {}
+    order = np.argsort(pair, kind="stable")
+    p, m = pair[order], minute[order]
+    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+    codes = [int(c) for c in p[starts]]
+    lo, hi = np.minimum.reduceat(m, starts), np.maximum.reduceat(m, starts)
+    return (
+        dict(zip(codes, (int(x) for x in lo), strict=True)),
+        dict(zip(codes, (int(x) for x in hi), strict=True)),
+    )
 
 
 def _dim_tables(
@@ -182,3 +263,29 @@ def _where(tables: Mapping[str, pd.DataFrame], key: object) -> dict[str, tuple[s
         if held and len(rest) and bool((rest <= _SHARP).all()):
             out[dim] = tuple(sorted(held))
     return out
+
+
+def top_served(
+    frame: SubjectFrame, keys: tuple[str, ...]
+) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    """Per arm, the values of ``keys`` (``model_id``, ``model_version``) that served most of its
+    window requests; and every model id serving in the window, sorted (computed once per frame).
+
+    Ties go as ``group.sort_values("n").iloc[-1]`` breaks them (a quicksort by requests, the last).
+    """
+
+    def build() -> tuple[dict[str, tuple[str, ...]], list[str]]:
+        w = frame.window
+        by = frame.grouped(["arm", *keys], (w.start, w.end))
+        arms = by["arm"].to_numpy(object)
+        n = by["n"].to_numpy(np.float64)
+        values = [by[k].to_numpy(object) for k in keys]
+        top: dict[str, tuple[str, ...]] = {}
+        for arm in sorted({str(a) for a in arms}):
+            rows = np.flatnonzero(arms == arm)
+            last = rows[np.argsort(n[rows], kind="quicksort")[-1]]
+            top[arm] = tuple(str(v[last]) for v in values)
+        ids = sorted({str(m) for m in by["model_id"].unique().tolist()}) if len(by) else []
+        return top, ids
+
+    return frame.derived(f"top_served:{','.join(keys)}", build)

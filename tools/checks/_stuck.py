@@ -26,6 +26,7 @@ import pandas as pd
 from scipy.special import bdtrc, ndtr, ndtri
 
 from tools.checks._engine import Comparand, SubjectFrame
+from tools.checks._hist import hist_arrays
 from tools.stats import holm, segment_grid
 
 __all__ = ["Stuck", "stuck_mde", "stuck_scan"]
@@ -73,12 +74,8 @@ class Stuck:
 def _matrices(
     hist: pd.DataFrame, arm: str, n_blocks: int, n_bins: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    rows = hist[(hist["arm"] == arm) & (hist["block"] >= 0) & (hist["block"] < n_blocks)]
-    b, k = rows["block"].to_numpy(int), rows["bin"].to_numpy(int)
-    n, s = np.zeros((n_blocks, n_bins)), np.zeros((n_blocks, n_bins))
-    np.add.at(n, (b, k), rows["n"].to_numpy(float))
-    np.add.at(s, (b, k), rows["sum_pred"].to_numpy(float))
-    return n, s
+    arrays = hist_arrays(hist, n_blocks, n_bins)
+    return arrays.matrix(arm, "n"), arrays.matrix(arm, "sum_pred")
 
 
 def _blocks(fetch_start: int, span: tuple[int, int], block: int) -> slice:

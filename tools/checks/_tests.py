@@ -40,6 +40,7 @@ def _mean_test(name: str, total: str, squares: str, direction: Direction, rel: f
         fail_effect=rel,
         warn_effect=rel / 2,
         unit="%",
+        reads=(total, squares),
     )
 
 

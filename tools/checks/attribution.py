@@ -211,16 +211,33 @@ _LEAF_SUMS = sorted({total for total, _ in ATTRIBUTABLE.values()} | {"n"})
 """Every attributable metric's sum and the request count: one grouping serves them all."""
 
 
-def _leaf_sums(frame: SubjectFrame) -> pd.DataFrame:
-    """Per combination of dimension values, every :data:`_LEAF_SUMS` column now (``_w``) and
-    in the baseline (``_b``); computed once per frame, however many metrics are attributed."""
+@dataclass(frozen=True)
+class _LeafSums:
+    """Per combination of dimension values with rows now or in the baseline (sorted by value):
+    the values, and every :data:`_LEAF_SUMS` column now and in the baseline (0 where none)."""
+
+    values: dict[str, pd.Index]
+    now: dict[str, np.ndarray]
+    before: dict[str, np.ndarray]
+
+
+def _leaf_sums(frame: SubjectFrame) -> _LeafSums:
+    """:class:`_LeafSums` of the frame: an outer join of the window's and the baseline's sums
+    per combination; computed once per frame, however many metrics are attributed."""
     w = frame.window
     dims = list(frame.dims)
     cols = [col for col in _LEAF_SUMS if col in frame.sum_cols]
-    now = frame.grouped(dims, (w.start, w.end), cols, arm="all").set_index(dims)
-    before = frame.grouped(dims, (w.fetch_start, w.start), cols, arm="all").set_index(dims)
-    both = now.merge(before, left_index=True, right_index=True, how="outer", suffixes=("_w", "_b"))
-    return both.fillna(0.0).reset_index()
+    seen_w, now = frame.group_sums(dims, (w.start, w.end), cols, arm="all")
+    seen_b, before = frame.group_sums(dims, (w.fetch_start, w.start), cols, arm="all")
+    union = np.union1d(seen_w, seen_b)
+    spread_w, spread_b = np.zeros((len(cols), union.size)), np.zeros((len(cols), union.size))
+    spread_w[:, np.searchsorted(union, seen_w)] = now
+    spread_b[:, np.searchsorted(union, seen_b)] = before
+    return _LeafSums(
+        frame.key_values(dims, union),
+        dict(zip(cols, spread_w, strict=True)),
+        dict(zip(cols, spread_b, strict=True)),
+    )
 
 
 def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
@@ -229,11 +246,11 @@ def _leaves(frame: SubjectFrame, cols: tuple[str, str]) -> pd.DataFrame:
     both = frame.derived("attribution_leaves", lambda: _leaf_sums(frame))
     return pd.DataFrame(
         {
-            **{d: both[d].astype(str) for d in dims},
-            "real": both[f"{cols[0]}_w"],
-            "real_den": both["n_w"],
-            "forecast": both[f"{cols[0]}_b"],
-            "forecast_den": both["n_b"],
+            **{d: both.values[d].astype(str) for d in dims},
+            "real": both.now[cols[0]],
+            "real_den": both.now["n"],
+            "forecast": both.before[cols[0]],
+            "forecast_den": both.before["n"],
         }
     )
 
@@ -294,7 +311,7 @@ def attribution_check(
     spec = metric_spec(metric)
     cols = ATTRIBUTABLE[metric]
     w = frame.window
-    cur, base = frame.sums("all", w.start, w.end), frame.sums("all", w.fetch_start, w.start)
+    cur, base = frame.span("all", w.start, w.end), frame.span("all", w.fetch_start, w.start)
     if cur["n"] < p.min_requests or base["n"] < p.min_requests:
         return no_data(
             "attribution", frame, "Too little traffic in the window or baseline.", settings
@@ -420,7 +437,7 @@ def _ratio(
     from tools.checks._attribution_ratio import ratio_attribution
 
     w = frame.window
-    cur, base = frame.sums("all", w.start, w.end), frame.sums("all", w.fetch_start, w.start)
+    cur, base = frame.span("all", w.start, w.end), frame.span("all", w.fetch_start, w.start)
     if cur["n"] < p.min_requests or base["n"] < p.min_requests:
         return no_data(
             "attribution", frame, "Too little traffic in the window or baseline.", settings

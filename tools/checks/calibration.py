@@ -13,6 +13,7 @@ clicks per request (a measurement fault); that is the evidence that rules the ri
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,9 +37,11 @@ from tools.checks._engine import (
     SumsLike,
     assess,
 )
+from tools.checks._frame import Sums
+from tools.checks._hist import hist_arrays
 from tools.checks._movement import movement
 from tools.checks._slices import diluted_note, judge_with_slices
-from tools.histograms import bin_sums, calibration_buckets
+from tools.histograms import calibration_buckets
 from tools.result import CheckResult, Evidence
 from tools.stats import Comparison, Direction, compare_rates, poisson_interval
 from tools.telemetry import HistogramSpec
@@ -117,19 +120,22 @@ def calibration_test(p: CalibrationParams) -> RateTest:
         min_n=200,
         expected_sums=_expected,
         rate_sign=-1,
+        reads=("sum_label_v", "sum_pred"),
     )
 
 
-def _expected(calibration: float) -> pd.Series:
+@functools.lru_cache(maxsize=64)
+def _expected(calibration: float) -> Sums:
     # A reference with so many clicks that its noise vanishes: the test arm's own counts decide.
+    # (Read-only, so one per value serves every comparison.)
     clicks = 1e12
-    return pd.Series({"n": clicks, "sum_label_v": clicks, "sum_pred": clicks * calibration})
+    return Sums(("n", "sum_label_v", "sum_pred"), np.array([clicks, clicks, clicks * calibration]))
 
 
 def _describe(f: Finding, frame: SubjectFrame) -> str:
     c = f.comparand
-    t = frame.sums(c.test, *f.focus)
-    r = frame.sums(c.ref, *f.ref_span)
+    t = frame.span(c.test, *f.focus)
+    r = frame.span(c.ref, *f.ref_span)
     cal_t = t["sum_pred"] / max(t["sum_label_v"], 1.0)
     cal_r = r["sum_pred"] / max(r["sum_label_v"], 1.0)
     if c.concurrent:
@@ -221,7 +227,7 @@ def _arm_calibration(
     w = frame.window
     rows, off = [], []
     for arm in frame.arms:
-        s = frame.sums(arm, w.start, w.end)
+        s = frame.span(arm, w.start, w.end)
         est, lo, hi = calibration_interval(float(s["sum_pred"]), float(s["sum_label_v"]))
         expected = training.get(arm, float("nan"))
         rows.append(
@@ -248,8 +254,9 @@ def _bucket_evidence(
     first = (w.start - w.fetch_start) // block_minutes
     last = -(-(w.end - w.fetch_start) // block_minutes)
     parts = []
+    arrays = hist_arrays(hist, last, spec.n_bins)
     for arm in frame.arms:
-        binned = bin_sums(hist, arm, range(first, last), spec.n_bins)
+        binned = arrays.frame(arm, range(first, last))
         buckets = calibration_buckets(binned, k)
         buckets.insert(0, "arm", arm)
         parts.append(buckets)

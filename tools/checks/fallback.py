@@ -101,6 +101,7 @@ def proportion_test(
         warn_effect=warn,
         unit="pp",
         min_n=min_n,
+        reads=(events, exposure),
     )
 
 
@@ -109,8 +110,8 @@ def describe_rate(metric: str) -> Callable[[Finding, SubjectFrame], str]:
 
     def describe(f: Finding, frame: SubjectFrame) -> str:
         c = f.comparand
-        t = frame.sums(c.test, *f.focus)
-        r = frame.sums(c.ref, *f.ref_span)
+        t = frame.span(c.test, *f.focus)
+        r = frame.span(c.ref, *f.ref_span)
         rate_t = t[f.test.events] / max(t[f.test.exposure], 1.0)
         rate_r = r[f.test.events] / max(r[f.test.exposure], 1.0)
         if c.concurrent:
@@ -187,8 +188,8 @@ def _with_errors(result: CheckResult, frame: SubjectFrame, judgement: Judgement)
     f = judgement.finding
     if result.verdict not in ("fail", "warn") or f is None:
         return result
-    t = frame.sums(f.comparand.test, *f.focus)
-    r = frame.sums(f.comparand.ref, *f.ref_span)
+    t = frame.span(f.comparand.test, *f.focus)
+    r = frame.span(f.comparand.ref, *f.ref_span)
     if t["n"] <= 0 or r["n"] <= 0:
         return result
     err_t, err_r = float(t["n_error"] / t["n"]), float(r["n_error"] / r["n"])

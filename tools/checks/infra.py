@@ -34,7 +34,7 @@ from tools.checks._engine import (
     judge,
 )
 from tools.checks.fallback import proportion_test
-from tools.metrics import latency_quantile
+from tools.metrics import metric_array
 from tools.result import CheckResult, Evidence
 from tools.stats import compare_proportions
 from tools.telemetry import LATENCY_LADDER_MS
@@ -82,10 +82,11 @@ class InfraParams:
 def _ladder_at_p99(frame: SubjectFrame) -> tuple[int, float] | None:
     """Index of the first ladder threshold at or above the baseline p99, and that p99."""
     w = frame.window
-    base = frame.sums("all", w.fetch_start, w.start).to_frame().T
-    if "lat_gt_0" not in base.columns or float(base["n_latency"].iloc[0]) <= 0:
+    total = frame.span_vector("all", w.fetch_start, w.start)
+    base = {col: total[j : j + 1] for j, col in enumerate(frame.sum_cols)}  # one row
+    if "lat_gt_0" not in base or float(base["n_latency"][0]) <= 0:
         return None
-    p99 = float(latency_quantile(base, 0.99).iloc[0])
+    p99 = float(metric_array(base, "latency_p99")[0])
     k = int(np.searchsorted(np.asarray(LATENCY_LADDER_MS), p99 - 1e-9))
     return min(k, len(LATENCY_LADDER_MS) - 1), p99
 
@@ -100,9 +101,9 @@ def _owner(
     """The experiment arm holding most of the excess errors, if any, and a table per arm."""
     if experiments is None or not len(experiments):
         return None, None
-    base = frame.sums("all", *f.ref_span)
+    base = frame.span("all", *f.ref_span)
     base_rate = float(base["n_error"] / max(base["n"], 1.0))
-    total = frame.sums("all", *f.focus)
+    total = frame.span("all", *f.focus)
     excess_total = float(total["n_error"] - total["n"] * base_rate)
     rows = experiments[(experiments["minute"] >= f.focus[0]) & (experiments["minute"] < f.focus[1])]
     per = rows.groupby(["experiment_id", "arm"])[["n", "n_error"]].sum().reset_index()
@@ -156,7 +157,7 @@ def infra_check(
     p = params or InfraParams()
     settings = params_of(p)
     w = frame.window
-    if frame.sums("all", w.fetch_start, w.start)["n"] < p.min_requests:
+    if frame.span("all", w.fetch_start, w.start)["n"] < p.min_requests:
         return no_data(
             "infra", frame, "No baseline traffic before the window to compare with.", settings
         )
@@ -272,10 +273,11 @@ def _slice_scan(
     findings: list[Finding | None] = []
     wheres: list[dict[str, str]] = []
     w = frame.window
+    small = errors.lean(frame)  # the slices' sums of what the error test reads alone
     for dim in frame.dims:
-        for value in frame.values(dim):
-            part = frame.slice({dim: value})
-            if part.sums("all", w.fetch_start, w.start)["n"] < p.min_requests:
+        for value in small.values(dim):
+            part = small.slice({dim: value})
+            if part.span("all", w.fetch_start, w.start)["n"] < p.min_requests:
                 continue
             findings.append(assess(part, comparand, errors))
             wheres.append({dim: value})
@@ -292,8 +294,8 @@ def _slice_scan(
 
 
 def _describe(f: Finding, frame: SubjectFrame) -> str:
-    t = frame.sums("all", *f.focus)
-    r = frame.sums("all", *f.ref_span)
+    t = frame.span("all", *f.focus)
+    r = frame.span("all", *f.ref_span)
     rate_t = t[f.test.events] / max(t[f.test.exposure], 1.0)
     rate_r = r[f.test.events] / max(r[f.test.exposure], 1.0)
     return f"{f.test.name} of all traffic rose to {rate_t:.2%} from {rate_r:.2%}"

@@ -117,13 +117,14 @@ def ne_test(p: NEParams) -> RateTest:
         warn_effect=p.rel_increase_warn,
         unit="%",
         min_n=p.min_requests,
+        reads=("sum_label_v", "n_ll", "sum_ll", "sum_ll2"),
     )
 
 
 def _describe(f: Finding, frame: SubjectFrame) -> str:
     c = f.comparand
-    t = frame.sums(c.test, *f.focus)
-    r = frame.sums(c.ref, *f.ref_span)
+    t = frame.span(c.test, *f.focus)
+    r = frame.span(c.ref, *f.ref_span)
     ne_t = normalized_entropy(float(t["sum_ll"]), float(t["n_ll"]), float(t["sum_label_v"]))
     ne_r = normalized_entropy(float(r["sum_ll"]), float(r["n_ll"]), float(r["sum_label_v"]))
     if c.concurrent:
@@ -141,7 +142,7 @@ def _training_table(
     w = frame.window
     rows, off = [], []
     for arm in frame.arms:
-        s = frame.sums(arm, w.start, w.end)
+        s = frame.span(arm, w.start, w.end)
         ne = normalized_entropy(float(s["sum_ll"]), float(s["n_ll"]), float(s["sum_label_v"]))
         train = training.get(arm, float("nan"))
         gap = ne / train - 1 if np.isfinite(train) and train > 0 else float("nan")
@@ -302,8 +303,8 @@ def _beyond_rescaling(f: SlopeFinding, frame: SubjectFrame) -> bool:
     c = f.comparand
     w = frame.window
     ref_span = f.focus if c.concurrent else (w.fetch_start, min(w.start, f.focus[0]))
-    t = frame.sums(c.test, *f.focus)
-    r = frame.sums(c.ref, *ref_span)
+    t = frame.span(c.test, *f.focus)
+    r = frame.span(c.ref, *ref_span)
     parts = [float(t["sum_pred"]), float(t["sum_label_v"]), float(r["sum_pred"])]
     parts.append(float(r["sum_label_v"]))
     if min(parts) <= 0 or not (np.isfinite(f.ratio) and f.ratio > 0):

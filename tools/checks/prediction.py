@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy.special import ndtr
 
 from tools.checks._common import (
     Described,
@@ -39,9 +39,10 @@ from tools.checks._engine import (
     assess,
     judge,
 )
+from tools.checks._hist import hist_arrays
 from tools.checks._stuck import Stuck, stuck_mde, stuck_scan
 from tools.checks.fallback import describe_rate, proportion_test
-from tools.histograms import PointMass, Shift, bin_sums, point_mass, shift
+from tools.histograms import PointMass, Shift, point_mass, shift
 from tools.result import CheckResult, Effect, Evidence
 from tools.stats import Comparison, Direction, epidemic_segment
 from tools.telemetry import HistogramSpec, to_datetime
@@ -121,11 +122,13 @@ def _variance_test(p: PredictionParams, kurtosis: float) -> RateTest:
         se = float(np.sqrt((k - 1) * (1 / t["n_pred"] + 1 / r["n_pred"])))
         lr = float(np.log(vt / vr))
         z = lr / se
-        p_val = {
-            "down": float(sps.norm.cdf(z)),
-            "up": float(sps.norm.sf(z)),
-            "both": float(2 * sps.norm.sf(abs(z))),
-        }[d]
+        # ndtr is what sps.norm.cdf / sf evaluate, without their wrapper.
+        if d == "down":
+            p_val = float(ndtr(z))
+        elif d == "up":
+            p_val = float(ndtr(-z))
+        else:
+            p_val = float(2 * ndtr(-abs(z)))
         return Comparison(
             float(np.exp(lr)),
             float(np.exp(lr - 1.96 * se)),
@@ -186,12 +189,13 @@ def _histogram_tests(
     w = frame.window
     out = []
     edges = spec.edges()
+    arrays = hist_arrays(hist, -(-(w.end - w.fetch_start) // block_minutes), spec.n_bins)
     for comp in frame.comparands():
-        t = bin_sums(hist, comp.test, _blocks(frame, focus, block_minutes), spec.n_bins)
+        t = arrays.frame(comp.test, _blocks(frame, focus, block_minutes))
         ref_span = focus if comp.concurrent else (w.fetch_start, min(w.start, focus[0]))
         if ref_span[1] <= ref_span[0]:
             continue
-        r = bin_sums(hist, comp.ref, _blocks(frame, ref_span, block_minutes), spec.n_bins)
+        r = arrays.frame(comp.ref, _blocks(frame, ref_span, block_minutes))
         if t["n"].sum() < 50 or r["n"].sum() < 50:
             continue
         out.append(_Blocked(comp, point_mass(t, r), shift(t, r, edges)))

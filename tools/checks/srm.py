@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -69,12 +70,18 @@ def srm_mde(total: float, shares: Sequence[float], alpha: float, power: float = 
     k = len(shares)
     if total <= 0 or k < 2:
         return float("inf")
-    df = k - 1
+    lam = _noncentrality(k - 1, alpha, power)
+    return max(float(np.sqrt(lam * q * (1 - q) / total)) for q in shares if 0 < q < 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _noncentrality(df: int, alpha: float, power: float) -> float:
+    """The noncentrality at which Pearson's test at ``alpha`` rejects with ``power`` (a root
+    search over the noncentral chi-square: computed once per level)."""
     crit = float(sps.chi2.isf(alpha, df))
-    lam = float(
+    return float(
         optimize.brentq(lambda x: float(sps.ncx2.sf(crit, df, x)) - power, 1e-9, 1e6, xtol=1e-9)
     )
-    return max(float(np.sqrt(lam * q * (1 - q) / total)) for q in shares if 0 < q < 1)
 
 
 def _share_test(q: float, deff: float) -> RateTest:
@@ -108,6 +115,7 @@ def _share_test(q: float, deff: float) -> RateTest:
         fail_effect=0.0,
         warn_effect=0.0,
         unit="pp",
+        reads=("n",),
     )
 
 
@@ -239,7 +247,7 @@ def srm_check(
         deff = float(indexed["exposures"].sum() / max(float(indexed["units"].sum()), 1.0))
         test = _share_test(q_pair, max(deff, 1.0))
         focus = (max(onset or frame.window.start, frame.window.fetch_start), frame.window.end)
-        c = test.compare(frame.sums(arm, *focus), frame.sums(other, *focus), "down")
+        c = test.compare(frame.span(arm, *focus), frame.span(other, *focus), "down")
         finding = Finding(Comparand(arm, other, True), test, c, p_value, focus, onset, focus, arm)
         where = localize(frame, finding)
     text = (

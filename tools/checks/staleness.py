@@ -35,7 +35,7 @@ import pandas as pd
 from tools.checks._common import fmt_p, fmt_time, no_data, params_of, subject_name, table
 from tools.checks._engine import SubjectFrame
 from tools.checks._shape import Shape, series_shape, slope_series
-from tools.checks._snapshots import Served, serving
+from tools.checks._snapshots import Served, serving, versions
 from tools.result import CheckResult, Effect, Evidence, Scalar
 from tools.telemetry import HistogramSpec, to_datetime
 
@@ -247,19 +247,14 @@ def _shape_text(
 def _began_after(frame: SubjectFrame, arm: str, minute: int, slack: int = 3) -> bool:
     """Whether ``arm`` began serving a new version more than ``slack`` minutes after ``minute``
     (a ramp with no new snapshot since it began is a model left behind by the world)."""
-    c = frame.cube
-    rows = c[(c["arm"] == arm) & (c["n"] > 0)]
-    firsts = rows.groupby(["model_id", "model_version"])["minute"].min()
-    return bool((firsts > minute + slack).any())
+    firsts = versions(frame, arm).first_served().values()
+    return any(first > minute + slack for first in firsts)
 
 
 def _moved_near(frame: SubjectFrame, arm: str, minute: int, slack: int = 3) -> bool:
     """Whether ``arm`` began serving a version within ``slack`` minutes of ``minute``."""
-    c = frame.cube
-    rows = c[(c["arm"] == arm) & (c["n"] > 0)]
-    firsts = rows.groupby(["model_id", "model_version"])["minute"].min()
-    began = firsts[firsts > frame.window.fetch_start]
-    return bool(((began - minute).abs() <= slack).any())
+    firsts = versions(frame, arm).first_served().values()
+    return any(abs(f - minute) <= slack for f in firsts if f > frame.window.fetch_start)
 
 
 def _row(a: Served, f: _Fit | None, p: StalenessParams) -> dict[str, Scalar]:
@@ -309,7 +304,7 @@ def staleness_check(
     p = params or StalenessParams()
     settings = params_of(p)
     w = frame.window
-    arms = [a for a in frame.arms if frame.sums(a, w.start, w.end)["n"] >= p.min_requests]
+    arms = [a for a in frame.arms if frame.span(a, w.start, w.end)["n"] >= p.min_requests]
     served = [
         s
         for arm in arms
