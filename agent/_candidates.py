@@ -16,7 +16,14 @@ from agent.models import Alert
 from agent.playbook import CauseRule
 from agent.state import CheckOutcome, Suspect
 
-__all__ = ["EXPLAINED_DISCOUNT", "EXPLAINS_SHARE", "Candidate", "explain", "reach_of"]
+__all__ = [
+    "EXPLAINED_DISCOUNT",
+    "EXPLAINS_SHARE",
+    "Candidate",
+    "accounts_for_clicks",
+    "explain",
+    "reach_of",
+]
 
 EXPLAINED_DISCOUNT = 0.4
 EXPLAINS_SHARE = 0.5
@@ -128,6 +135,47 @@ def reach_of(c: Candidate, alert: Alert | None, reach: Mapping[str, float] | Non
         return 1.0
     share = reach.get(c.subject.id or "")
     return 1.0 if share is None else share
+
+
+CLICK_ALERTS = frozenset({"ctr", "revenue"})
+"""Alerted metrics that move with the logged clicks per request."""
+
+
+def _clicks_moved(c: Candidate) -> float | None:
+    """The relative change of clicks per request a failing finding of ``c`` measured."""
+    for o in c.matched:
+        moved = o.result.params.get("ctr_change")
+        if o.result.verdict == "fail" and isinstance(moved, int | float):
+            return abs(float(moved))
+    return None
+
+
+def accounts_for_clicks(c: Candidate, live: list[Candidate], alert: Alert | None) -> bool:
+    """Whether ``c`` could account for the clicks-per-request movement behind a CTR or revenue
+    alert, as far as its size tells.
+
+    A cause whose primary finding is a share of requests (a fallback, errors, invalid
+    predictions: unit pp) moves clicks per request by at most that share, even if every request
+    it touched lost every click: a 0.16 pp fallback cannot account for 30 % fewer clicks per
+    request that another supported finding on the same requests measured. Such a cause still
+    ranks (it is real), after the ones that can. True when nothing bounds it.
+    """
+    if alert is None or alert.metric not in CLICK_ALERTS or c.tier != 0:
+        return True
+    effect = _primary_effect(c)
+    if effect is None or effect[1] != "pp":
+        return True
+    moved = [
+        m
+        for other in live
+        if other is not c
+        and other.tier == 0
+        and other.subject.key in (c.subject.key, "global")
+        and (m := _clicks_moved(other)) is not None
+    ]
+    if not moved:
+        return True
+    return effect[0] / 100.0 >= EXPLAINS_SHARE * max(moved)
 
 
 def explain(supported: list[Candidate]) -> None:

@@ -31,9 +31,12 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    above, then hints and causes matched only by secondary failures. Among supported causes
    behind a global alert, how much of the alert's traffic the subject reaches comes first (an
    experiment's share of all traffic; the production model and all traffic reach nearly all of
-   it): two faults at once rank by how much of the alerted change each can explain. Ties: the
-   score (signal weights, a fail counting twice a warning), then the strength of the evidence
-   (smallest p-value), then the suspect's rank.
+   it): two faults at once rank by how much of the alerted change each can explain. Behind a
+   CTR or revenue alert, a cause whose finding is a share of requests (a fallback, errors) too
+   small to account for the fall in clicks per request another supported finding on the same
+   requests measured ranks after the causes that can (a 0.16 pp fallback does not explain 30 %
+   fewer clicks per request). Ties: the score (signal weights, a fail counting twice a
+   warning), then the strength of the evidence (smallest p-value), then the suspect's rank.
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
 discounted when explained, made non-increasing down the ranking. With no failure at all the
@@ -48,7 +51,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from agent._candidates import Candidate, explain, reach_of
+from agent._candidates import Candidate, accounts_for_clicks, explain, reach_of
 from agent.coverage import ALERT_CHECKS
 from agent.models import Alert, RootCause
 from agent.playbook import CauseRule, Playbook, Signal
@@ -271,7 +274,17 @@ def rank_causes(
     ruled = [c for c in candidates if c.ruled_out is not None]
     live = [c for c in candidates if c.ruled_out is None]
     explain([c for c in live if c.supported])
-    live.sort(key=lambda c: (c.tier, -reach_of(c, alert, reach), -c.score, -c.strength, c.order))
+    bounded = {id(c) for c in live if not accounts_for_clicks(c, live, alert)}
+    live.sort(
+        key=lambda c: (
+            c.tier,
+            -reach_of(c, alert, reach),
+            id(c) in bounded,
+            -c.score,
+            -c.strength,
+            c.order,
+        )
+    )
     causes: list[RootCause] = []
     head = [c for c in live if c.tier < 3]
     tail = [c for c in live if c.tier == 3]

@@ -143,10 +143,16 @@ def _bench_rows(bench: dict[str, Any]) -> list[str]:
                     f"× arm with every sum, plus the dimensions pass, no attribution join: "
                     f"{checks['issue_floor_s']} s) {checks['battery_over_issue_floor']}×"
                 )
+            if "battery_cold_over_floor" in checks:
+                issue += (
+                    f"; timed once from cold buffers as before this protocol: "
+                    f"{checks['battery_cold_over_floor']}×"
+                )
             rows.append(
                 f"| check battery vs its floor (`count(*)` of the passes no battery avoids: the "
                 f"experiment's exposure join, every experiment's exposure join, one GROUP BY "
-                f"minute × dimensions), same run | {checks['battery_s']} s "
+                f"minute × dimensions), same run, both best of three in alternating rounds "
+                f"| {checks['battery_s']} s "
                 f"vs {checks['floor_s']} s: **{checks['battery_over_floor']}×**, Python "
                 f"{checks['python_share']:.0%} of the battery{issue} | ≤ 1.5×, Python < 10 % "
                 "| `vigil bench --only checks` |"

@@ -158,9 +158,24 @@ def _model_share(world: WorldDraw, model: str, minutes: np.ndarray) -> np.ndarra
     return served
 
 
+def _stale_model(world: WorldDraw, fault: FaultDraw) -> str:
+    """The model a stale fault pins: the arm's, the named model or the production model."""
+    if fault.experiment is not None and fault.arm is not None:
+        return str(fault.experiment.arms[fault.arm].get("model") or world.production_model)
+    return fault.model or world.production_model
+
+
 def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
-    """The traffic ``fault`` touches from its onset to ``alert`` (inclusive), and its reference."""
+    """The traffic ``fault`` touches from its onset to ``alert`` (inclusive), and its reference.
+
+    A stale model's onset is its first missed publication (the simulator's drift starts there).
+    """
     onset = fault.start_minute
+    refresh = 0.0
+    if fault.kind == "stale_model":
+        refresh = float(world.model(_stale_model(world, fault)).get("refresh_minutes") or 0.0)
+    if refresh > 0:
+        onset = int(refresh * math.ceil(onset / refresh))
     last = alert if fault.end_minute is None else min(alert, fault.end_minute - 1)
     window = np.arange(onset, last + 1)
     before = np.arange(max(0, onset - BASELINE_MINUTES), onset)
@@ -192,20 +207,15 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         requests = float(rate.sum()) * where
         reference = float(ref_rate.sum()) * where
     overdue = 0.0
-    if fault.kind == "stale_model":
-        stale = fault.model or world.production_model
-        if fault.experiment is not None and fault.arm is not None:
-            stale = fault.experiment.arms[fault.arm].get("model") or world.production_model
-        refresh = float(world.model(stale).get("refresh_minutes") or 0.0)
-        if refresh > 0:
-            # The last version published before the onset (boundaries k·refresh, the one at
-            # the onset itself never comes) ages from its publication onwards.
-            published = refresh * float(math.ceil(onset / refresh) - 1)
-            overdue = (alert - published) / ((1.0 + STALE_FAIL_OVERDUE) * refresh)
+    if refresh > 0:
+        # The last version published before the onset (boundaries k·refresh, the one at the
+        # onset itself never comes) ages from its publication onwards.
+        published = refresh * float(math.ceil(onset / refresh) - 1)
+        overdue = (alert - published) / ((1.0 + STALE_FAIL_OVERDUE) * refresh)
     return Sample(
         requests=requests,
         reference_requests=reference if reference > 0 else math.inf,
-        ctr=float(world.ctr(window).mean()),
+        ctr=float(world.ctr(window if len(window) else before).mean()),
         units=units,
         arm_share=arm_share,
         quality=quality,
@@ -268,6 +278,27 @@ def _fault_experiment(
     return exp, arm
 
 
+def _missed_publication(model: dict[str, Any], onset: int, alert: int) -> int:
+    """The stale fault's start: the publication boundary of ``model`` nearest ``onset`` that
+    leaves a baseline (minute 20 or later) and comes 5 to 60 minutes before ``alert``.
+
+    A refresh that stops mid-cadence harms nothing until the first publication it misses (the
+    simulator lets the world drift from then on), so the fault starts on that boundary and its
+    onset is when the harm begins. A cadence with no such boundary is shortened to 30 minutes:
+    the 55 minutes before the alert hold a multiple of 30, and the onset is at least 40.
+    """
+
+    def fits(refresh: int) -> list[int]:
+        first = max(20, alert - 60)
+        return [b for b in range(refresh, alert - 4, refresh) if b >= first]
+
+    found = fits(int(model["refresh_minutes"]))
+    if not found:
+        model["refresh_minutes"] = 30
+        found = fits(30)
+    return min(found, key=lambda b: (abs(b - onset), b))
+
+
 def draw_fault(
     rng: np.random.Generator,
     world: WorldDraw,
@@ -301,11 +332,11 @@ def draw_fault(
     if scope == "model":
         fault.model = world.production_model
     if kind == "stale_model":
-        stale = world.production_model
-        if fault.experiment is not None and fault.arm is not None:
-            stale = fault.experiment.arms[fault.arm].get("model") or world.production_model
-        entry = world.model(stale)
+        entry = world.model(_stale_model(world, fault))
         entry.setdefault("refresh_minutes", int(rng.choice([30, 60])))
+        fault.start_minute = _missed_publication(entry, onset, alert)
+        if fault.experiment is not None and fault.experiment.start_minute > fault.start_minute - 20:
+            fault.experiment.start_minute = max(0, fault.start_minute - 20)
     if kind != "allocation_bug" and rng.random() < _WHERE_P:
         fault.where = _where(rng, world)
     if kind == "prediction_collapse" and rng.random() < 0.7:

@@ -267,13 +267,19 @@ def _stale(
     var_rank: npt.NDArray[np.float32],
     shift: npt.NDArray[np.float32],
 ) -> None:
-    """Pin the served version and let the world drift away from it (in place)."""
+    """Pin the served version and let the world drift away from it (in place).
+
+    The drift starts when the pinned version's successor was due, not at ``start_minute``:
+    until then the pinned version is the one the schedule would serve anyway (a fresh model is
+    exact in this world), so a refresh that stops mid-cadence harms nothing before its first
+    missed publication. Drift before that would be an NE regression in all but name.
+    """
     scope = scope_mask(f, minute, arms, routed, dims)
     for model, k, end in f.pins:
         pinned = scope & (routed == model) & (minute < end)
         version_code[pinned] = versions.code(model, k)
-        drifting = pinned & ~fallback
-        sd = f.severity * (minute[drifting] - f.start) / 60.0
+        drifting = pinned & ~fallback & (minute >= versions.published(model, k + 1))
+        sd = f.severity * (minute[drifting] - versions.published(model, k + 1)) / 60.0
         var_rank[drifting] += (sd * sd).astype(np.float32)
         # The world moves in every direction (mean-preserving in CTR): no recalibration follows.
         shift[drifting] -= (0.5 * sd * sd).astype(np.float32)
@@ -294,6 +300,10 @@ class _Versions:
             for k in np.unique(ks).tolist():
                 table[m, ks == k] = self.code(m, k)
         self._table = table.ravel()
+
+    def published(self, model: int, k: int) -> int:
+        """The minute a model's ``k``-th version is (or was due to be) published."""
+        return k * int(self._w.model_refresh[model])
 
     def code(self, model: int, k: int) -> int:
         """Code of a model's ``k``-th version (added to the dictionary when new)."""

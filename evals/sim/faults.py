@@ -23,8 +23,10 @@ What each fault does and the signature it leaves (what moves where; everything e
   is published (refreshing resumes at the first refresh boundary after ``end_minute``); requests
   keep the last version published before ``start_minute``, whose ``trained_at`` ages, and, for
   ``model:`` scope, ``model_snapshots`` gets no new rows. The world drifts away from the pinned
-  model: after ``h`` hours each candidate's true CTR differs from what the model knows by a
-  mean-one log-normal factor of sd ``severity × h``, and nothing recalibrates. Moves: snapshot age
+  model from its first missed publication on (before it, the pinned version is the one the
+  schedule serves anyway): ``h`` hours after that, each candidate's true CTR differs from what
+  the model knows by a mean-one log-normal factor of sd ``severity × h``, and nothing
+  recalibrates. Moves: snapshot age
   vs refresh cadence at once; NE and calibration (up: the winner's curse of the extra error), CTR
   and revenue drift gradually.
 - ``model_fallback`` — a share of requests are served by the fallback model (``fallback`` true,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from agent.deterministic import rank_causes
 from agent.localize import localize
-from agent.models import Alert
+from agent.models import Alert, AlertMetric
 from agent.playbook import load_playbooks
 from agent.state import CheckOutcome, Suspect
 from tests.agent.conftest import alert
@@ -208,3 +208,35 @@ def test_arms_that_moved_together_send_the_investigation_to_what_they_share(harn
     view = harness(box).investigator().investigate(alert(metric="ne"))
     assert view.root_causes[0].cause == "none"
     assert not any(kw.get("model_id") for _, kw in box.calls)
+
+
+def test_a_tiny_fallback_does_not_outrank_the_fall_in_clicks_it_cannot_account_for():
+    ranking = load_playbooks().get("ranking")
+    # Two faults on the production model: 30 % of clicks unlogged (predictions held), and a
+    # fallback on 0.16 pp more of its requests. Evidence alone would put the fallback first.
+    lost = LOST_CLICKS.model_copy(
+        update={"params": {**LOST_CLICKS.params, "ctr_change": -0.30}, "p_value": 1e-5}
+    )
+    fallback = fail("fallback", "0.26 % vs 0.10 %", arm=None, estimate=0.16, p=1e-12)
+    found = [_on(MODEL, lost), _on(MODEL, fallback)]
+    by_metric: dict[str, list[str]] = {}
+    metrics: tuple[AlertMetric, ...] = ("ctr", "revenue", "fallback_rate")
+    for metric in metrics:
+        fired = Alert(metric=metric, fired_at=at(158))
+        causes, _ = rank_causes(ranking, [MODEL, ALL], found, alert=fired)
+        by_metric[metric] = [c.cause for c in causes[:2]]
+    # Behind a CTR or revenue alert the fallback could move clicks per request by 0.16 % at
+    # most: the lost clicks explain the alert, the fallback still ranks.
+    assert by_metric["ctr"] == ["logging_loss", "model_fallback"]
+    assert by_metric["revenue"] == ["logging_loss", "model_fallback"]
+    # A fallback-rate alert is about the fallback itself: size against clicks does not apply.
+    assert by_metric["fallback_rate"] == ["model_fallback", "logging_loss"]
+    # A fallback as large as the movement can account for it: evidence orders them again.
+    big = fail("fallback", "30 % vs 0.1 %", arm=None, estimate=30.0, p=1e-12)
+    causes, _ = rank_causes(
+        ranking,
+        [MODEL, ALL],
+        [_on(MODEL, lost), _on(MODEL, big)],
+        alert=Alert(metric="ctr", fired_at=at(158)),
+    )
+    assert [c.cause for c in causes[:2]] == ["model_fallback", "logging_loss"]

@@ -20,6 +20,7 @@ from evals.sim import (
     ts_to_minute,
 )
 from evals.sim.economy import diurnal_traffic
+from evals.sim.scenario import FaultSpec, Scenario, fault_arm
 from lifecycle.allocation import build_snapshot
 from tools.errors import ConfigError, NotFoundError
 
@@ -230,7 +231,13 @@ def test_suite_expectations_follow_the_design_vocabulary() -> None:
         if not faults:
             continue
         primary = faults[0]
-        assert expect.onset_minute == primary.start_minute, s.name
+        onset = primary.start_minute
+        if primary.kind == "stale_model":
+            # Harm starts at the first publication the stale model misses.
+            model = s.models[_stale_model_id(s, primary)]
+            assert model.refresh_minutes is not None
+            onset = -(-onset // model.refresh_minutes) * model.refresh_minutes
+        assert expect.onset_minute == onset, s.name
         if primary.kind == "infra_outage":
             assert expect.mitigation == "escalate_infra" and expect.experiment is None
         elif primary.kind == "logging_loss":
@@ -253,3 +260,12 @@ def test_suite_worlds_stay_small() -> None:
             start = s.start.hour * 60 + s.start.minute
             rate = rate * diurnal_traffic((start + minutes) % 1440)
         assert rate.sum() <= 1.1e6, (s.name, rate.sum())
+
+
+def _stale_model_id(s: Scenario, fault: FaultSpec) -> str:
+    """The model a stale fault pins: its arm's, the named one, else the production model."""
+    if fault.experiment is not None:
+        exp = next(e for e in s.world.experiments if e.id == fault.experiment)
+        arm = exp.arms[str(fault_arm(s, fault))]
+        return arm.model or s.world.production_model
+    return fault.model or s.world.production_model
