@@ -6,6 +6,9 @@ to a relative 1e-12 (counts are whole numbers and compare exactly).
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +160,31 @@ def test_long_ranges_read_slices_from_the_rows(monkeypatch: pytest.MonkeyPatch) 
     assert part.arms == sorted(feed["arm"].unique())
     want_minutes = _want_minutes(feed[feed["arm"] == "control"], frame.sum_cols)
     np.testing.assert_allclose(part.minute_sums("control"), want_minutes, rtol=REL, atol=0)
+
+
+def test_model_keys_read_first_by_name_or_by_many_threads() -> None:
+    # The model keys are factorised on first read; a read by value or by several checks at once
+    # (the agent runs its checks in threads on one frame) must see them like any key.
+    cube = random_cube(
+        np.random.default_rng(19),
+        3000,
+        (M0, M0 + 90),
+        {"control": 0.5, "test": 0.5},
+        {"model_id": ["m1", "m2"], "model_version": ["1", "2", "3"]},
+    )
+    want = cube.groupby(["arm", "model_id", "model_version"])["n"].sum().reset_index()
+    fresh = SubjectFrame(cube, WINDOW, Subject(experiment_id="e"), DIMS, "control")
+    assert fresh.code("model_id", "m2") == 1
+    assert fresh.code("model_version", "9") == -1
+    for _ in range(20):
+        frame = SubjectFrame(cube, WINDOW, Subject(experiment_id="e"), DIMS, "control")
+        barrier = threading.Barrier(4)
+
+        def read(frame: SubjectFrame = frame, barrier: threading.Barrier = barrier) -> pd.DataFrame:
+            barrier.wait()
+            return frame.grouped(["arm", "model_id", "model_version"])
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: read(), range(4)))
+        for got in answers:
+            pd.testing.assert_frame_equal(got, want, check_dtype=False)

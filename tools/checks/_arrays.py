@@ -53,6 +53,7 @@ class Core:
         value costs a pandas call each; shared, read-only)."""
         hit = self._labels.get(key)
         if hit is None:
+            self.codes[key]  # a model key is factorised on first read: its values with it
             hit = self._labels[key] = np.array([str(v) for v in self.uniques[key]], dtype=object)
         return hit
 

@@ -13,6 +13,7 @@ relative, never in a verdict.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -81,6 +82,7 @@ class SubjectFrame:
         self._at = {name: j for j, name in enumerate(sum_cols)}
         self._cube: pd.DataFrame | None = None
         self._core: Core | None = None
+        self._lock = threading.Lock()
         self._minutes: _Floats | None = None  # arms x minutes x columns
         self._by_dim: dict[str, tuple[_Floats, _Ints]] = {}  # see _dim_tensor
         self._arm_frames: dict[str, pd.DataFrame] = {}
@@ -132,8 +134,12 @@ class SubjectFrame:
         return self._cube
 
     def _arrays(self) -> Core:
+        # Checks read one frame from several threads: one core per frame, or a reader could
+        # factorise a model key into a core another thread then replaces.
         if self._core is None:
-            self._core = self._build()
+            with self._lock:
+                if self._core is None:
+                    self._core = self._build()
         return self._core
 
     # -- reads ----------------------------------------------------------------------------------
@@ -358,7 +364,7 @@ class SubjectFrame:
         if not keys:
             return {}
         core = self._arrays()
-        sizes = tuple(len(core.uniques[k]) for k in keys)
+        sizes = tuple(len(core.labels(k)) for k in keys)
         return {
             k: core.uniques[k].take(np.asarray(c, dtype=np.int64))
             for k, c in zip(keys, np.unravel_index(flat, sizes), strict=True)
