@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from tests.tools.synth import Fault, World, at, build, toolbox, write
-from tests.tools.test_known_answers import cube, frame_of
+from tests.tools.test_known_answers import M0, _arm, cube, frame_of
 from tools.checks._stuck import stuck_scan
+from tools.checks.prediction import prediction_check
 from tools.telemetry import TelemetryReader, to_minute
 from tools.toolbox import Toolbox
 
@@ -159,3 +160,47 @@ def test_calibration_says_which_side_moved(boxes: dict[str, Toolbox]) -> None:
     assert rescaled.params["prediction_step"] == pytest.approx(0.5, abs=0.1)
     assert lost.params["moved"] == "clicks"
     assert abs(lost.params["prediction_step"] or 0.0) < 0.1
+
+
+@pytest.mark.parametrize("confined", [True, False])
+def test_invalid_predictions_in_one_slice_are_found_there(confined: bool) -> None:
+    # One invalid prediction a minute from minute 80: confined to web (a tenth of the traffic,
+    # 0.05 % of its predictions) it is 0.005 % of the model's, under the materiality floor over
+    # the whole model (0.01 pp to warn) and far above it inside web. Spread over every platform
+    # the same count stays immaterial everywhere: no slice is blamed.
+    n = {"ios": 18_000.0, "web": 2_000.0}
+    parts = []
+    for platform, size in n.items():
+        part = cube({"m": _arm(size, size * 0.03, 0.03)})
+        part["platform"] = platform
+        late = part["minute"] >= M0 + 80
+        if confined and platform == "web":
+            part.loc[late, "n_invalid"] = 1.0
+        elif not confined:
+            part.loc[late, "n_invalid"] = size / sum(n.values())
+        parts.append(part)
+    result = prediction_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
+    if confined:
+        assert result.verdict == "fail" and result.where == {"platform": "web"}, result.summary
+        assert "Confined to platform=web" in result.summary
+        assert _near(result.onset, 80, tolerance=2)
+    else:
+        assert result.verdict not in ("fail", "warn") and not result.where, result.summary
+
+
+def test_invalid_slice_scan_holds_its_alpha_on_healthy_models() -> None:
+    """A model with a steady background of invalid predictions (2 in 10,000, Poisson per minute
+    and platform): the check with its slice scan warns or fails at most about its warning α."""
+    rng = np.random.default_rng(11)
+    sizes = {"ios": 9_000.0, "android": 8_000.0, "web": 3_000.0}
+    draws, hits = 150, 0
+    for _ in range(draws):
+        parts = []
+        for platform, size in sizes.items():
+            part = cube({"m": _arm(size, size * 0.03, 0.03)})
+            part["platform"] = platform
+            part["n_invalid"] = rng.poisson(size * 2e-4, len(part)).astype(float)
+            parts.append(part)
+        result = prediction_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
+        hits += result.verdict in ("fail", "warn")
+    assert hits / draws <= 0.02, hits

@@ -4,7 +4,9 @@ Invalid predictions (NULL/NaN, outside [0, 1]) and a collapse fail; a distributi
 control or the baseline only warns, because a new model may legitimately predict differently.
 A partial collapse (a share of the requests answered with one constant) is a bin of the histogram
 that fills up, scanned over time segments (:mod:`tools.checks._stuck`); a clean result states the
-smallest stuck share the window could have shown.
+smallest stuck share the window could have shown. Invalid predictions confined to one dimension
+value (web only) are scanned slice by slice when the whole subject looks clean
+(:mod:`tools.checks._slices`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tools.checks._engine import (
     judge,
 )
 from tools.checks._hist import hist_arrays
+from tools.checks._slices import diluted_note, judge_with_slices
 from tools.checks._stuck import Stuck, stuck_mde, stuck_scan
 from tools.checks.fallback import describe_rate, proportion_test
 from tools.histograms import PointMass, Shift, point_mass, shift
@@ -287,12 +290,18 @@ def prediction_check(
         min_n=p.min_requests,
     )
     variance = _variance_test(p, _kurtosis(hist, histogram))
-    j_invalid = judge(
+    # Invalid predictions confined to one platform or ad type are scanned slice by slice when
+    # the whole subject looks clean (as fallbacks are: tools.checks._slices).
+    j_invalid, invalid_hit = judge_with_slices(
+        frame,
         [assess(frame, c, invalid) for c in comparands],
-        control=frame.control,
+        invalid,
         alpha_fail=p.alpha_fail,
         alpha_warn=p.alpha_warn,
+        min_n=p.min_requests,
     )
+    if invalid_hit is not None:
+        j_invalid = invalid_hit.judgement
     # Spread is compared over time only: two different models legitimately differ in spread.
     j_var = judge(
         [assess(frame, c, variance) for c in comparands if not c.concurrent],
@@ -320,7 +329,20 @@ def prediction_check(
         words = Described(
             "invalid share difference", "pp", 100.0, describe_rate("invalid prediction share")
         )
-        return to_result("prediction", j_invalid, frame, words, settings, evidence, ok_summary="")
+        if invalid_hit is None:
+            return to_result(
+                "prediction", j_invalid, frame, words, settings, evidence, ok_summary=""
+            )
+        hit = invalid_hit
+        result = to_result(
+            "prediction", j_invalid, hit.frame, words, settings, evidence, ok_summary=""
+        )
+        return result.model_copy(
+            update={
+                "where": {**hit.where, **result.where},
+                "summary": result.summary + diluted_note(hit.where, hit.slices),
+            }
+        )
 
     def variance_result() -> CheckResult:
         words = Described("prediction variance ratio", "ratio", 1.0, _describe_variance)
