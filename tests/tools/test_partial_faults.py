@@ -11,8 +11,12 @@ import pytest
 
 from tests.tools.synth import Fault, World, at, build, toolbox, write
 from tests.tools.test_known_answers import M0, _arm, cube, frame_of
+from tools.checks._engine import Comparand, Finding
+from tools.checks._movement import movement
 from tools.checks._stuck import stuck_scan
+from tools.checks.calibration import CalibrationParams, calibration_test
 from tools.checks.prediction import prediction_check
+from tools.stats import Comparison
 from tools.telemetry import TelemetryReader, to_minute
 from tools.toolbox import Toolbox
 
@@ -38,6 +42,12 @@ WORLDS = {
     # All of m_prod's predictions × 1.5 from minute 95, or a third of every click lost from 95.
     "model_rescaled": World(seed=36, rpm=1200, faults=[Fault("miscalibration", 95, 1.5, arm=None)]),
     "clicks_lost": World(seed=37, rpm=1200, faults=[Fault("click_loss", 95, 0.33, arm=None)]),
+    # The test arm over-predicts twofold from minute 100, a third of the way into the window's
+    # last hour; or it turns noisier (logit noise, sd 1.2) from minute 80.
+    "late_rescale": World(
+        seed=39, rpm=1200, faults=[Fault("miscalibration", 100, 2.0, arm="test")]
+    ),
+    "noisier": World(seed=40, rpm=1200, faults=[Fault("noise", 80, 1.2, arm="test")]),
 }
 
 
@@ -204,3 +214,43 @@ def test_invalid_slice_scan_holds_its_alpha_on_healthy_models() -> None:
         result = prediction_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
         hits += result.verdict in ("fail", "warn")
     assert hits / draws <= 0.02, hits
+
+
+def test_a_rescaling_late_in_the_slope_span_is_not_a_noisier_model(
+    boxes: dict[str, Toolbox],
+) -> None:
+    # Over the whole hour the pooled slope of scaled and unscaled minutes falls about as much
+    # as the pooled calibration moves; after the onset the calibration moved twofold and the
+    # slope barely: a rescaling. A noisier model flattens the slope on every stretch.
+    late = boxes["late_rescale"].ne(at(60), at(120), experiment_id="e1")
+    assert late.verdict in ("fail", "warn") and late.params["beyond_rescaling"] is False
+    noisier = boxes["noisier"].ne(at(60), at(120), experiment_id="e1")
+    assert noisier.verdict == "fail" and noisier.params["beyond_rescaling"] is True
+
+
+def test_lost_clicks_are_weighed_against_the_change_they_made_not_a_diluted_scan() -> None:
+    # The model's mean prediction rose 10 % at minute 20 (long before the window) and 70 % of
+    # its clicks are lost from minute 105. The finding's scan spread the change over a longer
+    # segment (calibration 1.17); over its focus the calibration tripled. The old prediction
+    # step is small beside the change to explain: the clicks moved.
+    data = cube({"m": _arm(2000, 40, 0.02)})
+    data.loc[data["minute"] >= M0 + 20, ["sum_pred", "sum_pred2"]] *= [1.1, 1.1**2]
+    late = data["minute"] >= M0 + 105
+    data.loc[late, ["sum_label", "sum_label_v"]] *= 0.3
+    frame = frame_of(data, control=None)
+    test = calibration_test(CalibrationParams())
+    focus = (M0 + 105, M0 + 120)
+    finding = Finding(
+        Comparand("m", "m", False, expected=1.0),
+        test,
+        Comparison(3.7, 3.2, 4.2, 9.0, 1e-12),
+        1e-12,
+        focus,
+        M0 + 105,
+        (M0, M0 + 60),
+        "m",
+        scan=Comparison(1.17, 1.1, 1.25, 5.0, 1e-7),
+    )
+    found = movement(frame, finding)
+    assert found is not None and found.step is not None and found.step > 0.05
+    assert found.moved == "clicks", found

@@ -151,7 +151,13 @@ def movement(
         # The control's same minutes already remove the time of day.
         return Movement(prediction=d_pred, ctr=d_ctr, moved=own)
     estimate = f.decisive.estimate
-    shift = abs(float(np.log(estimate))) if estimate > 0 else 0.0
+    # The change to explain is the calibration's over the same minutes the sides are measured on
+    # (the finding's focus against the minutes before it): the scanned segment's estimate can be
+    # diluted over a longer span, and a small prediction step elsewhere would then outweigh a
+    # collapse of the clicks.
+    shift = abs(d_pred - d_ctr)
+    if estimate > 0:
+        shift = max(shift, abs(float(np.log(estimate))))
     step = _step(frame, c.test, up=estimate > 1.0)
     rest = None
     if traffic is not None and before[1] - before[0] >= 5:

@@ -20,7 +20,7 @@ from tools.histograms import Reliability, reliability_of
 from tools.stats import holm, p_from_z, segment_grid
 from tools.telemetry import HistogramSpec
 
-__all__ = ["SlopeFinding", "slope_findings"]
+__all__ = ["SlopeFinding", "slope_findings", "slope_ratio"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,29 @@ def slope_findings(
             onset = span[0]
         out.append(SlopeFinding(comp, t, r, ratio, z, p, float(adj), span, onset, culprit))
     return out
+
+
+def slope_ratio(
+    frame: SubjectFrame,
+    hist: pd.DataFrame,
+    spec: HistogramSpec,
+    block: int,
+    comp: Comparand,
+    span: tuple[int, int],
+) -> float | None:
+    """The reliability slope of ``comp``'s test group over ``span`` ÷ its reference's (the
+    reference arm over the same minutes, or the test group over the baseline)."""
+    w = frame.window
+    n_blocks = -(-(w.end - w.fetch_start) // block)
+    ref_span = span if comp.concurrent else (w.fetch_start, w.start)
+    t = reliability_of(
+        *_Cube(hist, comp.test, n_blocks, spec.n_bins).binned(_blocks(w.fetch_start, span, block))
+    )
+    r = reliability_of(
+        *_Cube(hist, comp.ref, n_blocks, spec.n_bins).binned(
+            _blocks(w.fetch_start, ref_span, block)
+        )
+    )
+    if t is None or r is None or not r.slope > 0:
+        return None
+    return float(t.slope / r.slope)

@@ -25,7 +25,7 @@ from tools.checks._common import (
     to_result,
 )
 from tools.checks._engine import Finding, RateTest, SubjectFrame, SumsLike, assess, judge
-from tools.checks._reliability import SlopeFinding, slope_findings
+from tools.checks._reliability import SlopeFinding, slope_findings, slope_ratio
 from tools.result import CheckResult, Effect, Evidence
 from tools.stats import Comparison, Direction, binary_entropy, compare_means
 from tools.telemetry import HistogramSpec, to_datetime
@@ -256,6 +256,7 @@ def ne_check(
     level, top, scope = _slope_result(slopes, frame, p)
     # The slope speaks first at equal verdicts: it is the sharper test and locates the onset.
     if top is not None and rank[level] >= max(rank[result.verdict], 1):
+        assert hist is not None and histogram is not None  # a slope finding is fitted on them
         culprit = top.culprit if scope != "all_arms" else None
         return CheckResult(
             check="ne",
@@ -274,7 +275,7 @@ def ne_check(
             params={
                 **params_of(p),
                 "scope": scope,
-                "beyond_rescaling": _beyond_rescaling(top, frame),
+                "beyond_rescaling": _beyond_rescaling(top, frame, hist, histogram, block_minutes),
             },
         )
     if result.verdict == "ok" and off:
@@ -291,26 +292,55 @@ def ne_check(
     return result
 
 
-def _beyond_rescaling(f: SlopeFinding, frame: SubjectFrame) -> bool:
+def _beyond_rescaling(
+    f: SlopeFinding,
+    frame: SubjectFrame,
+    hist: pd.DataFrame,
+    spec: HistogramSpec,
+    block: int,
+    min_clicks: float = 100.0,
+) -> bool:
     """Whether the slope fell more than a rescaling of the predictions could make it fall.
 
     Multiplying every prediction by ``c`` (a miscalibration) keeps the ranking: at click rates
     well below 1/c the logistic reliability slope moves by a factor ``(1 − c·p)/(1 − p)``, far
     less than ``c`` itself. Extra noise (a worse model) flattens the slope first and drags the
     calibration along only a little. So when ``|log slope ratio|`` exceeds ``|log calibration
-    ratio|`` over the same comparison, the slope's fall is the primary change: a noisier model.
+    ratio|``, the slope's fall is the primary change: a noisier model.
+
+    Both are compared over the slope's focus and again over its later half and quarter (those
+    with ``min_clicks`` in the test group), and the slope must win on each: a rescaling that
+    began inside the focus mixes scaled and unscaled minutes, whose pooled slope falls about as
+    much as the pooled calibration moves, while after its onset the calibration has moved by
+    the whole factor and the slope hardly at all. A noisier model is noisier on every stretch.
     """
     c = f.comparand
     w = frame.window
-    ref_span = f.focus if c.concurrent else (w.fetch_start, min(w.start, f.focus[0]))
-    t = frame.span(c.test, *f.focus)
-    r = frame.span(c.ref, *ref_span)
-    parts = [float(t["sum_pred"]), float(t["sum_label_v"]), float(r["sum_pred"])]
-    parts.append(float(r["sum_label_v"]))
-    if min(parts) <= 0 or not (np.isfinite(f.ratio) and f.ratio > 0):
+    a, b = f.focus
+    ref_before = (w.fetch_start, min(w.start, a))
+
+    def calibration_move(span: tuple[int, int]) -> float | None:
+        t = frame.span(c.test, *span)
+        r = frame.span(c.ref, *(span if c.concurrent else ref_before))
+        pred_t, clicks_t = float(t["sum_pred"]), float(t["sum_label_v"])
+        pred_r, clicks_r = float(r["sum_pred"]), float(r["sum_label_v"])
+        if min(pred_t, clicks_t, pred_r, clicks_r) <= 0:
+            return None
+        return abs(float(np.log((pred_t / clicks_t) / (pred_r / clicks_r))))
+
+    shift = calibration_move(f.focus)
+    if shift is None or not (np.isfinite(f.ratio) and f.ratio > 0):
         return False
-    shift = abs(float(np.log((parts[0] / parts[1]) / (parts[2] / parts[3]))))
-    return abs(float(np.log(f.ratio))) > shift
+    if abs(float(np.log(f.ratio))) <= shift:
+        return False
+    for start in (b - (b - a) // 2, b - (b - a) // 4):
+        if float(frame.span(c.test, start, b)["sum_label_v"]) < min_clicks:
+            continue
+        moved = calibration_move((start, b))
+        ratio = slope_ratio(frame, hist, spec, block, c, (start, b))
+        if moved is not None and ratio is not None and abs(float(np.log(ratio))) <= moved:
+            return False
+    return True
 
 
 def _slope_table(slopes: list[SlopeFinding]) -> Evidence:
