@@ -126,6 +126,9 @@ def _expected(scenario: Any, followup_minutes: Sequence[int] = ()) -> Expected:
         experiment=getattr(expect, "experiment", None),
         onset_minute=float(onset) if onset is not None else None,
         mitigation=getattr(expect, "mitigation", None),
+        also=tuple(
+            f.kind for f in scenario.faults if f.kind in CAUSES and f.kind != expect.root_cause
+        ),
         strength=scenario_strength(scenario),
         strength_final=(
             scenario_strength(scenario, minute=last)

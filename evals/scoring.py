@@ -20,6 +20,8 @@ Pure and deterministic: it reads :class:`Expected` (from a scenario's ``expect``
 - ``wrong_cause_rate``: the share where a cause other than the truth was ranked first *and* a
   mitigation was proposed, at the first investigation or after the follow-ups (a miss should be
   inconclusive, not an action on the wrong cause; healthy worlds blamed with an action count).
+  In a two-fault world the other injected fault is truth too: acting on it is not a wrong cause
+  (``ac1`` still asks for the one ``expect`` names).
 - ``ac1_after_followup``: ``ac1`` of the ranking after the follow-ups (the first one's if none ran).
 - ``median_minutes_to_diagnosis``: over scenarios with a fault and an onset, minutes from the onset
   to the first run (investigation or follow-up) whose top cause was the truth; a scenario never
@@ -111,6 +113,11 @@ class Expected(BaseModel):
         description="The same strength measured up to the last scheduled follow-up (the alert's "
         "minute plus the last of followup_minutes): what watching could see, whatever the agent "
         "did.",
+    )
+    also: tuple[Cause, ...] = Field(
+        default=(),
+        description="The causes of the world's other injected faults (a two-fault world): "
+        "ranking one of them first is not the expected answer, but not a wrong cause either.",
     )
 
     @property
@@ -319,7 +326,7 @@ def _after_followup(expected: Expected, got: Got) -> dict[str, Any]:
     final_status = got.final_status if got.final_causes is not None else got.status
 
     def wrong(top: str, mitigation: str | None) -> bool:
-        return top not in (truth, "none") and mitigation not in (None, "none")
+        return top not in (truth, "none", *expected.also) and mitigation not in (None, "none")
 
     wrong_cause = not failed and (
         wrong(got.top.cause, got.mitigation) or wrong(final_ranking[0], final_mitigation)

@@ -234,6 +234,14 @@ def test_a_wrong_cause_with_a_mitigation_is_a_wrong_cause_without_one_is_not() -
     assert not right.wrong_cause
 
 
+def test_the_other_fault_of_a_two_fault_world_is_a_miss_not_a_wrong_cause() -> None:
+    two = NE.model_copy(update={"also": ("stale_model",)})
+    other = score("t", two, _got(("stale_model", None), mit="escalate_data"))
+    assert not other.hit1 and not other.wrong_cause
+    unrelated = score("x", two, _got(("logging_loss", None), mit="escalate_data"))
+    assert unrelated.wrong_cause
+
+
 def test_watching_then_diagnosed_by_a_follow_up() -> None:
     got = Got(
         causes=[],
@@ -365,3 +373,18 @@ def test_detectable_by_the_last_follow_up_does_not_excuse_an_agent_that_stopped_
     figures = summarize(rows)
     assert figures["ac1_after_followup_detectable"] == pytest.approx(2 / 3)
     assert figures["ac1_after_followup"] == pytest.approx(2 / 4)
+
+
+def test_a_generated_two_fault_world_names_its_other_fault() -> None:
+    from evals.generate import generate_scenario
+    from evals.runner import _expected
+    from evals.sim import parse_scenario
+
+    two = next(
+        parse_scenario(d)
+        for d in map(generate_scenario, range(10020, 10400))
+        if len(d["faults"]) == 2 and d["faults"][0]["kind"] != d["faults"][1]["kind"]
+    )
+    expected = _expected(two)
+    assert expected.root_cause == two.faults[0].kind
+    assert expected.also == (two.faults[1].kind,)
