@@ -9,12 +9,13 @@ arm when the model's effect is a fraction of the arm's, the model when it is as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.models import Alert
 from agent.playbook import CauseRule
 from agent.state import CheckOutcome, Suspect
+from tools.result import CheckResult
 
 __all__ = [
     "EXPLAINED_DISCOUNT",
@@ -22,6 +23,8 @@ __all__ = [
     "Candidate",
     "accounts_for_clicks",
     "explain",
+    "large_enough",
+    "primary_effect",
     "reach_of",
 ]
 
@@ -58,14 +61,30 @@ class Candidate:
         return 3
 
 
-def _primary_effect(c: Candidate) -> tuple[float, str] | None:
-    """The size and unit of the candidate's failing primary finding, when it states one."""
-    primary = {sig.check for sig in c.rule.signals if sig.primary}
-    for o in c.matched:
+def primary_effect(rule: CauseRule, matched: Sequence[CheckOutcome]) -> tuple[float, str] | None:
+    """The size and unit of the failing primary finding among ``matched``, when it states one."""
+    primary = {sig.check for sig in rule.signals if sig.primary}
+    for o in matched:
         effect = o.result.effect
         if o.result.check in primary and o.result.verdict == "fail" and effect is not None:
             return abs(effect.estimate), effect.unit
     return None
+
+
+def _primary_effect(c: Candidate) -> tuple[float, str] | None:
+    return primary_effect(c.rule, c.matched)
+
+
+def large_enough(finding: CheckResult, symptom: tuple[float, str] | None) -> bool:
+    """Whether ``finding`` is large enough to rule out a cause whose primary finding is
+    ``symptom``: when both are shares of requests (pp) it must reach :data:`EXPLAINS_SHARE` of
+    it (a 0.1 pp rise of errors on every arm cannot account for one arm missing 20 pp of its
+    units). Ratios of different statistics do not compare (a rule-out on them states its own
+    size test, as NE's ``beyond_rescaling`` does); without sizes nothing bounds it."""
+    effect = finding.effect
+    if symptom is None or effect is None or not effect.unit == symptom[1] == "pp":
+        return True
+    return abs(effect.estimate) >= EXPLAINS_SHARE * symptom[0]
 
 
 def _can_explain(other: Candidate, c: Candidate) -> bool:

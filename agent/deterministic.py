@@ -12,7 +12,9 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    traffic rules out blaming a model; it is reported as ruled out, not ranked. A finding on all
    traffic does not rule out an experiment cause whose primary failure is a gap between a test
    arm and its control: what hits every arm alike cannot open a gap between them (two faults at
-   once are both ranked).
+   once are both ranked). Nor does a rule-out finding too small to account for the symptom:
+   when both are shares of requests (pp) it must reach half of it (0.13 pp more errors on every
+   arm do not explain one arm missing 22 pp of its units).
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
    supported on the same subject (a fallback to a weak model also worsens NE) and reaches every
    request of the symptom (a fallback on ``country=BR`` does not explain invalid predictions in
@@ -51,7 +53,14 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from agent._candidates import Candidate, accounts_for_clicks, explain, reach_of
+from agent._candidates import (
+    Candidate,
+    accounts_for_clicks,
+    explain,
+    large_enough,
+    primary_effect,
+    reach_of,
+)
 from agent.coverage import ALERT_CHECKS
 from agent.models import Alert, RootCause
 from agent.playbook import CauseRule, Playbook, Signal
@@ -181,6 +190,8 @@ def _evaluate(
             continue
         if out.spares_controlled and controlled and found.subject.key != subject.key:
             continue
+        if not large_enough(found.result, primary_effect(rule, matched)):
+            continue  # too small to account for the symptom (a tiny outage, a large SRM)
         ruled_out = out.reason
         break
     return Candidate(

@@ -324,3 +324,27 @@ def test_a_small_fallback_does_not_explain_a_large_collapse(ranking):
     causes, _ = rank_causes(ranking, [EXP, ALL], large)
     names = [c.cause for c in causes]
     assert names.index("model_fallback") < names.index("prediction_collapse")
+
+
+@pytest.mark.parametrize(("errors_pp", "ruled_out"), [(0.13, False), (15.0, True)])
+def test_an_outage_rules_out_a_sample_ratio_mismatch_only_as_large_as_it(errors_pp, ruled_out):
+    # One arm missing 21.9 pp of its units cannot come from 0.13 pp more failed requests on
+    # every arm; an outage failing 15 pp of all requests can account for it.
+    playbook = load_playbooks().get("allocation")
+    found = [
+        CheckOutcome(
+            key="srm@experiment:879",
+            subject=EXP,
+            result=fail("srm", "arm test short of units", estimate=-21.9),
+        ),
+        CheckOutcome(
+            key="infra@global",
+            subject=ALL,
+            result=fail("infra", "errors", arm=None, estimate=errors_pp),
+        ),
+    ]
+    alert = Alert(metric="srm", fired_at=at(158), experiment="879")
+    causes, ruled = rank_causes(playbook, [EXP, ALL], found, alert=alert)
+    assert ("allocation_bug" in {c for c, _ in ruled}) is ruled_out
+    if not ruled_out:
+        assert [c.cause for c in causes][:2] == ["allocation_bug", "infra_outage"]
