@@ -365,6 +365,13 @@ def _settle(settings: Any, timeout_s: float) -> list[str]:
                 f"mitigation {m.id} {m.status}"
                 for m in store.list_mitigations(["approved", "executing"])
             ]
+            # Its action decided (or run) but its graph not yet finished: the recovery sweep
+            # continues it once it is past its grace (``Investigator.recover``).
+            busy += [
+                f"investigation {v.id} decided, not finished"
+                for v in store.investigations_in(["awaiting_approval"])
+                if not any(m.status == "proposed" for m in v.mitigations)
+            ]
             if not busy:
                 return []
             time.sleep(0.2)

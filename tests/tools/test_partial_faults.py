@@ -48,6 +48,11 @@ WORLDS = {
         seed=39, rpm=1200, faults=[Fault("miscalibration", 100, 2.0, arm="test")]
     ),
     "noisier": World(seed=40, rpm=1200, faults=[Fault("noise", 80, 1.2, arm="test")]),
+    # Predictions divided by five from minute 112 on a quieter world: too few clicks after the
+    # onset to fit a slope there, but every request shows the step of the mean prediction.
+    "late_rescale_sparse": World(
+        seed=50, rpm=500, faults=[Fault("miscalibration", 112, 0.2, arm="test")]
+    ),
 }
 
 
@@ -222,8 +227,9 @@ def test_a_rescaling_late_in_the_slope_span_is_not_a_noisier_model(
     # Over the whole hour the pooled slope of scaled and unscaled minutes falls about as much
     # as the pooled calibration moves; after the onset the calibration moved twofold and the
     # slope barely: a rescaling. A noisier model flattens the slope on every stretch.
-    late = boxes["late_rescale"].ne(at(60), at(120), experiment_id="e1")
-    assert late.verdict in ("fail", "warn") and late.params["beyond_rescaling"] is False
+    for name in ("late_rescale", "late_rescale_sparse"):
+        late = boxes[name].ne(at(60), at(120), experiment_id="e1")
+        assert late.verdict in ("fail", "warn") and late.params["beyond_rescaling"] is False
     noisier = boxes["noisier"].ne(at(60), at(120), experiment_id="e1")
     assert noisier.verdict == "fail" and noisier.params["beyond_rescaling"] is True
 

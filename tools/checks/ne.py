@@ -27,7 +27,7 @@ from tools.checks._common import (
 from tools.checks._engine import Finding, RateTest, SubjectFrame, SumsLike, assess, judge
 from tools.checks._reliability import SlopeFinding, slope_findings, slope_ratio
 from tools.result import CheckResult, Effect, Evidence
-from tools.stats import Comparison, Direction, binary_entropy, compare_means
+from tools.stats import Comparison, Direction, binary_entropy, compare_means, epidemic_segment
 from tools.telemetry import HistogramSpec, to_datetime
 
 __all__ = ["NEParams", "ne_check", "ne_test", "normalized_entropy"]
@@ -313,6 +313,9 @@ def _beyond_rescaling(
     began inside the focus mixes scaled and unscaled minutes, whose pooled slope falls about as
     much as the pooled calibration moves, while after its onset the calibration has moved by
     the whole factor and the slope hardly at all. A noisier model is noisier on every stretch.
+    Where the later stretches hold too few clicks to fit, the mean prediction (every request
+    carries one) still shows such a rescaling: a step beginning inside the focus at least as
+    large as the slope's fall means the fall may be the mixture's, not a noisier model's.
     """
     c = f.comparand
     w = frame.window
@@ -340,7 +343,31 @@ def _beyond_rescaling(
         ratio = slope_ratio(frame, hist, spec, block, c, (start, b))
         if moved is not None and ratio is not None and abs(float(np.log(ratio))) <= moved:
             return False
-    return True
+    # Too few clicks to fit the later stretches: the mean prediction (every request carries
+    # one) still shows a rescaling that began inside the focus as a step at least as large as
+    # the slope's fall.
+    step = _prediction_step(frame, c.test, f.focus)
+    return step is None or step < abs(float(np.log(f.ratio)))
+
+
+def _prediction_step(frame: SubjectFrame, arm: str, focus: tuple[int, int]) -> float | None:
+    """The largest step of ``arm``'s mean prediction that begins inside ``focus`` (after its
+    first minutes), as ``|log(mean after ÷ mean before)|`` over the focus; None without one."""
+    w = frame.window
+    m = frame.minute_sums(arm)
+    pred, n = m["sum_pred"].to_numpy(float), m["n_pred"].to_numpy(float)
+    a, b = focus[0] - w.fetch_start, focus[1] - w.fetch_start
+    best = None
+    for direction in ("up", "down"):
+        seg = epidemic_segment(pred[:b], n[:b], direction, min_len=3, min_start=a + 3)
+        if seg is None or n[a : seg[0]].sum() <= 0 or n[seg[0] : seg[1]].sum() <= 0:
+            continue
+        before = pred[a : seg[0]].sum() / n[a : seg[0]].sum()
+        after = pred[seg[0] : seg[1]].sum() / n[seg[0] : seg[1]].sum()
+        if before > 0 and after > 0:
+            size = abs(float(np.log(after / before)))
+            best = size if best is None else max(best, size)
+    return best
 
 
 def _slope_table(slopes: list[SlopeFinding]) -> Evidence:
