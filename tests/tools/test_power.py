@@ -139,3 +139,24 @@ def test_srm_power_decides_between_ok_and_inconclusive() -> None:
     many = few.assign(units=[50_000.0, 50_000.0])
     result = srm_check(many, {"control": 1, "test": 1}, experiment_id="e")
     assert result.verdict == "ok" and result.mde is not None and result.mde < 2.0
+
+
+def test_an_srm_ok_must_also_see_a_young_deficit() -> None:
+    # 100,000 units over the window rule out 2 pp there; the last 20 minutes' 3,000 units do
+    # not: a bug that began then is diluted in the window, so the split is not cleared.
+    units = pd.DataFrame(
+        {
+            "arm": ["control", "test"],
+            "units": [50_000.0, 50_000.0],
+            "exposures": [5e5] * 2,
+            "units_10": [800.0, 800.0],
+            "units_20": [1_500.0, 1_500.0],
+            "units_40": [3_000.0, 3_000.0],
+        }
+    )
+    young = srm_check(units, {"control": 1, "test": 1}, experiment_id="e")
+    assert young.verdict == "inconclusive" and "last 20 minutes" in young.summary
+    assert young.mde is not None and young.mde > 2.0
+    seen = units.assign(units_10=[8e3] * 2, units_20=[2e4] * 2, units_40=[4e4] * 2)
+    result = srm_check(seen, {"control": 1, "test": 1}, experiment_id="e")
+    assert result.verdict == "ok" and result.params["recent_mde"] < 2.0

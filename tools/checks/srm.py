@@ -40,6 +40,10 @@ class SRMParams:
             about 8 % of its units); a matching split is ``ok`` only when the chi-square test
             could have seen a deficit this large, else ``inconclusive``.
         power: Probability of detecting a deficit of exactly the minimal detectable size.
+        recent_minutes: A matching split is ``ok`` only when the test of the window's last this
+            many minutes (a reader suffix) could also have seen a deficit of ``question_share``:
+            an allocation bug behind an SRM alert is young, and over the whole window it is
+            diluted by the units seen before it began.
     """
 
     alpha_fail: float = 1e-3
@@ -48,6 +52,7 @@ class SRMParams:
     min_expected: float = 5.0
     question_share: float = 0.02
     power: float = 0.8
+    recent_minutes: int = 20
 
 
 def srm_mde(total: float, shares: Sequence[float], alpha: float, power: float = 0.8) -> float:
@@ -214,11 +219,51 @@ def srm_check(
         verdict = "warn"
     if verdict == "ok":
         whole = max(t[1].sum() for t in tests)
-        mde = srm_mde(whole, list(w / w.sum()), p.alpha_warn / len(tests), p.power)
+        shares = list(w / w.sum())
+        mde = srm_mde(whole, shares, p.alpha_warn / len(tests), p.power)
         settings.update(mde_alpha=p.alpha_warn / len(tests), mde_power=p.power)
+        # The recent suffix's own power (none when the reader gave no suffixes; infinite when it
+        # held too few units to test).
+        recent_col = f"units_{p.recent_minutes}"
+        young = next((t for t in tests if t[0] == recent_col), None)
+        recent_mde = (
+            srm_mde(young[1].sum(), shares, p.alpha_warn / len(tests), p.power)
+            if young is not None
+            else float("inf")
+            if recent_col in indexed.columns
+            else None
+        )
+        if recent_mde is not None:
+            settings["recent_mde"] = round(100 * recent_mde, 3) if np.isfinite(recent_mde) else None
         summary = f"Units per arm match the configured weights ({fmt_p(p_value)})"
+        if mde <= p.question_share and recent_mde is not None and recent_mde > p.question_share:
+            seen = (
+                f"only {100 * recent_mde:.2g} pp or more would show there"
+                if np.isfinite(recent_mde)
+                else "too few units there to test"
+            )
+            return CheckResult(
+                check="srm",
+                verdict="inconclusive",
+                summary=(
+                    f"Units per arm of experiment {experiment_id} match the configured weights "
+                    f"({fmt_p(p_value)}), but a share deficit of "
+                    f"{100 * p.question_share:.2g} pp that began in the last "
+                    f"{p.recent_minutes} minutes could not be ruled out ({seen}); a follow-up "
+                    "once it is older would settle it."
+                ),
+                effect=effect,
+                p_value=p_value,
+                mde=100 * recent_mde if np.isfinite(recent_mde) else None,
+                experiment=experiment_id,
+                evidence=evidence,
+                params=settings,
+            )
         if mde <= p.question_share:
-            summary += f": a share deficit of {100 * mde:.2g} pp or more would have shown."
+            summary += f": a share deficit of {100 * mde:.2g} pp or more would have shown"
+            if recent_mde is not None:
+                summary += f" ({100 * recent_mde:.2g} pp in the last {p.recent_minutes} minutes)"
+            summary += "."
         else:
             more = (mde / p.question_share) ** 2 - 1.0
             summary = (
