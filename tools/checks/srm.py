@@ -235,35 +235,31 @@ def srm_check(
         )
         if recent_mde is not None:
             settings["recent_mde"] = round(100 * recent_mde, 3) if np.isfinite(recent_mde) else None
-        summary = f"Units per arm match the configured weights ({fmt_p(p_value)})"
-        if mde <= p.question_share and recent_mde is not None and recent_mde > p.question_share:
+        seen_whole = mde <= p.question_share
+        seen_young = recent_mde is None or recent_mde <= p.question_share
+        shown = mde  # the power the summary states
+        if seen_whole and seen_young:
+            summary = (
+                f"Units per arm match the configured weights ({fmt_p(p_value)}): a share "
+                f"deficit of {100 * mde:.2g} pp or more would have shown"
+            )
+            if recent_mde is not None:
+                summary += f" ({100 * recent_mde:.2g} pp in the last {p.recent_minutes} minutes)"
+            summary += "."
+        elif seen_whole:
+            assert recent_mde is not None
+            shown = recent_mde
             seen = (
                 f"only {100 * recent_mde:.2g} pp or more would show there"
                 if np.isfinite(recent_mde)
                 else "too few units there to test"
             )
-            return CheckResult(
-                check="srm",
-                verdict="inconclusive",
-                summary=(
-                    f"Units per arm of experiment {experiment_id} match the configured weights "
-                    f"({fmt_p(p_value)}), but a share deficit of "
-                    f"{100 * p.question_share:.2g} pp that began in the last "
-                    f"{p.recent_minutes} minutes could not be ruled out ({seen}); a follow-up "
-                    "once it is older would settle it."
-                ),
-                effect=effect,
-                p_value=p_value,
-                mde=100 * recent_mde if np.isfinite(recent_mde) else None,
-                experiment=experiment_id,
-                evidence=evidence,
-                params=settings,
+            summary = (
+                f"Units per arm of experiment {experiment_id} match the configured weights "
+                f"({fmt_p(p_value)}), but a share deficit of {100 * p.question_share:.2g} pp "
+                f"that began in the last {p.recent_minutes} minutes could not be ruled out "
+                f"({seen}); a follow-up once it is older would settle it."
             )
-        if mde <= p.question_share:
-            summary += f": a share deficit of {100 * mde:.2g} pp or more would have shown"
-            if recent_mde is not None:
-                summary += f" ({100 * recent_mde:.2g} pp in the last {p.recent_minutes} minutes)"
-            summary += "."
         else:
             more = (mde / p.question_share) ** 2 - 1.0
             summary = (
@@ -274,11 +270,11 @@ def srm_check(
             )
         return CheckResult(
             check="srm",
-            verdict="ok" if mde <= p.question_share else "inconclusive",
+            verdict="ok" if seen_whole and seen_young else "inconclusive",
             summary=summary,
             effect=effect,
             p_value=p_value,
-            mde=100 * mde if np.isfinite(mde) else None,
+            mde=100 * shown if np.isfinite(shown) else None,
             experiment=experiment_id,
             evidence=evidence,
             params=settings,
