@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SECTIONS", "BenchOptions", "run_bench"]
+__all__ = ["SECTIONS", "BenchOptions", "peak_rss_mb", "run_bench"]
 
 SECTIONS = (
     "allocation",
@@ -55,3 +56,21 @@ def run_bench(only: list[str] | None, opts: BenchOptions, json_path: Path | None
         if json_path is not None:
             json_path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     return figures
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, in MB.
+
+    Linux keeps ``ru_maxrss`` across ``fork`` and ``exec``: a section's spawned child would
+    report the bench runner's peak (2.6 GB after the earlier sections) instead of its own. The
+    high-water mark of the process's current memory map (``VmHWM``) starts afresh at ``exec``;
+    ``ru_maxrss`` is the fallback where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

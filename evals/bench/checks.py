@@ -32,15 +32,15 @@ pay. The floors' passes run on the reader's own DuckDB database (its memory limi
 alternating with the battery's (each pass and the battery best of three): a machine getting
 busier or quieter during the run moves both alike.
 
-``peak_rss_mb`` is the peak resident memory (Linux ``ru_maxrss``) of the spawned process that runs
-the scan and the batteries and nothing else (taken before the floors' passes run there too); the
-world is simulated in another child process. Only aggregates leave DuckDB; what remains is
-DuckDB's own: its cache of the table's column segments and the join's hash table.
+``peak_rss_mb`` is the peak resident memory (its own: :func:`evals.bench.peak_rss_mb`) of the
+spawned process that runs the scan and the batteries and nothing else (taken before the floors'
+passes run there too); the world is simulated in another child process. Only aggregates leave
+DuckDB; what remains is DuckDB's own: its cache of the table's column segments and the join's
+hash table.
 """
 
 from __future__ import annotations
 
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
@@ -51,7 +51,7 @@ from typing import Any
 import duckdb
 import sqlalchemy as sa
 
-from evals.bench import BenchOptions
+from evals.bench import BenchOptions, peak_rss_mb
 from evals.sim import Scenario, minute_to_ts, parse_scenario, scenario_toolbox, simulate
 from tools._queries import Queries
 from tools.aggregates import HistogramSpec, Subject
@@ -224,7 +224,7 @@ def _measure(minutes: int, rpm: int, url: str) -> dict[str, Any]:
     cold_s, _ = _battery(scenario_toolbox(scenario, url), start_all, end)
     window_s, _, _, window_queries = _best_battery(scenario, url, end - timedelta(minutes=120), end)
     # The batteries' peak, before the floors' passes run in this process too.
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     got = _battery_and_floor(scenario, url, start_all, end)
     return {
         **got,

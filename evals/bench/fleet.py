@@ -17,8 +17,9 @@ Each part measures two things in one run (the machine is shared: ratios, not abs
   fallback fault in one of them), investigated end to end by the deterministic agent, at 10 / 100 /
   1,000 experiments, each in a fresh process (the agent's modules imported before the clock
   starts): wall and CPU seconds, and whether it found the fault.
-* ``memory``: peak RSS (``ru_maxrss``) of a process that runs one investigation on the checks
-  bench's world (four experiments) at 1 / 10 / 30 M requests, with DuckDB's default memory limit.
+* ``memory``: peak RSS (the process's own, :func:`evals.bench.peak_rss_mb`) of a process that
+  runs one investigation on the checks bench's world (four experiments) at 1 / 10 / 30 M
+  requests, with DuckDB's default memory limit.
 
 Sizes are options (``opts.extra`` keys or ``FLEET_*`` environment variables, see :func:`run`);
 the defaults finish in minutes on two shared cores. The large points (10 M exposures at 1,000
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.bench import BenchOptions
+from evals.bench import BenchOptions, peak_rss_mb
 from evals.sim import Scenario, parse_scenario
 
 __all__ = ["fleet_world", "run"]
@@ -350,7 +350,7 @@ def _investigate_child(workdir: str, scenario: Scenario) -> dict[str, Any]:
         "found": top is not None
         and top.cause == scenario.expect.root_cause
         and top.experiment == scenario.expect.experiment,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

@@ -42,3 +42,26 @@ def test_fleet_section_on_a_small_fleet(tmp_path: Path) -> None:
     assert inv["experiments"] == 10 and inv["requests"] == 100 * 81  # up to the alert
     assert inv["seconds"] > 0 and inv["peak_rss_mb"] > 0 and isinstance(inv["found"], bool)
     assert figures["memory"] == []
+
+
+def _child_peak() -> float:
+    from evals.bench import peak_rss_mb
+
+    return peak_rss_mb()
+
+
+def test_a_spawned_child_reports_its_own_peak_not_its_parents() -> None:
+    # Linux keeps ru_maxrss across fork and exec: a child spawned by a bench that had grown
+    # would report the bench's peak (2.6 GB for a 0.5 GB investigation).
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from evals.bench import peak_rss_mb
+
+    grown = bytearray(400 * 1024 * 1024)
+    for i in range(0, len(grown), 4096):
+        grown[i] = 1
+    assert peak_rss_mb() > 400
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        child = pool.submit(_child_peak).result()
+    assert 0 < child < 300
