@@ -40,8 +40,9 @@ checks' own rules call it.
                                                healthy rates); a ``mixed`` collapse is
                                                two-thirds invalid
   logging_loss                 CTR (requests)  ``s · ctr``; ``σ = sqrt(ctr(1 − ctr))``
-  miscalibration               Σpred/Σclicks   ``|s − 1|``; ``σ = 1`` (Poisson clicks)
-                               (clicks)
+  miscalibration               Σpred/Σclicks   ``|ln s|``; ``σ = 1`` (Poisson clicks: the
+                               (log; clicks)   calibration check's own scale, a log rate ratio
+                                               with standard error ``sqrt(1/n + 1/n_ref)``)
   ne_regression                NE (requests)   ΔNE of ``s`` extra logit noise; σ of the
                                                per-request log loss ÷ entropy
   stale_model                  NE (requests)   as ne_regression with noise ``s · h̄``, ``h̄``
@@ -242,7 +243,9 @@ def effect_and_sigma(kind: str, severity: float, sample: Sample) -> tuple[float,
         ctr = sample.ctr
         return severity * ctr, math.sqrt(ctr * (1.0 - ctr)), "requests"
     if kind == "miscalibration":
-        return abs(severity - 1.0), 1.0, "clicks"
+        # The calibration check compares log Σpred/Σclicks (tools.stats.compare_rates): a
+        # factor s is |ln s| on its scale, so 2.5x is no further than 0.4x.
+        return abs(math.log(severity)), 1.0, "clicks"
     if kind == "ne_regression":
         delta, sigma = ne_shift(round(sample.quality, 3), round(severity, 4), round(sample.ctr, 4))
         return delta, sigma, "requests"
@@ -299,7 +302,7 @@ def material_effect(kind: str, severity: float, sample: Sample) -> float:
     if kind == "logging_loss":
         return (1.0 - 1.0 / ratio) * sample.ctr  # Σpred/Σclicks = 1/(1 − s) reaches the ratio
     if kind == "miscalibration":
-        return ratio - 1.0 if severity >= 1.0 else 1.0 - 1.0 / ratio
+        return math.log(ratio)
     if kind in ("ne_regression", "stale_model"):
         base = _ne_base(round(sample.quality, 3), round(sample.ctr, 4))
         return NEParams().rel_increase_fail * base

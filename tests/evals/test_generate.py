@@ -135,11 +135,21 @@ def test_stated_strengths_span_the_floor(batch: list[dict[str, Any]]) -> None:
 
 
 def test_statistical_strength_of_a_miscalibration_by_hand() -> None:
-    # 45 % over-calibration, 20 clicks since the onset, reference known exactly:
-    # 0.45 / (2.80 / sqrt(20)) = 0.7187 (the textbook single test at alpha 0.05).
+    # 45 % over-calibration, 20 clicks since the onset, reference known exactly: on the
+    # calibration check's scale (log Σpred/Σclicks, se 1/sqrt(clicks))
+    # ln 1.45 / (2.80 / sqrt(20)) = 0.3716 / 0.6261 = 0.5935 (the textbook test at alpha 0.05).
     sample = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
-    assert statistical_strength("miscalibration", 1.45, sample) == pytest.approx(0.7187, abs=1e-4)
+    assert statistical_strength("miscalibration", 1.45, sample) == pytest.approx(0.5935, abs=1e-4)
     assert pytest.approx(2.80) == Z_DETECT
+
+
+def test_a_miscalibration_is_as_strong_as_its_inverse() -> None:
+    # The check compares log ratios: predictions x2.5 are as far from calibrated as x0.4 (a
+    # ratio-scale distance |s - 1| would call 2.5x more than twice as strong as 0.4x).
+    sample = Sample(requests=20_000, reference_requests=20_000, ctr=0.02)
+    over = signal_strength("miscalibration", 2.5, sample)
+    assert over == pytest.approx(signal_strength("miscalibration", 0.4, sample), rel=1e-9)
+    assert over == pytest.approx(math.log(2.5) / (z_checks(1) * math.sqrt(2 / 400)), rel=1e-6)
 
 
 def test_strength_at_the_checks_own_alpha_by_hand() -> None:
@@ -148,7 +158,7 @@ def test_strength_at_the_checks_own_alpha_by_hand() -> None:
     assert z_checks(1) == pytest.approx(4.6064, abs=1e-3)
     assert z_checks(3) > z_checks(1) > Z_DETECT
     sample = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
-    want = 0.45 / (z_checks(1) / math.sqrt(20))
+    want = math.log(1.45) / (z_checks(1) / math.sqrt(20))
     assert signal_strength("miscalibration", 1.45, sample) == pytest.approx(want, rel=1e-6)
 
 
@@ -170,8 +180,9 @@ def test_a_fault_in_a_slice_pays_for_the_slice_scan_or_for_its_dilution_by_hand(
     sliced = Sample(
         requests=1000, reference_requests=math.inf, ctr=0.02, slices=12, where_share=0.3
     )
-    scan = 0.45 / (z_checks(12) / math.sqrt(20))  # one test per dimension value, Holm over 12
-    diluted = 0.45 * math.sqrt(0.3) / (z_checks(1) / math.sqrt(20))
+    effect = math.log(1.45)
+    scan = effect / (z_checks(12) / math.sqrt(20))  # one test per dimension value, Holm over 12
+    diluted = effect * math.sqrt(0.3) / (z_checks(1) / math.sqrt(20))
     assert scan > diluted  # a small slice is better found by the scan
     assert signal_strength("miscalibration", 1.45, sliced) == pytest.approx(scan, rel=1e-6)
     assert signal_strength("miscalibration", 1.45, sliced) < signal_strength(
@@ -179,7 +190,7 @@ def test_a_fault_in_a_slice_pays_for_the_slice_scan_or_for_its_dilution_by_hand(
     )
     # A slice of 95 % of the traffic: testing the whole scope beats paying for 12 tests.
     most = Sample(requests=1000, reference_requests=math.inf, ctr=0.02, slices=12, where_share=0.95)
-    want = 0.45 * math.sqrt(0.95) / (z_checks(1) / math.sqrt(20))
+    want = effect * math.sqrt(0.95) / (z_checks(1) / math.sqrt(20))
     assert signal_strength("miscalibration", 1.45, most) == pytest.approx(want, rel=1e-6)
 
 
@@ -190,7 +201,12 @@ def test_a_fault_below_the_checks_materiality_is_below_the_floor_however_large_t
     assert signal_strength("model_fallback", 0.0005, huge) == pytest.approx(0.0005 * 0.999 / 0.001)
     assert signal_strength("model_fallback", 0.002, huge) > 1
     # Calibration: a 5 % rescaling is below the checks' 1.1 ratio; 20 % is above it.
-    assert signal_strength("miscalibration", 1.05, huge) == pytest.approx(0.5, rel=1e-6)
+    assert signal_strength("miscalibration", 1.05, huge) == pytest.approx(
+        math.log(1.05) / math.log(1.1), rel=1e-6
+    )
+    assert signal_strength("miscalibration", 1 / 1.05, huge) == pytest.approx(
+        math.log(1.05) / math.log(1.1), rel=1e-6
+    )
     assert signal_strength("miscalibration", 1.2, huge) > 1
     # A constant collapse is seen as a point mass of 3 % of the predictions, not as invalid.
     collapse = Sample(requests=1e9, reference_requests=1e9, ctr=0.02, mode="constant")
@@ -258,9 +274,10 @@ def test_buckets() -> None:
 
 
 def test_public_scenarios_get_a_computed_strength() -> None:
-    scenario = load_scenario(Path("evals/scenarios/miscal-over-obvious.yaml"))
-    strength = scenario_strength(scenario)
-    assert strength is not None and strength > 1
+    obvious = scenario_strength(load_scenario(Path("evals/scenarios/miscal-over-obvious.yaml")))
+    subtle = scenario_strength(load_scenario(Path("evals/scenarios/miscal-under-subtle.yaml")))
+    assert obvious is not None and subtle is not None
+    assert obvious > subtle > 0
     assert scenario_strength(load_scenario(Path("evals/scenarios/healthy-noise.yaml"))) is None
 
 

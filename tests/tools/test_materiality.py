@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tests.tools.test_known_answers import _arm, _stepped, frame_of
@@ -76,3 +78,50 @@ def test_clicks_lost_in_every_arm_fail_as_a_measurement_fault_blaming_no_arm() -
     data = _stepped({"control": steady, "test": steady}, {"control": over, "test": over})
     shifted = calibration_check(frame_of(data), training={"control": 1.0, "test": 1.0})
     assert shifted.verdict == "warn" and shifted.params["moved"] == "predictions"
+
+
+def test_an_arm_that_moved_far_more_than_control_is_not_a_shared_cause() -> None:
+    # Both arms' predictions rose against their baselines, control x2.3 (a noisy short baseline
+    # can show that), the test arm x4.6: the gap between them (x2, p about 0.001 over 60 and 33
+    # clicks) says the test arm has a fault of its own; "every arm moved together" holds only
+    # when no arm stands apart from control.
+    before = {"control": _arm(50, 1.0, 0.02), "test": _arm(27.5, 0.55, 0.02)}
+    after = {"control": _arm(50, 1.0, 0.046), "test": _arm(27.5, 0.55, 0.092)}
+    result = calibration_check(
+        frame_of(_stepped(before, after)), training={"control": 1.0, "test": 1.0}
+    )
+    assert result.arm == "test" and result.params["scope"] == "arm"
+    assert result.verdict in ("fail", "warn")
+    # The same rise in both arms stays a shared cause.
+    alike = {"control": _arm(50, 1.0, 0.092), "test": _arm(27.5, 0.55, 0.092)}
+    shared = calibration_check(
+        frame_of(_stepped(before, alike)), training={"control": 1.0, "test": 1.0}
+    )
+    assert shared.params["scope"] == "all_arms" and shared.arm is None
+
+
+def _noisy(data: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Poisson clicks around the cube's expected clicks, minute by minute."""
+    clicks = rng.poisson(data["sum_label"].to_numpy()).astype(float)
+    return data.assign(sum_label=clicks, sum_label_v=clicks)
+
+
+def test_a_shared_rise_is_rarely_pinned_on_one_arm_and_a_lone_one_usually_is() -> None:
+    # 300 worlds each: predictions of both arms x2 (a shared cause) and of the test arm alone x2.
+    rng = np.random.default_rng(7)
+    before = {"control": _arm(50, 1.0, 0.02), "test": _arm(50, 1.0, 0.02)}
+    both = {"control": _arm(50, 1.0, 0.04), "test": _arm(50, 1.0, 0.04)}
+    lone = {"control": _arm(50, 1.0, 0.02), "test": _arm(50, 1.0, 0.04)}
+    training = {"control": 1.0, "test": 1.0}
+    pinned = sum(
+        calibration_check(frame_of(_noisy(_stepped(before, both), rng)), training=training).arm
+        is not None
+        for _ in range(300)
+    )
+    found = sum(
+        calibration_check(frame_of(_noisy(_stepped(before, lone), rng)), training=training).arm
+        == "test"
+        for _ in range(300)
+    )
+    assert pinned / 300 <= 0.05
+    assert found / 300 >= 0.9

@@ -356,15 +356,31 @@ def judge(
             return Judgement(level, top, None, "subject", found)
         arms = {f.comparand.test for f in found if not f.comparand.concurrent}
         moved = _moved_together(found, top)
-        if len(arms) > 1 and moved == arms:
+        if len(arms) > 1 and moved == arms and not _apart(found, top):
             # Every arm moved together: real, but not this experiment's doing (lost logs, a
             # production-model fault, a fault in another layer's experiment). Never a fail here.
             return Judgement("warn", top, None, "all_arms", found)
-        if moved == {top.comparand.test}:
-            # One arm left its expected value or baseline while the others stayed put.
+        if moved == arms or moved == {top.comparand.test}:
+            # One arm left its expected value or baseline while the others stayed put, or moved
+            # with them but stands apart from control too: its own fault.
             return Judgement(level, top, top.comparand.test, "arm", found)
         return Judgement("warn", top, top.comparand.test, "arm", found)
     return Judgement("ok", min(found, key=lambda f: f.adjusted_p), None, "none", found)
+
+
+def _apart(found: Sequence[Finding], top: Finding) -> bool:
+    """Whether ``top``'s arm also stands apart from control: a material gap the same way, at the
+    leniency with which :func:`_moved_together` counts an arm as moved (0.05), but after the
+    family's correction. Then its move is not what every arm shares.
+    """
+    way = top.decisive.estimate > top.test.null
+    return any(
+        f.comparand.concurrent
+        and f.culprit == top.comparand.test
+        and (f.decisive.estimate > f.test.null) == way
+        and f.significant(0.05, f.test.warn_effect)
+        for f in found
+    )
 
 
 def _moved_together(found: Sequence[Finding], top: Finding) -> set[str]:
