@@ -61,7 +61,7 @@ from agent._candidates import (
     primary_effect,
     reach_of,
 )
-from agent.coverage import ALERT_CHECKS
+from agent.coverage import ALERT_CHECKS, MOVES_BUSINESS
 from agent.models import Alert, RootCause
 from agent.playbook import CauseRule, Playbook, Signal
 from agent.reasoning import DiagnosisInput
@@ -418,7 +418,52 @@ class DeterministicReasoner:
                     conclusion="inconclusive",
                     reason=rival,
                 )
+        if top is not None and top.cause == "none":
+            hint = _watched_hint(given.playbook, causes, given.outcomes, given.alert)
+            if hint is not None:
+                return Diagnosis(
+                    causes=causes,
+                    reasoner=self.name,
+                    ruled_out=ruled_out,
+                    conclusion="inconclusive",
+                    reason=hint + "; watching for it to confirm or clear",
+                )
         return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)
+
+
+def _watched_hint(
+    playbook: Playbook, causes: Sequence[RootCause], outcomes: Sequence[CheckOutcome], alert: Alert
+) -> str | None:
+    """Why a ``none`` on top is not yet an all-clear: a cause ranked after it whose primary check
+    warned on its subject, in a check that can move the alert's metric (any cause's for revenue
+    and CTR, the metric's own check otherwise). Such a warning is weaker than a failure but is
+    evidence; a follow-up on fresh data confirms it (a failure) or clears it."""
+    movers = (
+        MOVES_BUSINESS
+        if alert.metric not in ALERT_CHECKS
+        else frozenset({ALERT_CHECKS[alert.metric]})
+    )
+    rules = {r.cause: r for r in playbook.causes}
+    for cause in causes[1:]:
+        rule = rules.get(cause.cause)
+        if rule is None:
+            continue
+        primary = {s.check for s in rule.signals if s.primary} & movers & set(cause.evidence)
+        key = _subject_key(cause)
+        for o in outcomes:
+            if (
+                o.error is None
+                and o.result.check in primary
+                and o.result.verdict == "warn"
+                and o.subject.key == key
+            ):
+                return f"no check failed, but {o.result.check} warned on {key} ({_line(o)})"
+    return None
+
+
+def _line(o: CheckOutcome) -> str:
+    """The first sentence of an outcome's summary."""
+    return o.result.summary.split(". ")[0].rstrip(".")
 
 
 def _open_explanation(

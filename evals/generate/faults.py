@@ -16,6 +16,8 @@ import numpy as np
 
 from evals.generate.strength import (
     BASELINE_MINUTES,
+    SRM_SUFFIXES,
+    SRM_WINDOW_MINUTES,
     STALE_FAIL_OVERDUE,
     Sample,
     distinct_units,
@@ -185,6 +187,7 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
     units = 0.0
     arm_share = 0.5
     family = 1
+    unit_windows: tuple[tuple[float, float], ...] = ()
     if fault.experiment is not None and fault.arm is not None:
         exp = fault.experiment
         family = 2 * len(exp.arms) - 1
@@ -197,6 +200,7 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         pool = max(1000.0, 20.0 * world.requests_per_minute) * pct
         units = distinct_units(float(rate.sum()) * pct, pool)
         arm_share = exp.weight(fault.arm)
+        unit_windows = _unit_windows(world, exp, onset, last, pool)
     elif fault.model is not None:
         share = _model_share(world, fault.model, window)
         ref_share = _model_share(world, fault.model, before)
@@ -223,9 +227,29 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         family=family,
         mode=fault.mode,
         overdue=overdue,
+        unit_windows=unit_windows,
         slices=_slices(world) if fault.where else 1,
         where_share=where,
     )
+
+
+def _unit_windows(
+    world: WorldDraw, exp: Exp, onset: int, last: int, pool: float
+) -> tuple[tuple[float, float], ...]:
+    """The SRM check's windows ending at ``last`` (:data:`SRM_SUFFIXES` and its whole window,
+    from the experiment's launch at the latest): (distinct units, share first seen since the
+    onset) for each with at least 100 units (the check's ``min_units``)."""
+    pct = exp.traffic_pct / 100.0
+    first = max(0, exp.start_minute, last + 1 - SRM_WINDOW_MINUTES)
+    out = []
+    for length in sorted({*SRM_SUFFIXES, last + 1 - first}):
+        start = max(first, last + 1 - length)
+        before = float(world.traffic(np.arange(start, min(onset, last + 1))).sum()) * pct
+        since = float(world.traffic(np.arange(max(onset, start), last + 1)).sum()) * pct
+        total = distinct_units(before + since, pool)
+        if total >= 100:
+            out.append((total, (total - distinct_units(before, pool)) / total))
+    return tuple(out)
 
 
 def _slices(world: WorldDraw) -> int:

@@ -50,7 +50,10 @@ checks' own rules call it.
                                                snapshot's age (``Sample.overdue``), whichever
                                                is stronger
   allocation_bug               arm share       ``w − w(1 − s)/(1 − w·s)``; ``σ = sqrt(w(1 − w))``
-                               (units)         (one χ² test: no segments, no family)
+                               (units)         (the best of the SRM check's windows, Bonferroni
+                                               over them; in a window reaching back before the
+                                               onset, times the share of its units first seen
+                                               since the onset)
   ============================ =============== ================================================
 
 NE's effect and σ come from the simulator's own model of a prediction (``docs/simulator.md``):
@@ -109,6 +112,14 @@ _POWER_Z = float(sps.norm.ppf(0.8))
 STALE_FAIL_OVERDUE = StalenessParams().fail_overdue
 """A snapshot overdue by this share of its cadence fails the staleness check."""
 BASELINE_MINUTES = 120
+
+SRM_SUFFIXES: tuple[int, ...] = (10, 20, 40)
+"""The recent windows the SRM check tests besides its whole window (``TelemetryReader.units``'s
+default suffixes), Bonferroni over those with enough units."""
+
+SRM_WINDOW_MINUTES = 120
+"""The SRM check's whole window when the investigation locates no onset (the playbooks'
+lookback)."""
 # (label, lower bound inclusive); the last bucket is open above.
 BUCKETS: tuple[tuple[str, float], ...] = (
     ("<0.5", 0.0),
@@ -145,6 +156,9 @@ class Sample:
         slices: Dimension values a slice scan tests (every value of every dimension) when the
             fault is confined to a slice (``where``); 1 when it covers its whole scope.
         where_share: The slice's share of its scope's traffic (1 without ``where``).
+        unit_windows: ``allocation_bug``: the SRM check's windows ending at the alert (its
+            whole window and the last :data:`SRM_SUFFIXES` minutes), each as (distinct units in
+            it, share of them first seen since the onset); empty: one test over ``units``.
     """
 
     requests: float
@@ -159,6 +173,7 @@ class Sample:
     overdue: float = 0.0
     slices: int = 1
     where_share: float = 1.0
+    unit_windows: tuple[tuple[float, float], ...] = ()
 
 
 def bucket(strength: float | None) -> str:
@@ -323,8 +338,15 @@ def _statistical(kind: str, severity: float, sample: Sample, z: float | None) ->
     if z is not None:
         return effect / (z * sigma * math.sqrt(inv))
     if kind == "allocation_bug":
-        # SRM is one chi-square test over the window (units, not request slices).
-        return effect / (z_checks(1, 1) * sigma * math.sqrt(inv))
+        # SRM is a chi-square test of units per arm (no request slices) over its whole window
+        # and its recent suffixes, Bonferroni over them; a window reaching back before the onset
+        # holds units the bug could not touch, which dilute the deficit.
+        if not sample.unit_windows:
+            return effect / (z_checks(1, 1) * sigma * math.sqrt(inv))
+        z = z_checks(len(sample.unit_windows), 1)
+        return max(
+            effect * fresh * math.sqrt(units) / (z * sigma) for units, fresh in sample.unit_windows
+        )
     # The rate checks scan segments per family. A fault confined to a slice is seen either by a
     # slice scan, one more test per dimension value (Holm), or diluted in its whole scope: its
     # effect times the slice's share over 1/share times the traffic, i.e. sqrt(share) of the

@@ -348,3 +348,34 @@ def test_an_outage_rules_out_a_sample_ratio_mismatch_only_as_large_as_it(errors_
     assert ("allocation_bug" in {c for c, _ in ruled}) is ruled_out
     if not ruled_out:
         assert [c.cause for c in causes][:2] == ["allocation_bug", "infra_outage"]
+
+
+def _diagnose(ranking, suspects, found, metric):
+    from agent.deterministic import DeterministicReasoner
+    from agent.reasoning import DiagnosisInput
+    from agent.state import Localization, Window
+
+    alert = Alert(metric=metric, fired_at=at(160), source="cli", name="x", summary="x")
+    window = Window(start=at(100), end=at(160))
+    loc = Localization(window=window, baseline=Window(start=at(40), end=at(100)), suspects=suspects)
+    return DeterministicReasoner().diagnose(DiagnosisInput(alert, ranking, loc, found))
+
+
+def test_a_warning_that_could_move_the_alerted_metric_is_watched_not_called_noise(ranking):
+    # A revenue alert; the production model's calibration only warned: not enough to act on,
+    # too much to call noise. The investigation watches it (a follow-up confirms or clears it).
+    shifted = CheckResult(
+        check="calibration",
+        verdict="warn",
+        summary="Calibration moved to 0.83. More.",
+        p_value=0.009,
+    )
+    diagnosis = _diagnose(ranking, [MODEL, ALL], outcomes(MODEL, calibration=shifted), "revenue")
+    assert diagnosis.causes[0].cause == "none"
+    assert diagnosis.conclusion == "inconclusive"
+    assert "calibration warned on model:ctr_v41 (Calibration moved to 0.83)" in diagnosis.reason
+    # Nothing warned: an all-clear. A warning of a check that cannot move the alert's own
+    # metric (NE behind a fallback-rate alert) does not hold it open either.
+    assert _diagnose(ranking, [MODEL, ALL], outcomes(MODEL), "revenue").conclusion == "conclusive"
+    ne_warn = outcomes(MODEL, ne=warn("ne"))
+    assert _diagnose(ranking, [MODEL, ALL], ne_warn, "fallback_rate").conclusion == "conclusive"
