@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from agent.models import Alert
 from agent.playbook import CauseRule
@@ -73,6 +74,27 @@ def primary_effect(rule: CauseRule, matched: Sequence[CheckOutcome]) -> tuple[fl
 
 def _primary_effect(c: Candidate) -> tuple[float, str] | None:
     return primary_effect(c.rule, c.matched)
+
+
+ONSET_SLACK = timedelta(minutes=15)
+"""How much earlier than a rule-out finding a symptom must have begun to be none of its doing
+(onsets are estimated from noisy minutes; an outage's symptoms begin with it)."""
+
+
+def began_before(finding: CheckResult, rule: CauseRule, matched: Sequence[CheckOutcome]) -> bool:
+    """Whether the cause's failing primary finding began clearly before ``finding`` (by more
+    than :data:`ONSET_SLACK`): an outage that started at 03:12 does not explain a model that went
+    stale at 02:30, so it does not rule that out (two faults at once are both ranked)."""
+    if finding.onset is None:
+        return False
+    primary = {sig.check for sig in rule.signals if sig.primary}
+    return any(
+        o.result.check in primary
+        and o.result.verdict == "fail"
+        and o.result.onset is not None
+        and o.result.onset < finding.onset - ONSET_SLACK
+        for o in matched
+    )
 
 
 def large_enough(finding: CheckResult, symptom: tuple[float, str] | None) -> bool:

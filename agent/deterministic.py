@@ -14,7 +14,8 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    arm and its control: what hits every arm alike cannot open a gap between them (two faults at
    once are both ranked). Nor does a rule-out finding too small to account for the symptom:
    when both are shares of requests (pp) it must reach half of it (0.13 pp more errors on every
-   arm do not explain one arm missing 22 pp of its units).
+   arm do not explain one arm missing 22 pp of its units); nor one that began clearly after the
+   symptom (an outage from 03:12 does not explain a model stale since 02:30).
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
    supported on the same subject (a fallback to a weak model also worsens NE) and reaches every
    request of the symptom (a fallback on ``country=BR`` does not explain invalid predictions in
@@ -56,6 +57,7 @@ from datetime import datetime
 from agent._candidates import (
     Candidate,
     accounts_for_clicks,
+    began_before,
     explain,
     large_enough,
     primary_effect,
@@ -192,6 +194,8 @@ def _evaluate(
             continue
         if not large_enough(found.result, primary_effect(rule, matched)):
             continue  # too small to account for the symptom (a tiny outage, a large SRM)
+        if began_before(found.result, rule, matched):
+            continue  # the symptom began before the ruling finding: none of its doing
         ruled_out = out.reason
         break
     return Candidate(

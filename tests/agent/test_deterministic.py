@@ -379,3 +379,21 @@ def test_a_warning_that_could_move_the_alerted_metric_is_watched_not_called_nois
     assert _diagnose(ranking, [MODEL, ALL], outcomes(MODEL), "revenue").conclusion == "conclusive"
     ne_warn = outcomes(MODEL, ne=warn("ne"))
     assert _diagnose(ranking, [MODEL, ALL], ne_warn, "fallback_rate").conclusion == "conclusive"
+
+
+def test_an_outage_does_not_rule_out_a_fault_that_began_before_it(ranking):
+    # The model went stale at minute 30; errors rose on all traffic from minute 72: both rank.
+    stale = fail("staleness", "old", arm=None, onset=at(30), estimate=1.0, unit="h")
+    errors = fail("infra", "errors", arm=None, onset=at(72))
+    causes, ruled = rank_causes(
+        ranking, [MODEL, ALL], outcomes(MODEL, staleness=stale, infra=errors)
+    )
+    assert {"stale_model", "infra_outage"} <= {c.cause for c in causes}
+    assert not any(cause == "stale_model" for cause, _ in ruled)
+    # Begun with the outage (within the onsets' slack), the outage explains it.
+    along = fail("staleness", "old", arm=None, onset=at(65), estimate=1.0, unit="h")
+    causes, ruled = rank_causes(
+        ranking, [MODEL, ALL], outcomes(MODEL, staleness=along, infra=errors)
+    )
+    assert causes[0].cause == "infra_outage"
+    assert any(cause == "stale_model" for cause, _ in ruled)
