@@ -31,18 +31,61 @@ from langchain_core.runnables import RunnableConfig
 
 from agent.coverage import NO_ROOT_CAUSE
 from agent.deps import Deps
-from agent.models import FollowUp, InvestigationView
-from agent.state import InvestigationState
+from agent.models import Alert, FollowUp, InvestigationView
+from agent.state import CheckOutcome, InvestigationState
 from agent.store_followups import Claim
 from tools.errors import RetryableError
 from tools.vocabulary import as_utc
 
-__all__ = ["FOLLOWUP_LABEL", "FollowUpRunner", "describe", "runner_id", "settle"]
+__all__ = [
+    "FOLLOWUP_LABEL",
+    "FollowUpRunner",
+    "describe",
+    "looks",
+    "runner_id",
+    "settle",
+    "spent",
+]
 
 _log = logging.getLogger(__name__)
 
 FOLLOWUP_LABEL = "vigil_followup"
 """Label a follow-up's alert carries in its graph state: the follow-up's number."""
+
+
+def looks(alert: Alert) -> int:
+    """How many times the checks have looked at this alert's data: 1, then 1 + each follow-up."""
+    try:
+        return 1 + max(0, int(alert.labels.get(FOLLOWUP_LABEL, "0")))
+    except ValueError:
+        return 1
+
+
+def spent(outcome: CheckOutcome, n_looks: int) -> CheckOutcome:
+    """A check's failure at the ``n_looks``-th look at one alert, held to ``alpha_fail / n_looks``.
+
+    Each follow-up tests again what the first run tested, on more data: every look is another
+    chance for a healthy arm to cross ``alpha_fail`` by luck. Bonferroni over the looks keeps the
+    family-wise rate of the whole watch at the check's own ``alpha_fail``. A failure that does not
+    reach it stays a warning (a candidate or a hint, never an action), with the reason in its
+    summary; results without a p-value (a snapshot's age is read, not estimated) are unchanged.
+    """
+    r = outcome.result
+    alpha = r.params.get("alpha_fail")
+    if (
+        n_looks <= 1
+        or r.verdict != "fail"
+        or r.p_value is None
+        or not isinstance(alpha, int | float)
+        or r.p_value <= alpha / n_looks
+    ):
+        return outcome
+    summary = (
+        f"{r.summary.rstrip()} Not a failure at this look: the data of one alert has now been "
+        f"tested {n_looks} times, so a failure must reach p ≤ {alpha / n_looks:.2g}."
+    )
+    result = r.model_copy(update={"verdict": "warn", "summary": summary})
+    return outcome.model_copy(update={"result": result})
 
 
 def runner_id() -> str:

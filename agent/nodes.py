@@ -21,7 +21,7 @@ from langgraph.types import Send, interrupt
 from agent.coverage import blind_spot, not_ruled_out, unknown_experiment, with_coverage
 from agent.deps import Deps
 from agent.deterministic import DeterministicReasoner, cause_onset
-from agent.followups import settle
+from agent.followups import looks, settle, spent
 from agent.localize import localize, plan, run_task, shared_suspect, utc
 from agent.mitigation import propose_for
 from agent.models import (
@@ -233,7 +233,9 @@ class Nodes:
     def plan(self, state: InvestigationState) -> dict[str, Any]:
         """The checks to run."""
         assert state.localization is not None
-        return {"tasks": plan(self.deps.playbooks.get(state.playbook), state.localization)}
+        tasks = plan(self.deps.playbooks.get(state.playbook), state.localization)
+        n_looks = looks(state.alert)
+        return {"tasks": [t.model_copy(update={"looks": n_looks}) for t in tasks]}
 
     @staticmethod
     def fan_out(state: InvestigationState) -> list[Send] | str:
@@ -246,7 +248,7 @@ class Nodes:
         """Run one check (``state`` is the task ``Send`` carried)."""
         view = self.deps.store.get_investigation(_thread(config))
         box = self.deps.toolboxes.get(view.id, view.alert)
-        return {"outcomes": [run_task(box, state)]}
+        return {"outcomes": [spent(run_task(box, state), state.looks)]}
 
     def _widened(self, state: InvestigationState) -> tuple[Localization, list[CheckOutcome]]:
         """The production model's checks, when the alerted experiment's arms moved together."""
@@ -267,7 +269,9 @@ class Nodes:
         suspects.insert(at, model)
         tasks = plan(playbook, loc.model_copy(update={"suspects": [model]}))
         box = self._toolbox(state)
-        return loc.model_copy(update={"suspects": suspects}), [run_task(box, t) for t in tasks]
+        n_looks = looks(state.alert)
+        outcomes = [spent(run_task(box, t), n_looks) for t in tasks]
+        return loc.model_copy(update={"suspects": suspects}), outcomes
 
     def diagnose(self, state: InvestigationState) -> dict[str, Any]:
         """Rank causes; an LLM's causes stand only if they cite failing checks.

@@ -66,6 +66,9 @@ class CheckTask(_Value):
     check: str
     subject: Suspect
     window: Window
+    looks: int = Field(
+        default=1, ge=1, description="The look at the alert's data: 1, then 1 + the follow-up."
+    )
 
 
 class CheckOutcome(_Value):

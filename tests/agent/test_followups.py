@@ -259,3 +259,26 @@ def test_on_postgresql_one_of_many_processes_claims_a_due_followup(pg_server: An
     assert [a.metric for a in first.get_investigation("inv-pg").joined_alerts] == ["revenue"]
     for s in [first, *stores]:
         s.engine.dispose()
+
+
+def test_a_follow_up_holds_failures_to_alpha_over_the_looks_taken() -> None:
+    from agent.followups import FOLLOWUP_LABEL, looks, spent
+    from agent.state import CheckOutcome, Suspect
+
+    first = alert("ne")
+    second = first.model_copy(update={"labels": {FOLLOWUP_LABEL: "1"}})
+    fourth = first.model_copy(update={"labels": {FOLLOWUP_LABEL: "3"}})
+    assert (looks(first), looks(second), looks(fourth)) == (1, 2, 4)
+
+    def outcome(p: float | None) -> CheckOutcome:
+        result = CheckResult(
+            check="ne", verdict="fail", summary="NE rose.", p_value=p, params={"alpha_fail": 1e-3}
+        )
+        return CheckOutcome(key="ne@global", subject=Suspect(scope="global"), result=result)
+
+    # p 0.0009 fails at the first look; at the second it must reach 0.0005: a warning, said why.
+    assert spent(outcome(9e-4), 1).result.verdict == "fail"
+    held = spent(outcome(9e-4), 2).result
+    assert held.verdict == "warn" and "p ≤ 0.0005" in held.summary
+    assert spent(outcome(1e-5), 4).result.verdict == "fail"
+    assert spent(outcome(None), 4).result.verdict == "fail"  # an age is read, not estimated
