@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evals.generate.faults import FaultDraw, draw_fault
-from evals.generate.strength import bucket
+from evals.generate.faults import FaultDraw, draw_fault, fault_sample
+from evals.generate.strength import bucket, signal_strength
 from evals.generate.world import WorldDraw, draw_world
 from evals.sim.scenario import FAULT_KINDS, parse_scenario
 
@@ -224,6 +224,10 @@ def generate_scenario(seed: int) -> dict[str, Any]:
             )
             tags.append("two_faults")
         alert = _alert(rng, world, primary, two_faults)
+        if primary.experiment is not None and "experiment" not in alert:
+            # Named by no alert, a miscalibrated arm must first be found by attribution.
+            sample = fault_sample(world, primary, timeline.alert, global_alert=True)
+            primary.strength = round(signal_strength(kind, primary.severity, sample), 3)
         expect = {"root_cause": kind}
         if primary.experiment is not None:
             expect["experiment"] = primary.experiment.id

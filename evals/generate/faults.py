@@ -15,10 +15,13 @@ from typing import Any, Literal
 import numpy as np
 
 from evals.generate.strength import (
+    ATTRIBUTION_WINDOW,
     BASELINE_MINUTES,
+    SCAN_METRICS,
     SRM_SUFFIXES,
     SRM_WINDOW_MINUTES,
     STALE_FAIL_OVERDUE,
+    Attributed,
     Sample,
     distinct_units,
     signal_strength,
@@ -167,10 +170,14 @@ def _stale_model(world: WorldDraw, fault: FaultDraw) -> str:
     return fault.model or world.production_model
 
 
-def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
+def fault_sample(
+    world: WorldDraw, fault: FaultDraw, alert: int, *, global_alert: bool = False
+) -> Sample:
     """The traffic ``fault`` touches from its onset to ``alert`` (inclusive), and its reference.
 
     A stale model's onset is its first missed publication (the simulator's drift starts there).
+    ``global_alert``: the alert names no experiment, so a miscalibrated arm must first be named
+    by the localization's attribution scan (:class:`~evals.generate.strength.Attributed`).
     """
     onset = fault.start_minute
     refresh = 0.0
@@ -188,6 +195,7 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
     arm_share = 0.5
     family = 1
     unit_windows: tuple[tuple[float, float], ...] = ()
+    attributed: Attributed | None = None
     if fault.experiment is not None and fault.arm is not None:
         exp = fault.experiment
         family = 2 * len(exp.arms) - 1
@@ -201,6 +209,8 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         units = distinct_units(float(rate.sum()) * pct, pool)
         arm_share = exp.weight(fault.arm)
         unit_windows = _unit_windows(world, exp, onset, last, pool)
+        if global_alert and fault.kind == "miscalibration":
+            attributed = _attributed(world, exp, fault.arm, onset, last, where)
     elif fault.model is not None:
         share = _model_share(world, fault.model, window)
         ref_share = _model_share(world, fault.model, before)
@@ -228,8 +238,41 @@ def fault_sample(world: WorldDraw, fault: FaultDraw, alert: int) -> Sample:
         mode=fault.mode,
         overdue=overdue,
         unit_windows=unit_windows,
+        attributed=attributed,
         slices=_slices(world) if fault.where else 1,
         where_share=where,
+    )
+
+
+def _attributed(
+    world: WorldDraw, exp: Exp, arm: str, onset: int, last: int, where: float
+) -> Attributed:
+    """Attribution's view of a miscalibrated ``arm`` behind a global alert at ``last``: its
+    window's and baseline's clicks for the arm and its control, and the share of the arm's
+    predictions the fault scaled in each (:class:`~evals.generate.strength.Attributed`)."""
+    start = max(0, exp.start_minute)
+    window = np.arange(max(start, last + 1 - ATTRIBUTION_WINDOW), last + 1)
+    base = np.arange(max(start, int(window[0]) - BASELINE_MINUTES), int(window[0]))
+    pct = exp.traffic_pct / 100.0
+
+    def clicks(minutes: np.ndarray, of: str) -> float:
+        return float((world.traffic(minutes) * world.ctr(minutes)).sum()) * pct * exp.weight(of)
+
+    def affected(minutes: np.ndarray) -> float:
+        rate = world.traffic(minutes)
+        total = float(rate.sum())
+        return float(rate[minutes >= onset].sum()) / total * where if total > 0 else 0.0
+
+    arms = sum(max(len(e.arms) - 1, 0) for e in world.experiments)
+    return Attributed(
+        clicks=(
+            clicks(window, arm),
+            clicks(window, exp.control),
+            clicks(base, arm),
+            clicks(base, exp.control),
+        ),
+        affected=(affected(window), affected(base)),
+        family=max(arms, 1) * SCAN_METRICS,
     )
 
 

@@ -93,4 +93,5 @@ def scenario_strength(scenario: Scenario, *, minute: int | None = None) -> float
         mode=spec.mode,
     )
     alert = max(scenario.alert.minute if minute is None else minute, spec.start_minute)
-    return round(signal_strength(spec.kind, spec.severity, fault_sample(world, fault, alert)), 3)
+    sample = fault_sample(world, fault, alert, global_alert=scenario.alert.experiment is None)
+    return round(signal_strength(spec.kind, spec.severity, sample), 3)

@@ -86,11 +86,17 @@ from tools.checks import (
 
 __all__ = [
     "ALPHA_FAIL",
+    "ATTRIBUTION_WINDOW",
     "BASELINE_MINUTES",
     "BUCKETS",
+    "SCAN_METRICS",
     "SEGMENTS",
+    "SRM_SUFFIXES",
+    "SRM_WINDOW_MINUTES",
     "STALE_FAIL_OVERDUE",
+    "SUSPECT_ALPHA",
     "Z_DETECT",
+    "Attributed",
     "Sample",
     "bucket",
     "distinct_units",
@@ -117,6 +123,15 @@ SRM_SUFFIXES: tuple[int, ...] = (10, 20, 40)
 """The recent windows the SRM check tests besides its whole window (``TelemetryReader.units``'s
 default suffixes), Bonferroni over those with enough units."""
 
+ATTRIBUTION_WINDOW = 30
+"""Minutes the localization's attribution scans before a global alert without an onset."""
+
+SUSPECT_ALPHA = 0.01
+"""The ranking playbook's ``suspects.alpha``: the level at which attribution names a suspect."""
+
+SCAN_METRICS = 6
+"""Metrics the ranking playbook's attribution scans (Bonferroni across them)."""
+
 SRM_WINDOW_MINUTES = 120
 """The SRM check's whole window when the investigation locates no onset (the playbooks'
 lookback)."""
@@ -132,6 +147,27 @@ _P0 = {"prediction_collapse": 0.0, "model_fallback": 0.001, "infra_outage": 0.00
 _NE_SAMPLE = 100_000
 
 Unit = Literal["requests", "clicks", "units"]
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """What the attribution scan of a global alert sees of one experiment arm (calibration).
+
+    Localization compares each arm's log Σpred/Σclicks with its control's, over its recent
+    window (:data:`ATTRIBUTION_WINDOW` minutes, the playbook's ``min_minutes``, when the global
+    metric shows no onset) against the :data:`BASELINE_MINUTES` before it (a difference in
+    differences: four Poisson click counts), Holm over every non-control arm of every experiment
+    and Bonferroni over the metrics it scans, at the playbook's ``suspects.alpha``.
+
+    Attributes:
+        clicks: Clicks of the arm and of its control in the window, then in the baseline.
+        affected: Share of the arm's predictions the fault scaled in the window, in the baseline.
+        family: Non-control arms in the world times the metrics scanned.
+    """
+
+    clicks: tuple[float, float, float, float]
+    affected: tuple[float, float]
+    family: int
 
 
 @dataclass(frozen=True)
@@ -159,6 +195,8 @@ class Sample:
         unit_windows: ``allocation_bug``: the SRM check's windows ending at the alert (its
             whole window and the last :data:`SRM_SUFFIXES` minutes), each as (distinct units in
             it, share of them first seen since the onset); empty: one test over ``units``.
+        attributed: A miscalibrated experiment arm behind a *global* alert, which only the
+            localization's attribution scan can name (None: the alert names the experiment).
     """
 
     requests: float
@@ -174,6 +212,7 @@ class Sample:
     slices: int = 1
     where_share: float = 1.0
     unit_windows: tuple[tuple[float, float], ...] = ()
+    attributed: Attributed | None = None
 
 
 def bucket(strength: float | None) -> str:
@@ -358,6 +397,17 @@ def _statistical(kind: str, severity: float, sample: Sample, z: float | None) ->
     return max(in_slice, diluted / math.sqrt(inv))
 
 
+def _attributed(severity: float, a: Attributed) -> float:
+    """Strength of a miscalibrated arm in attribution's difference in differences."""
+    if min(a.clicks) <= 0:
+        return 0.0
+    window, baseline = (math.log1p(f * (severity - 1.0)) for f in a.affected)
+    se = math.sqrt(sum(1.0 / c for c in a.clicks))
+    alpha = SUSPECT_ALPHA / max(a.family, 1)
+    z = float(sps.norm.isf(alpha / 2.0)) + _POWER_Z
+    return abs(window - baseline) / (z * se)
+
+
 def statistical_strength(kind: str, severity: float, sample: Sample) -> float:
     """The textbook strength: ``effect / (2.80 · σ · sqrt(1/n + 1/n_ref))`` (α 0.05, no floor)."""
     return _statistical(kind, severity, sample, Z_DETECT)
@@ -375,6 +425,10 @@ def signal_strength(kind: str, severity: float, sample: Sample) -> float:
         The strength (0 when the fault touched nothing).
     """
     stat = _statistical(kind, severity, sample, None)
+    if kind == "miscalibration" and sample.attributed is not None:
+        # Behind a global alert the arm must first be named by attribution, then failed by
+        # the calibration check: the weaker of the two bounds what the investigation can see.
+        stat = min(stat, _attributed(severity, sample.attributed))
     floor = material_effect(kind, severity, sample)
     if floor > 0:
         effect, _sigma, _unit = effect_and_sigma(kind, severity, sample)

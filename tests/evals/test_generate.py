@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import typer
+from scipy import stats as sps
 from typer.testing import CliRunner
 
 from evals.generate import generate, generate_scenario, write_scenarios
@@ -17,6 +18,7 @@ from evals.generate.faults import FaultDraw, fault_sample
 from evals.generate.measure import scenario_strength
 from evals.generate.strength import (
     Z_DETECT,
+    Attributed,
     Sample,
     bucket,
     signal_strength,
@@ -160,6 +162,24 @@ def test_strength_at_the_checks_own_alpha_by_hand() -> None:
     sample = Sample(requests=1000, reference_requests=math.inf, ctr=0.02)
     want = math.log(1.45) / (z_checks(1) / math.sqrt(20))
     assert signal_strength("miscalibration", 1.45, sample) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_miscalibrated_arm_behind_a_global_alert_is_bounded_by_attribution_by_hand() -> None:
+    # x2 on an arm: 400 clicks in it and in control since the onset, so the calibration check
+    # alone would see it easily. Behind a global alert attribution must name it first: 100 and
+    # 100 clicks in its 30-minute window, 400 and 400 in the baseline, the fault in the whole
+    # window and none of the baseline, 60 arms x 6 metrics at the playbook's alpha 0.01.
+    named = Sample(requests=20_000, reference_requests=20_000, ctr=0.02)
+    seen = Attributed(clicks=(100.0, 100.0, 400.0, 400.0), affected=(1.0, 0.0), family=360)
+    hidden = Sample(requests=20_000, reference_requests=20_000, ctr=0.02, attributed=seen)
+    z = float(sps.norm.isf(0.01 / 360 / 2)) + float(sps.norm.ppf(0.8))
+    want = math.log(2.0) / (z * math.sqrt(2 / 100 + 2 / 400))
+    assert signal_strength("miscalibration", 2.0, hidden) == pytest.approx(want, rel=1e-6)
+    assert want < 1 < signal_strength("miscalibration", 2.0, named)
+    # A baseline the fault already reached shrinks the difference in differences.
+    late = Attributed(clicks=(100.0, 100.0, 400.0, 400.0), affected=(1.0, 0.25), family=360)
+    later = Sample(requests=20_000, reference_requests=20_000, ctr=0.02, attributed=late)
+    assert signal_strength("miscalibration", 2.0, later) < want
 
 
 def test_strength_of_a_fallback_by_hand() -> None:
