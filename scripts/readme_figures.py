@@ -154,7 +154,7 @@ def _bench_rows(bench: dict[str, Any]) -> list[str]:
                 f"minute × dimensions), same run, both best of three in alternating rounds "
                 f"| {checks['battery_s']} s "
                 f"vs {checks['floor_s']} s: **{checks['battery_over_floor']}×**, Python "
-                f"{checks['python_share']:.0%} of the battery{issue} | ≤ 1.5×, Python < 10 % "
+                f"{checks['python_share']:.1%} of the battery{issue} | ≤ 1.5×, Python < 10 % "
                 "| `vigil bench --only checks` |"
             )
         rows.append(
