@@ -45,7 +45,9 @@ Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, 
 discounted when explained, made non-increasing down the ranking. With no failure at all the
 answer is ``none``: noise or seasonality, nothing to mitigate. A candidate ranked first on a
 warning alone is *inconclusive*: nothing is proposed and the investigation watches (follow-ups
-confirm it with a failure or clear it).
+confirm it with a failure or clear it). So is a ``none`` on top while a hint's warning comes from
+a check that can move the alert's metric (any cause's check for revenue and CTR, the metric's own
+check otherwise): evidence that is not yet a failure is not yet noise either.
 """
 
 from __future__ import annotations
