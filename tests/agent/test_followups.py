@@ -282,3 +282,35 @@ def test_a_follow_up_holds_failures_to_alpha_over_the_looks_taken() -> None:
     assert held.verdict == "warn" and "p ≤ 0.0005" in held.summary
     assert spent(outcome(1e-5), 4).result.verdict == "fail"
     assert spent(outcome(None), 4).result.verdict == "fail"  # an age is read, not estimated
+
+
+@pytest.mark.parametrize(("p_value", "status"), [(9e-4, "watching"), (1e-6, "awaiting_approval")])
+def test_a_follow_up_acts_only_on_a_failure_that_survives_its_extra_look(
+    harness: Any, p_value: float, status: str
+) -> None:
+    # The first run is blind and watches; the follow-up sees a fallback failure of the test arm.
+    # At p = 0.0009 it would fail on a first look (alpha 1e-3), but this is the alert's second
+    # look: it must reach 0.0005, so it stays a warning and nothing is proposed. At 1e-6 it acts.
+    box = _CrashingBox({"calibration@experiment:879": BLIND})
+    h = harness(box, followup_minutes=[10, 20])
+    inv = h.investigator()
+    ident = inv.investigate(alert(metric="calibration")).id
+    box.results["fallback@experiment:879"] = CheckResult(
+        check="fallback",
+        verdict="fail",
+        summary="Fallback rate of experiment 879: arm test 0.6% vs control 0.1%.",
+        p_value=p_value,
+        experiment="879",
+        arm="test",
+        params={"alpha_fail": 1e-3},
+    )
+    [(_, entry)] = inv.follow_up(at(170))
+    view = inv.get(ident)
+    assert entry.n == 1 and view.status == status
+    line = next(v for v in view.verdicts if v[0].startswith("fallback"))
+    if status == "watching":
+        assert view.mitigations == []
+        assert line[1] == "warn" and "p ≤ 0.0005" in line[2]
+    else:
+        assert [m.action for m in view.mitigations] == ["kill_experiment"]
+        assert line[1] == "fail"
