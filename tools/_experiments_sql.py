@@ -15,12 +15,12 @@ import sqlalchemy as sa
 
 from tools._dialect_sql import as_int
 from tools._queries import EXPOSURE_MARGIN, _int, _invalid
-from tools.aggregates import to_datetime, to_minute
+from tools.aggregates import LOGLOSS_EPS, to_datetime, to_minute
 
 if TYPE_CHECKING:
     from tools._queries import Queries
 
-__all__ = ["EXPERIMENT_SUMS", "JOIN_SLICE_MINUTES", "experiments_statement"]
+__all__ = ["EXPERIMENT_SUMS", "JOIN_SLICE_MINUTES", "LOG_LOSS_SUMS", "experiments_statement"]
 
 EXPERIMENT_SUMS: tuple[str, ...] = (
     "n",
@@ -33,7 +33,11 @@ EXPERIMENT_SUMS: tuple[str, ...] = (
     "n_invalid",
     "sum_pred",
 )
-"""The sums :meth:`Queries.experiments` can compute, in the order of its columns."""
+"""The sums :meth:`Queries.experiments` computes by default, in the order of its columns."""
+
+LOG_LOSS_SUMS: tuple[str, ...] = ("sum_ll", "sum_ll2")
+"""Sums of each request's log loss and its square (valid predictions only), computed only when
+asked for: a logarithm per joined row (attribution of an NE alert)."""
 
 _READS: dict[str, tuple[str, ...]] = {
     "n": (),
@@ -45,6 +49,8 @@ _READS: dict[str, tuple[str, ...]] = {
     "n_pred": ("prediction",),
     "n_invalid": ("prediction", "error"),
     "sum_pred": ("prediction",),
+    "sum_ll": ("prediction", "label"),
+    "sum_ll2": ("prediction", "label"),
 }
 """The requests' columns each sum reads."""
 
@@ -86,7 +92,7 @@ def experiments_statement(
         # The spans cover one range: read only it; no row falls outside every span.
         lo = max(lo, to_datetime(covered[0]))
         hi = min(hi, to_datetime(covered[1]))
-    chosen = [name for name in EXPERIMENT_SUMS if name in sums]
+    chosen = [name for name in (*EXPERIMENT_SUMS, *LOG_LOSS_SUMS) if name in sums]
     reads = list(dict.fromkeys(col for name in chosen for col in _READS[name]))
     pieces = _pieces(lo, hi, spans) if q.dialect == "duckdb" else []
     rows = (
@@ -158,6 +164,14 @@ def _sums(c: Any, chosen: Sequence[str]) -> list[sa.ColumnElement[Any]]:
         p = c.prediction
         return sa.case((sa.and_(p >= 0.0, p <= 1.0), p), else_=sa.null())
 
+    def log_loss() -> sa.ColumnElement[Any]:
+        p = valid()
+        pc = sa.case(
+            (p < LOGLOSS_EPS, LOGLOSS_EPS), (p > 1 - LOGLOSS_EPS, 1 - LOGLOSS_EPS), else_=p
+        )
+        y = as_int(c.label)
+        return -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
+
     build: dict[str, Callable[[], sa.ColumnElement[Any]]] = {
         "n": lambda: sa.func.count(),
         "sum_label": lambda: sa.func.sum(as_int(c.label)),
@@ -168,6 +182,8 @@ def _sums(c: Any, chosen: Sequence[str]) -> list[sa.ColumnElement[Any]]:
         "n_pred": lambda: sa.func.count(valid()),
         "n_invalid": lambda: _invalid(valid(), as_int(c.error)),
         "sum_pred": lambda: sa.func.sum(valid()),
+        "sum_ll": lambda: sa.func.sum(log_loss()),
+        "sum_ll2": lambda: sa.func.sum(log_loss() * log_loss()),
     }
     return [build[name]().label(name) for name in chosen]
 

@@ -30,7 +30,7 @@ import numpy.typing as npt
 import pandas as pd
 import sqlalchemy as sa
 
-from tools._experiments_sql import EXPERIMENT_SUMS
+from tools._experiments_sql import EXPERIMENT_SUMS, LOG_LOSS_SUMS
 from tools._queries import (
     GROUPING_SETS_DIALECTS,
     GROUPING_SETS_SLOWER,
@@ -264,12 +264,14 @@ class TelemetryReader:
                 is then the span's ``a``; rows whose minute is in no span are left out). What
                 attribution reads: the same sums over its window and baseline, without a row
                 per experiment arm and minute.
-            sums: Only these sums (``n`` always comes along); None: all of them. Each sum is a
-                pass over the joined rows; a cached answer with more sums serves fewer.
+            sums: Only these sums (``n`` always comes along); None: all of the default ones
+                (``sum_ll``, ``sum_ll2``, the log loss, only when named). Each sum is a pass over
+                the joined rows; a cached answer with more sums serves fewer.
 
         Returns:
             Columns ``experiment_id, arm, minute`` and the sums, in this order: ``n, sum_label,
-            sum_revenue, sum_revenue2, n_error, n_fallback, n_pred, n_invalid, sum_pred``.
+            sum_revenue, sum_revenue2, n_error, n_fallback, n_pred, n_invalid, sum_pred, sum_ll,
+            sum_ll2``.
         """
         lo, hi = _window(start, end)
         chosen = tuple((int(a), int(b)) for a, b in spans)
@@ -279,10 +281,11 @@ class TelemetryReader:
         if sums is None:
             names = EXPERIMENT_SUMS
         else:
-            unknown = sorted(set(sums) - set(EXPERIMENT_SUMS))
+            known = (*EXPERIMENT_SUMS, *LOG_LOSS_SUMS)
+            unknown = sorted(set(sums) - set(known))
             if unknown:
-                raise ConfigError("sums", unknown, f"unknown sums; choose from {EXPERIMENT_SUMS}")
-            names = tuple(n for n in EXPERIMENT_SUMS if n == "n" or n in sums)
+                raise ConfigError("sums", unknown, f"unknown sums; choose from {known}")
+            names = tuple(n for n in known if n == "n" or n in sums)
         with self._lock:
             for key, frame in self._cache.items():
                 if key[:4] == ("experiments", lo, hi, chosen) and set(names) <= set(key[4]):

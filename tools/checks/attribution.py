@@ -45,6 +45,8 @@ ATTRIBUTABLE: Mapping[str, tuple[str, str]] = {
     # A ratio of sums (Σ prediction ÷ Σ clicks): each arm's change against its control
     # (:mod:`tools.checks._attribution_ratio`), not a per-request contribution.
     "calibration": ("sum_pred", "sum_label"),
+    # NE: each arm's mean log loss against its control (:mod:`tools.checks._attribution_ne`).
+    "ne": ("sum_ll", "sum_ll2"),
 }
 _RATIOS = frozenset({"calibration"})
 
@@ -292,7 +294,8 @@ def attribution_check(
     Args:
         metric: ``revenue``, ``revenue_per_request``, ``ctr``, ``error_rate``,
             ``fallback_rate`` or ``invalid_rate`` (revenue is taken per request, so traffic
-            volume does not count as a drop).
+            volume does not count as a drop); ``calibration`` and ``ne`` per experiment arm
+            against its control only.
         frame: All traffic, baseline ``[fetch_start, start)`` and window ``[start, end)``.
         experiments: :meth:`tools.telemetry.TelemetryReader.experiments` rows over the same range.
         controls: Control arm per experiment id.
@@ -308,6 +311,17 @@ def attribution_check(
     settings = params_of(p, metric=metric)
     if metric in _RATIOS:
         return _ratio(frame, experiments, controls, p, settings)
+    if metric == "ne":
+        from tools.checks._attribution_ne import ne_attribution
+
+        return ne_attribution(
+            frame,
+            experiments=experiments,
+            controls=controls,
+            alpha_experiment=p.alpha_experiment,
+            min_change=p.min_change_warn,
+            settings=settings,
+        )
     spec = metric_spec(metric)
     cols = ATTRIBUTABLE[metric]
     w = frame.window
