@@ -35,9 +35,11 @@ EXPERIMENT_SUMS: tuple[str, ...] = (
 )
 """The sums :meth:`Queries.experiments` computes by default, in the order of its columns."""
 
-LOG_LOSS_SUMS: tuple[str, ...] = ("sum_ll", "sum_ll2")
-"""Sums of each request's log loss and its square (valid predictions only), computed only when
-asked for: a logarithm per joined row (attribution of an NE alert)."""
+LOG_LOSS_SUMS: tuple[str, ...] = ("sum_ll", "sum_ll2", "sum_lp", "sum_lp2", "sum_lp3", "sum_lp4")
+"""Sums computed only when asked for (attribution of an NE alert): each request's log loss and
+its square, and the first to fourth powers of the logarithm of its valid prediction (the spread
+of an arm's predictions on the log scale, where a CTR model's predictions are near normal, and
+how sure that spread is). Logarithms per joined row."""
 
 _READS: dict[str, tuple[str, ...]] = {
     "n": (),
@@ -51,6 +53,10 @@ _READS: dict[str, tuple[str, ...]] = {
     "sum_pred": ("prediction",),
     "sum_ll": ("prediction", "label"),
     "sum_ll2": ("prediction", "label"),
+    "sum_lp": ("prediction",),
+    "sum_lp2": ("prediction",),
+    "sum_lp3": ("prediction",),
+    "sum_lp4": ("prediction",),
 }
 """The requests' columns each sum reads."""
 
@@ -172,6 +178,10 @@ def _sums(c: Any, chosen: Sequence[str]) -> list[sa.ColumnElement[Any]]:
         y = as_int(c.label)
         return -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
 
+    def log_p() -> sa.ColumnElement[Any]:
+        p = valid()
+        return sa.func.ln(sa.case((p < LOGLOSS_EPS, LOGLOSS_EPS), else_=p))
+
     build: dict[str, Callable[[], sa.ColumnElement[Any]]] = {
         "n": lambda: sa.func.count(),
         "sum_label": lambda: sa.func.sum(as_int(c.label)),
@@ -184,6 +194,10 @@ def _sums(c: Any, chosen: Sequence[str]) -> list[sa.ColumnElement[Any]]:
         "sum_pred": lambda: sa.func.sum(valid()),
         "sum_ll": lambda: sa.func.sum(log_loss()),
         "sum_ll2": lambda: sa.func.sum(log_loss() * log_loss()),
+        "sum_lp": lambda: sa.func.sum(log_p()),
+        "sum_lp2": lambda: sa.func.sum(log_p() * log_p()),
+        "sum_lp3": lambda: sa.func.sum(log_p() * log_p() * log_p()),
+        "sum_lp4": lambda: sa.func.sum(log_p() * log_p() * log_p() * log_p()),
     }
     return [build[name]().label(name) for name in chosen]
 

@@ -138,13 +138,23 @@ def test_experiment_sums_match_pandas_and_the_cube(telemetry) -> None:
 def test_experiment_log_loss_sums_match_the_cube_and_come_only_when_asked(telemetry) -> None:
     # NE attribution reads each arm's log loss from the join of every experiment; the cube's
     # log loss of the same requests (valid predictions only) is the reference.
-    reader, _requests, _exposures = telemetry
+    reader, requests, exposures = telemetry
     assert "sum_ll" not in reader.experiments(at(0), at(30)).columns
     rows = reader.experiments(at(0), at(30), sums=("sum_ll2", "sum_ll"))
     assert list(rows.columns)[3:] == ["n", "sum_ll", "sum_ll2"]
     got = rows[rows["experiment_id"] == "e1"].groupby("arm")[["sum_ll", "sum_ll2"]].sum()
     cube = reader.cube(Subject(experiment_id="e1"), at(0), at(30)).groupby("arm")
     want = cube[["sum_ll", "sum_ll2"]].sum()
+    pd.testing.assert_frame_equal(got.sort_index(), want.sort_index(), rtol=1e-9)
+    # The log predictions' power sums (the spread NE attribution tests), against pandas.
+    powers = ("sum_lp", "sum_lp2", "sum_lp3", "sum_lp4")
+    rows = reader.experiments(at(0), at(30), sums=powers)
+    got = rows[rows["experiment_id"] == "e1"].groupby("arm")[list(powers)].sum()
+    joined = requests.merge(exposures[exposures["experiment_id"] == "e1"], on="request_id")
+    p = joined["prediction"]
+    lp = np.log(p.where(p.between(0, 1)).clip(lower=LOGLOSS_EPS))
+    want = pd.DataFrame({f"sum_lp{k if k > 1 else ''}": lp**k for k in range(1, 5)})
+    want = want.fillna(0.0).groupby(joined["arm"]).sum()
     pd.testing.assert_frame_equal(got.sort_index(), want.sort_index(), rtol=1e-9)
 
 

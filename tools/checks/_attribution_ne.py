@@ -2,13 +2,22 @@
 
 A new ranking model that predicts worse in one arm of a small experiment barely moves the NE of
 all traffic, and NE has no per-request contribution to split by experiment. What the arm does
-move is its own mean log loss against its control's: per experiment arm, the change of
-``log(mean log loss of the arm ÷ mean log loss of its control)``, window minus baseline (a
-difference in differences: a new model that is steadily worse or better than control does not
-count, a shift every arm shares cancels, and so does the base CTR both arms see, which NE's
-normalisation divides out). Its standard error by the delta method from each cell's sum of
-squared log losses; one-sided (worse), Holm over every arm of every experiment. Without a
-baseline the window's gap alone.
+move is its own, against its control's, in two ways:
+
+- its **mean log loss**: the change of ``log(mean log loss of the arm ÷ of its control)``, window
+  minus baseline (a difference in differences: a new model steadily worse or better than
+  control does not count, a shift every arm shares cancels, and so does the base CTR both arms
+  see, which NE's normalisation divides out); standard error by the delta method from each
+  cell's sum of squared log losses; one-sided (worse);
+- the **spread of its predictions**: the same difference in differences of the log variance of
+  the predictions' logarithms (a CTR model's predictions are near log-normal; their raw
+  variance is ruled by a few high ones), with the standard error ``sqrt((kurtosis − 1) / n)``
+  of a log sample variance (the kurtosis from each cell's third and fourth power sums);
+  two-sided: predictions stuck at a constant lose their spread (and their log loss may even
+  fall, when the constant sits near the base CTR), a noisier model gains spread.
+
+Each arm's p-value is the smaller of the two, times two (Bonferroni), then Holm over every arm of
+every experiment. Without a baseline the window's gap alone.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ class NEArm:
         arm: The (non-control) arm.
         change: Log ratio of the arm's mean log loss to control's, window minus baseline.
         se: Its standard error.
-        p: One-sided p-value (worse).
+        spread: Log ratio of the arm's prediction variance to control's, window minus baseline
+            (NaN when the cells lack the power sums).
+        p: The smaller of the log loss's one-sided and the spread's two-sided p-value, times two.
         p_adjusted: Holm over every arm.
     """
 
@@ -45,31 +56,63 @@ class NEArm:
     arm: str
     change: float
     se: float
+    spread: float
     p: float
     p_adjusted: float = 1.0
 
 
 _Cell = tuple[float, float]
-"""Log of the mean log loss of one experiment arm over a span, and that log's variance."""
+"""A log statistic of one experiment arm over a span (its mean log loss, its predictions'
+variance) and that log's variance."""
+
+_POWERS = ("n_pred", "sum_lp", "sum_lp2", "sum_lp3", "sum_lp4")
 
 
-def _cells(rows: pd.DataFrame, span: tuple[int, int], min_n: float) -> dict[tuple[str, str], _Cell]:
+def _cells(
+    rows: pd.DataFrame, span: tuple[int, int], min_n: float
+) -> tuple[dict[tuple[str, str], _Cell], dict[tuple[str, str], _Cell]]:
+    """Per experiment arm over ``span``: its log mean log loss, and its log prediction variance."""
     part = rows[(rows["minute"] >= span[0]) & (rows["minute"] < span[1])]
-    sums = part.groupby(["experiment_id", "arm"])[["n", "sum_ll", "sum_ll2"]].sum()
-    out: dict[tuple[str, str], _Cell] = {}
-    for (e, a), n, s, s2 in zip(
-        sums.index,
-        sums["n"].to_numpy(),
-        sums["sum_ll"].to_numpy(),
-        sums["sum_ll2"].to_numpy(),
-        strict=True,
-    ):
-        if n < min_n or s <= 0:
+    cols = ["n", "sum_ll", "sum_ll2", *(c for c in _POWERS if c in rows.columns)]
+    sums = part.groupby(["experiment_id", "arm"])[cols].sum()
+    loss: dict[tuple[str, str], _Cell] = {}
+    spread: dict[tuple[str, str], _Cell] = {}
+    for key, row in zip(sums.index, sums.to_dict("records"), strict=True):
+        e, a = (str(k) for k in key)
+        n, s = float(row["n"]), float(row["sum_ll"])
+        if n >= min_n and s > 0:
+            mean = s / n
+            var = max(float(row["sum_ll2"]) / n - mean * mean, 0.0)
+            loss[(e, a)] = (float(np.log(mean)), var / (n * mean * mean))
+        m = float(row.get("n_pred", 0.0))
+        if m < min_n or "sum_lp4" not in row:
             continue
-        mean = s / n
-        var = max(s2 / n - mean * mean, 0.0)
-        out[(str(e), str(a))] = (float(np.log(mean)), float(var / (n * mean * mean)))
-    return out
+        mu, e2, e3, e4 = (float(row[c]) / m for c in _POWERS[1:])
+        v = e2 - mu * mu
+        if v <= 0:
+            continue
+        m4 = e4 - 4 * mu * e3 + 6 * mu * mu * e2 - 3 * mu**4
+        kurtosis = max(m4 / (v * v), 1.0)
+        spread[(e, a)] = (float(np.log(v)), (kurtosis - 1.0) / m)
+    return loss, spread
+
+
+def _did(
+    now: dict[tuple[str, str], _Cell],
+    before: dict[tuple[str, str], _Cell],
+    arm: tuple[str, str],
+    control: tuple[str, str],
+) -> tuple[float, float] | None:
+    """The arm's log gap to control, window minus baseline (the window alone without a
+    baseline), and its standard error; None when the window lacks either."""
+    if arm not in now or control not in now:
+        return None
+    cells = [(now[arm], now[control])]
+    if arm in before and control in before:
+        cells.append((before[arm], before[control]))
+    gaps = [t[0] - c[0] for t, c in cells]
+    change = gaps[0] - (gaps[1] if len(gaps) > 1 else 0.0)
+    return change, float(np.sqrt(sum(t[1] + c[1] for t, c in cells)))
 
 
 def ne_arms(
@@ -84,7 +127,7 @@ def ne_arms(
 
     Args:
         experiments: Per experiment × arm × minute (or span) sums with ``n``, ``sum_ll``,
-            ``sum_ll2``.
+            ``sum_ll2`` (and ``n_pred``, ``sum_lp`` ... ``sum_lp4`` for the spread).
         controls: Control arm per experiment id (only these experiments are scanned).
         window: Epoch minutes ``[a, b)`` of the window.
         baseline: The baseline's.
@@ -95,26 +138,28 @@ def ne_arms(
     """
     if experiments.empty or not {"n", "sum_ll", "sum_ll2"} <= set(experiments.columns):
         return []
-    now = _cells(experiments, window, min_requests)
-    before = _cells(experiments, baseline, min_requests)
+    loss_now, spread_now = _cells(experiments, window, min_requests)
+    loss_before, spread_before = _cells(experiments, baseline, min_requests)
     raw: list[NEArm] = []
     for exp_key, control_key in controls.items():
         exp, control = str(exp_key), str(control_key)
-        if (exp, control) not in now:
+        if (exp, control) not in loss_now:
             continue
-        for e, arm in [k for k in now if k[0] == exp and k[1] != control]:
-            cells = [(now[(e, arm)], now[(e, control)])]
-            if (e, arm) in before and (e, control) in before:
-                cells.append((before[(e, arm)], before[(e, control)]))
-            gaps = [t[0] - c[0] for t, c in cells]
-            change = gaps[0] - (gaps[1] if len(gaps) > 1 else 0.0)
-            se = float(np.sqrt(sum(t[1] + c[1] for t, c in cells)))
-            if se <= 0:
+        for key in [k for k in loss_now if k[0] == exp and k[1] != control]:
+            loss = _did(loss_now, loss_before, key, (exp, control))
+            if loss is None or loss[1] <= 0:
                 continue
-            raw.append(NEArm(e, arm, change, se, float(ndtr(-change / se))))
+            p_loss = float(ndtr(-loss[0] / loss[1]))
+            spread = _did(spread_now, spread_before, key, (exp, control))
+            p_spread = 1.0
+            if spread is not None and spread[1] > 0:
+                p_spread = float(2 * ndtr(-abs(spread[0]) / spread[1]))
+            p = min(1.0, 2 * min(p_loss, p_spread))
+            moved = spread[0] if spread is not None else float("nan")
+            raw.append(NEArm(key[0], key[1], loss[0], loss[1], moved, p))
     adjusted = holm([a.p for a in raw])
     ranked = [
-        NEArm(a.experiment, a.arm, a.change, a.se, a.p, float(q))
+        NEArm(a.experiment, a.arm, a.change, a.se, a.spread, a.p, float(q))
         for a, q in zip(raw, adjusted, strict=True)
     ]
     return sorted(ranked, key=lambda a: (a.p_adjusted, a.p, -a.change))
@@ -128,6 +173,7 @@ def ne_attribution(
     alpha_experiment: float,
     min_change: float,
     settings: dict[str, object],
+    min_spread: float = 0.2,
 ) -> CheckResult:
     """Attribution of an NE change to the experiment arms whose predictions got worse.
 
@@ -137,6 +183,7 @@ def ne_attribution(
         controls: Control arm per experiment id.
         alpha_experiment: Holm-adjusted p-value to name an arm.
         min_change: Smallest relative rise of an arm's log loss against control that counts.
+        min_spread: Smallest relative change of its predictions' variance that counts.
         settings: The result's params.
 
     Returns:
@@ -155,6 +202,7 @@ def ne_attribution(
             "kind": ["experiment"] * len(arms),
             "candidate": [f"{a.experiment}/{a.arm}" for a in arms],
             "log_loss_change": [float(np.expm1(a.change)) for a in arms],
+            "spread_change": [float(np.expm1(a.spread)) for a in arms],
             "contribution": [a.change for a in arms],
             "share_of_change": [0.0] * len(arms),
             "p_value": [a.p for a in arms],
@@ -169,18 +217,26 @@ def ne_attribution(
         )
     ]
     top = next(
-        (a for a in arms if a.p_adjusted < alpha_experiment and np.expm1(a.change) >= min_change),
+        (
+            a
+            for a in arms
+            if a.p_adjusted < alpha_experiment
+            and (np.expm1(a.change) >= min_change or abs(np.expm1(a.spread)) >= min_spread)
+        ),
         None,
     )
     verdict: Verdict = "ok"
     if top is not None:
         verdict = "warn"
         text = (
-            f"Experiment {top.experiment} arm {top.arm}: log loss {np.expm1(top.change):+.0%} "
-            f"against its control in {span} (adjusted {fmt_p(top.p_adjusted)})"
+            f"Experiment {top.experiment} arm {top.arm}: log loss {np.expm1(top.change):+.0%}, "
+            f"spread of its predictions {np.expm1(top.spread):+.0%} against its control in "
+            f"{span} (adjusted {fmt_p(top.p_adjusted)})"
         )
     else:
-        text = f"No experiment arm's log loss rose against its control in {span}"
+        text = (
+            f"No experiment arm's log loss or prediction spread moved against its control in {span}"
+        )
         if arms:
             # What each arm could have shown at 80 % power at the first Holm step (one-sided).
             z = float(ndtri(1 - alpha_experiment / len(arms))) + float(ndtri(0.8))

@@ -35,7 +35,7 @@ from tools.stats import compare_means, holm
 __all__ = ["ATTRIBUTABLE", "AttributionParams", "attribution_check"]
 
 # metric -> (sum column, sum-of-squares column); binary events are their own squares.
-ATTRIBUTABLE: Mapping[str, tuple[str, str]] = {
+ATTRIBUTABLE: Mapping[str, tuple[str, ...]] = {
     "revenue": ("sum_revenue", "sum_revenue2"),
     "revenue_per_request": ("sum_revenue", "sum_revenue2"),
     "ctr": ("sum_label", "sum_label"),
@@ -45,8 +45,9 @@ ATTRIBUTABLE: Mapping[str, tuple[str, str]] = {
     # A ratio of sums (Σ prediction ÷ Σ clicks): each arm's change against its control
     # (:mod:`tools.checks._attribution_ratio`), not a per-request contribution.
     "calibration": ("sum_pred", "sum_label"),
-    # NE: each arm's mean log loss against its control (:mod:`tools.checks._attribution_ne`).
-    "ne": ("sum_ll", "sum_ll2"),
+    # NE: each arm's mean log loss and its predictions' spread against its control
+    # (:mod:`tools.checks._attribution_ne`).
+    "ne": ("sum_ll", "sum_ll2", "n_pred", "sum_lp", "sum_lp2", "sum_lp3", "sum_lp4"),
 }
 _RATIOS = frozenset({"calibration"})
 
@@ -209,7 +210,7 @@ def _ranked_table(
     )
 
 
-_LEAF_SUMS = sorted({total for total, _ in ATTRIBUTABLE.values()} | {"n"})
+_LEAF_SUMS = sorted({sums[0] for m, sums in ATTRIBUTABLE.items() if m != "ne"} | {"n"})
 """Every attributable metric's sum and the request count: one grouping serves them all."""
 
 
@@ -323,7 +324,8 @@ def attribution_check(
             settings=settings,
         )
     spec = metric_spec(metric)
-    cols = ATTRIBUTABLE[metric]
+    first, second = ATTRIBUTABLE[metric][:2]
+    cols = (first, second)
     w = frame.window
     cur, base = frame.span("all", w.start, w.end), frame.span("all", w.fetch_start, w.start)
     if cur["n"] < p.min_requests or base["n"] < p.min_requests:
