@@ -396,6 +396,16 @@ class DeterministicReasoner:
         )
         top = causes[0] if causes else None
         cited = {o.result.check: o.result for o in given.outcomes if not o.error}
+
+        def watching(reason: str) -> Diagnosis:
+            return Diagnosis(
+                causes=causes,
+                reasoner=self.name,
+                ruled_out=ruled_out,
+                conclusion="inconclusive",
+                reason=reason,
+            )
+
         if top is not None and top.cause != "none":
             failing = [
                 o
@@ -408,32 +418,14 @@ class DeterministicReasoner:
                 why = f"only a warning supports {top.cause}"
                 if shown is not None:
                     why += f" ({shown.summary.rstrip('.')})"
-                return Diagnosis(
-                    causes=causes,
-                    reasoner=self.name,
-                    ruled_out=ruled_out,
-                    conclusion="inconclusive",
-                    reason=why + "; watching for it to confirm or clear",
-                )
+                return watching(why + "; watching for it to confirm or clear")
             rival = _open_explanation(given.playbook, top, given.outcomes)
             if rival is not None:
-                return Diagnosis(
-                    causes=causes,
-                    reasoner=self.name,
-                    ruled_out=ruled_out,
-                    conclusion="inconclusive",
-                    reason=rival,
-                )
+                return watching(rival)
         if top is not None and top.cause == "none":
             hint = _watched_hint(given.playbook, causes, given.outcomes, given.alert)
             if hint is not None:
-                return Diagnosis(
-                    causes=causes,
-                    reasoner=self.name,
-                    ruled_out=ruled_out,
-                    conclusion="inconclusive",
-                    reason=hint + "; watching for it to confirm or clear",
-                )
+                return watching(hint + "; watching for it to confirm or clear")
         return Diagnosis(causes=causes, reasoner=self.name, ruled_out=ruled_out)
 
 

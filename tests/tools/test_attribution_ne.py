@@ -87,3 +87,24 @@ def test_healthy_experiments_name_no_arm_beyond_the_family_level() -> None:
         for _ in range(100)
     )
     assert named <= 3
+
+
+def test_no_comparable_arm_is_no_data_not_an_all_clear() -> None:
+    from tests.tools.test_known_answers import _arm, _stepped, frame_of
+    from tools.checks._attribution_ne import ne_attribution
+
+    steady = {"all": _arm(1000, 20, 0.02)}
+    frame = frame_of(_stepped(steady, steady), control=None)
+    # An arm whose control logged nothing (the join lost its exposures): nothing to compare.
+    rows = _world(np.random.default_rng(1), 1, None, n=5_000)
+    rows = rows[rows["arm"] != "control"]
+    for experiments in (rows, rows.iloc[0:0]):
+        result = ne_attribution(
+            frame,
+            experiments=experiments,
+            controls={"e0": "control"},
+            alpha_experiment=1e-3,
+            min_change=0.01,
+            settings={},
+        )
+        assert result.verdict == "no_data" and "enough requests" in result.summary

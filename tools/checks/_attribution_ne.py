@@ -23,13 +23,13 @@ every experiment. Without a baseline the window's gap alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from tools.checks._common import fmt_p, fmt_time, table
+from tools.checks._common import fmt_p, fmt_time, no_data, table
 from tools.checks._engine import SubjectFrame
 from tools.result import CheckResult, Verdict
 from tools.stats import holm
@@ -158,10 +158,7 @@ def ne_arms(
             moved = spread[0] if spread is not None else float("nan")
             raw.append(NEArm(key[0], key[1], loss[0], loss[1], moved, p))
     adjusted = holm([a.p for a in raw])
-    ranked = [
-        NEArm(a.experiment, a.arm, a.change, a.se, a.spread, a.p, float(q))
-        for a, q in zip(raw, adjusted, strict=True)
-    ]
+    ranked = [replace(a, p_adjusted=float(q)) for a, q in zip(raw, adjusted, strict=True)]
     return sorted(ranked, key=lambda a: (a.p_adjusted, a.p, -a.change))
 
 
@@ -187,12 +184,21 @@ def ne_attribution(
         settings: The result's params.
 
     Returns:
-        ``warn`` naming the experiment and arm whose log loss rose against its control (the
-        experiment's own NE check then judges it), ``ok`` otherwise, with the rise the
-        best- and worst-measured arms could have shown.
+        ``warn`` naming the experiment and arm whose log loss or spread moved against its
+        control (the experiment's own checks then judge it), ``ok`` otherwise, with the rise the
+        best- and worst-measured arms could have shown; ``no_data`` when no arm could be
+        compared.
     """
     w = frame.window
     arms = ne_arms(experiments, controls, (w.start, w.end), (w.fetch_start, w.start))
+    if not arms:
+        # No arm with enough requests beside its control: nothing was compared, not "no change".
+        return no_data(
+            "attribution",
+            frame,
+            "No experiment arm had enough requests beside its control to compare its log loss.",
+            settings,
+        )
     span = (
         f"{fmt_time(w.start)}-{fmt_time(w.end)} vs "
         f"{fmt_time(w.fetch_start)}-{fmt_time(w.start)} UTC"
@@ -237,16 +243,15 @@ def ne_attribution(
         text = (
             f"No experiment arm's log loss or prediction spread moved against its control in {span}"
         )
-        if arms:
-            # What each arm could have shown at 80 % power at the first Holm step (one-sided).
-            z = float(ndtri(1 - alpha_experiment / len(arms))) + float(ndtri(0.8))
-            sizes = sorted(float(np.expm1(z * a.se)) for a in arms)
-            settings = {**settings, "arm_mde_best": round(sizes[0], 4)}
-            settings["arm_mde_worst"] = round(sizes[-1], 4)
-            text += (
-                f" (a rise of {sizes[0]:.0%} would have shown in the best-measured arm, "
-                f"{sizes[-1]:.0%} in the least)"
-            )
+        # What each arm could have shown at 80 % power at the first Holm step (one-sided).
+        z = float(ndtri(1 - alpha_experiment / len(arms))) + float(ndtri(0.8))
+        sizes = sorted(float(np.expm1(z * a.se)) for a in arms)
+        settings = {**settings, "arm_mde_best": round(sizes[0], 4)}
+        settings["arm_mde_worst"] = round(sizes[-1], 4)
+        text += (
+            f" (a rise of {sizes[0]:.0%} would have shown in the best-measured arm, "
+            f"{sizes[-1]:.0%} in the least)"
+        )
     return CheckResult(
         check="attribution",
         verdict=verdict,

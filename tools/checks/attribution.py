@@ -324,8 +324,8 @@ def attribution_check(
             settings=settings,
         )
     spec = metric_spec(metric)
-    first, second = ATTRIBUTABLE[metric][:2]
-    cols = (first, second)
+    sums = ATTRIBUTABLE[metric]
+    cols = (sums[0], sums[1])
     w = frame.window
     cur, base = frame.span("all", w.start, w.end), frame.span("all", w.fetch_start, w.start)
     if cur["n"] < p.min_requests or base["n"] < p.min_requests:
