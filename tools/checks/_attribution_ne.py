@@ -27,8 +27,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtr
 
+from tools.checks._attribution_ratio import arm_mdes
 from tools.checks._common import fmt_p, fmt_time, no_data, table
 from tools.checks._engine import SubjectFrame
 from tools.result import CheckResult, Verdict
@@ -243,14 +244,12 @@ def ne_attribution(
         text = (
             f"No experiment arm's log loss or prediction spread moved against its control in {span}"
         )
-        # What each arm could have shown at 80 % power at the first Holm step (one-sided).
-        z = float(ndtri(1 - alpha_experiment / len(arms))) + float(ndtri(0.8))
-        sizes = sorted(float(np.expm1(z * a.se)) for a in arms)
-        settings = {**settings, "arm_mde_best": round(sizes[0], 4)}
-        settings["arm_mde_worst"] = round(sizes[-1], 4)
+        # What each arm's log loss could have shown (one-sided).
+        best, worst = arm_mdes([a.se for a in arms], alpha_experiment, 1)
+        settings = {**settings, "arm_mde_best": round(best, 4), "arm_mde_worst": round(worst, 4)}
         text += (
-            f" (a rise of {sizes[0]:.0%} would have shown in the best-measured arm, "
-            f"{sizes[-1]:.0%} in the least)"
+            f" (a rise of {best:.0%} would have shown in the best-measured arm, "
+            f"{worst:.0%} in the least)"
         )
     return CheckResult(
         check="attribution",

@@ -24,7 +24,7 @@ from tools.checks._engine import SubjectFrame
 from tools.result import CheckResult, Effect, Evidence, Verdict
 from tools.stats import compare_rates, holm
 
-__all__ = ["RatioArm", "ratio_arms", "ratio_attribution"]
+__all__ = ["RatioArm", "arm_mdes", "ratio_arms", "ratio_attribution"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,14 @@ def _cells(rows: pd.DataFrame, span: tuple[int, int]) -> dict[tuple[str, str], _
             sums.index, sums["sum_pred"].to_numpy(), sums["sum_label"].to_numpy(), strict=True
         )
     }
+
+
+def arm_mdes(ses: list[float], alpha: float, sides: int) -> tuple[float, float]:
+    """The relative change the best- and the worst-measured arm could show at 80 % power at the
+    first Holm step (``alpha`` over every arm), from each arm's standard error on the log scale."""
+    z = float(ndtri(1 - alpha / (sides * len(ses)))) + float(ndtri(0.8))
+    sizes = sorted(float(np.expm1(z * se)) for se in ses)
+    return sizes[0], sizes[-1]
 
 
 def ratio_arms(
@@ -214,15 +222,16 @@ def ratio_attribution(
     else:
         text += "; no experiment arm's calibration moved against its control"
         if arms:
-            # What "moved" could have meant: the change each arm's clicks could show at 80 %
-            # power at the first Holm step (alpha over every arm, two-sided).
-            z = float(ndtri(1 - alpha_experiment / (2 * len(arms)))) + float(ndtri(0.8))
-            sizes = sorted(float(np.expm1(z * a.se)) for a in arms)
-            settings = {**settings, "arm_mde_best": round(sizes[0], 4)}
-            settings["arm_mde_worst"] = round(sizes[-1], 4)
+            # What "moved" could have meant: the change each arm's clicks could show (two-sided).
+            best, worst = arm_mdes([a.se for a in arms], alpha_experiment, 2)
+            settings = {
+                **settings,
+                "arm_mde_best": round(best, 4),
+                "arm_mde_worst": round(worst, 4),
+            }
             text += (
-                f" (a change of ±{sizes[0]:.0%} would have shown in the best-measured arm, "
-                f"±{sizes[-1]:.0%} in the least)"
+                f" (a change of ±{best:.0%} would have shown in the best-measured arm, "
+                f"±{worst:.0%} in the least)"
             )
     return CheckResult(
         check="attribution",
