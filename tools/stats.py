@@ -22,6 +22,7 @@ __all__ = [
     "compare_proportions",
     "compare_rates",
     "epidemic_segment",
+    "expected_events",
     "holm",
     "p_from_z",
     "poisson_interval",
@@ -127,20 +128,43 @@ def compare_rates(
     """Poisson rate ratio ``(x1/e1) / (x0/e0)`` on the log scale; the estimate is the ratio.
 
     ``x`` are event counts (clicks), ``e`` exposures (requests, or the sum of predicted CTR).
+    A side with no events is what a total loss looks like (every click of a slice unlogged), not
+    an absence of data: its ratio takes half an event (Haldane), and whole counts under
+    ``_EXACT_BELOW`` events get the exact conditional test (given ``x1 + x0``, ``x1`` is
+    binomial with the share ``e1 / (e1 + e0)`` under no change), as in
+    :func:`compare_proportions`. Whether the exposures could have shown enough events is the
+    caller's question (:func:`expected_events`).
     """
-    if x1 <= 0 or x0 <= 0 or e1 <= 0 or e0 <= 0:
+    if x1 < 0 or x0 < 0 or x1 + x0 <= 0 or e1 <= 0 or e0 <= 0:
         return _INVALID
-    log_ratio = np.log((x1 / e1) / (x0 / e0))
-    se = np.sqrt(1 / x1 + 1 / x0)
+    k1, k0 = (x1, x0) if x1 > 0 and x0 > 0 else (x1 + 0.5, x0 + 0.5)
+    log_ratio = np.log((k1 / e1) / (k0 / e0))
+    se = np.sqrt(1 / k1 + 1 / k0)
     z = log_ratio / se
     zc = _z_two_sided(confidence)
+    p_value = _conditional_p(x1, x0, e1 / (e1 + e0), direction)
+    if p_value is None:
+        p_value = p_from_z(float(z), direction)
     return Comparison(
         float(np.exp(log_ratio)),
         float(np.exp(log_ratio - zc * se)),
         float(np.exp(log_ratio + zc * se)),
         float(z),
-        p_from_z(float(z), direction),
+        p_value,
     )
+
+
+def expected_events(x1: float, e1: float, x0: float, e0: float) -> float:
+    """The fewer events either side of a rate comparison would hold under no change.
+
+    Events at the pooled rate ``(x1 + x0) / (e1 + e0)`` times each side's exposure: the count
+    a minimum-sample rule must look at. The observed count is the wrong one: a fault that
+    loses events (clicks never logged) would hide itself under the minimum.
+    """
+    if e1 <= 0 or e0 <= 0:
+        return 0.0
+    rate = (x1 + x0) / (e1 + e0)
+    return float(rate * min(e1, e0))
 
 
 def compare_means(

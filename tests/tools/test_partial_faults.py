@@ -100,6 +100,23 @@ def test_lost_clicks_in_one_slice_fail_calibration_as_clicks(boxes: dict[str, To
     assert result.params["moved"] == "clicks"
 
 
+def test_clicks_a_fault_lost_still_count_towards_the_minimum_sample() -> None:
+    # A slice whose predictions expected 55 clicks logged 23 (lost click logs): under the
+    # 30-click minimum as logged, over it as expected. The loss itself is the finding.
+    test = calibration_test(CalibrationParams())
+    window = {"n": 3400.0, "sum_label_v": 23.0, "sum_pred": 54.6}
+    baseline = {"n": 16500.0, "sum_label_v": 271.0, "sum_pred": 272.1}
+    c = test.compare(window, baseline, "both")
+    assert c.valid and c.estimate == pytest.approx(54.6 / 23 / (272.1 / 271), rel=1e-6)
+    assert c.p_value < 1e-4
+    # Every click lost: still a comparison, and a decisive one.
+    gone = test.compare({**window, "sum_label_v": 0.0}, baseline, "both")
+    assert gone.valid and gone.estimate > 20 and gone.p_value < 1e-10
+    # Too little traffic to have expected 30 clicks either way: no verdict.
+    thin = {"n": 900.0, "sum_label_v": 6.0, "sum_pred": 14.0}
+    assert not test.compare(thin, baseline, "both").valid
+
+
 def test_healthy_world_has_no_slice_or_stuck_findings(boxes: dict[str, Toolbox]) -> None:
     box = boxes["healthy"]
     for name in ("fallback", "calibration", "prediction"):

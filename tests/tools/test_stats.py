@@ -15,6 +15,7 @@ from tools.stats import (
     compare_proportions,
     compare_rates,
     epidemic_segment,
+    expected_events,
     holm,
     poisson_interval,
     segment_grid,
@@ -55,7 +56,25 @@ def test_two_proportions_and_rates() -> None:
     r = compare_rates(130, 100.0, 100, 100.0, "both")
     assert r.estimate == pytest.approx(1.3)
     assert r.z == pytest.approx(np.log(1.3) / np.sqrt(1 / 130 + 1 / 100))
-    assert not compare_rates(0, 1.0, 5, 1.0, "up").valid
+    # 230 events: the exact conditional test (130 of 230 at equal exposures).
+    assert r.p_value == pytest.approx(2 * sps.binom.sf(129, 230, 0.5))
+    assert compare_rates(13_000, 100.0, 10_000, 100.0, "up").p_value == pytest.approx(
+        sps.norm.sf(np.log(1.3) / np.sqrt(1 / 13_000 + 1 / 10_000))
+    )
+    assert not compare_rates(0, 1.0, 0, 1.0, "up").valid
+
+
+def test_a_side_with_no_events_is_a_total_loss_not_missing_data() -> None:
+    # Every click of a slice lost: 0 logged where 40 were expected. The exact test calls it.
+    lost = compare_rates(0, 40.0, 400, 400.0, "down")
+    assert lost.valid and lost.estimate < 0.05
+    assert lost.p_value == pytest.approx(sps.binom.cdf(0, 400, 40 / 440))
+    assert lost.p_value < 1e-15
+    # The minimum-sample rule counts the events a side would hold at the pooled rate, so the
+    # clicks the fault lost still count; without exposure there is nothing to count.
+    assert expected_events(0, 40.0, 400, 400.0) == pytest.approx(40 * 400 / 440)
+    assert expected_events(23, 54.6, 271, 272.1) > 30 > 23
+    assert expected_events(5, 0.0, 400, 400.0) == 0.0
 
 
 def test_compare_means_from_sums() -> None:

@@ -43,7 +43,7 @@ from tools.checks._movement import movement
 from tools.checks._slices import diluted_note, judge_with_slices
 from tools.histograms import calibration_buckets
 from tools.result import CheckResult, Evidence
-from tools.stats import Comparison, Direction, compare_rates, poisson_interval
+from tools.stats import Comparison, Direction, compare_rates, expected_events, poisson_interval
 from tools.telemetry import HistogramSpec
 
 __all__ = ["CalibrationParams", "calibration_check", "calibration_interval", "calibration_test"]
@@ -59,7 +59,8 @@ class CalibrationParams:
         ratio_fail: Calibration ratio change (test ÷ reference) beyond ``[1/r, r]`` that fails.
         ratio_warn: The same, to warn.
         training_tolerance: Allowed |serving ÷ training calibration − 1| before a warn.
-        min_clicks: Fewest clicks per side for a verdict.
+        min_clicks: Fewest clicks per side for a verdict, counted at the pooled rate (clicks a
+            fault lost still count: :func:`~tools.stats.expected_events`).
         buckets: Equal-count prediction buckets in the evidence.
         question_ratio: The calibration change in question (±25 %: predictions that far off
             misprice auctions whatever the alert): ``ok`` only when the sample could have seen a
@@ -94,10 +95,11 @@ def calibration_test(p: CalibrationParams) -> RateTest:
     """The calibration ratio test (test ÷ reference) with the thresholds of ``p``."""
 
     def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
-        if t["sum_label_v"] < p.min_clicks or r["sum_label_v"] < p.min_clicks:
+        tc, tp, rc, rp = t["sum_label_v"], t["sum_pred"], r["sum_label_v"], r["sum_pred"]
+        if expected_events(tc, tp, rc, rp) < p.min_clicks:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
         # (r clicks / r pred) / (t clicks / t pred) = calibration(t) / calibration(r).
-        return compare_rates(r["sum_label_v"], r["sum_pred"], t["sum_label_v"], t["sum_pred"], d)
+        return compare_rates(rc, rp, tc, tp, d)
 
     def badness(s: SumsLike) -> float:
         if s["sum_label_v"] <= 0 or s["sum_pred"] <= 0:
