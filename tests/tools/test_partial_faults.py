@@ -277,3 +277,31 @@ def test_lost_clicks_are_weighed_against_the_change_they_made_not_a_diluted_scan
     found = movement(frame, finding)
     assert found is not None and found.step is not None and found.step > 0.05
     assert found.moved == "clicks", found
+
+
+@pytest.mark.parametrize(("kept", "p_at_most"), [(3.0, 1e-4), (0.0, 0.01)])
+def test_an_arm_that_lost_its_clicks_is_named_by_calibration_attribution(
+    kept: float, p_at_most: float
+) -> None:
+    from tools.checks._attribution_ratio import ratio_arms
+
+    # Window minutes 60-120, baseline 0-60. Arm "b" of e1 logged 3 (or 0) of the ~40 clicks its
+    # predictions expected in the window: under 5 clicks as logged, well over as expected.
+    rows = pd.DataFrame(
+        [
+            ("e1", "a", 0, 400.0, 400.0),
+            ("e1", "b", 0, 40.0, 40.0),
+            ("e1", "a", 60, 400.0, 402.0),
+            ("e1", "b", 60, 40.0, kept),
+            ("e2", "a", 0, 300.0, 300.0),
+            ("e2", "b", 0, 300.0, 297.0),
+            ("e2", "a", 60, 300.0, 304.0),
+            ("e2", "b", 60, 300.0, 299.0),
+        ],
+        columns=["experiment_id", "arm", "minute", "sum_pred", "sum_label"],
+    )
+    arms = ratio_arms(rows, {"e1": "a", "e2": "a"}, (60, 120), (0, 60))
+    assert [(a.experiment, a.arm) for a in arms] == [("e1", "b"), ("e2", "b")]
+    # No click at all counts as half a click (Haldane): a wide interval, still named first.
+    assert arms[0].change > np.log(5) and arms[0].p_adjusted < p_at_most
+    assert arms[1].p_adjusted > 0.5

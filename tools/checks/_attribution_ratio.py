@@ -22,7 +22,7 @@ from scipy.special import ndtr, ndtri
 from tools.checks._common import fmt_p, fmt_time, series_evidence, table
 from tools.checks._engine import SubjectFrame
 from tools.result import CheckResult, Effect, Evidence, Verdict
-from tools.stats import compare_rates, holm
+from tools.stats import compare_rates, expected_events, holm
 
 __all__ = ["RatioArm", "arm_mdes", "ratio_arms", "ratio_attribution"]
 
@@ -66,6 +66,13 @@ def _cells(rows: pd.DataFrame, span: tuple[int, int]) -> dict[tuple[str, str], _
     }
 
 
+def _haldane(cell: _Cell) -> _Cell:
+    """A cell with no click (every click lost) counts half a click: its log calibration stays
+    finite (as in :func:`tools.stats.compare_rates`)."""
+    pred, clicks = cell
+    return (pred, clicks if clicks > 0 else 0.5)
+
+
 def arm_mdes(ses: list[float], alpha: float, sides: int) -> tuple[float, float]:
     """The relative change the best- and the worst-measured arm could show at 80 % power at the
     first Holm step (``alpha`` over every arm), from each arm's standard error on the log scale."""
@@ -91,7 +98,7 @@ def ratio_arms(
         window: Epoch minutes ``[a, b)`` of the window.
         baseline: The baseline's.
         global_change: The global log calibration change, for each arm's share of it.
-        min_clicks: Fewest clicks in a cell for it to count.
+        min_clicks: Fewest clicks a cell must expect, at its pair's pooled rate, to count.
 
     Returns:
         The arms, strongest evidence first (adjusted p, then p, then the larger |change|).
@@ -110,8 +117,10 @@ def ratio_arms(
             cells = [(now[(exp, arm)], now[(exp, control)])]
             if (exp, arm) in before and (exp, control) in before:
                 cells.append((before[(exp, arm)], before[(exp, control)]))
-            if any(min(t[1], c[1]) < min_clicks or min(t[0], c[0]) <= 0 for t, c in cells):
+            # Enough clicks as the predictions expected them: clicks the arm lost still count.
+            if any(expected_events(t[1], t[0], c[1], c[0]) < min_clicks for t, c in cells):
                 continue
+            cells = [(_haldane(t), _haldane(c)) for t, c in cells]
             logs = [float(np.log(t[0] / t[1]) - np.log(c[0] / c[1])) for t, c in cells]
             var = sum(1.0 / t[1] + 1.0 / c[1] for t, c in cells)
             change = logs[0] - (logs[1] if len(logs) > 1 else 0.0)
