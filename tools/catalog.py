@@ -30,7 +30,6 @@ __all__ = [
     "ExperimentInfo",
     "ModelInfo",
     "cadence",
-    "served_models",
     "training_values",
 ]
 
@@ -91,12 +90,6 @@ class CheckSettings:
     attribution: AttributionParams = field(default_factory=AttributionParams)
     change_point: ChangePointParams = field(default_factory=ChangePointParams)
     infra: InfraParams = field(default_factory=InfraParams)
-
-
-def served_models(frame: SubjectFrame) -> dict[str, str]:
-    """Arm -> the model that served most of its window traffic."""
-    top, _ = top_served(frame, ("model_id",))
-    return {arm: keys[0] for arm, keys in top.items()}
 
 
 def training_values(reader: TelemetryReader, frame: SubjectFrame, column: str) -> dict[str, float]:

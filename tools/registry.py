@@ -206,13 +206,15 @@ def _ne(ctx: CheckContext, call: CheckCall) -> CheckResult:
 
 
 def _staleness(ctx: CheckContext, call: CheckCall) -> CheckResult:
-    from tools.catalog import cadence, served_models
+    from tools.catalog import cadence
     from tools.checks import staleness_check
 
     s = ctx.scored(call)  # the frame and the histogram NE reads (one statement, cached)
-    served = served_models(s.frame)
-    snapshots = ctx.reader.snapshots(sorted(set(served.values())))
-    refresh = {arm: cadence(ctx.models, model, snapshots) for arm, model in served.items()}
+    # Every model the subject served, each on its own cadence: an arm also serves the models
+    # other layers' experiments put on part of its requests.
+    models = s.frame.served_models()
+    snapshots = ctx.reader.snapshots(models)
+    refresh = {model: cadence(ctx.models, model, snapshots) for model in models}
     return staleness_check(
         s.frame, snapshots, refresh=refresh, **s.histogram, params=ctx.settings.staleness
     )

@@ -111,7 +111,7 @@ def world(
     return frame, _snapshots(minutes // CADENCE)
 
 
-REFRESH = {"control": CADENCE, "test": CADENCE}
+REFRESH = {"m": CADENCE}
 
 
 def test_fresh_snapshots_are_ok_and_say_when_the_next_is_due() -> None:
@@ -119,6 +119,34 @@ def test_fresh_snapshots_are_ok_and_say_when_the_next_is_due() -> None:
     result = staleness_check(frame, snaps, refresh=REFRESH)
     assert result.verdict == "ok", result.summary
     assert "fresh" in result.summary and "next refresh due by" in result.summary
+
+
+def test_a_static_model_another_layer_serves_is_judged_on_its_own_cadence() -> None:
+    # Another layer's experiment serves a static candidate model (one snapshot, trained two
+    # days ago, no refresh) on every video request; "m" refreshes every 30 minutes. The static
+    # model is not overdue against m's cadence: it has none. m's snapshots are fresh.
+    frame, snaps = world()
+    cube = frame.cube.copy()
+    video = cube["ad_type"] == "video"
+    cube.loc[video, "model_id"], cube.loc[video, "model_version"] = "static", "s1"
+    frame = SubjectFrame(cube, frame.window, frame.subject, DIMS, "control")
+    published = to_datetime(M0 - 2 * 24 * 60)
+    static = pd.DataFrame(
+        {
+            "model_id": ["static"],
+            "model_version": ["s1"],
+            "trained_at": pd.to_datetime([published - pd.Timedelta(minutes=LAG)]),
+            "published_at": pd.to_datetime([published]),
+            "training_ne": [0.9],
+            "training_calibration": [1.0],
+        }
+    )
+    result = staleness_check(frame, pd.concat([snaps, static]), refresh=REFRESH)
+    assert result.verdict == "ok", result.summary
+    table = next(e for e in result.evidence if "refresh_minutes" in e.columns)
+    at = {c: table.columns.index(c) for c in ("model_id", "refresh_minutes")}
+    cadences = {row[at["model_id"]]: row[at["refresh_minutes"]] for row in table.rows}
+    assert cadences == {"m": CADENCE, "static": None}
 
 
 def test_a_snapshot_pinned_in_one_ad_type_is_found_and_located() -> None:
@@ -272,7 +300,7 @@ def test_the_reliability_slope_tells_a_drifting_model_from_a_worse_one(
     miss = _ramp(121, 0.05) if kind == "ramp" else _step(100, 1.0)
     frame, hist, snaps = _model_world(miss, seed=4)
     result = staleness_check(
-        frame, snaps, refresh={"all": CADENCE}, hist=hist, histogram=HistogramSpec(),
+        frame, snaps, refresh={"m": CADENCE}, hist=hist, histogram=HistogramSpec(),
         block_minutes=1,
     )  # fmt: skip
     assert result.verdict == verdict, result.summary

@@ -154,6 +154,10 @@ class SubjectFrame:
         the cube lacks)."""
         return list(self._present(dim)) if dim in self.dims else []
 
+    def served_models(self) -> list[str]:
+        """The model ids present in the data, sorted (none when the cube has no model keys)."""
+        return list(self._present("model_id")) if "model_id" in self._arrays().codes else []
+
     def _present(self, key: str) -> tuple[str, ...]:
         hit = self._seen.get(key)
         if hit is None and key == "arm" and self._arms_of is not None:

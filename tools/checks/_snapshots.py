@@ -70,7 +70,7 @@ def serving(
     frame: SubjectFrame,
     arm: str,
     snapshots: pd.DataFrame,
-    refresh: int | None,
+    refresh: Mapping[str, int | None],
     *,
     recent_minutes: int,
     min_share: float,
@@ -82,7 +82,9 @@ def serving(
         frame: The subject's wide aggregate.
         arm: The arm.
         snapshots: ``model_snapshots`` rows of the served models.
-        refresh: The arm's refresh cadence in minutes (None: not refreshing).
+        refresh: Refresh cadence in minutes per model id (absent or None: the model does not
+            refresh). Per model, not per arm: an arm also serves the models other layers'
+            experiments put on part of its requests, each on its own cadence.
         recent_minutes: The minutes at the end of the data that say what is served now.
         min_share: Smallest share of the recent requests that counts as served.
         lag_minutes: Normal training-to-serving lag; None reads it from the snapshots.
@@ -137,7 +139,7 @@ def serving(
                 first=int(first),
                 last=int(last),
                 share=share,
-                refresh=refresh,
+                refresh=refresh.get(str(model_id)),
                 lag=lag,
                 newer=str(m.versions[newer[0]]) if newer.size else None,
                 newer_published=_minute(m.published[newer[0]]) if newer.size else None,

@@ -292,7 +292,8 @@ def staleness_check(
     Args:
         frame: The subject's wide aggregate (its ``model_version`` per minute tells what served).
         snapshots: ``model_snapshots`` rows of the served models.
-        refresh: Refresh cadence in minutes per arm (None: the model does not refresh).
+        refresh: Refresh cadence in minutes per served model id (absent or None: the model
+            does not refresh).
         hist: The subject's prediction histogram (the reliability slope per block), if fetched.
         histogram: The histogram's bins.
         block_minutes: The histogram's time block.
@@ -312,7 +313,7 @@ def staleness_check(
             frame,
             arm,
             snapshots,
-            refresh.get(arm),
+            refresh,
             recent_minutes=p.recent_minutes,
             min_share=p.min_share,
             lag_minutes=p.lag_minutes,
