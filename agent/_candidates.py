@@ -25,8 +25,10 @@ __all__ = [
     "accounts_for_clicks",
     "explain",
     "large_enough",
+    "measures_alert",
     "primary_effect",
     "reach_of",
+    "sized_for_clicks",
 ]
 
 EXPLAINED_DISCOUNT = 0.4
@@ -49,6 +51,8 @@ class Candidate:
     ruled_out: str | None = None
     explained_by: str | None = None
     warned: bool = False
+    on_alert: bool = False
+    """A primary failure in the check of the alert's own metric, on the alert's scope."""
 
     @property
     def tier(self) -> int:
@@ -191,21 +195,21 @@ def _clicks_moved(c: Candidate) -> float | None:
     return None
 
 
-def accounts_for_clicks(c: Candidate, live: list[Candidate], alert: Alert | None) -> bool:
-    """Whether ``c`` could account for the clicks-per-request movement behind a CTR or revenue
-    alert, as far as its size tells.
+def sized_for_clicks(c: Candidate, live: list[Candidate], alert: Alert | None) -> bool | None:
+    """Whether ``c`` is large enough to account for the clicks-per-request movement behind a
+    CTR or revenue alert, as far as its size tells (None: nothing measures it against one).
 
     A cause whose primary finding is a share of requests (a fallback, errors, invalid
     predictions: unit pp) moves clicks per request by at most that share, even if every request
     it touched lost every click: a 0.16 pp fallback cannot account for 30 % fewer clicks per
     request that another supported finding on the same requests measured. Such a cause still
-    ranks (it is real), after the ones that can. True when nothing bounds it.
+    ranks (it is real), after the ones that can.
     """
     if alert is None or alert.metric not in CLICK_ALERTS or c.tier != 0:
-        return True
+        return None
     effect = _primary_effect(c)
     if effect is None or effect[1] != "pp":
-        return True
+        return None
     moved = [
         m
         for other in live
@@ -215,8 +219,22 @@ def accounts_for_clicks(c: Candidate, live: list[Candidate], alert: Alert | None
         and (m := _clicks_moved(other)) is not None
     ]
     if not moved:
-        return True
+        return None
     return effect[0] / 100.0 >= EXPLAINS_SHARE * max(moved)
+
+
+def accounts_for_clicks(c: Candidate, live: list[Candidate], alert: Alert | None) -> bool:
+    """:func:`sized_for_clicks`, True when nothing bounds the cause."""
+    return sized_for_clicks(c, live, alert) is not False
+
+
+def measures_alert(c: Candidate, live: list[Candidate], alert: Alert | None) -> bool:
+    """Whether ``c`` is known to account for the alerted change: its primary failure is in the
+    check of the alert's own metric on the alert's scope (``on_alert``: a CTR alert's lost
+    clicks), or it is a share of requests as large as the clicks-per-request move
+    (:func:`sized_for_clicks`). At equal evidence such a cause ranks before one whose finding
+    is on another metric (a worse NE behind a CTR alert), which may explain none of it."""
+    return c.on_alert or sized_for_clicks(c, live, alert) is True
 
 
 def explain(supported: list[Candidate]) -> None:

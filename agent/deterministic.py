@@ -39,7 +39,11 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    small to account for the fall in clicks per request another supported finding on the same
    requests measured ranks after the causes that can (a 0.16 pp fallback does not explain 30 %
    fewer clicks per request). Ties: the score (signal weights, a fail counting twice a
-   warning), then the strength of the evidence (smallest p-value), then the suspect's rank.
+   warning); then a cause known to account for the alerted change (its primary failure is the
+   alert's own metric on the alert's scope, e.g. a CTR alert's clicks per request falling with
+   the predictions held, or a share of requests as large as that fall) before one whose finding
+   is on another metric (a worse NE behind a CTR alert may explain none of it); then the
+   strength of the evidence (smallest p-value), then the suspect's rank.
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
 discounted when explained, made non-increasing down the ranking. With no failure at all the
@@ -62,6 +66,7 @@ from agent._candidates import (
     began_before,
     explain,
     large_enough,
+    measures_alert,
     primary_effect,
     reach_of,
 )
@@ -135,6 +140,7 @@ def _evaluate(
     supported = False
     warned = False
     hint = False
+    on_alert = False
     score = 0.0
     miss = 1.0
     for sig in rule.signals:
@@ -152,6 +158,18 @@ def _evaluate(
             and outcome.result.verdict == "warn"
             and all(str(outcome.result.params.get(k)) == v for k, v in focus[2].items())
             and _as_warning(sig).matches(outcome.result)
+        )
+        # A primary failure in the check of the alert's own metric, on the alert's scope: this
+        # cause's finding is the alerted change itself.
+        on_alert = on_alert or bool(
+            sig.primary
+            and focus is not None
+            and subject.key in focus[0]
+            and sig.check == focus[1]
+            and outcome.result.verdict == "fail"
+            and all(str(outcome.result.params.get(k)) == v for k, v in focus[2].items())
+            and sig.matches(outcome.result)
+            and _located(sig, subject, outcome.result, control)
         )
         # Any other warning of a primary signal is a hint: ranked, but after ``none``.
         hinted = (
@@ -211,6 +229,7 @@ def _evaluate(
         confidence=min(_MAX_CONFIDENCE, 1.0 - miss),
         ruled_out=ruled_out,
         warned=warned,
+        on_alert=on_alert,
     )
 
 
@@ -292,12 +311,14 @@ def rank_causes(
     live = [c for c in candidates if c.ruled_out is None]
     explain([c for c in live if c.supported])
     bounded = {id(c) for c in live if not accounts_for_clicks(c, live, alert)}
+    measured = {id(c) for c in live if measures_alert(c, live, alert)}
     live.sort(
         key=lambda c: (
             c.tier,
             -reach_of(c, alert, reach),
             id(c) in bounded,
             -c.score,
+            id(c) not in measured,
             -c.strength,
             c.order,
         )

@@ -240,3 +240,24 @@ def test_a_tiny_fallback_does_not_outrank_the_fall_in_clicks_it_cannot_account_f
         alert=Alert(metric="ctr", fired_at=at(158)),
     )
     assert [c.cause for c in causes[:2]] == ["model_fallback", "logging_loss"]
+
+
+def test_at_equal_evidence_the_finding_on_the_alerted_metric_ranks_first():
+    ranking = load_playbooks().get("ranking")
+    # Two faults on the production model: a third of its clicks unlogged in Brazil (predictions
+    # held: CTR itself fell; confined to one country, so it does not explain NE everywhere) and
+    # a worse NE, the stronger p-value. Each has one primary failure.
+    worse = fail("ne", "NE rose to 1.31 from 0.91", arm=None, estimate=0.4, unit="NE", p=1e-12)
+    lost = LOST_CLICKS.model_copy(update={"p_value": 1e-5, "where": BR})
+    found = [_on(MODEL, worse), _on(MODEL, lost)]
+    order = {}
+    for metric in ("ctr", "ne", "revenue"):
+        causes, _ = rank_causes(
+            ranking, [MODEL, ALL], found, alert=Alert(metric=metric, fired_at=at(158))
+        )
+        order[metric] = [c.cause for c in causes[:2]]
+    # Behind a CTR alert the lost clicks are the alerted change; the worse NE may explain none.
+    assert order["ctr"] == ["logging_loss", "ne_regression"]
+    # Behind an NE alert the worse NE is; behind revenue (no check of its own) evidence orders.
+    assert order["ne"] == ["ne_regression", "logging_loss"]
+    assert order["revenue"] == ["ne_regression", "logging_loss"]
