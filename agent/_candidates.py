@@ -139,13 +139,15 @@ def _where(c: Candidate) -> dict[str, str]:
 
 
 def _as_broad(other: Candidate, c: Candidate) -> bool:
-    """Whether ``other``'s finding reaches every request of ``c``'s symptom.
+    """Whether ``other``'s finding reaches every request of ``c``'s symptom, and only those.
 
     A fallback on ``country=BR`` cannot explain invalid predictions in every country: the
-    explaining finding's dimension values must be among the explained one's (or none at all).
+    explaining finding's dimension values must be the explained one's. Nor can a cause on every
+    request (a stale model) explain a symptom confined to one slice (a miscalibration on ios
+    only, diluted below any threshold over the arm): what acts on every request would have
+    shown its symptom everywhere, and the whole subject is where a check has the most power.
     """
-    mine = _where(c)
-    return all(mine.get(k) == v for k, v in _where(other).items())
+    return _where(other) == _where(c)
 
 
 def _diluted(model: Candidate, experiment: Candidate) -> bool | None:

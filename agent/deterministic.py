@@ -18,10 +18,12 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    symptom (an outage from 03:12 does not explain a model stale since 02:30).
 4. A supported cause is *explained* when a more specific cause it lists in ``explained_by`` is
    supported on the same subject (a fallback to a weak model also worsens NE) and reaches every
-   request of the symptom (a fallback on ``country=BR`` does not explain invalid predictions in
-   every country); it ranks after. One fault seen twice is explained too: the same cause on an
-   experiment's arm and on the model it serves is the arm's when the model's effect is a
-   fraction of the arm's (diluted in the model's traffic), the model's when it is as large.
+   request of the symptom and only those (a fallback on ``country=BR`` does not explain invalid
+   predictions in every country; a stale model does not explain a miscalibration on ios only,
+   which it would have shown everywhere); it ranks after. One fault seen twice is explained
+   too: the same cause on an experiment's arm and on the model it serves is the arm's when the
+   model's effect is a fraction of the arm's (diluted in the model's traffic), the model's when
+   it is as large.
 5. A cause is a *candidate* when its primary signal only warned, on the alerted experiment (all
    traffic for a global alert), in the check of the alert's own metric (an SRM alert whose SRM
    check says "possible issue", an error-rate alert whose infra check warns; a CTR alert whose
@@ -38,11 +40,11 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    CTR or revenue alert, a cause whose finding is a share of requests (a fallback, errors) too
    small to account for the fall in clicks per request another supported finding on the same
    requests measured ranks after the causes that can (a 0.16 pp fallback does not explain 30 %
-   fewer clicks per request). Ties: the score (signal weights, a fail counting twice a
-   warning); then a cause known to account for the alerted change (its primary failure is the
-   alert's own metric on the alert's scope, e.g. a CTR alert's clicks per request falling with
-   the predictions held, or a share of requests as large as that fall) before one whose finding
-   is on another metric (a worse NE behind a CTR alert may explain none of it); then the
+   fewer clicks per request). Then a cause known to account for the alerted change (its primary
+   failure is the alert's own metric on the alert's scope, e.g. a CTR alert's clicks per
+   request falling with the predictions held, or a share of requests as large as that fall)
+   before one whose finding is on another metric (a worse NE behind a CTR alert may explain
+   none of it). Ties: the score (signal weights, a fail counting twice a warning), then the
    strength of the evidence (smallest p-value), then the suspect's rank.
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
@@ -317,8 +319,8 @@ def rank_causes(
             c.tier,
             -reach_of(c, alert, reach),
             id(c) in bounded,
-            -c.score,
             id(c) not in measured,
+            -c.score,
             -c.strength,
             c.order,
         )

@@ -261,3 +261,28 @@ def test_at_equal_evidence_the_finding_on_the_alerted_metric_ranks_first():
     # Behind an NE alert the worse NE is; behind revenue (no check of its own) evidence orders.
     assert order["ne"] == ["ne_regression", "logging_loss"]
     assert order["revenue"] == ["ne_regression", "logging_loss"]
+
+
+def test_a_cause_on_every_request_does_not_explain_a_symptom_confined_to_one_slice():
+    ranking = load_playbooks().get("ranking")
+    # Two faults in one arm: its model stopped refreshing (every request), and its predictions
+    # are miscalibrated on ios only (the slice scan; diluted below any threshold over the arm).
+    ios = {"platform": "ios"}
+    stale = fail("staleness", "snapshot 300 min old against a 60-minute refresh", arm="test")
+    confined = fail(
+        "calibration", "ios 1.9 vs 1.0", arm="test", estimate=1.9, unit="ratio",
+        params={"scope": "subject", "moved": "predictions"},
+    ).model_copy(update={"where": ios})  # fmt: skip
+    everywhere = confined.model_copy(update={"where": {}})
+    alert = Alert(metric="calibration", experiment="4375", fired_at=at(158))
+
+    def ranked(found: list[CheckResult]) -> list[tuple[str, bool]]:
+        """The top two causes and whether each is explained by one ranked above it."""
+        outcomes = [_on(EXP, r) for r in found]
+        causes, _ = rank_causes(ranking, [EXP, MODEL, ALL], outcomes, {"4375": "control"}, alert)
+        return [(c.cause, "also explained by" in c.explanation) for c in causes[:2]]
+
+    # Confined to ios: two faults, both ranked; the alert's own metric first.
+    assert ranked([stale, confined]) == [("miscalibration", False), ("stale_model", False)]
+    # On every request of the arm: one fault seen twice, the stale model explains it.
+    assert ranked([stale, everywhere]) == [("stale_model", False), ("miscalibration", True)]
