@@ -255,24 +255,45 @@ def test_a_model_calibration_rise_is_blamed_on_the_side_that_moved(ranking, move
     assert ruled not in {c.cause for c in causes}
 
 
+def _slope(ratio: float, beyond: bool) -> CheckResult:
+    """The NE check's finding that the reliability slope fell to ``ratio`` of its reference."""
+    return fail(
+        "ne",
+        "became over-confident (a noisier model)",
+        effect="reliability slope ratio (test ÷ reference)",
+        estimate=ratio,
+        unit="ratio",
+        params={"beyond_rescaling": beyond},
+    )
+
+
 @pytest.mark.parametrize(("beyond", "cause"), [(True, "ne_regression"), (False, "miscalibration")])
 def test_a_slope_that_fell_more_than_the_calibration_moved_rules_out_miscalibration(
     ranking, beyond, cause
 ):
     calibration = fail("calibration", "arm test 0.71 vs control 1.00", estimate=0.71, unit="ratio")
-    slope = fail(
-        "ne",
-        "became over-confident (a noisier model)",
-        effect="reliability slope ratio (test ÷ reference)",
-        estimate=0.22,
-        unit="ratio",
-        params={"beyond_rescaling": beyond},
-    )
+    slope = _slope(0.22, beyond)
     causes, ruled = rank_causes(
         ranking, [EXP, ALL], outcomes(EXP, calibration=calibration, ne=slope)
     )
     assert causes[0].cause == cause
     assert ("miscalibration" in [r[0] for r in ruled]) is beyond
+
+
+def test_a_slope_over_the_whole_arm_does_not_rule_out_a_miscalibration_on_one_slice(ranking):
+    # Arm test's predictions ×2.5 on country=DE only (found by the slice scan): over the whole
+    # arm that is no rescaling, it bends the slope as extra noise would. The slope's "beyond
+    # rescaling" reads the arm as if uniform, so it cannot rule the slice's miscalibration out.
+    calibration = fail(
+        "calibration", "arm test 2.56 vs 1.01 on country=DE", estimate=2.53, unit="ratio"
+    ).model_copy(update={"where": {"country": "DE"}})
+    slope = _slope(0.82, True)
+    causes, ruled = rank_causes(
+        ranking, [EXP, ALL], outcomes(EXP, calibration=calibration, ne=slope)
+    )
+    assert causes[0].cause == "miscalibration" and causes[0].experiment == EXP.id
+    assert "miscalibration" not in [r[0] for r in ruled]
+    assert "ne_regression" in [c.cause for c in causes]
 
 
 def test_an_overdue_snapshot_explains_clicks_lost_with_predictions_held(ranking):
