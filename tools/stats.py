@@ -22,8 +22,8 @@ __all__ = [
     "compare_proportions",
     "compare_rates",
     "epidemic_segment",
-    "expected_events",
     "holm",
+    "least_events",
     "p_from_z",
     "poisson_interval",
     "segment_grid",
@@ -133,7 +133,7 @@ def compare_rates(
     ``_EXACT_BELOW`` events get the exact conditional test (given ``x1 + x0``, ``x1`` is
     binomial with the share ``e1 / (e1 + e0)`` under no change), as in
     :func:`compare_proportions`. Whether the exposures could have shown enough events is the
-    caller's question (:func:`expected_events`).
+    caller's question (:func:`least_events`).
     """
     if x1 < 0 or x0 < 0 or x1 + x0 <= 0 or e1 <= 0 or e0 <= 0:
         return _INVALID
@@ -154,17 +154,19 @@ def compare_rates(
     )
 
 
-def expected_events(x1: float, e1: float, x0: float, e0: float) -> float:
-    """The fewer events either side of a rate comparison would hold under no change.
+def least_events(x1: float, e1: float, x0: float, e0: float) -> float:
+    """The events the thinner side of a rate comparison stands on, for a minimum-sample rule.
 
-    Events at the pooled rate ``(x1 + x0) / (e1 + e0)`` times each side's exposure: the count
-    a minimum-sample rule must look at. The observed count is the wrong one: a fault that
-    loses events (clicks never logged) would hide itself under the minimum.
+    Each side counts the larger of its logged events and the events its exposure would hold
+    at the pooled rate ``(x1 + x0) / (e1 + e0)``. Neither alone will do: a fault that loses
+    events (clicks never logged) would hide under a minimum on the logged count, and one that
+    shrinks the exposure (predictions cut to a fifth) under a minimum on the expected count.
+    Without exposure on either side there is nothing to count.
     """
     if e1 <= 0 or e0 <= 0:
         return 0.0
     rate = (x1 + x0) / (e1 + e0)
-    return float(rate * min(e1, e0))
+    return float(min(max(x1, rate * e1), max(x0, rate * e0)))
 
 
 def compare_means(

@@ -112,6 +112,11 @@ def test_clicks_a_fault_lost_still_count_towards_the_minimum_sample() -> None:
     # Every click lost: still a comparison, and a decisive one.
     gone = test.compare({**window, "sum_label_v": 0.0}, baseline, "both")
     assert gone.valid and gone.estimate > 20 and gone.p_value < 1e-10
+    # Predictions cut to a fifth (expected at the pooled rate: under 30), clicks logged as
+    # before (35): the logged clicks carry the comparison, and it is decisive.
+    shrunk = test.compare({"n": 3400.0, "sum_label_v": 35.0, "sum_pred": 7.0}, baseline, "both")
+    assert shrunk.valid and shrunk.estimate == pytest.approx(7.0 / 35 / (272.1 / 271), rel=1e-6)
+    assert shrunk.p_value < 1e-6
     # Too little traffic to have expected 30 clicks either way: no verdict.
     thin = {"n": 900.0, "sum_label_v": 6.0, "sum_pred": 14.0}
     assert not test.compare(thin, baseline, "both").valid

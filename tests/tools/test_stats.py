@@ -15,8 +15,8 @@ from tools.stats import (
     compare_proportions,
     compare_rates,
     epidemic_segment,
-    expected_events,
     holm,
+    least_events,
     poisson_interval,
     segment_grid,
 )
@@ -70,11 +70,14 @@ def test_a_side_with_no_events_is_a_total_loss_not_missing_data() -> None:
     assert lost.valid and lost.estimate < 0.05
     assert lost.p_value == pytest.approx(sps.binom.cdf(0, 400, 40 / 440))
     assert lost.p_value < 1e-15
-    # The minimum-sample rule counts the events a side would hold at the pooled rate, so the
-    # clicks the fault lost still count; without exposure there is nothing to count.
-    assert expected_events(0, 40.0, 400, 400.0) == pytest.approx(40 * 400 / 440)
-    assert expected_events(23, 54.6, 271, 272.1) > 30 > 23
-    assert expected_events(5, 0.0, 400, 400.0) == 0.0
+    # The minimum-sample rule counts, per side, the larger of the logged events and those its
+    # exposure would hold at the pooled rate: the clicks a fault lost still count, and so do
+    # the predictions it shrank; without exposure there is nothing to count.
+    assert least_events(0, 40.0, 400, 400.0) == pytest.approx(40 * 400 / 440)
+    assert least_events(23, 54.6, 271, 272.1) > 30 > 23
+    shrunk = least_events(35, 8.0, 300, 300.0)  # predictions cut to a fifth, clicks as before
+    assert shrunk == 35 and 335 / 308 * 8.0 < 30
+    assert least_events(5, 0.0, 400, 400.0) == 0.0
 
 
 def test_compare_means_from_sums() -> None:

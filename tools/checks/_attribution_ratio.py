@@ -22,7 +22,7 @@ from scipy.special import ndtr, ndtri
 from tools.checks._common import fmt_p, fmt_time, series_evidence, table
 from tools.checks._engine import SubjectFrame
 from tools.result import CheckResult, Effect, Evidence, Verdict
-from tools.stats import compare_rates, expected_events, holm
+from tools.stats import compare_rates, holm, least_events
 
 __all__ = ["RatioArm", "arm_mdes", "ratio_arms", "ratio_attribution"]
 
@@ -98,7 +98,8 @@ def ratio_arms(
         window: Epoch minutes ``[a, b)`` of the window.
         baseline: The baseline's.
         global_change: The global log calibration change, for each arm's share of it.
-        min_clicks: Fewest clicks a cell must expect, at its pair's pooled rate, to count.
+        min_clicks: Fewest clicks a cell must hold, logged or expected at its pair's pooled
+            rate, to count.
 
     Returns:
         The arms, strongest evidence first (adjusted p, then p, then the larger |change|).
@@ -117,8 +118,8 @@ def ratio_arms(
             cells = [(now[(exp, arm)], now[(exp, control)])]
             if (exp, arm) in before and (exp, control) in before:
                 cells.append((before[(exp, arm)], before[(exp, control)]))
-            # Enough clicks as the predictions expected them: clicks the arm lost still count.
-            if any(expected_events(t[1], t[0], c[1], c[0]) < min_clicks for t, c in cells):
+            # Enough clicks, logged or as the predictions expected them (a loss still counts).
+            if any(least_events(t[1], t[0], c[1], c[0]) < min_clicks for t, c in cells):
                 continue
             cells = [(_haldane(t), _haldane(c)) for t, c in cells]
             logs = [float(np.log(t[0] / t[1]) - np.log(c[0] / c[1])) for t, c in cells]

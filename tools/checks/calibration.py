@@ -43,7 +43,7 @@ from tools.checks._movement import movement
 from tools.checks._slices import diluted_note, judge_with_slices
 from tools.histograms import calibration_buckets
 from tools.result import CheckResult, Evidence
-from tools.stats import Comparison, Direction, compare_rates, expected_events, poisson_interval
+from tools.stats import Comparison, Direction, compare_rates, least_events, poisson_interval
 from tools.telemetry import HistogramSpec
 
 __all__ = ["CalibrationParams", "calibration_check", "calibration_interval", "calibration_test"]
@@ -59,8 +59,9 @@ class CalibrationParams:
         ratio_fail: Calibration ratio change (test ÷ reference) beyond ``[1/r, r]`` that fails.
         ratio_warn: The same, to warn.
         training_tolerance: Allowed |serving ÷ training calibration − 1| before a warn.
-        min_clicks: Fewest clicks per side for a verdict, counted at the pooled rate (clicks a
-            fault lost still count: :func:`~tools.stats.expected_events`).
+        min_clicks: Fewest clicks per side for a verdict, logged or expected from the side's
+            predictions at the pooled rate, whichever is more (clicks a fault lost still count,
+            and so do predictions it shrank: :func:`~tools.stats.least_events`).
         buckets: Equal-count prediction buckets in the evidence.
         question_ratio: The calibration change in question (±25 %: predictions that far off
             misprice auctions whatever the alert): ``ok`` only when the sample could have seen a
@@ -96,7 +97,7 @@ def calibration_test(p: CalibrationParams) -> RateTest:
 
     def compare(t: SumsLike, r: SumsLike, d: Direction) -> Comparison:
         tc, tp, rc, rp = t["sum_label_v"], t["sum_pred"], r["sum_label_v"], r["sum_pred"]
-        if expected_events(tc, tp, rc, rp) < p.min_clicks:
+        if least_events(tc, tp, rc, rp) < p.min_clicks:
             return Comparison(float("nan"), float("nan"), float("nan"), float("nan"), 1.0)
         # (r clicks / r pred) / (t clicks / t pred) = calibration(t) / calibration(r).
         return compare_rates(rc, rp, tc, tp, d)
