@@ -40,12 +40,14 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    CTR or revenue alert, a cause whose finding is a share of requests (a fallback, errors) too
    small to account for the fall in clicks per request another supported finding on the same
    requests measured ranks after the causes that can (a 0.16 pp fallback does not explain 30 %
-   fewer clicks per request). Then a cause known to account for the alerted change (its primary
-   failure is the alert's own metric on the alert's scope, e.g. a CTR alert's clicks per
-   request falling with the predictions held, or a share of requests as large as that fall)
-   before one whose finding is on another metric (a worse NE behind a CTR alert may explain
-   none of it). Ties: the score (signal weights, a fail counting twice a warning), then the
-   strength of the evidence (smallest p-value), then the suspect's rank.
+   fewer clicks per request). Ties: the score (signal weights, a fail counting twice a
+   warning; a secondary finding confined to a slice the cause is not confined to does not
+   count, a cause on every request would have shown it everywhere); then a cause known to
+   account for the alerted change (its primary failure is the alert's own metric on the
+   alert's scope, e.g. a CTR alert's clicks per request falling with the predictions held, or
+   a share of requests as large as that fall) before one whose finding is on another metric (a
+   worse NE behind a CTR alert may explain none of it); then the strength of the evidence
+   (smallest p-value), then the suspect's rank.
 
 Confidence is a noisy-OR of the matched signals (a fail of weight 1 counts 0.8, a warning 0.3),
 discounted when explained, made non-increasing down the ranking. With no failure at all the
@@ -131,6 +133,20 @@ def _as_warning(sig: Signal) -> Signal:
     return sig.model_copy(update={"verdicts": [*sig.verdicts, "warn"]})
 
 
+def _home(rule: CauseRule, results: dict[str, CheckOutcome]) -> dict[str, str]:
+    """Where the cause's failing primary finding is located ({}: its whole subject)."""
+    for sig in rule.signals:
+        outcome = results.get(sig.check)
+        if (
+            sig.primary
+            and outcome is not None
+            and outcome.result.verdict == "fail"
+            and sig.matches(outcome.result)
+        ):
+            return dict(outcome.result.where)
+    return {}
+
+
 def _evaluate(
     rule: CauseRule,
     subject: Suspect,
@@ -146,9 +162,14 @@ def _evaluate(
     on_alert = False
     score = 0.0
     miss = 1.0
+    home = _home(rule, results)
     for sig in rule.signals:
         outcome = results.get(sig.check)
         if outcome is None:
+            continue
+        if not sig.primary and outcome.result.where and dict(outcome.result.where) != home:
+            # A secondary finding confined to a slice the cause is not confined to: a cause on
+            # every request would have shown it everywhere, so it is another fault's evidence.
             continue
         # The alert's own check warning on the alerted experiment: the primary signal's finding
         # at a warning's strength (its other conditions still hold).
@@ -322,8 +343,8 @@ def rank_causes(
             c.tier,
             -reach_of(c, alert, reach),
             id(c) in bounded,
-            id(c) not in measured,
             -c.score,
+            id(c) not in measured,
             -c.strength,
             c.order,
         )

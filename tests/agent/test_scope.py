@@ -286,3 +286,20 @@ def test_a_cause_on_every_request_does_not_explain_a_symptom_confined_to_one_sli
     assert ranked([stale, confined]) == [("miscalibration", False), ("stale_model", False)]
     # On every request of the arm: one fault seen twice, the stale model explains it.
     assert ranked([stale, everywhere]) == [("stale_model", False), ("miscalibration", True)]
+
+
+def test_a_snapshot_pinned_on_one_slice_owns_the_worse_ne_it_causes():
+    ranking = load_playbooks().get("ranking")
+    # The production model's ios traffic keeps an old snapshot (staleness locates it on ios);
+    # NE of the whole model rose with it. Behind an NE alert the NE check is the alert's own
+    # metric, but the stale snapshot's evidence (its age and the NE it worsened) weighs more.
+    ios = {"platform": "ios"}
+    stale = fail("staleness", "ios keeps a 300-min-old snapshot", arm=None).model_copy(
+        update={"where": ios}
+    )
+    worse = fail("ne", "NE rose to 0.95 from 0.88", arm=None, estimate=0.07, unit="NE", p=1e-12)
+    alert = Alert(metric="ne", fired_at=at(158))
+    causes, _ = rank_causes(
+        ranking, [MODEL, ALL], [_on(MODEL, stale), _on(MODEL, worse)], alert=alert
+    )
+    assert [c.cause for c in causes[:2]] == ["stale_model", "ne_regression"]
