@@ -98,6 +98,7 @@ def test_global_alert_blames_the_attributed_experiment_and_checks_run_per_suspec
         "error_rate",
         "invalid_rate",
         "calibration",
+        "ne",  # each arm's log loss and spread of predictions: a constant collapse moves no rate
     }
     assert '**Experiment 880 ("Experiment 880")** — explains 70% of the revenue change' in (
         view.report_markdown
