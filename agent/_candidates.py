@@ -23,7 +23,6 @@ __all__ = [
     "EXPLAINS_SHARE",
     "Candidate",
     "accounts_for_clicks",
-    "confined",
     "explain",
     "large_enough",
     "measures_alert",
@@ -132,21 +131,11 @@ def _can_explain(other: Candidate, c: Candidate) -> bool:
 
 def _where(c: Candidate) -> dict[str, str]:
     """The dimension values the candidate's failing primary finding is located in."""
-    return primary_where(c.rule, c.matched)
-
-
-def primary_where(rule: CauseRule, matched: Sequence[CheckOutcome]) -> dict[str, str]:
-    """The dimension values the failing primary finding among ``matched`` is located in."""
-    primary = {sig.check for sig in rule.signals if sig.primary}
-    for o in matched:
+    primary = {sig.check for sig in c.rule.signals if sig.primary}
+    for o in c.matched:
         if o.result.check in primary and o.result.verdict == "fail":
             return dict(o.result.where)
     return {}
-
-
-def confined(rule: CauseRule, matched: Sequence[CheckOutcome]) -> bool:
-    """Whether the failing primary finding is confined to one slice (a dimension value)."""
-    return bool(primary_where(rule, matched))
 
 
 def _as_broad(other: Candidate, c: Candidate) -> bool:

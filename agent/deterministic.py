@@ -68,7 +68,6 @@ from agent._candidates import (
     Candidate,
     accounts_for_clicks,
     began_before,
-    confined,
     explain,
     large_enough,
     measures_alert,
@@ -133,6 +132,23 @@ def _as_warning(sig: Signal) -> Signal:
     return sig.model_copy(update={"verdicts": [*sig.verdicts, "warn"]})
 
 
+def _on_focus(
+    sig: Signal,
+    subject: Suspect,
+    result: CheckResult,
+    focus: tuple[frozenset[str], str, Mapping[str, str]] | None,
+) -> bool:
+    """Whether ``sig`` is a primary signal read from the check of the alert's own metric (with
+    the params that make it that metric) on the alert's scope."""
+    return (
+        sig.primary
+        and focus is not None
+        and subject.key in focus[0]
+        and sig.check == focus[1]
+        and all(str(result.params.get(k)) == v for k, v in focus[2].items())
+    )
+
+
 def _home(rule: CauseRule, results: dict[str, CheckOutcome]) -> dict[str, str]:
     """Where the cause's failing primary finding is located ({}: its whole subject)."""
     for sig in rule.signals:
@@ -173,25 +189,18 @@ def _evaluate(
             continue
         # The alert's own check warning on the alerted experiment: the primary signal's finding
         # at a warning's strength (its other conditions still hold).
+        on_focus = _on_focus(sig, subject, outcome.result, focus)
         candidate = (
-            sig.primary
-            and focus is not None
-            and subject.key in focus[0]
-            and sig.check == focus[1]
+            on_focus
             and outcome.subject.key == subject.key
             and outcome.result.verdict == "warn"
-            and all(str(outcome.result.params.get(k)) == v for k, v in focus[2].items())
             and _as_warning(sig).matches(outcome.result)
         )
         # A primary failure in the check of the alert's own metric, on the alert's scope: this
         # cause's finding is the alerted change itself.
-        on_alert = on_alert or bool(
-            sig.primary
-            and focus is not None
-            and subject.key in focus[0]
-            and sig.check == focus[1]
+        on_alert = on_alert or (
+            on_focus
             and outcome.result.verdict == "fail"
-            and all(str(outcome.result.params.get(k)) == v for k, v in focus[2].items())
             and sig.matches(outcome.result)
             and _located(sig, subject, outcome.result, control)
         )
@@ -240,7 +249,7 @@ def _evaluate(
             continue  # too small to account for the symptom (a tiny outage, a large SRM)
         if began_before(found.result, rule, matched):
             continue  # the symptom began before the ruling finding: none of its doing
-        if out.uniform and confined(rule, matched) and not found.result.where:
+        if out.uniform and home and not found.result.where:
             continue  # read over the whole subject as if uniform: blind to a one-slice symptom
         ruled_out = out.reason
         break
