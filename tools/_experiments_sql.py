@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from tools._dialect_sql import as_int
-from tools._queries import EXPOSURE_MARGIN, _int, _invalid
+from tools._queries import EXPOSURE_MARGIN, _int, _invalid, log_loss_of
 from tools.aggregates import LOGLOSS_EPS, to_datetime, to_minute
 
 if TYPE_CHECKING:
@@ -171,12 +171,7 @@ def _sums(c: Any, chosen: Sequence[str]) -> list[sa.ColumnElement[Any]]:
         return sa.case((sa.and_(p >= 0.0, p <= 1.0), p), else_=sa.null())
 
     def log_loss() -> sa.ColumnElement[Any]:
-        p = valid()
-        pc = sa.case(
-            (p < LOGLOSS_EPS, LOGLOSS_EPS), (p > 1 - LOGLOSS_EPS, 1 - LOGLOSS_EPS), else_=p
-        )
-        y = as_int(c.label)
-        return -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
+        return log_loss_of(valid(), as_int(c.label))
 
     def log_p() -> sa.ColumnElement[Any]:
         p = valid()

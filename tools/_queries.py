@@ -37,6 +37,7 @@ __all__ = [
     "HIST_SET",
     "LEAN_SKIPPED",
     "Queries",
+    "log_loss_of",
 ]
 
 EXPOSURE_MARGIN = timedelta(minutes=5)
@@ -70,6 +71,14 @@ def _invalid(pv: sa.ColumnElement[Any], err: sa.ColumnElement[Any]) -> sa.Column
     """Requests served without a valid prediction (``pv`` NULL); an errored request has none
     by design, so only requests that did not error count."""
     return _count_if(sa.and_(pv.is_(None), sa.func.coalesce(err, 0) == 0))
+
+
+def log_loss_of(pv: sa.ColumnElement[Any], y: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """One request's log loss: its valid prediction ``pv`` clipped to ``[ε, 1 − ε]``
+    (:data:`tools.aggregates.LOGLOSS_EPS`) against its label ``y`` (NULL without a prediction).
+    The NE check's cube and attribution's all-experiments join both read it, so they agree."""
+    pc = sa.case((pv < LOGLOSS_EPS, LOGLOSS_EPS), (pv > 1 - LOGLOSS_EPS, 1 - LOGLOSS_EPS), else_=pv)
+    return -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
 
 
 def _count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -172,11 +181,7 @@ class Queries:
         return ["minute", "arm", *models, *self.schema.dimensions]
 
     def _log_loss(self, x: Rows) -> sa.ColumnElement[Any]:
-        pv, y = x.c.pv, x.c.y
-        pc = sa.case(
-            (pv < LOGLOSS_EPS, LOGLOSS_EPS), (pv > 1 - LOGLOSS_EPS, 1 - LOGLOSS_EPS), else_=pv
-        )
-        return -(y * sa.func.ln(pc) + (1 - y) * sa.func.ln(1 - pc))
+        return log_loss_of(x.c.pv, x.c.y)
 
     def cube_aggregates(self, x: Rows, *, latency: bool, lean: bool) -> list[sa.ColumnElement[Any]]:
         """The cube's sums over rows of :meth:`base` (:data:`tools.aggregates.CUBE_SUMS`)."""

@@ -265,13 +265,15 @@ class TelemetryReader:
                 attribution reads: the same sums over its window and baseline, without a row
                 per experiment arm and minute.
             sums: Only these sums (``n`` always comes along); None: all of the default ones
-                (``sum_ll``, ``sum_ll2``, the log loss, only when named). Each sum is a pass over
-                the joined rows; a cached answer with more sums serves fewer.
+                (:data:`~tools._experiments_sql.LOG_LOSS_SUMS`, the log loss and the powers of
+                the log prediction, only when named). Each sum is a pass over the joined rows; a
+                cached answer with more sums serves fewer.
 
         Returns:
             Columns ``experiment_id, arm, minute`` and the sums, in this order: ``n, sum_label,
-            sum_revenue, sum_revenue2, n_error, n_fallback, n_pred, n_invalid, sum_pred, sum_ll,
-            sum_ll2``.
+            sum_revenue, sum_revenue2, n_error, n_fallback, n_pred, n_invalid, sum_pred``, then
+            those of ``LOG_LOSS_SUMS`` named: ``sum_ll, sum_ll2, sum_lp, sum_lp2, sum_lp3,
+            sum_lp4``.
         """
         lo, hi = _window(start, end)
         chosen = tuple((int(a), int(b)) for a, b in spans)

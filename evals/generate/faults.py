@@ -15,14 +15,13 @@ from typing import Any, Literal
 import numpy as np
 
 from evals.generate.strength import (
-    ATTRIBUTION_WINDOW,
     BASELINE_MINUTES,
-    SCAN_METRICS,
     SRM_SUFFIXES,
     SRM_WINDOW_MINUTES,
     STALE_FAIL_OVERDUE,
     Attributed,
     Sample,
+    attribution_scan,
     distinct_units,
     signal_strength,
 )
@@ -250,8 +249,9 @@ def _attributed(
     """Attribution's view of a miscalibrated ``arm`` behind a global alert at ``last``: its
     window's and baseline's clicks for the arm and its control, and the share of the arm's
     predictions the fault scaled in each (:class:`~evals.generate.strength.Attributed`)."""
+    scan = attribution_scan()
     start = max(0, exp.start_minute)
-    window = np.arange(max(start, last + 1 - ATTRIBUTION_WINDOW), last + 1)
+    window = np.arange(max(start, last + 1 - scan.window), last + 1)
     base = np.arange(max(start, int(window[0]) - BASELINE_MINUTES), int(window[0]))
     pct = exp.traffic_pct / 100.0
 
@@ -272,7 +272,7 @@ def _attributed(
             clicks(base, exp.control),
         ),
         affected=(affected(window), affected(base)),
-        family=max(arms, 1) * SCAN_METRICS,
+        family=max(arms, 1) * scan.metrics,
     )
 
 

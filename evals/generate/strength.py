@@ -70,7 +70,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy import stats as sps
@@ -86,18 +86,17 @@ from tools.checks import (
 
 __all__ = [
     "ALPHA_FAIL",
-    "ATTRIBUTION_WINDOW",
     "BASELINE_MINUTES",
     "BUCKETS",
-    "SCAN_METRICS",
     "SEGMENTS",
     "SRM_SUFFIXES",
     "SRM_WINDOW_MINUTES",
     "STALE_FAIL_OVERDUE",
-    "SUSPECT_ALPHA",
     "Z_DETECT",
     "Attributed",
+    "AttributionScan",
     "Sample",
+    "attribution_scan",
     "bucket",
     "distinct_units",
     "effect_and_sigma",
@@ -123,14 +122,33 @@ SRM_SUFFIXES: tuple[int, ...] = (10, 20, 40)
 """The recent windows the SRM check tests besides its whole window (``TelemetryReader.units``'s
 default suffixes), Bonferroni over those with enough units."""
 
-ATTRIBUTION_WINDOW = 30
-"""Minutes the localization's attribution scans before a global alert without an onset."""
 
-SUSPECT_ALPHA = 0.01
-"""The ranking playbook's ``suspects.alpha``: the level at which attribution names a suspect."""
+class AttributionScan(NamedTuple):
+    """What the ranking playbook's attribution scan of a global alert is, read from the playbook.
 
-SCAN_METRICS = 6
-"""Metrics the ranking playbook's attribution scans (Bonferroni across them)."""
+    Attributes:
+        window: Minutes it scans before the alert when the global metric shows no onset (the
+            playbook's ``window.min_minutes``).
+        alpha: The level at which it names a suspect (``suspects.alpha``).
+        metrics: The attributable metrics it scans (``suspects.scan_metrics``; Bonferroni across
+            them).
+    """
+
+    window: int
+    alpha: float
+    metrics: int
+
+
+@lru_cache(maxsize=1)
+def attribution_scan() -> AttributionScan:
+    """The shipped ranking playbook's attribution scan (:class:`AttributionScan`)."""
+    from agent.playbook import load_playbooks
+    from tools.checks.attribution import ATTRIBUTABLE
+
+    ranking = load_playbooks().get("ranking")
+    scanned = [m for m in ranking.suspects.scan_metrics if m in ATTRIBUTABLE]
+    return AttributionScan(ranking.window.min_minutes, ranking.suspects.alpha, len(scanned))
+
 
 SRM_WINDOW_MINUTES = 120
 """The SRM check's whole window when the investigation locates no onset (the playbooks'
@@ -154,7 +172,7 @@ class Attributed:
     """What the attribution scan of a global alert sees of one experiment arm (calibration).
 
     Localization compares each arm's log Σpred/Σclicks with its control's, over its recent
-    window (:data:`ATTRIBUTION_WINDOW` minutes, the playbook's ``min_minutes``, when the global
+    window (the playbook's ``min_minutes``, :func:`attribution_scan`, when the global
     metric shows no onset) against the :data:`BASELINE_MINUTES` before it (a difference in
     differences: four Poisson click counts), Holm over every non-control arm of every experiment
     and Bonferroni over the metrics it scans, at the playbook's ``suspects.alpha``.
@@ -403,7 +421,7 @@ def _attributed(severity: float, a: Attributed) -> float:
         return 0.0
     window, baseline = (math.log1p(f * (severity - 1.0)) for f in a.affected)
     se = math.sqrt(sum(1.0 / c for c in a.clicks))
-    alpha = SUSPECT_ALPHA / max(a.family, 1)
+    alpha = attribution_scan().alpha / max(a.family, 1)
     z = float(sps.norm.isf(alpha / 2.0)) + _POWER_Z
     return abs(window - baseline) / (z * se)
 

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from tools.checks._attribution_ratio import arm_mdes
-from tools.checks._common import fmt_p, fmt_time, no_data, table
+from tools.checks._attribution_ratio import arm_mdes, arms_table
+from tools.checks._common import fmt_p, no_data
 from tools.checks._engine import SubjectFrame
 from tools.result import CheckResult, Verdict
 from tools.stats import holm
@@ -200,29 +200,17 @@ def ne_attribution(
             "No experiment arm had enough requests beside its control to compare its log loss.",
             settings,
         )
-    span = (
-        f"{fmt_time(w.start)}-{fmt_time(w.end)} vs "
-        f"{fmt_time(w.fetch_start)}-{fmt_time(w.start)} UTC"
-    )
-    ranked = pd.DataFrame(
+    arms_evidence, span = arms_table(
+        "log-loss",
+        arms,
+        w,
         {
-            "kind": ["experiment"] * len(arms),
-            "candidate": [f"{a.experiment}/{a.arm}" for a in arms],
             "log_loss_change": [float(np.expm1(a.change)) for a in arms],
             "spread_change": [float(np.expm1(a.spread)) for a in arms],
-            "contribution": [a.change for a in arms],
-            "share_of_change": [0.0] * len(arms),
-            "p_value": [a.p for a in arms],
-            "p_adjusted": [a.p_adjusted for a in arms],
-        }
+        },
+        [0.0] * len(arms),
     )
-    evidence = [
-        table(
-            "experiment arms by log-loss change against control (Holm-adjusted p)",
-            ranked,
-            note=span,
-        )
-    ]
+    evidence = [arms_evidence]
     top = next(
         (
             a

@@ -12,19 +12,23 @@ window's gap alone. Two-sided, Holm over every arm of every experiment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
 from tools.checks._common import fmt_p, fmt_time, series_evidence, table
-from tools.checks._engine import SubjectFrame
+from tools.checks._engine import SubjectFrame, Window
 from tools.result import CheckResult, Effect, Evidence, Verdict
 from tools.stats import compare_rates, holm, least_events
 
-__all__ = ["RatioArm", "arm_mdes", "ratio_arms", "ratio_attribution"]
+if TYPE_CHECKING:
+    from tools.checks._attribution_ne import NEArm
+
+__all__ = ["RatioArm", "arm_mdes", "arms_table", "ratio_arms", "ratio_attribution"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,37 @@ def _haldane(cell: _Cell) -> _Cell:
     finite (as in :func:`tools.stats.compare_rates`)."""
     pred, clicks = cell
     return (pred, clicks if clicks > 0 else 0.5)
+
+
+def arms_table(
+    metric: str,
+    arms: Sequence[RatioArm] | Sequence[NEArm],
+    w: Window,
+    changes: Mapping[str, list[float]],
+    shares: list[float],
+) -> tuple[Evidence, str]:
+    """The evidence table of a per-arm attribution (strongest first) and its span's text.
+
+    ``changes``: the relative changes to show per arm, by column name (each arm's log change is
+    its ``contribution``); ``shares``: each arm's share of the global change.
+    """
+    span = (
+        f"{fmt_time(w.start)}-{fmt_time(w.end)} vs "
+        f"{fmt_time(w.fetch_start)}-{fmt_time(w.start)} UTC"
+    )
+    ranked = pd.DataFrame(
+        {
+            "kind": ["experiment"] * len(arms),
+            "candidate": [f"{a.experiment}/{a.arm}" for a in arms],
+            **changes,
+            "contribution": [a.change for a in arms],
+            "share_of_change": shares,
+            "p_value": [a.p for a in arms],
+            "p_adjusted": [a.p_adjusted for a in arms],
+        }
+    )
+    title = f"experiment arms by {metric} change against control (Holm-adjusted p)"
+    return table(title, ranked, note=span), span
 
 
 def arm_mdes(ses: list[float], alpha: float, sides: int) -> tuple[float, float]:
@@ -187,29 +222,14 @@ def ratio_attribution(
         (w.fetch_start, w.start),
         global_change=global_change,
     )
-    span = (
-        f"{fmt_time(w.start)}-{fmt_time(w.end)} vs "
-        f"{fmt_time(w.fetch_start)}-{fmt_time(w.start)} UTC"
+    arms_evidence, span = arms_table(
+        "calibration",
+        arms,
+        w,
+        {"calibration_change": [float(np.expm1(a.change)) for a in arms]},
+        [a.share for a in arms],
     )
-    ranked = pd.DataFrame(
-        {
-            "kind": ["experiment"] * len(arms),
-            "candidate": [f"{a.experiment}/{a.arm}" for a in arms],
-            "calibration_change": [float(np.expm1(a.change)) for a in arms],
-            "contribution": [a.change for a in arms],
-            "share_of_change": [a.share for a in arms],
-            "p_value": [a.p for a in arms],
-            "p_adjusted": [a.p_adjusted for a in arms],
-        }
-    )
-    evidence: list[Evidence] = [
-        table(
-            "experiment arms by calibration change against control (Holm-adjusted p)",
-            ranked,
-            note=span,
-        ),
-        series_evidence(frame, "calibration"),
-    ]
+    evidence: list[Evidence] = [arms_evidence, series_evidence(frame, "calibration")]
     effect = Effect(
         name="relative change of calibration (Σ prediction ÷ Σ clicks)",
         estimate=100 * rel,
