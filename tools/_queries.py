@@ -262,6 +262,28 @@ class Queries:
             .group_by(x.c.arm, block, bin_)
         )
 
+    def slice_histogram(
+        self,
+        subject: Subject,
+        lo: datetime,
+        hi: datetime,
+        block_minutes: int,
+        bins: tuple[int, int],
+    ) -> sa.Select[Any]:
+        """Valid predictions per arm x time block x dimension values x bin, the bins outside
+        ``bins`` (inclusive) pooled as bin -1: where a stuck bin lives, read only when one grew."""
+        x = self.base(subject, lo, hi)
+        pv = x.c.pv
+        block, bin_ = self._histogram_keys(x, lo, block_minutes)
+        near = as_int(sa.case((bin_.between(_int(bins[0]), _int(bins[1])), bin_), else_=_int(-1)))
+        dims = [x.c[d] for d in self.schema.dimensions]
+        keys = [x.c.arm, block.label("block"), *dims, near.label("bin")]
+        return (
+            sa.select(*keys, sa.func.count().label("n"))
+            .where(pv.is_not(None))
+            .group_by(x.c.arm, block, *dims, near)
+        )
+
     def cube_and_histogram(
         self, subject: Subject, lo: datetime, hi: datetime, *, latency: bool, block_minutes: int
     ) -> sa.Select[Any]:

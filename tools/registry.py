@@ -169,9 +169,21 @@ class WindowCheck(Protocol):
 
 def _prediction(ctx: CheckContext, call: CheckCall) -> CheckResult:
     from tools.checks import prediction_check
+    from tools.telemetry import to_datetime
 
     s = ctx.scored(call)
-    return prediction_check(s.frame, **s.histogram, params=ctx.settings.prediction)
+    w, subject = s.frame.window, s.frame.subject
+
+    def slices(bins: tuple[int, int]) -> pd.DataFrame:
+        return ctx.reader.slice_histogram(
+            subject,
+            to_datetime(w.fetch_start),
+            to_datetime(w.end),
+            block_minutes=s.histogram["block_minutes"],
+            bins=bins,
+        )
+
+    return prediction_check(s.frame, **s.histogram, slices=slices, params=ctx.settings.prediction)
 
 
 def _calibration(ctx: CheckContext, call: CheckCall) -> CheckResult:

@@ -223,6 +223,40 @@ class TelemetryReader:
         key = ("histogram", subject, lo, hi, block_minutes)
         return self._cached(key, lambda: self._query_histogram(subject, lo, hi, block_minutes))
 
+    def slice_histogram(
+        self,
+        subject: Subject,
+        start: datetime,
+        end: datetime,
+        *,
+        block_minutes: int,
+        bins: tuple[int, int],
+    ) -> pd.DataFrame:
+        """:meth:`histogram`'s counts per dimension values, for the bins ``bins`` (inclusive)
+        alone: the others are pooled in bin -1, which keeps each block's total.
+
+        Returns:
+            Columns ``arm, block, <dimensions>, bin, n``.
+        """
+        if block_minutes < 1:
+            raise ConfigError("block_minutes", block_minutes, "must be at least 1")
+        if bins[0] > bins[1]:
+            raise ConfigError("bins", bins, "the first bin must not follow the last")
+        lo, hi = _window(start, end)
+        key = ("slice_histogram", subject, lo, hi, block_minutes, bins)
+
+        def run() -> pd.DataFrame:
+            query = self._sql.slice_histogram(subject, lo, hi, block_minutes, bins)
+            frame = self._fetch(query, self._sql.tables(subject))
+            return _typed(
+                frame,
+                ints=["block", "bin"],
+                strs=["arm", *self.schema.dimensions],
+                floats=["n"],
+            )
+
+        return self._cached(key, run)
+
     def units(
         self,
         experiment_id: str,

@@ -326,6 +326,29 @@ def test_a_warning_of_the_alert_s_own_check_on_the_production_model_is_a_candida
     assert causes[0].cause == "none"
 
 
+def test_a_constant_on_one_slice_explains_that_slice_s_calibration(ranking):
+    # The production model stuck at a constant near the mean CTR on web (a low-CTR slice): web's
+    # calibration fails too. The collapse is the cause; a rescaling makes no constant, and the
+    # collapse's failure is no evidence of one.
+    web = {"platform": "web"}
+    stuck = fail("prediction", "partly stuck at a constant", arm=None, estimate=48.9, p=1e-30)
+    calib = fail("calibration", "1.55 against training", arm=None, estimate=1.55, unit="ratio")
+    found = outcomes(
+        MODEL,
+        prediction=stuck.model_copy(update={"where": web}),
+        calibration=calib.model_copy(update={"where": web, "p_value": 1e-40}),
+    )
+    causes, _ = rank_causes(ranking, [MODEL, ALL], found)
+    names = [c.cause for c in causes]
+    assert names[0] == "prediction_collapse", names
+    assert names.index("miscalibration") > 0
+    # A collapse over the whole model does not explain a calibration failure on web alone.
+    found = outcomes(MODEL, prediction=stuck, calibration=calib.model_copy(update={"where": web}))
+    causes, _ = rank_causes(ranking, [MODEL, ALL], found)
+    explained = [c for c in causes if c.cause == "miscalibration"]
+    assert explained and "explained by" not in explained[0].explanation
+
+
 def test_a_small_fallback_does_not_explain_a_large_collapse(ranking):
     # 20 pp of invalid predictions cannot come from a fallback on 0.6 pp of requests: the
     # collapse ranks first. A fallback as large as the collapse still explains it.

@@ -90,6 +90,12 @@ def test_cube_and_histogram_match_duckdb(chdb_engine, duck, grouping_sets: bool)
         pd.testing.assert_frame_equal(
             hist, duck.histogram(subject, at(60), at(120), block_minutes=7), rtol=1e-9
         )
+        args = {"block_minutes": 7, "bins": (160, 170)}
+        pd.testing.assert_frame_equal(
+            _sorted(reader.slice_histogram(subject, at(60), at(120), **args)),
+            _sorted(duck.slice_histogram(subject, at(60), at(120), **args)),
+            check_dtype=False,
+        )
 
 
 def test_the_battery_gives_duckdbs_answers(chdb_engine, duck_battery) -> None:
@@ -112,3 +118,8 @@ def test_a_missing_table_is_a_query_error_naming_it(chdb_engine: sa.Engine) -> N
     reader = TelemetryReader(chdb_engine, schema)
     with pytest.raises(TelemetryQueryError, match=r"synth\.no_such_table"):
         reader.cube(Subject(), at(0), at(0) + timedelta(minutes=30))
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    assert len(frame) > 10
+    return frame.sort_values(list(frame.columns[:-1])).reset_index(drop=True)

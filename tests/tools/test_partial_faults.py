@@ -3,6 +3,7 @@ miscalibrated arm behind a global alert; and the healthy side of each scan."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import numpy as np
@@ -13,7 +14,7 @@ from tests.tools.synth import Fault, World, at, build, toolbox, write
 from tests.tools.test_known_answers import M0, _arm, cube, frame_of
 from tools.checks._engine import Comparand, Finding
 from tools.checks._movement import movement
-from tools.checks._stuck import stuck_scan
+from tools.checks._stuck import stuck_scan, stuck_slices
 from tools.checks.calibration import CalibrationParams, calibration_test
 from tools.checks.prediction import prediction_check
 from tools.stats import Comparison
@@ -24,6 +25,11 @@ WORLDS = {
     "healthy": World(seed=31, rpm=1200),
     # 6 % of the test arm's predictions stuck at one value for the last 12 minutes.
     "stuck": World(seed=32, rpm=1200, faults=[Fault("constant", 108, 0.06)]),
+    # A fifth of web's predictions of the production model stuck at one value from minute 80:
+    # 2 % of the model's, under the 3 % a stuck constant must fill to fail over the model.
+    "stuck_web": World(
+        seed=41, rpm=1200, faults=[Fault("constant", 80, 0.2, arm=None, where={"platform": "web"})]
+    ),
     # Fallbacks on web only (10 % of traffic), all traffic: +0.3 pp over the whole model, under
     # its materiality floor (a doubling of 0.5 %), 3 pp inside the slice.
     "fallback_web": World(
@@ -74,6 +80,16 @@ def test_partial_constant_fails_prediction_with_onset(boxes: dict[str, Toolbox])
     assert result.verdict == "fail" and result.arm == "test"
     assert "stuck at a constant" in result.summary and "0.0137" in result.summary
     assert _near(result.onset, 108)
+
+
+def test_a_constant_in_one_slice_is_found_there(boxes: dict[str, Toolbox]) -> None:
+    result = boxes["stuck_web"].prediction(at(60), at(120), model_id="m_prod")
+    assert result.verdict == "fail" and result.where == {"platform": "web"}, result.summary
+    assert "0.0137" in result.summary and "Confined to platform=web" in result.summary
+    assert result.effect is not None and result.effect.estimate > 15  # pp of web's predictions
+    # A constant on every slice of the test arm is the arm's, not one slice's.
+    spread = boxes["stuck"].prediction(at(60), at(120), experiment_id="e1")
+    assert spread.verdict == "fail" and spread.where == {}
 
 
 def test_healthy_predictions_state_the_stuck_share_they_could_see(
@@ -310,3 +326,87 @@ def test_an_arm_that_lost_its_clicks_is_named_by_calibration_attribution(
     # No click at all counts as half a click (Haldane): a wide interval, still named first.
     assert arms[0].change > np.log(5) and arms[0].p_adjusted < p_at_most
     assert arms[1].p_adjusted > 0.5
+
+
+def _sliced(rng: np.random.Generator, shares: dict[str, np.ndarray], blocks: int) -> pd.DataFrame:
+    """Both arms' counts per block x platform x bin, each platform its own distribution."""
+    parts = []
+    for platform, share in shares.items():
+        per_block = _PER_BLOCK[platform]
+        counts = rng.multinomial(per_block, share, size=(2, blocks)).astype(float)
+        arm, block, k = np.nonzero(counts)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "arm": np.asarray(["control", "test"])[arm],
+                    "block": block,
+                    "country": "US",
+                    "platform": platform,
+                    "ad_type": "feed",
+                    "bin": k,
+                    "n": counts[arm, block, k],
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+_PER_BLOCK = {"ios": 80, "android": 80, "web": 20}
+
+
+def _slice_reader(table: pd.DataFrame) -> Callable[[tuple[int, int]], pd.DataFrame]:
+    def counts(bins: tuple[int, int]) -> pd.DataFrame:
+        near = table["bin"].between(*bins)
+        return table.assign(bin=table["bin"].where(near, -1))
+
+    return counts
+
+
+def test_the_slice_scan_of_a_stuck_constant_holds_its_alpha() -> None:
+    """Healthy slices, each with its own prediction distribution: the whole subject's most
+    significant growth (material or not) sent to the slices is located there at most at the
+    scan's alpha; a constant in a fifth of one slice's predictions, a few percent of the
+    subject's, is located on every draw."""
+    frame = frame_of(cube({"control": {"n": 100.0}, "test": {"n": 100.0}}))
+    rng = np.random.default_rng(11)
+    bins = 40
+    shares = {p: rng.dirichlet(np.full(bins, 2.0)) for p in ("ios", "android", "web")}
+    alpha, draws, hits = 0.05, 60, 0
+    for _ in range(draws):
+        table = _sliced(rng, shares, blocks=120)
+        hist = table.groupby(["arm", "block", "bin"], as_index=False)["n"].sum()
+        hist["sum_pred"] = hist["n"] * (hist["bin"] + 0.5) / 200
+        found = [s for s in stuck_scan(frame, hist, bins, 1, mass=0.0, ratio=1.0)]
+        seed = min(found, key=lambda s: s.adjusted_p, default=None)
+        if seed is None or seed.adjusted_p >= alpha:
+            continue
+        located = stuck_slices(
+            frame, seed, _slice_reader(table), bins, 1, mass=0.015, ratio=2.0, alpha=alpha
+        )
+        hits += located is not None
+    assert hits / draws <= alpha
+    # A fifth of web's test-arm predictions stuck in one bin for the last 30 minutes.
+    k = int(shares["web"].argmin())
+    table = _sliced(rng, shares, blocks=120)
+    extra = pd.DataFrame(
+        {
+            "arm": "test",
+            "block": range(90, 120),
+            "country": "US",
+            "platform": "web",
+            "ad_type": "feed",
+            "bin": k,
+            "n": 5.0,
+        }
+    )
+    table = pd.concat([table, extra], ignore_index=True)
+    hist = table.groupby(["arm", "block", "bin"], as_index=False)["n"].sum()
+    hist["sum_pred"] = hist["n"] * (hist["bin"] + 0.5) / 200
+    whole = stuck_scan(frame, hist, bins, 1, mass=0.03, ratio=2.0)
+    assert not any(s.adjusted_p < 1e-3 for s in whole)  # diluted: under the whole's materiality
+    seed = min(stuck_scan(frame, hist, bins, 1, mass=0.0, ratio=1.0), key=lambda s: s.adjusted_p)
+    located = stuck_slices(
+        frame, seed, _slice_reader(table), bins, 1, mass=0.03, ratio=2.0, alpha=1e-3
+    )
+    assert located is not None and located.where == {"platform": "web"}
+    assert located.stuck.bin == k and located.stuck.growth > 0.1

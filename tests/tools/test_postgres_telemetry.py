@@ -91,6 +91,12 @@ def test_the_session_zone_does_not_move_the_window(pg_world, duck, zone: str, ts
     pd.testing.assert_frame_equal(
         hist, duck.histogram(subject, at(60), at(120), block_minutes=7), rtol=1e-9
     )
+    args = {"block_minutes": 7, "bins": (160, 170)}
+    pd.testing.assert_frame_equal(
+        _sorted(reader.slice_histogram(subject, at(60), at(120), **args)),
+        _sorted(duck.slice_histogram(subject, at(60), at(120), **args)),
+        check_dtype=False,
+    )
     units = reader.units("e1", at(60), at(120)).sort_values("arm").reset_index(drop=True)
     pd.testing.assert_frame_equal(
         units, duck.units("e1", at(60), at(120)).sort_values("arm").reset_index(drop=True)
@@ -117,3 +123,8 @@ def test_a_missing_driver_is_one_line_naming_the_extra(monkeypatch: pytest.Monke
     text = str(err.value)
     assert err.value.field == "telemetry_url" and "vigil[postgres]" in text
     assert "s3cret" not in text and "\n" not in text
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    assert len(frame) > 10
+    return frame.sort_values(list(frame.columns[:-1])).reset_index(drop=True)

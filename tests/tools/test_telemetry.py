@@ -172,6 +172,29 @@ def test_histogram_sums_equal_valid_cube_sums(telemetry) -> None:
     np.testing.assert_allclose(by_arm["sum_ll"], cube_arm["sum_ll"], rtol=1e-9)
 
 
+def test_slice_histogram_splits_the_histogram_by_dimension_values(telemetry) -> None:
+    reader, _, _ = telemetry
+    subject = Subject(experiment_id="e1")
+    hist = reader.histogram(subject, at(0), at(30), block_minutes=5)
+    k = int(hist.groupby("bin")["n"].sum().idxmax())
+    sliced = reader.slice_histogram(subject, at(0), at(30), block_minutes=5, bins=(k - 1, k + 1))
+    assert set(sliced["bin"]) <= {-1, k - 1, k, k + 1}
+    # Each block's total is kept (the other bins pooled as -1), and the near bins are exact.
+    got = sliced.groupby(["arm", "block"])["n"].sum()
+    want = hist.groupby(["arm", "block"])["n"].sum()
+    pd.testing.assert_series_equal(got, want, check_dtype=False)
+    near = sliced[sliced["bin"] >= 0].groupby(["arm", "block", "bin"])["n"].sum()
+    whole = hist[hist["bin"].between(k - 1, k + 1)].set_index(["arm", "block", "bin"])["n"]
+    pd.testing.assert_series_equal(near, whole.sort_index(), check_dtype=False)
+    # Per dimension value, the predictions the cube counts there.
+    cube = reader.cube(subject, at(0), at(30))
+    for dim in reader.schema.dimensions:
+        by_value = sliced.groupby(dim)["n"].sum()
+        np.testing.assert_allclose(by_value, cube.groupby(dim)["n_pred"].sum()[by_value.index])
+    with pytest.raises(ConfigError, match="bins"):
+        reader.slice_histogram(subject, at(0), at(30), block_minutes=5, bins=(3, 2))
+
+
 def test_model_and_all_traffic_subjects(telemetry) -> None:
     reader, requests, _ = telemetry
     all_rows = reader.cube(Subject(), at(0), at(30), latency=True)

@@ -13,13 +13,22 @@ itself (its count against theirs, exact binomial): the p-value is the larger of 
 A fault that began minutes before the alert is not diluted by the whole window: its own segment
 is in the grid.
 
+A constant confined to one dimension value (the production model stuck on web only) is located
+by :func:`stuck_slices`: once the whole subject shows a significant growth of a bin (material or
+not: 19 % of one country's predictions are 2 % of the model's), the bin's counts per dimension
+value are read (one more statement, only then) and the same test runs inside each slice, its
+materiality relative to the slice, Bonferroni over the slices on top of the scan's own family. A
+value whose growth is significant and material while the rest of its dimension stays quiet
+locates the finding there, as :func:`tools.checks._localize.localize` does for rates.
+
 The power statement: the smallest stuck share the whole window could have shown, given the
 reference share of the most popular bin and the family's correction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -29,7 +38,7 @@ from tools.checks._engine import Comparand, SubjectFrame
 from tools.checks._hist import hist_arrays
 from tools.stats import holm, segment_grid
 
-__all__ = ["Stuck", "stuck_mde", "stuck_scan"]
+__all__ = ["SliceCounts", "Stuck", "StuckSlice", "stuck_mde", "stuck_scan", "stuck_slices"]
 
 _NEIGHBOURS = 3
 """Bins on each side a stuck bin must tower over in the test histogram itself."""
@@ -69,6 +78,27 @@ class Stuck:
     def growth(self) -> float:
         """Share growth of the bin (test − reference)."""
         return self.share_test - self.share_ref
+
+
+SliceCounts = Callable[[tuple[int, int]], pd.DataFrame]
+"""Reads the bin counts per dimension value for bins ``(lo, hi)``, the rest pooled as bin -1
+(:meth:`tools.telemetry.TelemetryReader.slice_histogram`)."""
+
+
+@dataclass(frozen=True)
+class StuckSlice:
+    """A stuck bin located in one or more dimension values.
+
+    Attributes:
+        where: The dimension values (``{"platform": "web"}``).
+        stuck: The bin's growth inside the first of them (shares of the slice's predictions;
+            p-values Bonferroni over the slices on top of the scan's family).
+        slices: How many dimension values were tested.
+    """
+
+    where: dict[str, str]
+    stuck: Stuck
+    slices: int
 
 
 def _matrices(
@@ -117,6 +147,11 @@ def _peak_p(t: np.ndarray, k: int, width: int = _NEIGHBOURS) -> float:
     return float(bdtrc(x - 1, round(around), 1.0 / bins))
 
 
+def _family(frame: SubjectFrame, n_bins: int) -> int:
+    """Tests a scan makes per comparand: every bin in every segment of the window's grid."""
+    return n_bins * max(len(segment_grid(frame.window.length)), 1)
+
+
 def stuck_scan(
     frame: SubjectFrame,
     hist: pd.DataFrame,
@@ -145,7 +180,7 @@ def stuck_scan(
     n_blocks = -(-(w.end - w.fetch_start) // block)
     mats = {arm: _matrices(hist, arm, n_blocks, n_bins) for arm in frame.arms}
     grid = [(w.start + a, w.start + b) for a, b in segment_grid(w.length)]
-    family = n_bins * max(len(grid), 1)
+    family = _family(frame, n_bins)
     raw: list[Stuck] = []
     for comp in frame.comparands():
         (tn, ts), (rn, _) = mats[comp.test], mats[comp.ref]
@@ -187,6 +222,113 @@ def stuck_scan(
     return [
         Stuck(**{**s.__dict__, "adjusted_p": float(q)}) for s, q in zip(raw, adjusted, strict=True)
     ]
+
+
+def _bin_test(
+    t: np.ndarray, r: np.ndarray, nt: float, nr: float, mass: float, ratio: float
+) -> tuple[float, float, float] | None:
+    """The centre bin's growth in the vectors ``t`` and ``r`` (its ``_NEIGHBOURS`` on each side
+    around it, ``nt`` and ``nr`` the totals): ``(growth, z, p)``, the p-value the larger of the
+    growth's and the peak's (as in :func:`stuck_scan`), None when immaterial (as :func:`_growth`
+    judges it) or too small a sample."""
+    c = len(t) // 2
+    if nt <= 0 or nr <= 0:
+        return None
+    st, sr = t / nt, r / nr
+    g = st - sr
+    neighbour = max(float(g[c - 1]), float(g[c + 1]), 0.0)
+    if g[c] - neighbour < mass or st[c] < ratio * sr[c]:
+        return None
+    pooled = (t[c] + r[c]) / (nt + nr)
+    se = float(np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / nt + 1 / nr)))
+    z = float(g[c] / se)
+    return float(g[c]), z, max(float(ndtr(-z)), _peak_p(t, c))
+
+
+def stuck_slices(
+    frame: SubjectFrame,
+    found: Stuck,
+    counts: SliceCounts,
+    n_bins: int,
+    block: int,
+    *,
+    mass: float,
+    ratio: float,
+    alpha: float,
+    min_n: float = 50.0,
+    quiet_share: float = 0.3,
+) -> StuckSlice | None:
+    """Where ``found``'s bin grew: the dimension values it is confined to, or None.
+
+    Each dimension value with ``min_n`` predictions on each side is tested on the comparand
+    and span of ``found``, its materiality (``mass``, ``ratio``) relative to the slice; the
+    p-value is Bonferroni over the scan's family and over the slices tested. A value locates
+    its dimension when it alone is significant at ``alpha`` and material there, and the rest of
+    the dimension grew by less than ``quiet_share`` of its growth (a constant on web in every
+    country locates the platform, not a country).
+    """
+    w = frame.window
+    comp, k, c = found.comparand, found.bin, _NEIGHBOURS
+    table = counts((k - c, k + c))
+    n_blocks = -(-(w.end - w.fetch_start) // block)
+    blocks = np.arange(n_blocks)
+    span = blocks[_blocks(w.fetch_start, found.span, block)]
+    baseline = blocks[_blocks(w.fetch_start, (w.fetch_start, w.start), block)]
+    ref_span = span if comp.concurrent else baseline
+
+    def side(arm: str, dim: str, within: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Per value of ``dim``: the counts of the bins around ``k``, and the total."""
+        part = table[(table["arm"] == arm) & table["block"].isin(within)]
+        by = part.groupby([dim, "bin"])["n"].sum().unstack(fill_value=0)
+        near = by.reindex(columns=range(k - c, k + c + 1), fill_value=0.0)
+        return [str(v) for v in by.index], near.to_numpy(float), by.sum(axis=1).to_numpy(float)
+
+    family = _family(frame, n_bins)
+    tested: list[tuple[str, str, Stuck | None, float]] = []
+    for dim in frame.dims:
+        t_vals, t_near, t_tot = side(comp.test, dim, span)
+        r_vals, r_near, r_tot = side(comp.ref, dim, ref_span)
+        r_row = {v: j for j, v in enumerate(r_vals)}
+        for i, v in enumerate(t_vals):
+            j = r_row.get(v)
+            if j is None or t_tot[i] < min_n or r_tot[j] < min_n:
+                continue
+            inside = _bin_test(t_near[i], r_near[j], t_tot[i], r_tot[j], mass, ratio)
+            here = None
+            if inside is not None:
+                share = float(t_near[i][c] / t_tot[i])
+                here = replace(
+                    found,
+                    share_test=share,
+                    share_ref=share - inside[0],
+                    n_test=float(t_tot[i]),
+                    n_ref=float(r_tot[j]),
+                    z=inside[1],
+                    p_value=inside[2],
+                )
+            # The rest of the dimension: its growth of the bin, material or not.
+            n_rest, nr_rest = t_tot.sum() - t_tot[i], r_tot.sum() - r_tot[j]
+            rest = float("nan")
+            if n_rest > 0 and nr_rest > 0:
+                t_rest = t_near[:, c].sum() - t_near[i][c]
+                r_rest = r_near[:, c].sum() - r_near[j][c]
+                rest = float(t_rest / n_rest - r_rest / nr_rest)
+            tested.append((dim, v, here, rest))
+    hits: dict[str, list[tuple[str, Stuck, bool]]] = {}
+    for dim, value, here, rest in tested:
+        if here is None:
+            continue
+        adjusted = min(1.0, here.p_value * family * len(tested))
+        if adjusted >= alpha:
+            continue
+        here = replace(here, p_value=adjusted, adjusted_p=adjusted)
+        quiet = bool(np.isfinite(rest) and rest < quiet_share * here.growth)
+        hits.setdefault(dim, []).append((value, here, quiet))
+    located = [(dim, h[0]) for dim, h in hits.items() if len(h) == 1 and h[0][2]]
+    if not located:
+        return None
+    best = min(located, key=lambda x: x[1][1].adjusted_p)
+    return StuckSlice({dim: h[0] for dim, h in located}, best[1][1], len(tested))
 
 
 def stuck_mde(

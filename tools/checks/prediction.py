@@ -43,7 +43,7 @@ from tools.checks._engine import (
 )
 from tools.checks._hist import hist_arrays
 from tools.checks._slices import diluted_note, judge_with_slices
-from tools.checks._stuck import Stuck, stuck_mde, stuck_scan
+from tools.checks._stuck import SliceCounts, Stuck, StuckSlice, stuck_mde, stuck_scan, stuck_slices
 from tools.checks.fallback import describe_rate, proportion_test
 from tools.histograms import PointMass, Shift, point_mass, shift
 from tools.result import CheckResult, Effect, Evidence
@@ -211,19 +211,47 @@ def _mass_verdict(
     spec: HistogramSpec | None,
     block_minutes: int,
     p: PredictionParams,
-) -> tuple[str, Stuck | None]:
-    """A constant in part of the predictions: the time-scanned bin growth of :mod:`._stuck`."""
+    slices: SliceCounts | None = None,
+) -> tuple[str, Stuck | None, StuckSlice | None]:
+    """A constant in part of the predictions: the time-scanned bin growth of :mod:`._stuck`,
+    and the dimension values it is confined to (read through ``slices``) when one is."""
     if hist is None or spec is None or not len(hist):
-        return "ok", None
-    for level, alpha, size in (
-        ("fail", p.alpha_fail, p.mass_fail),
-        ("warn", p.alpha_warn, p.mass_warn),
-    ):
+        return "ok", None, None
+    levels = (("fail", p.alpha_fail, p.mass_fail), ("warn", p.alpha_warn, p.mass_warn))
+    level, mass = "ok", None
+    for name, alpha, size in levels:
         found = stuck_scan(frame, hist, spec.n_bins, block_minutes, mass=size, ratio=p.mass_ratio)
         hits = [s for s in found if s.adjusted_p < alpha]
         if hits:
-            return level, max(hits, key=lambda s: (s.growth, -s.adjusted_p))
-    return "ok", None
+            level, mass = name, max(hits, key=lambda s: (s.growth, -s.adjusted_p))
+            break
+    if slices is None:
+        return level, mass, None
+    seed = mass
+    if seed is None:
+        # Immaterial over the whole subject, but significant: a constant in part of one slice.
+        found = stuck_scan(frame, hist, spec.n_bins, block_minutes, mass=0.0, ratio=1.0)
+        hits = [s for s in found if s.adjusted_p < p.alpha_warn]
+        seed = min(hits, key=lambda s: s.adjusted_p) if hits else None
+    if seed is None:
+        return level, mass, None
+    for name, alpha, size in levels:
+        if name == "warn" and level == "fail":
+            break
+        where = stuck_slices(
+            frame,
+            seed,
+            slices,
+            spec.n_bins,
+            block_minutes,
+            mass=size,
+            ratio=p.mass_ratio,
+            alpha=alpha,
+            min_n=p.min_requests,
+        )
+        if where is not None:
+            return name, where.stuck, where
+    return level, mass, None
 
 
 def _shift_warns(b: _Blocked, p: PredictionParams) -> bool:
@@ -259,6 +287,7 @@ def prediction_check(
     hist: pd.DataFrame | None = None,
     histogram: HistogramSpec | None = None,
     block_minutes: int = 1,
+    slices: SliceCounts | None = None,
     params: PredictionParams | None = None,
 ) -> CheckResult:
     """Invalid predictions, collapse and distribution shift per arm vs control or baseline.
@@ -268,6 +297,8 @@ def prediction_check(
         hist: The subject's prediction histogram (point mass and shift need it).
         histogram: The histogram's bins.
         block_minutes: The histogram's time block.
+        slices: Reads the histogram's bin counts per dimension value (a stuck constant's slice);
+            without it a stuck constant is judged over the whole subject only.
         params: Thresholds.
 
     Returns:
@@ -323,7 +354,7 @@ def prediction_check(
     if hist is not None and histogram is not None and len(hist):
         blocked = _histogram_tests(frame, hist, histogram, block_minutes, focus)
         evidence.append(_shift_table(blocked))
-    mass_level, mass = _mass_verdict(frame, hist, histogram, block_minutes, p)
+    mass_level, mass, mass_where = _mass_verdict(frame, hist, histogram, block_minutes, p, slices)
 
     def invalid_result() -> CheckResult:
         words = Described(
@@ -351,7 +382,7 @@ def prediction_check(
     def mass_result() -> CheckResult:
         assert mass is not None and hist is not None
         onset = _mass_onset(frame, hist, mass, block_minutes)
-        return _mass_result(frame, mass, mass_level, onset, evidence, settings)
+        return _mass_result(frame, mass, mass_level, onset, evidence, settings, mass_where)
 
     # Highest verdict wins; on a tie invalid predictions, then a stuck constant, then variance.
     options: list[tuple[int, int, Callable[[], CheckResult]]] = []
@@ -413,19 +444,29 @@ def _mass_result(
     onset: int | None,
     evidence: list[Evidence],
     params: dict[str, Any],
+    located: StuckSlice | None = None,
 ) -> CheckResult:
     comp = m.comparand
     who = f"arm {comp.test} of " if frame.control is not None else ""
     ref = comp.ref if comp.concurrent else "its baseline"
     stuck = m.growth / max(1 - m.share_ref, 1e-9)
+    where = located.where if located is not None else {}
+    on = ", ".join(f"{d}={v}" for d, v in where.items())
+    there = f" on {on}" if on else ""
+    confined = (
+        f" Confined to {on} (one of {located.slices} slices tested, Bonferroni)."
+        if located is not None
+        else ""
+    )
     return CheckResult(
         check="prediction",
         verdict=as_verdict(level),
+        where=where,
         summary=(
             f"Predictions of {who}{subject_name(frame)} are partly stuck at a constant: "
-            f"{m.share_test:.1%} fall in one bin around {m.value:.4g} (vs {m.share_ref:.1%} in "
-            f"{ref}) from {fmt_time(m.span[0])} to {fmt_time(m.span[1])} UTC, about "
-            f"{stuck:.1%} of the predictions."
+            f"{m.share_test:.1%}{there} fall in one bin around {m.value:.4g} (vs "
+            f"{m.share_ref:.1%} in {ref}) from {fmt_time(m.span[0])} to {fmt_time(m.span[1])} "
+            f"UTC, about {stuck:.1%} of the predictions{there}.{confined}"
         ),
         effect=Effect(
             name="share in the most grown prediction bin (test − reference)",
