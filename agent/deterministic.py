@@ -249,8 +249,6 @@ def _evaluate(
             continue  # too small to account for the symptom (a tiny outage, a large SRM)
         if began_before(found.result, rule, matched):
             continue  # the symptom began before the ruling finding: none of its doing
-        if out.uniform and home and not found.result.where:
-            continue  # read over the whole subject as if uniform: blind to a one-slice symptom
         ruled_out = out.reason
         break
     return Candidate(

@@ -135,14 +135,6 @@ class RuleOut(_Finding):
             "arm: what hits every arm alike (an outage) cannot explain a gap between the arms."
         ),
     )
-    uniform: bool = Field(
-        default=False,
-        description=(
-            "The finding reads the whole subject as if the symptom were uniform over it (a "
-            "reliability slope against a rescaling of every prediction): it does not rule out a "
-            "symptom confined to one slice (a rescaling on one country bends the arm's slope)."
-        ),
-    )
     reason: str = Field(min_length=1)
 
 

@@ -280,22 +280,6 @@ def test_a_slope_that_fell_more_than_the_calibration_moved_rules_out_miscalibrat
     assert ("miscalibration" in [r[0] for r in ruled]) is beyond
 
 
-def test_a_slope_over_the_whole_arm_does_not_rule_out_a_miscalibration_on_one_slice(ranking):
-    # Arm test's predictions ×2.5 on country=DE only (found by the slice scan): over the whole
-    # arm that is no rescaling, it bends the slope as extra noise would. The slope's "beyond
-    # rescaling" reads the arm as if uniform, so it cannot rule the slice's miscalibration out.
-    calibration = fail(
-        "calibration", "arm test 2.56 vs 1.01 on country=DE", estimate=2.53, unit="ratio"
-    ).model_copy(update={"where": {"country": "DE"}})
-    slope = _slope(0.82, True)
-    causes, ruled = rank_causes(
-        ranking, [EXP, ALL], outcomes(EXP, calibration=calibration, ne=slope)
-    )
-    assert causes[0].cause == "miscalibration" and causes[0].experiment == EXP.id
-    assert "miscalibration" not in [r[0] for r in ruled]
-    assert "ne_regression" in [c.cause for c in causes]
-
-
 def test_an_overdue_snapshot_explains_clicks_lost_with_predictions_held(ranking):
     lost = fail(
         "calibration",

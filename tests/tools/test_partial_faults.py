@@ -54,6 +54,15 @@ WORLDS = {
         seed=39, rpm=1200, faults=[Fault("miscalibration", 100, 2.0, arm="test")]
     ),
     "noisier": World(seed=40, rpm=1200, faults=[Fault("noise", 80, 1.2, arm="test")]),
+    # The test arm over-predicts threefold on DE only, or turns noisier (sd 1.5) on DE only.
+    "rescaled_de": World(
+        seed=42,
+        rpm=3000,
+        faults=[Fault("miscalibration", 80, 3.0, arm="test", where={"country": "DE"})],
+    ),
+    "noisier_de": World(
+        seed=43, rpm=3000, faults=[Fault("noise", 80, 1.5, arm="test", where={"country": "DE"})]
+    ),
     # Predictions divided by five from minute 112 on a quieter world: too few clicks after the
     # onset to fit a slope there, but every request shows the step of the mean prediction.
     "late_rescale_sparse": World(
@@ -269,6 +278,18 @@ def test_a_rescaling_late_in_the_slope_span_is_not_a_noisier_model(
         late = boxes[name].ne(at(60), at(120), experiment_id="e1")
         assert late.verdict in ("fail", "warn") and late.params["beyond_rescaling"] is False
     noisier = boxes["noisier"].ne(at(60), at(120), experiment_id="e1")
+    assert noisier.verdict == "fail" and noisier.params["beyond_rescaling"] is True
+
+
+def test_a_rescaling_of_one_slice_is_not_a_noisier_model(boxes: dict[str, Toolbox]) -> None:
+    # DE's predictions ×3 mix scaled and unscaled predictions in every bin of the arm: its
+    # slope halves, as a noisier model's would, further than the arm's calibration moved. What
+    # a rescaling of DE by DE's own factor does to the slope accounts for it; a model noisier
+    # on DE flattens the slope beyond that.
+    rescaled = boxes["rescaled_de"].ne(at(60), at(120), experiment_id="e1")
+    assert rescaled.verdict == "fail", rescaled.summary
+    assert rescaled.params["beyond_rescaling"] is False
+    noisier = boxes["noisier_de"].ne(at(60), at(120), experiment_id="e1")
     assert noisier.verdict == "fail" and noisier.params["beyond_rescaling"] is True
 
 

@@ -20,7 +20,7 @@ from tools.histograms import Reliability, reliability_of
 from tools.stats import holm, p_from_z, segment_grid
 from tools.telemetry import HistogramSpec
 
-__all__ = ["SlopeFinding", "slope_findings", "slope_ratio"]
+__all__ = ["SlopeFinding", "rescaled_slope", "slope_findings", "slope_ratio"]
 
 
 @dataclass(frozen=True)
@@ -178,3 +178,40 @@ def slope_ratio(
     if t is None or r is None or not r.slope > 0:
         return None
     return float(t.slope / r.slope)
+
+
+def rescaled_slope(
+    hist: pd.DataFrame,
+    spec: HistogramSpec,
+    block: int,
+    fetch_start: int,
+    arm: str,
+    span: tuple[int, int],
+    share: float,
+    factor: float,
+) -> tuple[Reliability, float] | None:
+    """``arm``'s reliability over ``span`` and its slope had ``share`` of its predictions been
+    multiplied by ``factor``.
+
+    The arm's bins over ``span`` stand for the sound model; the rescaled share is the same bins
+    with every prediction times ``factor`` (at most 1) and the labels unchanged, fitted together
+    with the rest. A rescaling of a slice mixes shifted and unshifted predictions in every bin,
+    which flattens the pooled slope as noise would; this is how far, for a slice whose requests
+    are spread over the bins as the arm's are.
+    """
+    n_blocks = max(-(-(span[1] - fetch_start) // block), 0)
+    n, pred, label = _Cube(hist, arm, n_blocks, spec.n_bins).binned(
+        _blocks(fetch_start, span, block)
+    )
+    keep = n > 0
+    n, pred, label = n[keep], pred[keep], label[keep]
+    base = reliability_of(n, pred, label)
+    if base is None or not base.slope > 0:
+        return None
+    scaled = np.minimum(pred * factor, n)
+    mixed = reliability_of(
+        np.r_[n * (1 - share), n * share],
+        np.r_[pred * (1 - share), scaled * share],
+        np.r_[label * (1 - share), label * share],
+    )
+    return None if mixed is None else (base, float(mixed.slope))

@@ -25,7 +25,12 @@ from tools.checks._common import (
     to_result,
 )
 from tools.checks._engine import Finding, RateTest, SubjectFrame, SumsLike, assess, judge
-from tools.checks._reliability import SlopeFinding, slope_findings, slope_ratio
+from tools.checks._reliability import (
+    SlopeFinding,
+    rescaled_slope,
+    slope_findings,
+    slope_ratio,
+)
 from tools.result import CheckResult, Effect, Evidence
 from tools.stats import Comparison, Direction, binary_entropy, compare_means, epidemic_segment
 from tools.telemetry import HistogramSpec, to_datetime
@@ -347,7 +352,58 @@ def _beyond_rescaling(
     # one) still shows a rescaling that began inside the focus as a step at least as large as
     # the slope's fall.
     step = _prediction_step(frame, c.test, f.focus)
-    return step is None or step < abs(float(np.log(f.ratio)))
+    if step is not None and step >= abs(float(np.log(f.ratio))):
+        return False
+    return not _slice_rescaled(f, frame, hist, spec, block)
+
+
+def _slice_rescaled(
+    f: SlopeFinding, frame: SubjectFrame, hist: pd.DataFrame, spec: HistogramSpec, block: int
+) -> bool:
+    """Whether a rescaling of one dimension value, by its own calibration move over the focus,
+    accounts for the test group's slope there: ×2.5 on one country mixes scaled and unscaled
+    predictions in every bin of the arm and bends its slope as extra noise would, yet leaves
+    the slope inside that country whole.
+
+    Each value's factor is its calibration (Σ prediction ÷ Σ clicks) in the test group against
+    the reference's in the same value, its share its part of the test group's predictions; the
+    sound slope is the test group's own before the focus (the reference's, if too few clicks).
+    The slope over the focus must fall short of the rescaled one by two standard errors.
+    """
+    c = f.comparand
+    w = frame.window
+    a, b = f.focus
+    ref_span = f.focus if c.concurrent else (w.fetch_start, min(w.start, a))
+    sound = (c.test, (w.fetch_start, a))
+    if float(frame.span(c.test, *sound[1])["sum_label_v"]) < 100:
+        sound = (c.ref, ref_span)
+    at = frame.column_at
+    n, pred, clicks = at["n_pred"], at["sum_pred"], at["sum_label_v"]
+    for dim in frame.dims:
+        t_values, t = frame.dim_arrays(c.test, a, b, dim)
+        r_values, r = frame.dim_arrays(c.ref, *ref_span, dim)
+        r_row = {str(v): j for j, v in enumerate(r_values)}
+        total = float(t[:, n].sum()) if len(t) else 0.0
+        for i, value in enumerate(t_values):
+            j = r_row.get(str(value))
+            if (
+                j is None
+                or total <= 0
+                or min(t[i, pred], t[i, clicks], r[j, pred], r[j, clicks]) <= 0
+            ):
+                continue
+            share = float(t[i, n]) / total
+            if not 0.0 < share < 1.0:
+                continue
+            factor = float((t[i, pred] / t[i, clicks]) / (r[j, pred] / r[j, clicks]))
+            found = rescaled_slope(hist, spec, block, w.fetch_start, *sound, share, factor)
+            if found is None:
+                continue
+            base, slope = found
+            se = float(np.hypot(f.test.slope_se, base.slope_se * slope / base.slope))
+            if f.test.slope > slope - 2.0 * se:
+                return True
+    return False
 
 
 def _prediction_step(frame: SubjectFrame, arm: str, focus: tuple[int, int]) -> float | None:
