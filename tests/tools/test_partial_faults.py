@@ -15,7 +15,7 @@ from tests.tools.test_known_answers import M0, _arm, cube, frame_of
 from tools.checks._engine import Comparand, Finding
 from tools.checks._movement import movement
 from tools.checks._stuck import stuck_scan, stuck_slices
-from tools.checks.calibration import CalibrationParams, calibration_test
+from tools.checks.calibration import CalibrationParams, calibration_check, calibration_test
 from tools.checks.prediction import prediction_check
 from tools.stats import Comparison
 from tools.telemetry import TelemetryReader, to_minute
@@ -40,6 +40,13 @@ WORLDS = {
         seed=34,
         rpm=1200,
         faults=[Fault("click_loss", 80, 0.4, arm=None, where={"platform": "web"})],
+    ),
+    # 70 % of web's clicks lost in the window's last 12 minutes: the model's best segment shows
+    # no trace (p 0.8 over the whole model), web's own last quarter does.
+    "clicks_web_late": World(
+        seed=45,
+        rpm=3000,
+        faults=[Fault("click_loss", 108, 0.7, arm=None, where={"platform": "web"})],
     ),
     # From minute 80 the test arm of an experiment on 30 % of units over-predicts twofold.
     "miscal": World(
@@ -123,6 +130,12 @@ def test_lost_clicks_in_one_slice_fail_calibration_as_clicks(boxes: dict[str, To
     result = boxes["clicks_web"].calibration(at(60), at(120), model_id="m_prod")
     assert result.verdict in ("fail", "warn") and result.where == {"platform": "web"}
     assert result.params["moved"] == "clicks"
+
+
+def test_a_late_loss_in_one_slice_is_screened_for_in_the_slice(boxes: dict[str, Toolbox]) -> None:
+    result = boxes["clicks_web_late"].calibration(at(60), at(120), model_id="m_prod")
+    assert result.verdict in ("fail", "warn") and result.where == {"platform": "web"}
+    assert result.params["moved"] == "clicks" and _near(result.onset, 108)
 
 
 def test_clicks_a_fault_lost_still_count_towards_the_minimum_sample() -> None:
@@ -266,6 +279,25 @@ def test_invalid_slice_scan_holds_its_alpha_on_healthy_models() -> None:
         result = prediction_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
         hits += result.verdict in ("fail", "warn")
     assert hits / draws <= 0.02, hits
+
+
+def test_calibration_with_its_slice_screen_holds_its_alpha_on_healthy_models() -> None:
+    """Poisson clicks per minute and platform at the predicted rate: the calibration check, its
+    slice screen and scan included, warns or fails at about its warning α (measured: 1.2 % over
+    1,500 draws, the same with and without the screen)."""
+    rng = np.random.default_rng(5)
+    sizes = {"ios": 450.0, "android": 400.0, "web": 150.0}
+    draws, hits = 300, 0
+    for _ in range(draws):
+        parts = []
+        for platform, size in sizes.items():
+            part = cube({"m": _arm(size, size * 0.03, 0.03)})
+            part["platform"] = platform
+            part["sum_label_v"] = part["sum_label"] = rng.poisson(size * 0.03, len(part))
+            parts.append(part)
+        result = calibration_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
+        hits += result.verdict in ("fail", "warn")
+    assert hits / draws <= 0.03, hits
 
 
 def test_a_rescaling_late_in_the_slope_span_is_not_a_noisier_model(

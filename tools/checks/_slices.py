@@ -8,20 +8,33 @@ so every p-value is multiplied by the number of slices (Bonferroni) before the c
 and judgement, and scanning does not raise the false-alarm rate. (The infra check's scan over all
 traffic is the same idea, one comparand per slice.)
 
-The scan runs only on the comparisons that show a trace of the effect over the whole subject:
-their best segment at a raw p-value under ``hint_p`` (0.25), in the bad direction; the others'
-share of the family stays in the correction. A slice holding a share ``s`` of the traffic
-with a z score ``z`` shows over the whole subject with about ``z · sqrt(s)``; the z the scan's
-correction demands (about 4.5) still leaves a trace of z > 0.67 down to slices of 2 % of the
-traffic, and a subject with no trace at all is not scanned (most healthy checks: the scan costs
-one family per slice).
+The scan runs only on the comparisons that show a trace of the effect: their best segment over
+the whole subject at a raw p-value under ``hint_p`` (0.25), in the bad direction, or one slice's
+totals over the window against its reference under ``screen_p`` (0.05; one vectorised pass per
+dimension); the others' share of the family stays in the correction. A slice holding a share
+``s`` of the traffic with a z score ``z`` shows over the whole subject with about ``z · sqrt(s)``,
+and less where the subject's reference is noisier than the slice's (a seasonal baseline): 70 %
+of web's clicks lost for 13 minutes left the model's best segment at p 0.26, web's own totals at
+p < 1e-6. A subject with no trace at all is not scanned (most healthy checks: the scan costs one
+family per slice).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame, assess, judge
+from tools.checks._engine import (
+    Comparand,
+    Finding,
+    Judgement,
+    RateTest,
+    SubjectFrame,
+    assess,
+    is_bad,
+    judge,
+)
+from tools.checks._frame import Sums, SumsLike
+from tools.stats import Direction
 
 __all__ = ["SliceHit", "diluted_note", "judge_with_slices", "slice_scan"]
 
@@ -55,6 +68,7 @@ def slice_scan(
     alpha_warn: float,
     min_n: float,
     hint_p: float = 0.25,
+    screen_p: float = 0.05,
 ) -> SliceHit | None:
     """The dimension value where the check's family fails or warns, if any (module docstring).
 
@@ -67,20 +81,22 @@ def slice_scan(
         alpha_warn: The same, to warn.
         min_n: Fewest requests a slice needs in the window to be scanned.
         hint_p: The whole subject's trace needed to scan at all (module docstring).
+        screen_p: Or one slice's, over the window's totals.
 
     Returns:
         The most severe slice (fail before warn, then the smallest adjusted p-value), or None.
     """
     family = max(len(overall.findings), 1)
+    small = test.lean(frame)  # the slices' sums of what the test reads alone
     comparands = [
         f.comparand
         for f in overall.findings
-        if f.culprit is not None and f.decisive.p_value < hint_p
+        if (f.culprit is not None and f.decisive.p_value < hint_p)
+        or _screened(small, f.comparand, test, min_n, screen_p)
     ]
     if not comparands:
         return None
     w = frame.window
-    small = test.lean(frame)  # the slices' sums of what the test reads alone
     candidates: list[tuple[dict[str, str], SubjectFrame]] = []
     for dim in frame.dims:  # the dimensions the cube holds
         seen, counts = small.group_sums([dim], (w.start, w.end))
@@ -109,6 +125,35 @@ def slice_scan(
         ):
             best = SliceHit(where, part if small is frame else frame.slice(where), j, k)
     return best
+
+
+def _screened(
+    frame: SubjectFrame, comp: Comparand, test: RateTest, min_n: float, screen_p: float
+) -> bool:
+    """Whether one dimension value's totals depart from its reference in the bad direction at
+    a raw p-value under ``screen_p``, over the window or its last half, quarter or eighth (a
+    fault of the last minutes is diluted in the whole window's totals)."""
+    w = frame.window
+    direction: Direction = "both" if comp.concurrent else test.direction
+    fixed: SumsLike | None = None
+    if comp.expected is not None and test.expected_sums is not None:
+        fixed = test.expected_sums(comp.expected)
+    at = frame.column_at
+    starts = [w.end - w.length // 2**k for k in range(4) if w.length // 2**k >= 5]
+    for a, dim in ((a, dim) for a in starts for dim in frame.dims):
+        r_lo, r_hi = (a, w.end) if comp.concurrent else (w.fetch_start, w.start)
+        t_values, t = frame.dim_arrays(comp.test, a, w.end, dim)
+        r_values, r = frame.dim_arrays(comp.ref, r_lo, r_hi, dim)
+        r_row = {str(v): j for j, v in enumerate(r_values)}
+        for i, value in enumerate(t_values):
+            j = r_row.get(str(value))
+            ref = fixed if fixed is not None else (Sums(at, r[j]) if j is not None else None)
+            if ref is None or t[i, at["n"]] < min_n or ref["n"] < min_n:
+                continue
+            c = test.compare(Sums(at, t[i]), ref, direction)
+            if c.valid and c.p_value < screen_p and is_bad(c.estimate, test.null, direction):
+                return True
+    return False
 
 
 def judge_with_slices(
