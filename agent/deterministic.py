@@ -149,6 +149,19 @@ def _on_focus(
     )
 
 
+def _primary_states(
+    rule: CauseRule, matched: Sequence[CheckOutcome], params: Mapping[str, str]
+) -> bool:
+    """Whether the cause's failing primary finding among ``matched`` has ``params``."""
+    primary = {sig.check for sig in rule.signals if sig.primary}
+    return any(
+        o.result.check in primary
+        and o.result.verdict == "fail"
+        and all(str(o.result.params.get(k)) == v for k, v in params.items())
+        for o in matched
+    )
+
+
 def _home(rule: CauseRule, results: dict[str, CheckOutcome]) -> dict[str, str]:
     """Where the cause's failing primary finding is located ({}: its whole subject)."""
     for sig in rule.signals:
@@ -249,6 +262,8 @@ def _evaluate(
             continue  # too small to account for the symptom (a tiny outage, a large SRM)
         if began_before(found.result, rule, matched):
             continue  # the symptom began before the ruling finding: none of its doing
+        if out.unless and _primary_states(rule, matched, out.unless):
+            continue  # the cause's own finding says what this one only hints at
         ruled_out = out.reason
         break
     return Candidate(

@@ -135,6 +135,14 @@ class RuleOut(_Finding):
             "arm: what hits every arm alike (an outage) cannot explain a gap between the arms."
         ),
     )
+    unless: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Not when the cause's own failing primary finding states these params: the direct "
+            "evidence this finding stands in for (a prediction shift hints that the predictions "
+            "moved; the calibration check's {moved: clicks} says they held)."
+        ),
+    )
     reason: str = Field(min_length=1)
 
 

@@ -10,7 +10,7 @@ from agent.playbook import load_playbooks
 from agent.reasoning import admissible
 from agent.state import CheckOutcome, Suspect
 from tests.agent.fakes import at, fail, ok
-from tools.result import CheckResult
+from tools.result import CheckResult, Effect
 
 EXP = Suspect(scope="experiment", id="879")
 MODEL = Suspect(scope="model", id="ctr_v41")
@@ -140,6 +140,38 @@ def test_changed_predictions_rule_out_logging_loss(ranking):
     causes, ruled = rank_causes(ranking, [EXP, ALL], found)
     assert [c.cause for c in causes] == ["none"]  # all arms moved: not the experiment's doing
     assert [r[0] for r in ruled] == ["logging_loss"]
+
+
+def test_which_side_moved_is_the_calibration_check_s_to_say(ranking):
+    # Every click of the model lost 70 % while a second fault (a noisier model on one ad type)
+    # shifts its prediction distribution: the shift is no evidence about the clicks.
+    shifted = warn("prediction").model_copy(
+        update={"effect": Effect(name="population stability index", estimate=0.36, unit="psi")}
+    )
+    lost = fail(
+        "calibration",
+        "clicks per request -76 %, the predictions held",
+        arm=None,
+        estimate=3.06,
+        unit="ratio",
+        params={"scope": "subject", "moved": "clicks"},
+    )
+    causes, ruled = rank_causes(
+        ranking, [MODEL, ALL], outcomes(MODEL, calibration=lost, prediction=shifted)
+    )
+    assert causes[0].cause == "logging_loss" and "logging_loss" not in [r[0] for r in ruled]
+    # When the calibration cannot tell, the shift rules lost logs out and supports a
+    # miscalibration.
+    unsure = lost.model_copy(update={"params": {"scope": "subject"}})
+    causes, ruled = rank_causes(
+        ranking, [MODEL, ALL], outcomes(MODEL, calibration=unsure, prediction=shifted)
+    )
+    assert causes[0].cause == "miscalibration"
+    assert "logging_loss" not in [c.cause for c in causes]
+    # When it saw the predictions move, lost logs are ruled out.
+    rose = lost.model_copy(update={"params": {"scope": "subject", "moved": "predictions"}})
+    _, ruled = rank_causes(ranking, [MODEL, ALL], outcomes(MODEL, calibration=rose))
+    assert "logging_loss" in [r[0] for r in ruled]
 
 
 @pytest.mark.parametrize(("estimate", "cause"), [(1.4, "logging_loss"), (0.8, "miscalibration")])
