@@ -9,6 +9,7 @@ arm when the model's effect is a fraction of the arm's, the model when it is as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -67,11 +68,19 @@ class Candidate:
 
 
 def primary_effect(rule: CauseRule, matched: Sequence[CheckOutcome]) -> tuple[float, str] | None:
-    """The size and unit of the failing primary finding among ``matched``, when it states one."""
+    """The size and unit of the failing primary finding among ``matched``, when it states one.
+
+    The size is the distance from no effect: a difference's absolute value, a ratio's
+    ``|log ratio|`` (a reliability slope at 0.43 of its reference is a larger fall than one at
+    0.85; a calibration of 0.5 as far off as one of 2).
+    """
     primary = {sig.check for sig in rule.signals if sig.primary}
     for o in matched:
         effect = o.result.effect
         if o.result.check in primary and o.result.verdict == "fail" and effect is not None:
+            if effect.unit == "ratio":
+                size = abs(math.log(effect.estimate)) if effect.estimate > 0 else math.inf
+                return size, effect.unit
             return abs(effect.estimate), effect.unit
     return None
 

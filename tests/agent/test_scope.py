@@ -303,3 +303,20 @@ def test_a_snapshot_pinned_on_one_slice_owns_the_worse_ne_it_causes():
         ranking, [MODEL, ALL], [_on(MODEL, stale), _on(MODEL, worse)], alert=alert
     )
     assert [c.cause for c in causes[:2]] == ["stale_model", "ne_regression"]
+
+
+def test_a_noisier_arm_seen_diluted_on_the_model_it_serves_is_the_arm_s():
+    # An arm of a 20 % experiment serving the production model turns noisier: its reliability
+    # slope falls to 0.43 of control's; the model's, to 0.85 of its baseline. A ratio's size is
+    # its distance from 1 (on the log scale): the model's fall is the arm's, diluted.
+    ranking = load_playbooks().get("ranking")
+    slope = "reliability slope ratio (test ÷ reference)"
+    arm = fail("ne", "arm test 0.37 vs 0.87", effect=slope, estimate=0.43, unit="ratio")
+    model = fail("ne", "model 0.74 vs 0.87", arm=None, effect=slope, estimate=0.85, unit="ratio")
+    ctr = Alert(metric="ctr", fired_at=at(158))
+    causes, _ = rank_causes(
+        ranking, [EXP, MODEL, ALL], [_on(EXP, arm), _on(MODEL, model)], {"4375": "control"}, ctr
+    )
+    assert (causes[0].cause, causes[0].experiment) == ("ne_regression", "4375")
+    echo = next(c for c in causes if c.cause == "ne_regression" and c.model == "ctr_v41")
+    assert "in experiment 4375" in echo.explanation
