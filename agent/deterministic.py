@@ -149,6 +149,11 @@ def _on_focus(
     )
 
 
+def moves_alert(c: Candidate, alert: Alert | None) -> bool:
+    """Whether ``c``'s cause can move the alerted metric (the playbook's ``moves``)."""
+    return alert is None or c.rule.moves is None or alert.metric in c.rule.moves
+
+
 def _primary_states(
     rule: CauseRule, matched: Sequence[CheckOutcome], params: Mapping[str, str]
 ) -> bool:
@@ -363,6 +368,7 @@ def rank_causes(
     live.sort(
         key=lambda c: (
             c.tier,
+            not moves_alert(c, alert),
             -reach_of(c, alert, reach),
             id(c) in bounded,
             -c.score,

@@ -157,6 +157,14 @@ class CauseRule(_Strict):
         default_factory=list, description="More specific causes that explain the same symptom."
     )
     ruled_out_by: list[RuleOut] = Field(default_factory=list)
+    moves: list[AlertMetric] | None = Field(
+        default=None,
+        description=(
+            "The alerted metrics this cause can move (None: any). Behind an alert on another "
+            "metric it still ranks, after every cause that can move it: an outage on one "
+            "country serves no ad there but moves no model's NE."
+        ),
+    )
     mitigation: dict[Scope, MitigationAction]
     verify_metric: SeriesMetric | None = Field(
         default=None, description="Metric read per minute to verify recovery (None: not judged)."

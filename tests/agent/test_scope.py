@@ -320,3 +320,22 @@ def test_a_noisier_arm_seen_diluted_on_the_model_it_serves_is_the_arm_s():
     assert (causes[0].cause, causes[0].experiment) == ("ne_regression", "4375")
     echo = next(c for c in causes if c.cause == "ne_regression" and c.model == "ctr_v41")
     assert "in experiment 4375" in echo.explanation
+
+
+def test_a_cause_that_cannot_move_the_alerted_metric_ranks_after_one_that_can():
+    # Behind a global NE alert: a third of a 5 % experiment arm's predictions invalid, and an
+    # outage failing 5 % of requests on BR. The outage reaches all traffic, the arm 5 % of it,
+    # but errored requests serve no ad and move no model's NE: the collapse explains the alert.
+    ranking = load_playbooks().get("ranking")
+    invalid = fail("prediction", "arm test 32.7 % invalid", estimate=32.7)
+    outage = fail("infra", "errors 4.9 % vs 0.04 % on BR", arm=None, estimate=4.9).model_copy(
+        update={"where": BR}
+    )
+    found = [_on(EXP, invalid), _on(ALL, outage)]
+    for metric, first in (("ne", "prediction_collapse"), ("revenue", "infra_outage")):
+        fired = Alert(metric=metric, fired_at=at(158))
+        causes, _ = rank_causes(
+            ranking, [EXP, MODEL, ALL], found, {"4375": "control"}, fired, {"4375": 0.05}
+        )
+        names = [c.cause for c in causes]
+        assert names[0] == first and {"prediction_collapse", "infra_outage"} <= set(names)
