@@ -205,6 +205,8 @@ def _evaluate(
             # A secondary finding confined to a slice the cause is not confined to: a cause on
             # every request would have shown it everywhere, so it is another fault's evidence.
             continue
+        if not sig.primary and sig.same_slice and home and not outcome.result.where:
+            continue  # over the whole subject, from a check that locates: not this slice's
         # The alert's own check warning on the alerted experiment: the primary signal's finding
         # at a warning's strength (its other conditions still hold).
         on_focus = _on_focus(sig, subject, outcome.result, focus)

@@ -116,6 +116,15 @@ class Signal(_Finding):
     """
 
     located: Literal["test_arm", "anywhere"] = "test_arm"
+    same_slice: bool = Field(
+        default=False,
+        description=(
+            "For a cause confined to one slice, count this finding only when it is located in "
+            "that slice: a finding over the whole subject is another fault's, or this one's "
+            "diluted beyond telling (clicks lost everywhere are no evidence of a model stale "
+            "on web only; a check that never locates, such as NE, never counts for it)."
+        ),
+    )
     weight: float = Field(default=1.0, gt=0, le=1)
     primary: bool = Field(
         default=False, description="A fail here is what makes the cause supported."

@@ -339,3 +339,24 @@ def test_a_cause_that_cannot_move_the_alerted_metric_ranks_after_one_that_can():
         )
         names = [c.cause for c in causes]
         assert names[0] == first and {"prediction_collapse", "infra_outage"} <= set(names)
+
+
+def test_clicks_lost_everywhere_are_no_evidence_of_a_model_stale_on_one_platform():
+    # Two faults on the production model behind a CTR alert: 61 % of all clicks unlogged (the
+    # predictions held), and its snapshot stale on web only. The whole model's calibration and
+    # NE moved: evidence of the lost clicks, not of a staleness confined to web.
+    stale = fail("staleness", "stale in platform web: 85 min old", arm=None).model_copy(
+        update={"where": {"platform": "web"}}
+    )
+    lost = LOST_CLICKS.model_copy(update={"params": {**LOST_CLICKS.params, "ctr_change": -0.61}})
+    worse = CheckResult(
+        check="ne", verdict="warn", summary="NE rose to 1.048 from 0.895", p_value=0.0075
+    )
+    found = [_on(MODEL, stale), _on(MODEL, lost), _on(MODEL, worse)]
+    ranking = load_playbooks().get("ranking")
+    causes, _ = rank_causes(
+        ranking, [MODEL, ALL], found, alert=Alert(metric="ctr", fired_at=at(158))
+    )
+    assert [c.cause for c in causes[:2]] == ["logging_loss", "stale_model"]
+    stale_cause = causes[1]
+    assert "calibration:" not in stale_cause.explanation and "ne:" not in stale_cause.explanation
