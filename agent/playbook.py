@@ -122,7 +122,8 @@ class Signal(_Finding):
             "For a cause confined to one slice, count this finding only when it is located in "
             "that slice: a finding over the whole subject is another fault's, or this one's "
             "diluted beyond telling (clicks lost everywhere are no evidence of a model stale "
-            "on web only; a check that never locates, such as NE, never counts for it)."
+            "on web only). For a check that never locates (NE) it means: count it only for a "
+            "cause over the whole subject."
         ),
     )
     weight: float = Field(default=1.0, gt=0, le=1)
