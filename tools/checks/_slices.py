@@ -131,15 +131,15 @@ def _screened(
     frame: SubjectFrame, comp: Comparand, test: RateTest, min_n: float, screen_p: float
 ) -> bool:
     """Whether one dimension value's totals depart from its reference in the bad direction at
-    a raw p-value under ``screen_p``, over the window or its last half, quarter or eighth (a
-    fault of the last minutes is diluted in the whole window's totals)."""
+    a raw p-value under ``screen_p``, over the window or its last quarter (a fault of the last
+    minutes is diluted in the whole window's totals)."""
     w = frame.window
     direction: Direction = "both" if comp.concurrent else test.direction
     fixed: SumsLike | None = None
     if comp.expected is not None and test.expected_sums is not None:
         fixed = test.expected_sums(comp.expected)
     at = frame.column_at
-    starts = [w.end - w.length // 2**k for k in range(4) if w.length // 2**k >= 5]
+    starts = [w.end - w.length // k for k in (1, 4) if w.length // k >= 5]
     for a, dim in ((a, dim) for a in starts for dim in frame.dims):
         r_lo, r_hi = (a, w.end) if comp.concurrent else (w.fetch_start, w.start)
         t_values, t = frame.dim_arrays(comp.test, a, w.end, dim)
