@@ -139,20 +139,23 @@ def _screened(
     if comp.expected is not None and test.expected_sums is not None:
         fixed = test.expected_sums(comp.expected)
     at = frame.column_at
+    n_at = at["n"]
     starts = [w.end - w.length // k for k in (1, 4) if w.length // k >= 5]
-    for a, dim in ((a, dim) for a in starts for dim in frame.dims):
-        r_lo, r_hi = (a, w.end) if comp.concurrent else (w.fetch_start, w.start)
-        t_values, t = frame.dim_arrays(comp.test, a, w.end, dim)
-        r_values, r = frame.dim_arrays(comp.ref, r_lo, r_hi, dim)
-        r_row = {str(v): j for j, v in enumerate(r_values)}
-        for i, value in enumerate(t_values):
-            j = r_row.get(str(value))
-            ref = fixed if fixed is not None else (Sums(at, r[j]) if j is not None else None)
-            if ref is None or t[i, at["n"]] < min_n or ref["n"] < min_n:
-                continue
-            c = test.compare(Sums(at, t[i]), ref, direction)
-            if c.valid and c.p_value < screen_p and is_bad(c.estimate, test.null, direction):
-                return True
+    for dim in frame.dims:
+        baseline: dict[str, Sums] | None = None  # one reference per dimension when fixed in time
+        for a in starts:
+            t_values, t = frame.dim_arrays(comp.test, a, w.end, dim)
+            if fixed is None and (baseline is None or comp.concurrent):
+                r_lo, r_hi = (a, w.end) if comp.concurrent else (w.fetch_start, w.start)
+                r_values, r = frame.dim_arrays(comp.ref, r_lo, r_hi, dim)
+                baseline = {str(v): Sums(at, r[j]) for j, v in enumerate(r_values)}
+            for i, value in enumerate(t_values):
+                ref = fixed if fixed is not None else (baseline or {}).get(str(value))
+                if ref is None or t[i, n_at] < min_n or ref["n"] < min_n:
+                    continue
+                c = test.compare(Sums(at, t[i]), ref, direction)
+                if c.valid and c.p_value < screen_p and is_bad(c.estimate, test.null, direction):
+                    return True
     return False
 
 
