@@ -12,7 +12,7 @@ import pytest
 
 from tests.tools.synth import Fault, World, at, build, toolbox, write
 from tests.tools.test_known_answers import M0, _arm, cube, frame_of
-from tools.checks._engine import Comparand, Finding
+from tools.checks._engine import Comparand, Finding, SubjectFrame
 from tools.checks._movement import movement
 from tools.checks._stuck import stuck_scan, stuck_slices
 from tools.checks.calibration import CalibrationParams, calibration_check, calibration_test
@@ -263,6 +263,23 @@ def test_invalid_predictions_in_one_slice_are_found_there(confined: bool) -> Non
         assert result.verdict not in ("fail", "warn") and not result.where, result.summary
 
 
+def _healthy_model(
+    rng: np.random.Generator,
+    sizes: dict[str, float],
+    noisy: Callable[[float, int], dict[str, np.ndarray]],
+) -> SubjectFrame:
+    """A model's frame per minute and platform (``sizes``: requests a minute), CTR and
+    predictions at 3 %, the columns ``noisy(size, minutes)`` returns drawn per minute."""
+    parts = []
+    for platform, size in sizes.items():
+        part = cube({"m": _arm(size, size * 0.03, 0.03)})
+        part["platform"] = platform
+        for column, values in noisy(size, len(part)).items():
+            part[column] = values
+        parts.append(part)
+    return frame_of(pd.concat(parts, ignore_index=True), control=None)
+
+
 def test_invalid_slice_scan_holds_its_alpha_on_healthy_models() -> None:
     """A model with a steady background of invalid predictions (2 in 10,000, Poisson per minute
     and platform): the check with its slice scan warns or fails at most about its warning α."""
@@ -270,14 +287,10 @@ def test_invalid_slice_scan_holds_its_alpha_on_healthy_models() -> None:
     sizes = {"ios": 9_000.0, "android": 8_000.0, "web": 3_000.0}
     draws, hits = 150, 0
     for _ in range(draws):
-        parts = []
-        for platform, size in sizes.items():
-            part = cube({"m": _arm(size, size * 0.03, 0.03)})
-            part["platform"] = platform
-            part["n_invalid"] = rng.poisson(size * 2e-4, len(part)).astype(float)
-            parts.append(part)
-        result = prediction_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
-        hits += result.verdict in ("fail", "warn")
+        frame = _healthy_model(
+            rng, sizes, lambda size, k: {"n_invalid": rng.poisson(size * 2e-4, k).astype(float)}
+        )
+        hits += prediction_check(frame).verdict in ("fail", "warn")
     assert hits / draws <= 0.02, hits
 
 
@@ -289,14 +302,12 @@ def test_calibration_with_its_slice_screen_holds_its_alpha_on_healthy_models() -
     sizes = {"ios": 450.0, "android": 400.0, "web": 150.0}
     draws, hits = 300, 0
     for _ in range(draws):
-        parts = []
-        for platform, size in sizes.items():
-            part = cube({"m": _arm(size, size * 0.03, 0.03)})
-            part["platform"] = platform
-            part["sum_label_v"] = part["sum_label"] = rng.poisson(size * 0.03, len(part))
-            parts.append(part)
-        result = calibration_check(frame_of(pd.concat(parts, ignore_index=True), control=None))
-        hits += result.verdict in ("fail", "warn")
+
+        def clicks(size: float, k: int) -> dict[str, np.ndarray]:
+            drawn = rng.poisson(size * 0.03, k).astype(float)
+            return {"sum_label_v": drawn, "sum_label": drawn}
+
+        hits += calibration_check(_healthy_model(rng, sizes, clicks)).verdict in ("fail", "warn")
     assert hits / draws <= 0.03, hits
 
 
