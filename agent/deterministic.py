@@ -76,7 +76,7 @@ from agent._candidates import (
 )
 from agent.coverage import ALERT_CHECKS, MOVES_BUSINESS
 from agent.models import Alert, RootCause
-from agent.playbook import CauseRule, Playbook, Signal
+from agent.playbook import CauseRule, Playbook, Signal, states
 from agent.reasoning import DiagnosisInput
 from agent.state import CheckOutcome, Diagnosis, Suspect
 from tools.result import CheckResult
@@ -145,7 +145,7 @@ def _on_focus(
         and focus is not None
         and subject.key in focus[0]
         and sig.check == focus[1]
-        and all(str(result.params.get(k)) == v for k, v in focus[2].items())
+        and states(result, focus[2])
     )
 
 
@@ -160,9 +160,7 @@ def _primary_states(
     """Whether the cause's failing primary finding among ``matched`` has ``params``."""
     primary = {sig.check for sig in rule.signals if sig.primary}
     return any(
-        o.result.check in primary
-        and o.result.verdict == "fail"
-        and all(str(o.result.params.get(k)) == v for k, v in params.items())
+        o.result.check in primary and o.result.verdict == "fail" and states(o.result, params)
         for o in matched
     )
 

@@ -38,6 +38,7 @@ __all__ = [
     "SuspectSpec",
     "WindowSpec",
     "load_playbooks",
+    "states",
 ]
 
 CHECK_NAMES: tuple[str, ...] = tuple(name for name, e in registry().items() if e.scopes)
@@ -67,6 +68,11 @@ class CheckSpec(_Strict):
         return self
 
 
+def states(result: CheckResult, params: Mapping[str, str]) -> bool:
+    """Whether ``result``'s params have these values (compared as text, as playbooks write them)."""
+    return all(str(result.params.get(k)) == v for k, v in params.items())
+
+
 def _only_fail() -> list[SignalVerdict]:
     return ["fail"]
 
@@ -91,7 +97,7 @@ class _Finding(_Strict):
         """Whether ``result`` is this finding."""
         if result.verdict not in self.verdicts:
             return False
-        if any(str(result.params.get(k)) != v for k, v in self.params.items()):
+        if not states(result, self.params):
             return False
         if self.direction is not None:
             effect = result.effect
