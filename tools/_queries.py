@@ -356,9 +356,10 @@ class Queries:
         return sa.select(*both.c)
 
     def units(
-        self, experiment_id: str, lo: datetime, hi: datetime, suffixes: Sequence[int]
+        self, experiment_id: str | None, lo: datetime, hi: datetime, suffixes: Sequence[int]
     ) -> sa.Select[Any]:
-        """Distinct units and exposures per arm, also over the window's last minutes."""
+        """Distinct units and exposures per arm, also over the window's last minutes (every
+        experiment's, per experiment and arm, when ``experiment_id`` is None)."""
         e = self.schema.table("exposures", "e")
         unit = e.c("unit_id")
         recent = [
@@ -372,14 +373,18 @@ class Queries:
             ).label(f"units_{m}")
             for m in suffixes
         ]
+        counts = [
+            sa.func.count(sa.distinct(unit)).label("units"),
+            sa.func.count().label("exposures"),
+            *recent,
+        ]
+        window = self.in_window(e.c("ts"), lo, hi)
+        if experiment_id is None:
+            keys = [e.c("experiment_id").label("experiment_id"), e.c("arm").label("arm")]
+            return sa.select(*keys, *counts).where(window).group_by(*keys)
         return (
-            sa.select(
-                e.c("arm").label("arm"),
-                sa.func.count(sa.distinct(unit)).label("units"),
-                sa.func.count().label("exposures"),
-                *recent,
-            )
-            .where(e.c("experiment_id") == experiment_id, self.in_window(e.c("ts"), lo, hi))
+            sa.select(e.c("arm").label("arm"), *counts)
+            .where(e.c("experiment_id") == experiment_id, window)
             .group_by(e.c("arm"))
         )
 

@@ -127,7 +127,9 @@ class AttributionCheck(Protocol):
         """The arguments besides the window (``WINDOW_ARGS``).
 
         Args:
-            metric: ``revenue``, ``ctr``, ``error_rate`` or ``fallback_rate``.
+            metric: ``revenue``, ``ctr``, ``error_rate``, ``fallback_rate``, ``invalid_rate``,
+                ``calibration``, ``ne``; or ``srm``: every experiment's split against its
+                configured weights (Holm over the experiments; no baseline).
             baseline_start: Baseline start; default ``baseline_minutes`` before ``start``.
             baseline_end: Baseline end; default ``start``.
         """
@@ -255,6 +257,8 @@ def _attribution(ctx: CheckContext, call: CheckCall) -> CheckResult:
     from tools.checks import attribution_check
 
     metric = call.need_metric()
+    if metric == "srm":
+        return _srm_scan(ctx, call)
     frame, experiments = ctx.attribution_inputs(call)
     return attribution_check(
         metric,
@@ -263,6 +267,21 @@ def _attribution(ctx: CheckContext, call: CheckCall) -> CheckResult:
         controls=ctx.controls(),
         params=ctx.settings.attribution,
     )
+
+
+def _srm_scan(ctx: CheckContext, call: CheckCall) -> CheckResult:
+    """Attribution of a sample ratio mismatch: every experiment's split, one statement."""
+    from tools.checks.srm import srm_scan
+    from tools.errors import NotFoundError
+
+    units = ctx.reader.units(None, call.start, call.end)
+    weights: dict[str, dict[str, float]] = {}
+    for exp in units["experiment_id"].unique() if len(units) else []:
+        try:
+            weights[str(exp)] = dict(ctx.experiment(str(exp)).arms)
+        except NotFoundError:
+            continue  # exposures of an experiment the catalog does not know
+    return srm_scan(units, weights, params=ctx.settings.srm)
 
 
 def _change_point(ctx: CheckContext, call: CheckCall) -> CheckResult:

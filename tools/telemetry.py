@@ -259,7 +259,7 @@ class TelemetryReader:
 
     def units(
         self,
-        experiment_id: str,
+        experiment_id: str | None,
         start: datetime,
         end: datetime,
         *,
@@ -268,14 +268,16 @@ class TelemetryReader:
         """Distinct units and exposures per arm of one experiment (from exposures alone).
 
         Args:
-            experiment_id: The experiment.
+            experiment_id: The experiment; None: every experiment in one statement (what an SRM
+                alert naming no experiment scans).
             start: Window start (inclusive, UTC).
             end: Window end (exclusive, UTC).
             suffixes: Also count distinct units in the last ``L`` minutes of the window, for each
                 ``L`` (an allocation bug that began late is diluted in the whole window).
 
         Returns:
-            Columns ``arm, units, exposures`` and ``units_<L>`` per suffix.
+            Columns ``arm, units, exposures`` and ``units_<L>`` per suffix (``experiment_id``
+            first for every experiment).
         """
         lo, hi = _window(start, end)
         key = ("units", experiment_id, lo, hi, tuple(suffixes))
@@ -488,12 +490,13 @@ class TelemetryReader:
         return frame.groupby(keys, as_index=False).sum()
 
     def _query_units(
-        self, experiment_id: str, lo: datetime, hi: datetime, suffixes: Sequence[int]
+        self, experiment_id: str | None, lo: datetime, hi: datetime, suffixes: Sequence[int]
     ) -> pd.DataFrame:
         query = self._sql.units(experiment_id, lo, hi, suffixes)
         frame = self._fetch(query, self.schema.tables.get("exposures", "exposures"))
         floats = ["units", "exposures", *(f"units_{m}" for m in suffixes)]
-        return _typed(frame, ints=[], strs=["arm"], floats=floats)
+        keys = ["arm"] if experiment_id is not None else ["experiment_id", "arm"]
+        return _typed(frame, ints=[], strs=keys, floats=floats)
 
     def _query_experiments(
         self,

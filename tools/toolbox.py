@@ -79,8 +79,40 @@ class Toolbox(RoutedChecks):
     # -- checks (declared, with their implementations, in tools.registry.Checks) ---------------
 
     def route(self, name: CheckName, arguments: Mapping[str, Any]) -> CheckResult:
-        """Run the check ``name``'s declared implementation on this toolbox."""
-        return check_entry(name).run(self, CheckCall(**arguments))
+        """Run the check ``name``'s declared implementation on this toolbox.
+
+        A finding located in a slice (``where``) also states ``params["where_share"]``: the
+        slice's share of its subject's requests in the window (what a cause confined there can
+        move at most), when the subject's frame was read.
+        """
+        call = CheckCall(**arguments)
+        result = check_entry(name).run(self, call)
+        if not result.where or "where_share" in result.params:
+            return result
+        share = self._where_share(call, result.where)
+        if share is None:
+            return result
+        return result.model_copy(update={"params": {**result.params, "where_share": share}})
+
+    def _where_share(self, call: CheckCall, where: Mapping[str, str]) -> float | None:
+        """The share of the call's subject's requests in the window that ``where`` holds, from a
+        frame already read (None when none was, or ``where`` names no dimension of it)."""
+        w = self._window(call.start, call.end)
+        with self._lock:
+            subject = (
+                Subject()
+                if call.experiment_id is None and call.model_id is None
+                else self.subject(call.experiment_id, call.model_id)
+            )
+            frame = self._frames.get((subject, w.fetch_start, w.start, w.end, False))
+            frame = frame or self._frames.get((subject, w.fetch_start, w.start, w.end, True))
+        if frame is None or not set(where) <= set(frame.dims):
+            return None
+        total = float(frame.span("all", w.start, w.end)["n"])
+        if total <= 0:
+            return None
+        part = float(frame.slice(dict(where)).span("all", w.start, w.end)["n"])
+        return round(part / total, 4)
 
     def metric_series(
         self,

@@ -7,8 +7,10 @@ model is calibrated by construction; each fault edits the frames in a known way.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -194,6 +196,14 @@ def toolbox(reader: TelemetryReader) -> Toolbox:
     """The checks over a synthetic world's telemetry (experiment ``e1``, production ``m_prod``)."""
     models = {"m_prod": ModelInfo("m_prod", None), "m_test": ModelInfo("m_test", None)}
     return Toolbox(reader, {"e1": EXPERIMENT}, models, "m_prod")
+
+
+def duckdb_toolboxes(worlds: Mapping[str, World], base: Path) -> dict[str, Toolbox]:
+    """A toolbox per world, each written to its own DuckDB file under ``base``."""
+    return {
+        name: toolbox(TelemetryReader(write(f"duckdb:///{base / name}", *build(world))))
+        for name, world in worlds.items()
+    }
 
 
 def random_cube(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.tools.synth import Fault, World, at, build, toolbox, write
+from tests.tools.synth import Fault, World, at, build, duckdb_toolboxes, toolbox, write
 from tests.tools.test_known_answers import M0, _arm, cube, frame_of
 from tools.checks._engine import Comparand, Finding, SubjectFrame
 from tools.checks._movement import movement
@@ -80,11 +80,7 @@ WORLDS = {
 
 @pytest.fixture(scope="module")
 def boxes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Toolbox]:
-    base = tmp_path_factory.mktemp("partial")
-    return {
-        name: toolbox(TelemetryReader(write(f"duckdb:///{base / name}", *build(world))))
-        for name, world in WORLDS.items()
-    }
+    return duckdb_toolboxes(WORLDS, tmp_path_factory.mktemp("partial"))
 
 
 def _near(onset: datetime | None, minute: int, tolerance: int = 5) -> bool:
@@ -103,9 +99,11 @@ def test_a_constant_in_one_slice_is_found_there(boxes: dict[str, Toolbox]) -> No
     assert result.verdict == "fail" and result.where == {"platform": "web"}, result.summary
     assert "0.0137" in result.summary and "Confined to platform=web" in result.summary
     assert result.effect is not None and result.effect.estimate > 15  # pp of web's predictions
+    assert 0.08 < result.params["where_share"] < 0.12
     # A constant on every slice of the test arm is the arm's, not one slice's.
     spread = boxes["stuck"].prediction(at(60), at(120), experiment_id="e1")
     assert spread.verdict == "fail" and spread.where == {}
+    assert "where_share" not in spread.params
 
 
 def test_healthy_predictions_state_the_stuck_share_they_could_see(
@@ -123,6 +121,8 @@ def test_fallback_in_one_slice_is_found_and_told_from_infra(boxes: dict[str, Too
     result = box.fallback(at(60), at(120), model_id="m_prod")
     assert result.verdict == "fail" and result.where == {"platform": "web"}
     assert "diluted" in result.summary and result.params["errors_held"] is True
+    # What a cause confined there can move: web's share of the model's requests (10 % drawn).
+    assert 0.08 < result.params["where_share"] < 0.12
     assert box.infra(at(60), at(120)).verdict not in ("fail", "warn")
 
 
@@ -474,3 +474,22 @@ def test_the_slice_scan_of_a_stuck_constant_holds_its_alpha() -> None:
     )
     assert located is not None and located.where == {"platform": "web"}
     assert located.stuck.bin == k and located.stuck.growth > 0.1
+
+
+def test_a_shift_the_predictions_made_is_dated_by_their_step(tmp_path) -> None:
+    # The production model's predictions fall to 0.6x at minute 95 in a quiet world (400
+    # requests a minute, 1 % CTR: about four clicks a minute). The calibration ratio's change
+    # point over so few clicks wanders by up to a quarter of an hour; the mean prediction's step
+    # (every request) is where the shift began, and dates the finding.
+    onsets = []
+    for seed in range(60, 72):
+        world = World(
+            seed=seed, rpm=400, base_ctr=0.01, faults=[Fault("miscalibration", 95, 0.6, arm=None)]
+        )
+        box = toolbox(TelemetryReader(write(f"duckdb:///{tmp_path / str(seed)}", *build(world))))
+        result = box.calibration(at(60), at(120), model_id="m_prod")
+        if result.verdict == "fail":
+            assert result.params["moved"] == "predictions"
+            assert result.onset is not None and f"since {result.onset:%H:%M} UTC" in result.summary
+            onsets.append(to_minute(result.onset) - to_minute(at(0)))
+    assert len(onsets) >= 8 and all(abs(m - 95) <= 1 for m in onsets), onsets

@@ -381,5 +381,10 @@ def to_result(
         arm=judgement.arm,
         where=where,
         evidence=evidence,
-        params={**params, "scope": judgement.scope, "segments_scanned": f.segments},
+        params={
+            **params,
+            "scope": judgement.scope,
+            "segments_scanned": f.segments,
+            **({"control_moved": True} if judgement.control_moved else {}),
+        },
     )

@@ -184,6 +184,9 @@ class Judgement:
     arm: str | None
     scope: str
     findings: list[Finding] = field(default_factory=list)
+    control_moved: bool = False
+    """``arm`` is the control, and it alone left its own baseline: its own fault, where a gap
+    with the control as its worse side is otherwise a better test arm."""
 
 
 def is_bad(estimate: float, null: float, direction: Direction) -> bool:
@@ -347,7 +350,8 @@ def judge(
         rel = [f for f in sig if f.comparand.concurrent]
         if rel:
             top = min(rel, key=lambda f: f.adjusted_p)
-            return Judgement(level, top, top.culprit, "arm", found)
+            alone = top.culprit == control and _left_alone(found, control, sig)
+            return Judgement(level, top, top.culprit, "arm", found, control_moved=alone)
         own = [f for f in sig if not f.comparand.concurrent]
         if not own:
             continue
@@ -363,9 +367,23 @@ def judge(
         if moved == arms or moved == {top.comparand.test}:
             # One arm left its expected value or baseline while the others stayed put, or moved
             # with them but stands apart from control too: its own fault.
-            return Judgement(level, top, top.comparand.test, "arm", found)
+            alone = top.comparand.test == control and moved == {control}
+            return Judgement(level, top, top.comparand.test, "arm", found, control_moved=alone)
         return Judgement("warn", top, top.comparand.test, "arm", found)
     return Judgement("ok", min(found, key=lambda f: f.adjusted_p), None, "none", found)
+
+
+def _left_alone(found: Sequence[Finding], control: str | None, sig: Sequence[Finding]) -> bool:
+    """Whether the control arm, and no other, left its own baseline significantly in the bad
+    direction (``sig``: the family's significant findings at the level judged).
+
+    A gap whose worse side is the control is most often a better test arm; only when the
+    control itself moved, alone, is the gap its fault (its own configuration, or what it alone
+    serves)."""
+    if control is None:
+        return False
+    own = {f.comparand.test for f in sig if not f.comparand.concurrent}
+    return own == {control} and any(f.comparand.test == control for f in found)
 
 
 def _apart(found: Sequence[Finding], top: Finding) -> bool:

@@ -42,6 +42,8 @@ class Movement:
         step: The mean prediction's step at ``step_onset`` (log ratio), if one was located.
         step_ctr: The clicks per request's change across that step (log ratio).
         step_onset: Epoch minute of the step.
+        step_carries: The step is the predictions' move: large against the calibration's shift,
+            and the calibration moved across it (its onset dates the finding).
         against_rest: The prediction change minus the rest of traffic's (models only).
         rest_calibration: The rest of traffic's calibration change (log ratio; models only).
     """
@@ -54,6 +56,7 @@ class Movement:
     step_onset: int | None = None
     against_rest: float | None = None
     rest_calibration: float | None = None
+    step_carries: bool = False
 
 
 def _log_levels(s: pd.Series) -> tuple[float, float]:
@@ -192,4 +195,5 @@ def movement(
         step_onset=step[2] if step else None,
         against_rest=rel_pred,
         rest_calibration=rest_cal,
+        step_carries=moved_step,
     )

@@ -44,7 +44,7 @@ from tools.checks._slices import diluted_note, judge_with_slices
 from tools.histograms import calibration_buckets
 from tools.result import CheckResult, Evidence
 from tools.stats import Comparison, Direction, compare_rates, least_events, poisson_interval
-from tools.telemetry import HistogramSpec
+from tools.telemetry import HistogramSpec, to_datetime, to_minute
 
 __all__ = ["CalibrationParams", "calibration_check", "calibration_interval", "calibration_test"]
 
@@ -193,7 +193,17 @@ def _with_movement(
         "ctr_change": round(float(np.expm1(m.ctr)), 4),
         "prediction_step": None if m.step is None else round(float(np.expm1(m.step)), 4),
     }
-    return result.model_copy(update={"summary": result.summary + detail, "params": params})
+    update: dict[str, object] = {"summary": result.summary + detail, "params": params}
+    if m.moved == "predictions" and m.step_carries and m.step_onset is not None and result.onset:
+        # The predictions' step dates the shift: thousands of predictions a minute locate it
+        # where the ratio over sparse clicks (a night's) may have drifted off by half an hour.
+        was = to_minute(result.onset)
+        if m.step_onset != was:
+            update["onset"] = to_datetime(m.step_onset)
+            update["summary"] = str(update["summary"]).replace(
+                f"since {fmt_time(was)} UTC", f"since {fmt_time(m.step_onset)} UTC", 1
+            )
+    return result.model_copy(update=update)
 
 
 def _shared_label_loss(

@@ -164,28 +164,33 @@ def _drop(f: SlopeFinding) -> float:
 
 def _slope_result(
     findings: list[SlopeFinding], frame: SubjectFrame, p: NEParams
-) -> tuple[str, SlopeFinding | None, str]:
-    """Verdict, finding and scope of the reliability-slope findings (rules as for rates)."""
+) -> tuple[str, SlopeFinding | None, str, bool]:
+    """Verdict, finding and scope of the reliability-slope findings (rules as for rates), and
+    whether the culprit is the control arm alone leaving its own baseline (``control_moved``:
+    else a gap whose worse side is the control is a sharper test arm)."""
+    control = frame.control
     for level, alpha, size in (
         ("fail", p.alpha_fail, p.slope_drop_fail),
         ("warn", p.alpha_warn, p.slope_drop_warn),
     ):
         hits = [f for f in findings if f.culprit and f.adjusted_p < alpha and _drop(f) >= size]
         rel = [f for f in hits if f.comparand.concurrent]
+        own = {f.comparand.test for f in hits if not f.comparand.concurrent}
         if rel:
-            return level, min(rel, key=lambda f: f.adjusted_p), "arm"
+            top = min(rel, key=lambda f: f.adjusted_p)
+            alone = control is not None and top.culprit == control and own == {control}
+            return level, top, "arm", alone
         if hits:
             top = min(hits, key=lambda f: f.adjusted_p)
-            if frame.control is None:
-                return level, top, "subject"
+            if control is None:
+                return level, top, "subject", False
             arms = {f.comparand.test for f in findings if not f.comparand.concurrent}
-            moved = {f.comparand.test for f in hits}
-            if len(arms) > 1 and moved == arms:
-                return "warn", top, "all_arms"
-            if moved == {top.comparand.test}:
-                return level, top, "arm"
-            return "warn", top, "arm"
-    return "ok", None, "none"
+            if len(arms) > 1 and own == arms:
+                return "warn", top, "all_arms", False
+            if own == {top.comparand.test}:
+                return level, top, "arm", own == {control}
+            return "warn", top, "arm", False
+    return "ok", None, "none", False
 
 
 def _describe_slope(f: SlopeFinding, frame: SubjectFrame, scope: str) -> str:
@@ -258,7 +263,7 @@ def ne_check(
         ok_summary=f"NE of {subject_name(frame)} is steady.",
     )
     rank = {"fail": 2, "warn": 1, "ok": 0, "inconclusive": 0, "no_data": -1}
-    level, top, scope = _slope_result(slopes, frame, p)
+    level, top, scope, control_moved = _slope_result(slopes, frame, p)
     # The slope speaks first at equal verdicts: it is the sharper test and locates the onset.
     if top is not None and rank[level] >= max(rank[result.verdict], 1):
         assert hist is not None and histogram is not None  # a slope finding is fitted on them
@@ -281,6 +286,7 @@ def ne_check(
                 **params_of(p),
                 "scope": scope,
                 "beyond_rescaling": _beyond_rescaling(top, frame, hist, histogram, block_minutes),
+                **({"control_moved": True} if control_moved else {}),
             },
         )
     if result.verdict == "ok" and off:

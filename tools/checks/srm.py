@@ -20,11 +20,12 @@ from tools.stats import (
     Direction,
     chi2_goodness_of_fit,
     epidemic_segment,
+    holm,
     p_from_z,
 )
 from tools.telemetry import to_datetime
 
-__all__ = ["SRMParams", "srm_check", "srm_mde"]
+__all__ = ["SRMParams", "srm_check", "srm_mde", "srm_scan"]
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,92 @@ def srm_check(
         experiment=experiment_id,
         arm=arm,
         where=where,
+        evidence=evidence,
+        params=settings,
+    )
+
+
+def srm_scan(
+    units: pd.DataFrame,
+    weights: Mapping[str, Mapping[str, float]],
+    *,
+    params: SRMParams | None = None,
+) -> CheckResult:
+    """Every experiment's split at once: what an SRM alert naming no experiment asks.
+
+    Each experiment's units per arm are tested as :func:`srm_check` tests them (the window and
+    its recent suffixes), then Holm over the experiments tested: a thousand healthy splits raise
+    no alarm, and the one short of units stands out.
+
+    Args:
+        units: :meth:`tools.telemetry.TelemetryReader.units` of every experiment
+            (``experiment_id, arm, units, exposures, units_<L>``).
+        weights: Configured arm weights per experiment id; experiments without are skipped.
+        params: Thresholds (the SRM check's).
+
+    Returns:
+        ``fail`` when an experiment's adjusted p is below ``alpha_fail`` (it is named), with
+        every experiment tested in the evidence, most significant first (``p_adjusted``);
+        ``no_data`` when no experiment had the units to test.
+    """
+    p = params or SRMParams()
+    settings = params_of(p)
+    rows: list[tuple[str, str | None, float, float]] = []
+    if len(units):
+        for exp, part in units.groupby("experiment_id", sort=True):
+            arms = weights.get(str(exp))
+            if not arms:
+                continue
+            own = part.drop(columns="experiment_id")
+            r = srm_check(own, arms, experiment_id=str(exp), params=p)
+            if r.p_value is None or r.verdict == "no_data":
+                continue
+            deficit = abs(r.effect.estimate) / 100 if r.effect is not None else 0.0
+            rows.append((str(exp), r.arm, deficit, float(r.p_value)))
+    if not rows:
+        return CheckResult(
+            check="srm",
+            verdict="no_data",
+            summary="No experiment had enough units in the window to test its split.",
+            params=settings,
+        )
+    adjusted = holm([r[3] for r in rows])
+    ranked = pd.DataFrame(
+        {
+            "experiment_id": [r[0] for r in rows],
+            "arm": [r[1] for r in rows],
+            "share": [r[2] for r in rows],
+            "p_value": [r[3] for r in rows],
+            "p_adjusted": adjusted,
+        }
+    ).sort_values(["p_adjusted", "p_value", "share"], ascending=[True, True, False])
+    top = ranked.iloc[0]
+    best = float(top["p_adjusted"])
+    settings["experiments_tested"] = len(rows)
+    evidence = [table("experiments by sample ratio mismatch (Holm-adjusted p)", ranked)]
+    if best >= p.alpha_warn:
+        return CheckResult(
+            check="srm",
+            verdict="ok",
+            summary=(
+                f"The splits of all {len(rows)} experiments tested match their configured "
+                f"weights (smallest adjusted p={best:.2g})."
+            ),
+            p_value=best,
+            evidence=evidence,
+            params=settings,
+        )
+    verdict = "fail" if best < p.alpha_fail else "warn"
+    return CheckResult(
+        check="srm",
+        verdict=verdict,
+        summary=(
+            f"Experiment {top['experiment_id']}'s split is off its configured weights "
+            f"(arm {top['arm']} short by {100 * float(top['share']):.2g} pp, "
+            f"{fmt_p(best)} after Holm over {len(rows)} experiments)."
+        ),
+        p_value=best,
+        experiment=str(top["experiment_id"]),
         evidence=evidence,
         params=settings,
     )
