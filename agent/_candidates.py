@@ -182,15 +182,37 @@ def reach_of(c: Candidate, alert: Alert | None, reach: Mapping[str, float] | Non
     """How much of a global alert's traffic the candidate's subject can move (1 when unknown).
 
     Behind a global alert, a cause in an experiment explains at most its share of the change;
-    the production model and all traffic reach (nearly) all of it. Only supported, unexplained
-    causes are ordered by it: two faults at once rank by how much of the alert each explains.
+    the production model and all traffic reach (nearly) all of it; a cause on all traffic
+    confined to a slice (an outage of one country) only that slice's share of the traffic. Only
+    supported, unexplained causes are ordered by it: two faults at once rank by how much of the
+    alert each explains.
     """
     if alert is None or alert.experiment is not None or c.tier != 0 or reach is None:
         return 1.0
-    if c.subject.scope != "experiment":
-        return 1.0
-    share = reach.get(c.subject.id or "")
+    if c.subject.scope == "global":
+        # An outage of one country reaches that country's traffic only. (Not so for a model's
+        # slice: its whole-model findings, NE above all, may be the slice's fault diluted, so
+        # the slice's share would rank the echo above its source.)
+        return _where_share(c)
+    share = reach.get(c.subject.id or "") if c.subject.scope == "experiment" else None
     return 1.0 if share is None else share
+
+
+def _where_share(c: Candidate) -> float:
+    """The share of its subject's requests the candidate's failing primary finding is confined to
+    (``params["where_share"]``; 1 when it is not confined or does not say)."""
+    primary = {sig.check for sig in c.rule.signals if sig.primary}
+    for o in c.matched:
+        share = o.result.params.get("where_share")
+        if (
+            o.result.check in primary
+            and o.result.verdict == "fail"
+            and o.result.where
+            and isinstance(share, int | float)
+            and 0.0 <= share <= 1.0
+        ):
+            return float(share)
+    return 1.0
 
 
 CLICK_ALERTS = frozenset({"ctr", "revenue"})

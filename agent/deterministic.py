@@ -6,8 +6,11 @@ Ranking, in order (each step is a rule of the playbook, never a rule about a sce
    holds: a check on that subject (or on all traffic) returned one of the signal's verdicts.
 2. A cause is *supported* when a **primary** signal failed; a failure of a controlled comparison
    (test arm vs control, model vs its own baseline) is what can blame something. On an
-   experiment, a finding counts only when it is located in a non-control arm: a shift of every
-   arm at once (or of the control) is not the experiment's doing.
+   experiment, a finding counts only when it is located in one arm: a shift of every arm at once
+   is not the experiment's doing, nor is a gap whose worse side is the control unless the
+   control alone left its own baseline (``control_moved``; else a test arm is simply better).
+   A control arm serving the production model is weighed against the model's own finding as a
+   test arm is (step 4: one fault seen twice).
 3. A cause is *ruled out* when a rule-out finding holds, e.g. an infrastructure outage on all
    traffic rules out blaming a model; it is reported as ruled out, not ranked. A finding on all
    traffic does not rule out an experiment cause whose primary failure is a gap between a test
@@ -125,7 +128,9 @@ def _located(sig: Signal, subject: Suspect, result: CheckResult, control: str) -
     """Whether a finding on ``subject`` may count for ``sig`` (see :class:`Signal`)."""
     if subject.scope != "experiment" or sig.located == "anywhere":
         return True
-    return result.arm is not None and result.arm != control
+    if result.arm is not None and result.arm == control:
+        return result.params.get("control_moved") is True
+    return result.arm is not None
 
 
 def _as_warning(sig: Signal) -> Signal:
@@ -286,6 +291,30 @@ def _evaluate(
     )
 
 
+def _owned(c: Candidate) -> Candidate:
+    """An all-traffic failure that one experiment arm owns (the infra check's "the excess errors
+    sit in experiment E arm A, not in all traffic") is that experiment's, when the cause has an
+    action on experiments: kill it, rather than escalate an outage nobody else has."""
+    if "experiment" not in c.rule.mitigation:
+        return c
+    primary = {sig.check for sig in c.rule.signals if sig.primary}
+    owner = next(
+        (
+            o.result.experiment
+            for o in c.matched
+            if o.result.check in primary
+            and o.result.verdict == "fail"
+            and o.result.experiment is not None
+            and o.result.arm is not None
+        ),
+        None,
+    )
+    if owner is None:
+        return c
+    c.subject = Suspect(scope="experiment", id=owner, reason="owns the all-traffic finding")
+    return c
+
+
 def _explanation(candidate: Candidate) -> str:
     parts = [f"{o.result.check}: {o.result.summary}" for o in candidate.matched]
     text = " ".join(parts)
@@ -359,7 +388,7 @@ def rank_causes(
             control = (controls or {}).get(subject.id or "", "control")
             found = _evaluate(rule, subject, order, results, control, focus)
             if found is not None:
-                candidates.append(found)
+                candidates.append(_owned(found) if subject.scope == "global" else found)
     ruled = [c for c in candidates if c.ruled_out is not None]
     live = [c for c in candidates if c.ruled_out is None]
     explain([c for c in live if c.supported])

@@ -54,8 +54,12 @@ _MIN_BASELINE = 10
 """Fewest baseline minutes kept before an onset when the telemetry starts late."""
 
 SERIES_METRICS: tuple[str, ...] = get_args(SeriesMetric)
-# Alert metrics the attribution check can split by experiment (per-request rates and means).
-ATTRIBUTABLE: tuple[str, ...] = tuple(m for m in _CHECK_ATTRIBUTABLE if m in SERIES_METRICS)
+# Alert metrics the attribution check can split by experiment (per-request rates and means), and
+# the sample ratio (every experiment's split tested at once: an SRM alert naming no experiment).
+ATTRIBUTABLE: tuple[str, ...] = (
+    *(m for m in _CHECK_ATTRIBUTABLE if m in SERIES_METRICS),
+    "srm",
+)
 _EXPERIMENT_COLUMNS = ("experiment_id", "experiment")
 _SHARE_COLUMNS = (
     "share_of_change",
@@ -356,29 +360,31 @@ def shared_suspect(
     outcomes: Sequence[CheckOutcome],
     production_model: str | None,
 ) -> Suspect | None:
-    """The production model, when the alerted experiment's arms moved together and it is unjudged.
+    """The production model, when the alerted experiment's arms moved together, or its control
+    alone, and the model is unjudged.
 
     A check that finds every arm of the alerted experiment shifted at once (``scope: all_arms``)
-    says the cause is outside the experiment, in what its arms share; an alert whose metric the
-    playbook does not look beyond the experiment for then examines the production model too.
+    says the cause is outside the experiment, in what its arms share; one that finds the control
+    arm alone left its baseline (``control_moved``) points at the control's configuration or at
+    the model it serves (most often the production model). An alert whose metric the playbook
+    does not look beyond the experiment for then examines the production model too: the
+    reasoner weighs its finding against the arm's (one fault seen twice).
     """
     if alert.experiment is None or not playbook.suspects.production_model or not production_model:
         return None
-    model = Suspect(
-        scope="model",
-        id=production_model,
-        reason="serves the experiment's arms, which moved together",
-    )
-    if any(s.key == model.key for s in localization.suspects):
+    if any(s.scope == "model" and s.id == production_model for s in localization.suspects):
         return None
     key = f"experiment:{alert.experiment}"
-    together = any(
-        o.subject.key == key
-        and o.result.verdict in ("warn", "fail")
-        and o.result.params.get("scope") == "all_arms"
-        for o in outcomes
-    )
-    return model if together else None
+    moved = [
+        o.result for o in outcomes if o.subject.key == key and o.result.verdict in ("warn", "fail")
+    ]
+    if any(r.params.get("scope") == "all_arms" for r in moved):
+        reason = "serves the experiment's arms, which moved together"
+    elif any(r.params.get("control_moved") is True for r in moved):
+        reason = "serves the experiment's control arm, which alone left its baseline"
+    else:
+        return None
+    return Suspect(scope="model", id=production_model, reason=reason)
 
 
 def plan(playbook: Playbook, localization: Localization) -> list[CheckTask]:

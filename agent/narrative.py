@@ -246,6 +246,20 @@ def build_report(
             cause += " This is not an all-clear: the checks could not see enough."
     elif top.cause == "none" and "could not rule out" in top.explanation:
         cause = f"No root cause found: {top.explanation[:1].lower()}{top.explanation[1:]}"
+    elif top.cause == "none" and any(o.result.verdict == "fail" for o in planned):
+        failed = ", ".join(
+            dict.fromkeys(
+                f"{o.result.check} ({_subject_title(o.subject, experiments)})"
+                for o in planned
+                if o.result.verdict == "fail"
+            )
+        )
+        cause = (
+            f"No root cause: {failed} failed, but in no way the playbook blames on a cause (a "
+            "gap whose worse side is a control arm that held its own baseline is a better test "
+            "arm; a shift of every arm at once is not the experiment's). Read the failing checks "
+            "above before dismissing the alert."
+        )
     elif top.cause == "none":
         cause = (
             "No root cause: no check found a failure, so the alert is most likely noise or "

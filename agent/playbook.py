@@ -116,8 +116,9 @@ class Signal(_Finding):
     """A check verdict that supports a cause.
 
     On an experiment, a finding blames the experiment only when a controlled comparison locates
-    it in a non-control arm (``located: test_arm``): a shift of every arm at once, or of the
-    control arm, is not the experiment's doing. ``located: anywhere`` counts any finding on the
+    it in one arm (``located: test_arm``): a shift of every arm at once is not the experiment's
+    doing, nor a gap whose worse side is the control, unless the control alone left its own
+    baseline (the result's ``control_moved``). ``located: anywhere`` counts any finding on the
     subject (the sample ratio is the experiment's own, whichever arm is short).
     """
 

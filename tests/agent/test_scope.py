@@ -210,6 +210,49 @@ def test_arms_that_moved_together_send_the_investigation_to_what_they_share(harn
     assert not any(kw.get("model_id") for _, kw in box.calls)
 
 
+def test_a_control_arm_that_alone_left_its_baseline_is_the_experiment_s_fault(harness):
+    # A calibration alert on experiment 879 whose control arm over-predicts 1.7x since the onset
+    # while its test arm held (the engine's ``control_moved``). The production model the control
+    # serves is examined too: it moved 1.1x, the control's fault diluted in it.
+    control = fail(
+        "calibration",
+        "arm test 0.98 vs control 1.70",
+        arm="control",
+        estimate=0.58,
+        unit="ratio",
+        params={"scope": "arm", "control_moved": True},
+    )
+    diluted = fail("calibration", "model 1.1 vs 1.0", arm=None, estimate=1.1, unit="ratio")
+    box = FakeToolbox(
+        {"calibration@experiment:879": control, "calibration@model:ctr_v41": diluted},
+        onset=at(150),
+    )
+    view = harness(box).investigator().investigate(alert(metric="calibration"))
+    assert any(kw.get("model_id") == "ctr_v41" for _, kw in box.calls)
+    ranked = [(c.cause, c.experiment or c.model) for c in view.root_causes[:2]]
+    assert ranked == [("miscalibration", "879"), ("miscalibration", "ctr_v41")]
+    assert view.mitigations and view.mitigations[0].action == "kill_experiment"
+    # The model moved as far as the control: the control only serves the model's fault.
+    shared = diluted.model_copy(
+        update={"effect": diluted.effect.model_copy(update={"estimate": 1.7})}  # type: ignore[union-attr]
+    )
+    box = FakeToolbox(
+        {"calibration@experiment:879": control, "calibration@model:ctr_v41": shared},
+        onset=at(150),
+    )
+    view = harness(box).investigator().investigate(alert(metric="calibration"))
+    assert (view.root_causes[0].cause, view.root_causes[0].model) == ("miscalibration", "ctr_v41")
+    # A gap whose worse side is a control that held its baseline is a better test arm: nothing
+    # is blamed, the model is not asked, and the report does not call it noise.
+    standing = control.model_copy(update={"params": {"scope": "arm"}})
+    box = FakeToolbox({"calibration@experiment:879": standing}, onset=at(150))
+    view = harness(box).investigator().investigate(alert(metric="calibration"))
+    assert view.root_causes[0].cause == "none"
+    assert not any(kw.get("model_id") for _, kw in box.calls)
+    assert "no check found a failure" not in view.report_markdown
+    assert "calibration (Experiment 879" in view.report_markdown
+
+
 def test_a_tiny_fallback_does_not_outrank_the_fall_in_clicks_it_cannot_account_for():
     ranking = load_playbooks().get("ranking")
     # Two faults on the production model: 30 % of clicks unlogged (predictions held), and a
@@ -341,6 +384,33 @@ def test_a_cause_that_cannot_move_the_alerted_metric_ranks_after_one_that_can():
         assert names[0] == first and {"prediction_collapse", "infra_outage"} <= set(names)
 
 
+def test_a_cause_confined_to_one_slice_reaches_only_that_slice_s_traffic():
+    # Behind a global CTR alert: an arm of a 30 % experiment turned noisier, and an outage fails
+    # 2 % of requests on BR, 12 % of all traffic. Both can move CTR; the outage reaches 12 % of
+    # the alert's traffic, the experiment 30 %. Unconfined (or its slice's share unknown) the
+    # outage reaches everything and comes first.
+    ranking = load_playbooks().get("ranking")
+    slope = "reliability slope ratio (test ÷ reference)"
+    noisier = fail("ne", "arm test 0.40 vs 0.82", effect=slope, estimate=0.49, unit="ratio")
+    outage = fail("infra", "errors 1.98 % vs 0.04 % on BR", arm=None, estimate=1.94)
+    on_br = outage.model_copy(update={"where": BR, "params": {"where_share": 0.12}})
+    ctr = Alert(metric="ctr", fired_at=at(158))
+    for infra, first in (
+        (on_br, "ne_regression"),
+        (outage.model_copy(update={"params": {"where_share": 0.12}}), "infra_outage"),
+        (outage.model_copy(update={"where": BR}), "infra_outage"),
+        (on_br.model_copy(update={"params": {"where_share": 0.6}}), "infra_outage"),
+    ):
+        found = [_on(EXP, noisier), _on(ALL, infra)]
+        causes, _ = rank_causes(
+            ranking, [EXP, MODEL, ALL], found, {"4375": "control"}, ctr, {"4375": 0.3}
+        )
+        assert [c.cause for c in causes[:2]] == [
+            first,
+            ({"ne_regression", "infra_outage"} - {first}).pop(),
+        ]
+
+
 def test_clicks_lost_everywhere_are_no_evidence_of_a_model_stale_on_one_platform():
     # Two faults on the production model behind a CTR alert: 61 % of all clicks unlogged (the
     # predictions held), and its snapshot stale on web only. The whole model's calibration and
@@ -360,3 +430,67 @@ def test_clicks_lost_everywhere_are_no_evidence_of_a_model_stale_on_one_platform
     assert [c.cause for c in causes[:2]] == ["logging_loss", "stale_model"]
     stale_cause = causes[1]
     assert "calibration:" not in stale_cause.explanation
+
+
+def test_a_skewed_split_ranks_after_a_fault_that_moves_the_alerted_metric():
+    # Behind a global revenue alert: experiment 761's split is off by 20 % (an SRM, the stronger
+    # p-value, the larger experiment), and a third of experiment 720's predictions are invalid.
+    # A skewed split moves revenue only by its arms' difference; the collapse moves it outright.
+    ranking = load_playbooks().get("ranking")
+    alloc, collapse = Suspect(scope="experiment", id="761"), Suspect(scope="experiment", id="720")
+    srm = fail("srm", "units 40 % vs 50 % configured", arm="test", estimate=10.0, p=1e-30)
+    invalid = fail("prediction", "arm test 30 % invalid", estimate=30.0, p=1e-12)
+    found = [_on(alloc, srm), _on(collapse, invalid)]
+    controls, reach = {"761": "control", "720": "control"}, {"761": 0.4, "720": 0.2}
+    for metric, first in (("revenue", "prediction_collapse"), ("srm", "allocation_bug")):
+        fired = Alert(metric=metric, fired_at=at(158))
+        causes, _ = rank_causes(ranking, [alloc, collapse, ALL], found, controls, fired, reach)
+        assert [c.cause for c in causes[:2]] == [
+            first,
+            ({"prediction_collapse", "allocation_bug"} - {first}).pop(),
+        ]
+
+
+def test_behind_a_fallback_alert_a_stale_model_ranks_after_the_fallback():
+    # Two faults on the production model: its snapshot stopped refreshing (staleness, the NE
+    # slope and calibration all fail: more evidence) and 15 % of its requests fall back. A stale
+    # snapshot still serves every request: it cannot move the fallback rate.
+    ranking = load_playbooks().get("ranking")
+    stale = fail("staleness", "snapshot 120 min old (30-min cadence)", arm=None, p=1e-20)
+    worse = fail("ne", "slope 0.6 vs 0.9", arm=None, estimate=0.66, unit="ratio", p=1e-15)
+    off = fail("calibration", "calibration 1.51", arm=None, estimate=1.51, unit="ratio", p=1e-9)
+    fallback = fail("fallback", "15 % vs 0.5 %", arm=None, estimate=14.5, p=1e-6)
+    found = [_on(MODEL, stale), _on(MODEL, worse), _on(MODEL, off), _on(MODEL, fallback)]
+    for metric, first in (("fallback_rate", "model_fallback"), ("ne", "stale_model")):
+        fired = Alert(metric=metric, fired_at=at(158))
+        causes, _ = rank_causes(ranking, [MODEL, ALL], found, alert=fired)
+        assert causes[0].cause == first, [c.cause for c in causes]
+        assert {"stale_model", "model_fallback"} <= {c.cause for c in causes[:3]}
+
+
+def test_errors_one_experiment_arm_owns_are_that_experiment_s_to_kill():
+    # An error-rate alert: errors rose on all traffic, and the infra check found the excess in
+    # experiment 4375's test arm alone. That is no outage to escalate: the arm's own serving
+    # path fails, and killing the experiment ends it.
+    from agent.mitigation import propose_for
+
+    infra = load_playbooks().get("infra")
+    owned = fail("infra", "excess errors sit in experiment 4375 arm test", arm="test")
+    owned = owned.model_copy(update={"experiment": "4375"})
+    fired = Alert(metric="error_rate", fired_at=at(158))
+    causes, _ = rank_causes(infra, [EXP, MODEL, ALL], [_on(ALL, owned)], {"4375": "control"}, fired)
+    assert (causes[0].cause, causes[0].experiment, causes[0].arm) == (
+        "infra_outage",
+        "4375",
+        "test",
+    )
+    proposals = propose_for("inv-1", causes, infra, [_on(ALL, owned)], {})
+    assert [(m.action, m.target) for m in proposals] == [("kill_experiment", "4375")]
+    # Spread over all traffic (no arm owns it), it is an outage to escalate.
+    spread = fail("infra", "errors 1 % vs 0.05 %", arm=None)
+    causes, _ = rank_causes(
+        infra, [EXP, MODEL, ALL], [_on(ALL, spread)], {"4375": "control"}, fired
+    )
+    assert (causes[0].cause, causes[0].experiment) == ("infra_outage", None)
+    proposals = propose_for("inv-2", causes, infra, [_on(ALL, spread)], {})
+    assert [m.action for m in proposals] == ["escalate_infra"]
