@@ -1,11 +1,13 @@
 """Scenarios written by hand, independently of the generator (``evals/handwritten/``).
 
-Two batches of 24 worlds, each written by someone who read only the public format and the
-simulator's documentation: arm names such as ``baseline``, ``treatment_a`` or a quoted ``"on"``,
-three arms, unequal weights, launches inside the window, night starts, 1,500-8,000 requests a
-minute, 8-25 experiments in 3-6 layers, global alerts on every ranking metric, faults confined to
-one slice of an arm, two faults at once, healthy busy worlds with misleading alerts. Their misses
-became development data (docs/generated.md, seventh wave); this keeps what they taught.
+Four batches of 24 worlds (and six variants of the last two's), each written by someone who read
+only the public format and the simulator's documentation: arm names such as ``baseline``,
+``treatment_a``, a quoted ``"on"`` or unicode, three to five arms, unequal weights, launches and
+stops inside the window, night starts, 1,200-20,000 requests a minute, 8-40 experiments in 3-8
+layers, global alerts on every metric, faults confined to one slice of an arm or in a control
+arm, faults that ended before the alert, two faults at once, SRM, error and latency alerts with
+and without an experiment named, healthy busy worlds with misleading alerts. Their misses became
+development data (docs/generated.md, seventh and eighth waves); this keeps what they taught.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def test_the_agent_holds_on_worlds_written_by_hand(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
-    assert figures["scenarios"] == 48
+    assert figures["scenarios"] == 102
     missed = [r["name"] for r in figures["results"] if not r["hit1"]]
-    assert figures["ac1"] >= 0.97, missed  # at most one miss (two before the seventh wave)
+    # Two of 48 missed before the seventh wave; two of 28 and two of 26 before the eighth.
+    assert len(missed) <= 1, missed
     assert figures["experiment_acc"] >= 0.95
     assert figures["false_positive_rate"] == 0.0
     assert figures["wrong_cause_rate"] <= 0.02
