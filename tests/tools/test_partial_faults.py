@@ -16,6 +16,7 @@ from tools.checks._engine import Comparand, Finding, SubjectFrame
 from tools.checks._movement import movement
 from tools.checks._stuck import stuck_scan, stuck_slices
 from tools.checks.calibration import CalibrationParams, calibration_check, calibration_test
+from tools.checks.fallback import fallback_check
 from tools.checks.prediction import prediction_check
 from tools.stats import Comparison
 from tools.telemetry import TelemetryReader, to_minute
@@ -74,6 +75,10 @@ WORLDS = {
     # onset to fit a slope there, but every request shows the step of the mean prediction.
     "late_rescale_sparse": World(
         seed=50, rpm=500, faults=[Fault("miscalibration", 112, 0.2, arm="test")]
+    ),
+    # The test arm fell back for 30 % of its requests from minute 75 to minute 100, then healed.
+    "fallback_ended": World(
+        seed=51, rpm=1200, faults=[Fault("fallback", 75, 0.3, arm="test", end=100)]
     ),
 }
 
@@ -493,3 +498,25 @@ def test_a_shift_the_predictions_made_is_dated_by_their_step(tmp_path) -> None:
             assert result.onset is not None and f"since {result.onset:%H:%M} UTC" in result.summary
             onsets.append(to_minute(result.onset) - to_minute(at(0)))
     assert len(onsets) >= 8 and all(abs(m - 95) <= 1 for m in onsets), onsets
+
+
+def test_a_departure_that_ended_is_reported_over(boxes: dict[str, Toolbox]) -> None:
+    ended = boxes["fallback_ended"].fallback(at(60), at(120), experiment_id="e1")
+    assert ended.verdict == "fail" and ended.arm == "test", ended.summary
+    assert "over for the last" in ended.summary and "since" not in ended.summary.split(".")[0]
+    assert _near(datetime.fromisoformat(ended.params["ended"]), 100, tolerance=2)
+    # A fault still on at the window's end is "since", with no end.
+    live = boxes["stuck"].prediction(at(60), at(120), experiment_id="e1")
+    assert "ended" not in live.params and "over for the last" not in live.summary
+
+
+def test_an_experiment_launched_inside_the_window_has_no_onset_before_its_launch() -> None:
+    # The experiment's arms have traffic from minute 105 only (launched inside the window), and
+    # its test arm falls back for 30 % of requests from launch. Minutes without traffic cost an
+    # onset nothing: the onset is the launch, not the window's start, and the fault is live.
+    arms = {"control": _arm(400, 8, 0.02), "test": _arm(400, 8, 0.02, n_fallback=120)}
+    data = cube(arms)
+    result = fallback_check(frame_of(data[data["minute"] >= M0 + 105]))
+    assert result.verdict == "fail" and result.arm == "test", result.summary
+    assert result.onset is not None and to_minute(result.onset) == M0 + 105
+    assert "since 07:45 UTC" in result.summary and "ended" not in result.params

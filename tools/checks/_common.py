@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame
+from tools.checks._engine import Finding, Judgement, RateTest, SubjectFrame, ended
 from tools.checks._localize import localize, refine
 from tools.checks._power import DEFAULT_POWER, Power, check_power, settle_text
 from tools.metrics import metric_array
@@ -268,6 +268,11 @@ class Described:
     describe: Callable[[Finding, SubjectFrame], str] | None = None
 
 
+ENDED_MINUTES = 10
+"""A finding whose focus stops this many minutes or more before the window's end, those minutes
+back near the reference (:func:`tools.checks._engine.ended`), is over."""
+
+
 def to_result(
     check: str,
     judgement: Judgement,
@@ -369,7 +374,17 @@ def to_result(
         sentence = words.describe(f, shown) if words.describe else f.test.name
     if where:
         sentence += " on " + ", ".join(f"{k}={v}" for k, v in where.items())
-    sentence += f" since {fmt_time(f.onset)} UTC ({fmt_p(f.adjusted_p)})."
+    over = frame.window.end - f.focus[1]
+    if judgement.scope != "all_arms" and ended(frame, f, ENDED_MINUTES):
+        # The departure ended inside the window: its last minutes are back near the reference.
+        # Said, so no one mistakes it for a live fault.
+        sentence += (
+            f" from {fmt_time(f.onset)} to {fmt_time(f.focus[1])} UTC, over for the last "
+            f"{over} minutes ({fmt_p(f.adjusted_p)})."
+        )
+        params = {**params, "ended": to_datetime(f.focus[1]).isoformat()}
+    else:
+        sentence += f" since {fmt_time(f.onset)} UTC ({fmt_p(f.adjusted_p)})."
     return CheckResult(
         check=check,
         verdict=as_verdict(level),

@@ -264,6 +264,10 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
         comparison = test.compare(frame.span(comparand.test, *focus), ref_sums(span), direction)
         if not comparison.valid:
             comparison, focus, onset = scan, scan_span, scan_span[0]
+        # Nothing departs before the group has traffic (an experiment launched in the window).
+        served = _first_served(frame, comparand.test, test.exposure)
+        if served is not None and onset < served < focus[1]:
+            onset, focus = served, (max(focus[0], served), focus[1])
         return comparison, focus, onset, span
 
     if comparand.concurrent:
@@ -290,6 +294,40 @@ def assess(frame: SubjectFrame, comparand: Comparand, test: RateTest) -> Finding
     )
 
 
+def _first_served(frame: SubjectFrame, arm: str, exposure: str) -> int | None:
+    """The epoch minute of ``arm``'s first traffic in the frame (None: it has none)."""
+    served = np.flatnonzero(frame.minute_column(arm, exposure) > 0)
+    return frame.window.fetch_start + int(served[0]) if len(served) else None
+
+
+def ended(frame: SubjectFrame, f: Finding, least_minutes: int) -> bool:
+    """Whether ``f``'s departure was over before the window's end: its focus stops at least
+    ``least_minutes`` early, and those last minutes hold traffic that is back near the reference
+    (not departing at p < 0.05 the same way, and at most half as far from no change)."""
+    w = frame.window
+    tail = (f.focus[1], w.end)
+    if tail[1] - tail[0] < least_minutes:
+        return False
+    c = f.comparand
+    now = frame.span(c.test, *tail)
+    if c.concurrent:
+        ref: SumsLike = frame.span(c.ref, *tail)
+    elif c.expected is not None and f.test.expected_sums is not None:
+        ref = f.test.expected_sums(c.expected)
+    else:
+        ref = frame.span(c.ref, *f.ref_span)
+    if now["n"] < f.test.min_n or ref["n"] < f.test.min_n:
+        return False
+    direction: Direction = "both" if c.concurrent else f.test.direction
+    late = f.test.compare(now, ref, direction)
+    if not late.valid:
+        return False
+    same_way = (late.estimate > f.test.null) == (f.comparison.estimate > f.test.null)
+    if same_way and late.p_value < 0.05:
+        return False
+    return abs(late.estimate - f.test.null) <= 0.5 * abs(f.comparison.estimate - f.test.null)
+
+
 def _ref_span(
     comparand: Comparand, w: Window, focus: tuple[int, int], onset: int
 ) -> tuple[int, int]:
@@ -310,6 +348,11 @@ def _onset_segment(
     # reference); against control or a known value, it may have begun earlier.
     first = 0 if comparand.concurrent or comparand.expected is not None else into_window
     arm, events, exposure = comparand.test, test.events, test.exposure
+    # Nor before the group's first traffic (an experiment launched inside the window): minutes
+    # without requests cost a segment nothing, so it would start anywhere in them.
+    served = _first_served(frame, arm, exposure)
+    if served is not None:
+        first = max(first, served - frame.window.fetch_start)
     seg: tuple[int, int] | None = frame.derived(
         f"onset:{arm}:{events}:{exposure}:{direction}:{first}",
         lambda: epidemic_segment(

@@ -416,7 +416,8 @@ def staleness_check(
             arm=worst.arm if frame.control is not None else None,
             where={d: v[0] for d, v in worst.where.items() if len(v) == 1},
             evidence=evidence,
-            params={**base, "stale_by": "age"},
+            # The stale model: an arm serves others' too (another layer's experiment on its units).
+            params={**base, "stale_by": "age", "model": worst.model_id},
         )
 
     f = shapes.get(ramp_arm) if ramp_arm is not None else None
