@@ -35,6 +35,7 @@ __all__ = [
     "Blindness",
     "blind_spot",
     "not_ruled_out",
+    "unexplained_shift",
     "unknown_experiment",
     "with_coverage",
 ]
@@ -206,6 +207,35 @@ def _why(o: CheckOutcome) -> str:
     settle = f"; {more} would settle it" if more else ""
     material = r.params.get("material_effect_text", "a material change")
     return f"{_line(r.summary)}, but not a material change of {material}{settle}"
+
+
+SHIFT_ALPHA = 1e-3
+"""A shift of every arm at once this significant is no noise, even when nothing explains it."""
+
+
+def unexplained_shift(alert: Alert, outcomes: Sequence[CheckOutcome]) -> Blindness | None:
+    """Every arm of the alerted experiment moved at once, significantly (p < :data:`SHIFT_ALPHA`):
+    a cause outside the experiment that no check located. Not an all-clear: inconclusive, with
+    the finding named (used only when nothing was ranked)."""
+    if alert.experiment is None:
+        return None
+    shifts = [
+        o.result
+        for o in _own(alert, outcomes)
+        if o.error is None
+        and o.result.verdict in ("warn", "fail")
+        and o.result.params.get("scope") == "all_arms"
+        and o.result.p_value is not None
+        and o.result.p_value < SHIFT_ALPHA
+    ]
+    if not shifts:
+        return None
+    named = ", ".join(dict.fromkeys(f"{r.check} (p={r.p_value:.1g})" for r in shifts))
+    return (
+        "inconclusive",
+        f"every arm of experiment {alert.experiment} moved at once ({named}): a cause outside "
+        "the experiment that no check located, not noise",
+    )
 
 
 def not_ruled_out(alert: Alert, outcomes: Sequence[CheckOutcome]) -> str | None:

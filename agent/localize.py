@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -42,9 +42,11 @@ __all__ = [
     "SERIES_METRICS",
     "Attributed",
     "attributed_experiments",
+    "elsewhere",
     "localize",
     "plan",
     "run_task",
+    "shared_models",
     "shared_suspect",
     "utc",
 ]
@@ -385,6 +387,134 @@ def shared_suspect(
     else:
         return None
     return Suspect(scope="model", id=production_model, reason=reason)
+
+
+def shared_models(
+    outcomes: Sequence[CheckOutcome],
+    models: Mapping[str, Mapping[str, str | None]],
+    production_model: str | None,
+    suspects: Sequence[Suspect],
+    most: int = 3,
+) -> list[Suspect]:
+    """The next subjects to examine when a failing experiment arm serves a model that other
+    experiments' arms serve too.
+
+    A new model tested in the arms of several experiments at once fails in each of them: the
+    model, not one experiment, is the cause, and killing one experiment leaves the others
+    exposed. A fault of one arm's own serving path fails there only. So the other experiments
+    serving the model are examined first (up to ``most``); once the same check fails in the
+    arms of two experiments serving it, the model itself is (its own traffic against its own
+    baseline), and the reasoner weighs one fault seen twice. A model only one experiment serves
+    is that experiment's; the production model is examined on its own terms.
+
+    Args:
+        outcomes: The checks' outcomes so far.
+        models: Model id per arm, per experiment id.
+        production_model: The model serving traffic outside experiments.
+        suspects: The suspects already examined (or being added).
+        most: Most other experiments examined per model.
+    """
+    seen = {s.key for s in suspects}
+    failing: dict[str, dict[str, set[str]]] = {}
+    for o in outcomes:
+        r = o.result
+        if o.subject.scope != "experiment" or r.verdict != "fail" or r.arm is None:
+            continue
+        # The model the finding names (a stale snapshot of another layer's model on the arm's
+        # units), else the arm's own.
+        named = r.params.get("model")
+        model = named if isinstance(named, str) else models.get(o.subject.id or "", {}).get(r.arm)
+        if model and model != production_model:
+            failing.setdefault(model, {}).setdefault(o.subject.id or "", set()).add(r.check)
+    out: list[Suspect] = []
+    for model, by_experiment in failing.items():
+        sharers = sorted(e for e, arms in models.items() if model in arms.values())
+        if len(set(sharers) | set(by_experiment)) < 2:
+            continue
+        both = set.intersection(*by_experiment.values()) if len(by_experiment) >= 2 else set()
+        if both:
+            if f"model:{model}" not in seen:
+                named = ", ".join(sorted(by_experiment))
+                reason = f"{', '.join(sorted(both))} failed in the arms serving it in {named}"
+                out.append(Suspect(scope="model", id=model, reason=reason))
+                seen.add(f"model:{model}")
+            continue
+        failed = next(iter(by_experiment))
+        others = [e for e in sharers if e not in by_experiment and f"experiment:{e}" not in seen]
+        for e in others[:most]:
+            reason = f"its arm serves model {model}, which failed in experiment {failed}"
+            out.append(Suspect(scope="experiment", id=e, reason=reason))
+            seen.add(f"experiment:{e}")
+    return out
+
+
+MOVED_METRIC: dict[str, MetricName] = {
+    "fallback": "fallback_rate",
+    "prediction": "invalid_rate",
+    "calibration": "calibration",
+    "ne": "ne",
+}
+"""The attributable metric a check's finding moves (what to attribute when every arm moved)."""
+
+
+def elsewhere(
+    alert: Alert,
+    playbook: Playbook,
+    localization: Localization,
+    outcomes: Sequence[CheckOutcome],
+    toolbox: Checks,
+    known_experiments: Sequence[str] = (),
+) -> tuple[list[Suspect], list[CheckOutcome]]:
+    """Other experiments behind a shift of every arm of the alerted experiment at once.
+
+    Every arm moving together is a cause outside the experiment: the production model (see
+    :func:`shared_suspect`), or another layer's experiment whose arm reaches its units (a
+    fallback in one ranking arm moves every arm of a UI test sharing those users). The metric
+    each such finding moved is attributed to every experiment as for a global alert, over the
+    investigation's window; those picked (never the alerted one) are examined too.
+
+    Returns:
+        The suspects picked and the attribution outcomes (for the report).
+    """
+    if alert.experiment is None or playbook.suspects.max_experiments <= 0:
+        return [], []
+    key = f"experiment:{alert.experiment}"
+    metrics = [
+        MOVED_METRIC[o.result.check]
+        for o in outcomes
+        if o.subject.key == key
+        and o.result.verdict in ("warn", "fail")
+        and o.result.params.get("scope") == "all_arms"
+        and o.result.check in MOVED_METRIC
+    ]
+    if not metrics:
+        return [], []
+    window = localization.window
+    found: list[tuple[str, CheckOutcome]] = []
+    baseline_start = window.start - timedelta(minutes=playbook.window.baseline_minutes)
+    for m in dict.fromkeys(metrics):
+        got = _safe(
+            partial(
+                toolbox.attribution,
+                metric=m,
+                start=window.start,
+                end=window.end,
+                baseline_start=baseline_start,
+                baseline_end=window.start,
+            ),
+            "attribution",
+        )
+        if got is not None:
+            found.append((m, got.model_copy(update={"key": f"attribution:{m}@elsewhere"})))
+    known = set(known_experiments) - {alert.experiment}
+    picked = [
+        s.model_copy(
+            update={"reason": f"moved every arm of experiment {alert.experiment}: {s.reason}"}
+        )
+        for s in _pick(found, "", playbook, known)
+        if s.id != alert.experiment
+    ]
+    return picked, [o for _, o in found]
 
 
 def plan(playbook: Playbook, localization: Localization) -> list[CheckTask]:

@@ -148,6 +148,15 @@ def propose_for(
         # Ranked on warnings only (a candidate): too weak to act on; the investigation watches.
         return []
     failing = _effect_text(primary)
+    expected = spec(action).expected(target, top, failing)
+    ended = primary.result.params.get("ended")
+    if isinstance(ended, str):
+        # The departure was over before the alert: the action guards against its return, and a
+        # recovery measured afterwards is not its doing.
+        expected += (
+            f" It already ended at {ended[11:16]} UTC, before the action: this keeps it from "
+            "returning, and a recovery measured afterwards is not the action's doing."
+        )
     place = f" in experiment {top.experiment}" if top.experiment else ""
     place = place or (f" on model {top.model}" if top.model else " on all traffic")
     return [
@@ -158,7 +167,7 @@ def propose_for(
             target=target,
             status="proposed",
             blast_radius=blast_radius(action, target, experiments, production_model),
-            expected_effect=spec(action).expected(target, top, failing),
+            expected_effect=expected,
             reason=f"{rule.label}{place} (confidence {top.confidence:.0%})",
             proposed_by=AGENT_USER,
         )

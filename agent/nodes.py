@@ -18,11 +18,25 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Send, interrupt
 
-from agent.coverage import blind_spot, not_ruled_out, unknown_experiment, with_coverage
+from agent.coverage import (
+    blind_spot,
+    not_ruled_out,
+    unexplained_shift,
+    unknown_experiment,
+    with_coverage,
+)
 from agent.deps import Deps
 from agent.deterministic import DeterministicReasoner, cause_onset
 from agent.followups import looks, settle, spent
-from agent.localize import localize, plan, run_task, shared_suspect, utc
+from agent.localize import (
+    elsewhere,
+    localize,
+    plan,
+    run_task,
+    shared_models,
+    shared_suspect,
+    utc,
+)
 from agent.mitigation import propose_for
 from agent.models import (
     InvestigationStatus,
@@ -40,6 +54,7 @@ from agent.state import (
     Diagnosis,
     InvestigationState,
     Localization,
+    Suspect,
     Window,
 )
 from agent.verify import measure_recovery
@@ -251,27 +266,53 @@ class Nodes:
         return {"outcomes": [spent(run_task(box, state), state.looks)]}
 
     def _widened(self, state: InvestigationState) -> tuple[Localization, list[CheckOutcome]]:
-        """The production model's checks, when the alerted experiment's arms moved together."""
+        """More subjects the findings point at, examined before the diagnosis.
+
+        The production model when the alerted experiment's arms moved together (or its control
+        alone: :func:`agent.localize.shared_suspect`); other experiments that moved them (the
+        metric every arm moved, attributed: :func:`agent.localize.elsewhere`); and a model that
+        a failing arm serves and another experiment's arm serves too
+        (:func:`agent.localize.shared_models`), also for the subjects added here.
+        """
         assert state.localization is not None
         playbook = self.deps.playbooks.get(state.playbook)
+        catalog = self.deps.catalog
+        production = catalog.production_model()
+        experiments = catalog.experiments()
+        arm_models = {e: dict(meta.models) for e, meta in experiments.items()}
         model = shared_suspect(
-            state.alert,
-            playbook,
-            state.localization,
-            state.outcomes,
-            self.deps.catalog.production_model(),
+            state.alert, playbook, state.localization, state.outcomes, production
         )
-        if model is None:
-            return state.localization, []
+        box = self._toolbox(state)
+        others, attributed = elsewhere(
+            state.alert, playbook, state.localization, state.outcomes, box, list(experiments)
+        )
         loc = state.localization
+        n_looks = looks(state.alert)
+        added: list[Suspect] = []
+        outcomes: list[CheckOutcome] = []
+        batch = ([model] if model is not None else []) + others
+        for _ in range(3):  # others serving a failing arm's model, then the model itself
+            batch += shared_models(
+                [*state.outcomes, *outcomes],
+                arm_models,
+                production,
+                [*loc.suspects, *added, *batch],
+            )
+            if not batch:
+                break
+            tasks = plan(playbook, loc.model_copy(update={"suspects": batch}))
+            outcomes += [spent(run_task(box, t), n_looks) for t in tasks]
+            added += batch
+            batch = []
+        if not added:
+            return loc, []
         suspects = [*loc.suspects]
         at = next((i for i, s in enumerate(suspects) if s.scope == "global"), len(suspects))
-        suspects.insert(at, model)
-        tasks = plan(playbook, loc.model_copy(update={"suspects": [model]}))
-        box = self._toolbox(state)
-        n_looks = looks(state.alert)
-        outcomes = [spent(run_task(box, t), n_looks) for t in tasks]
-        return loc.model_copy(update={"suspects": suspects}), outcomes
+        suspects[at:at] = added
+        return loc.model_copy(
+            update={"suspects": suspects, "results": [*loc.results, *attributed]}
+        ), outcomes
 
     def diagnose(self, state: InvestigationState) -> dict[str, Any]:
         """Rank causes; an LLM's causes stand only if they cite failing checks.
@@ -293,8 +334,12 @@ class Nodes:
             toolbox=self._toolbox(state),
         )
         diagnosis = self._diagnose(given)
-        blind = unknown_experiment(state.alert, given.experiments) or blind_spot(
-            state.alert, localization, state.outcomes, given.toolbox, self.deps.clock()
+        blind = (
+            unknown_experiment(state.alert, given.experiments)
+            or blind_spot(
+                state.alert, localization, state.outcomes, given.toolbox, self.deps.clock()
+            )
+            or unexplained_shift(state.alert, state.outcomes)
         )
         diagnosis = with_coverage(diagnosis, blind, not_ruled_out(state.alert, state.outcomes))
         outcomes = list(state.outcomes) + list(diagnosis.extra)

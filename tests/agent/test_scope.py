@@ -494,3 +494,77 @@ def test_errors_one_experiment_arm_owns_are_that_experiment_s_to_kill():
     assert (causes[0].cause, causes[0].experiment) == ("infra_outage", None)
     proposals = propose_for("inv-2", causes, infra, [_on(ALL, spread)], {})
     assert [m.action for m in proposals] == ["escalate_infra"]
+
+
+def test_a_fault_already_over_is_said_to_be_before_the_action():
+    # The arm's fallback ended 20 minutes before the alert: killing the experiment keeps it from
+    # returning; the recovery is not the kill's doing, and the proposal says so.
+    from agent.mitigation import propose_for
+
+    ranking = load_playbooks().get("ranking")
+    over = fail("fallback", "arm test 39.8 % vs 0.1 % from 14:50 to 15:35 UTC", estimate=39.7)
+    over = over.model_copy(update={"params": {"ended": "2026-11-18T15:35:00"}})
+    fired = Alert(metric="revenue", fired_at=at(158), experiment="4375")
+    causes, _ = rank_causes(ranking, [EXP, ALL], [_on(EXP, over)], {"4375": "control"}, fired)
+    (proposal,) = propose_for("inv-3", causes, ranking, [_on(EXP, over)], {})
+    assert proposal.action == "kill_experiment"
+    assert "already ended at 15:35 UTC" in proposal.expected_effect
+    live = over.model_copy(update={"params": {}})
+    (proposal,) = propose_for("inv-4", causes, ranking, [_on(EXP, live)], {})
+    assert "already ended" not in proposal.expected_effect
+
+
+def test_every_arm_moved_by_another_layer_s_experiment_is_traced_there(harness):
+    # A fallback-rate alert on 879: 7.5 pp more fallbacks in every arm of 879 at once (p 1e-12),
+    # the production model clean. Experiment 884, in another layer, falls back for 40 % of its
+    # test arm, which reaches half of 879's units: attribution of the fallback rate names it.
+    together = CheckResult(
+        check="fallback",
+        verdict="warn",
+        summary="Fallback rate moved in every arm of experiment 879 at once, a shared cause.",
+        p_value=1e-12,
+        params={"scope": "all_arms"},
+    )
+    culprit = fail("fallback", "arm test 40 % vs 0.1 %", estimate=39.9)
+    results = {"fallback@experiment:879": together, "fallback@experiment:884": culprit}
+    box = FakeToolbox(results, onset=at(150), attribution={"fallback_rate": [("884", 80.0, 1e-9)]})
+    view = harness(box).investigator().investigate(alert(metric="fallback_rate"))
+    top = view.root_causes[0]
+    assert (top.cause, top.experiment) == ("model_fallback", "884")
+    assert view.mitigations[0].action == "kill_experiment"
+    assert view.mitigations[0].target == "884"
+    # Nothing found elsewhere: a shift this strong is no noise; the investigation is not closed.
+    box = FakeToolbox({"fallback@experiment:879": together}, onset=at(150))
+    view = harness(box).investigator().investigate(alert(metric="fallback_rate"))
+    assert view.root_causes[0].cause == "none" and view.status != "completed"
+    assert "every arm of experiment 879 moved at once" in view.report_markdown
+
+
+def test_a_model_tested_in_several_experiments_is_the_cause_when_it_fails_in_each(harness):
+    # ctr_v42 serves the test arms of 879 and 880. Its slope fell in 879's test arm: 880, which
+    # serves it too, is examined. Fallen there as well, and over all of the model's own traffic
+    # as far: the model is the cause (roll it back), not 879 (whose kill would leave 880 on it).
+    from tests.agent.fakes import FakeCatalog, default_experiments
+
+    slope = "reliability slope ratio (test ÷ reference)"
+    arm = fail("ne", "arm test 0.42 vs 0.84", effect=slope, estimate=0.5, unit="ratio")
+    own = fail("ne", "model 0.43 vs 0.85", arm=None, effect=slope, estimate=0.51, unit="ratio")
+    shared = default_experiments()
+    shared["880"] = shared["880"].__class__(
+        **{**shared["880"].__dict__, "models": {"control": "ctr_v41", "test": "ctr_v42"}}
+    )
+    both = {"ne@experiment:879": arm, "ne@experiment:880": arm, "ne@model:ctr_v42": own}
+    h = harness(FakeToolbox(both, onset=at(150)))
+    h.catalog = FakeCatalog(shared)
+    view = h.investigator().investigate(alert(metric="ne"))
+    top = view.root_causes[0]
+    assert (top.cause, top.model) == ("ne_regression", "ctr_v42")
+    assert [(m.action, m.target) for m in view.mitigations] == [("rollback_model", "ctr_v42")]
+    # 880 serves the model and holds: the fault is 879's arm's own; the experiment is killed.
+    alone = {"ne@experiment:879": arm, "ne@model:ctr_v42": own}
+    h = harness(FakeToolbox(alone, onset=at(150)))
+    h.catalog = FakeCatalog(shared)
+    view = h.investigator().investigate(alert(metric="ne"))
+    assert (view.root_causes[0].cause, view.root_causes[0].experiment) == ("ne_regression", "879")
+    assert any(kw.get("experiment_id") == "880" for _, kw in h.toolbox.calls)
+    assert not any(kw.get("model_id") == "ctr_v42" for _, kw in h.toolbox.calls)
