@@ -154,6 +154,17 @@ def _on_focus(
     )
 
 
+def on_alerted(c: Candidate, alert: Alert | None) -> bool:
+    """Whether ``c`` is on the experiment the alert names (True for a global alert): the
+    experiment's own unexplained fault explains its alert before one found on a subject the
+    investigation widened to (another experiment, a model)."""
+    return (
+        alert is None
+        or alert.experiment is None
+        or c.subject.key == f"experiment:{alert.experiment}"
+    )
+
+
 def moves_alert(c: Candidate, alert: Alert | None) -> bool:
     """Whether ``c``'s cause can move the alerted metric (the playbook's ``moves``)."""
     return alert is None or c.rule.moves is None or alert.metric in c.rule.moves
@@ -398,6 +409,7 @@ def rank_causes(
         key=lambda c: (
             c.tier,
             not moves_alert(c, alert),
+            not on_alerted(c, alert),
             -reach_of(c, alert, reach),
             id(c) in bounded,
             -c.score,

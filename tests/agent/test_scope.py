@@ -568,3 +568,21 @@ def test_a_model_tested_in_several_experiments_is_the_cause_when_it_fails_in_eac
     assert (view.root_causes[0].cause, view.root_causes[0].experiment) == ("ne_regression", "879")
     assert any(kw.get("experiment_id") == "880" for _, kw in h.toolbox.calls)
     assert not any(kw.get("model_id") == "ctr_v42" for _, kw in h.toolbox.calls)
+
+
+def test_the_alerted_experiment_s_own_fault_ranks_before_one_found_elsewhere():
+    # An NE alert on 4375: a third of its test arm's predictions are NaN. Widening found a stale
+    # snapshot of a model another experiment serves, with more evidence (staleness, NE and
+    # calibration all failing). Each is a fault; the alerted experiment's own explains its alert.
+    ranking = load_playbooks().get("ranking")
+    nan = fail("prediction", "arm test 32 % invalid", estimate=32.0, p=1e-30)
+    model = Suspect(scope="model", id="tower73")
+    stale = fail("staleness", "snapshot 130 min old", arm=None, p=1e-20)
+    worse = fail("ne", "slope 0.6 vs 0.9", arm=None, estimate=0.66, unit="ratio", p=1e-15)
+    off = fail("calibration", "1.4 vs 1.0", arm=None, estimate=1.4, unit="ratio", p=1e-9)
+    found = [_on(EXP, nan), _on(model, stale), _on(model, worse), _on(model, off)]
+    for named, first in (("4375", "prediction_collapse"), (None, "stale_model")):
+        fired = Alert(metric="ne", fired_at=at(158), experiment=named)
+        causes, _ = rank_causes(ranking, [EXP, model, ALL], found, {"4375": "control"}, fired)
+        assert causes[0].cause == first, [c.cause for c in causes]
+        assert {"prediction_collapse", "stale_model"} <= {c.cause for c in causes[:3]}
