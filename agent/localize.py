@@ -203,12 +203,13 @@ def _safe(run: Callable[[], CheckResult], check: str) -> CheckOutcome | None:
 
 
 def _attribute(
-    toolbox: Checks, metric: str, recent: Window, playbook: Playbook
+    toolbox: Checks,
+    metrics: Sequence[MetricName],
+    recent: Window,
+    playbook: Playbook,
+    tag: str = "localize",
 ) -> list[tuple[str, CheckOutcome]]:
-    """Attribution of the alert metric (when attributable) and of each scan metric."""
-    metrics: list[MetricName] = [
-        m for m in [metric, *playbook.suspects.scan_metrics] if m in ATTRIBUTABLE and is_metric(m)
-    ]
+    """Attribution of each metric over ``recent`` against the playbook's baseline before it."""
     out: list[tuple[str, CheckOutcome]] = []
     baseline_start = recent.start - timedelta(minutes=playbook.window.baseline_minutes)
     for m in dict.fromkeys(metrics):
@@ -224,7 +225,7 @@ def _attribute(
             "attribution",
         )
         if found is not None:
-            out.append((m, found.model_copy(update={"key": f"attribution:{m}@localize"})))
+            out.append((m, found.model_copy(update={"key": f"attribution:{m}@{tag}"})))
     return out
 
 
@@ -335,7 +336,12 @@ def localize(
     else:
         spec = playbook.suspects
         if spec.max_experiments > 0:
-            attributions = _attribute(toolbox, metric, recent, playbook)
+            scanned: list[MetricName] = [
+                m
+                for m in [metric, *playbook.suspects.scan_metrics]
+                if m in ATTRIBUTABLE and is_metric(m)
+            ]
+            attributions = _attribute(toolbox, scanned, recent, playbook)
             results += [outcome for _, outcome in attributions]
             if attributions and attributions[0][0] == metric:
                 where = dict(attributions[0][1].result.where)
@@ -353,6 +359,14 @@ def localize(
         where=where,
         results=results,
     )
+
+
+def _findings_on(alert: Alert, outcomes: Sequence[CheckOutcome]) -> list[CheckResult]:
+    """The failures and warnings of the checks on the experiment the alert names."""
+    key = f"experiment:{alert.experiment}"
+    return [
+        o.result for o in outcomes if o.subject.key == key and o.result.verdict in ("warn", "fail")
+    ]
 
 
 def shared_suspect(
@@ -376,10 +390,7 @@ def shared_suspect(
         return None
     if any(s.scope == "model" and s.id == production_model for s in localization.suspects):
         return None
-    key = f"experiment:{alert.experiment}"
-    moved = [
-        o.result for o in outcomes if o.subject.key == key and o.result.verdict in ("warn", "fail")
-    ]
+    moved = _findings_on(alert, outcomes)
     if any(r.params.get("scope") == "all_arms" for r in moved):
         reason = "serves the experiment's arms, which moved together"
     elif any(r.params.get("control_moved") is True for r in moved):
@@ -478,39 +489,20 @@ def elsewhere(
     """
     if alert.experiment is None or playbook.suspects.max_experiments <= 0:
         return [], []
-    key = f"experiment:{alert.experiment}"
     metrics = [
-        MOVED_METRIC[o.result.check]
-        for o in outcomes
-        if o.subject.key == key
-        and o.result.verdict in ("warn", "fail")
-        and o.result.params.get("scope") == "all_arms"
-        and o.result.check in MOVED_METRIC
+        MOVED_METRIC[r.check]
+        for r in _findings_on(alert, outcomes)
+        if r.params.get("scope") == "all_arms" and r.check in MOVED_METRIC
     ]
     if not metrics:
         return [], []
-    window = localization.window
-    found: list[tuple[str, CheckOutcome]] = []
-    baseline_start = window.start - timedelta(minutes=playbook.window.baseline_minutes)
-    for m in dict.fromkeys(metrics):
-        got = _safe(
-            partial(
-                toolbox.attribution,
-                metric=m,
-                start=window.start,
-                end=window.end,
-                baseline_start=baseline_start,
-                baseline_end=window.start,
-            ),
-            "attribution",
-        )
-        if got is not None:
-            found.append((m, got.model_copy(update={"key": f"attribution:{m}@elsewhere"})))
+    found = _attribute(toolbox, metrics, localization.window, playbook, tag="elsewhere")
     known = set(known_experiments) - {alert.experiment}
     picked = [
         s.model_copy(
             update={"reason": f"moved every arm of experiment {alert.experiment}: {s.reason}"}
         )
+        # No alert metric of its own here: only significant movers are picked, not contributors.
         for s in _pick(found, "", playbook, known)
         if s.id != alert.experiment
     ]

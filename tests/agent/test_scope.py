@@ -137,6 +137,17 @@ def _on(subject: Suspect, result: CheckResult) -> CheckOutcome:
     return CheckOutcome(key=f"{result.check}@{subject.key}", subject=subject, result=result)
 
 
+def _every_arm(check: str, what: str, p: float) -> CheckResult:
+    """A warning that ``what`` moved in every arm of experiment 879 at once (a shared cause)."""
+    return CheckResult(
+        check=check,
+        verdict="warn",
+        summary=f"{what} moved in every arm of experiment 879 at once, a shared cause.",
+        p_value=p,
+        params={"scope": "all_arms"},
+    )
+
+
 EXP = Suspect(scope="experiment", id="4375")
 BR = {"country": "BR"}
 
@@ -190,13 +201,7 @@ def test_a_model_fault_of_full_size_is_not_blamed_on_an_arm_it_serves():
 def test_arms_that_moved_together_send_the_investigation_to_what_they_share(harness):
     # An NE alert on experiment 879: its NE check finds every arm worse at once (not one arm's
     # doing); the production model both arms serve has a worse NE against its own baseline.
-    together = CheckResult(
-        check="ne",
-        verdict="warn",
-        summary="NE moved in every arm of experiment 879 at once, a shared cause.",
-        p_value=1e-4,
-        params={"scope": "all_arms"},
-    )
+    together = _every_arm("ne", "NE", 1e-4)
     worse = fail("ne", "NE of model ctr_v41 rose to 0.95 from 0.85.", arm=None, estimate=0.1)
     box = FakeToolbox({"ne@experiment:879": together, "ne@model:ctr_v41": worse}, onset=at(150))
     view = harness(box).investigator().investigate(alert(metric="ne"))
@@ -518,13 +523,7 @@ def test_every_arm_moved_by_another_layer_s_experiment_is_traced_there(harness):
     # A fallback-rate alert on 879: 7.5 pp more fallbacks in every arm of 879 at once (p 1e-12),
     # the production model clean. Experiment 884, in another layer, falls back for 40 % of its
     # test arm, which reaches half of 879's units: attribution of the fallback rate names it.
-    together = CheckResult(
-        check="fallback",
-        verdict="warn",
-        summary="Fallback rate moved in every arm of experiment 879 at once, a shared cause.",
-        p_value=1e-12,
-        params={"scope": "all_arms"},
-    )
+    together = _every_arm("fallback", "Fallback rate", 1e-12)
     culprit = fail("fallback", "arm test 40 % vs 0.1 %", estimate=39.9)
     results = {"fallback@experiment:879": together, "fallback@experiment:884": culprit}
     box = FakeToolbox(results, onset=at(150), attribution={"fallback_rate": [("884", 80.0, 1e-9)]})

@@ -393,7 +393,7 @@ def judge(
         rel = [f for f in sig if f.comparand.concurrent]
         if rel:
             top = min(rel, key=lambda f: f.adjusted_p)
-            alone = top.culprit == control and _left_alone(found, control, sig)
+            alone = top.culprit == control and _left_alone(control, sig)
             return Judgement(level, top, top.culprit, "arm", found, control_moved=alone)
         own = [f for f in sig if not f.comparand.concurrent]
         if not own:
@@ -416,17 +416,15 @@ def judge(
     return Judgement("ok", min(found, key=lambda f: f.adjusted_p), None, "none", found)
 
 
-def _left_alone(found: Sequence[Finding], control: str | None, sig: Sequence[Finding]) -> bool:
+def _left_alone(control: str | None, sig: Sequence[Finding]) -> bool:
     """Whether the control arm, and no other, left its own baseline significantly in the bad
     direction (``sig``: the family's significant findings at the level judged).
 
     A gap whose worse side is the control is most often a better test arm; only when the
     control itself moved, alone, is the gap its fault (its own configuration, or what it alone
     serves)."""
-    if control is None:
-        return False
     own = {f.comparand.test for f in sig if not f.comparand.concurrent}
-    return own == {control} and any(f.comparand.test == control for f in found)
+    return control is not None and own == {control}
 
 
 def _apart(found: Sequence[Finding], top: Finding) -> bool:
